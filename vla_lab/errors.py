@@ -1,0 +1,23 @@
+"""Exception types. Every message is one line naming the field, what was given and what was expected."""
+
+from __future__ import annotations
+
+
+class VLALabError(Exception):
+    """Base class of vla_lab's own errors."""
+
+
+class ConfigError(VLALabError, ValueError):
+    """A configuration field has a value vla_lab cannot use."""
+
+
+class InputError(VLALabError, ValueError):
+    """An input to a model, processor or analysis has the wrong type, shape or value."""
+
+
+class CheckpointError(VLALabError, ValueError):
+    """A checkpoint directory or file is missing, malformed or does not match the model."""
+
+
+class ExportError(VLALabError, FileExistsError):
+    """An export would overwrite an existing file."""

@@ -1,0 +1,65 @@
+"""Dataset statistics: proprio normalisation and action un-normalisation (upstream's bounds schemes).
+
+``bounds_q99`` maps [q01, q99] to [-1, 1], ``bounds`` maps [min, max]; dimensions whose ``mask`` is
+false pass through unchanged. Proprio is clipped to [-1, 1] after normalisation; actions are not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from vla_lab.errors import InputError
+
+_BOUNDS_KEYS = {"bounds": ("min", "max"), "bounds_q99": ("q01", "q99")}
+
+
+def resolve_unnorm_key(norm_stats: dict[str, Any] | None, unnorm_key: str | None) -> str:
+    """The dataset whose statistics to use; one-line errors when it is missing or ambiguous."""
+    if not norm_stats:
+        raise InputError("unnorm_key: the model has no dataset statistics (norm_stats is empty)")
+    if unnorm_key is None:
+        if len(norm_stats) != 1:
+            raise InputError(
+                f"unnorm_key: got None but the model has statistics for {len(norm_stats)} datasets; "
+                f"expected one of {sorted(norm_stats)}"
+            )
+        return next(iter(norm_stats))
+    if unnorm_key not in norm_stats:
+        raise InputError(f"unnorm_key: got {unnorm_key!r}, expected one of {sorted(norm_stats)}")
+    return unnorm_key
+
+
+def _bounds(stats: dict[str, Any], normalization: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    low_key, high_key = _BOUNDS_KEYS[normalization]
+    low, high = np.asarray(stats[low_key], dtype=np.float64), np.asarray(stats[high_key], dtype=np.float64)
+    mask = np.asarray(stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
+    return low, high, mask
+
+
+def normalize_proprio(proprio: Any, stats: dict[str, Any], normalization: str = "bounds_q99") -> np.ndarray:
+    """Raw robot state -> [-1, 1] with the dataset's ``proprio`` statistics."""
+    low, high, mask = _bounds(stats, normalization)
+    x = np.asarray(proprio, dtype=np.float64)
+    if x.shape[-1] != low.shape[-1]:
+        raise InputError(f"proprio: got {x.shape[-1]} values, expected {low.shape[-1]} (dataset statistics)")
+    scaled = 2.0 * (x - low) / (high - low + 1e-8) - 1.0
+    return np.clip(np.where(mask, scaled, x), -1.0, 1.0)
+
+
+def unnormalize_actions(actions: Any, stats: dict[str, Any], normalization: str = "bounds_q99") -> np.ndarray:
+    """Normalised actions in [-1, 1] -> robot actions with the dataset's ``action`` statistics."""
+    low, high, mask = _bounds(stats, normalization)
+    a = np.asarray(actions, dtype=np.float64)
+    if a.shape[-1] != low.shape[-1]:
+        raise InputError(f"actions: got dimension {a.shape[-1]}, expected {low.shape[-1]} (dataset statistics)")
+    return np.where(mask, 0.5 * (a + 1.0) * (high - low + 1e-8) + low, a)
+
+
+def normalize_actions(actions: Any, stats: dict[str, Any], normalization: str = "bounds_q99") -> np.ndarray:
+    """Inverse of :func:`unnormalize_actions` (used to build training targets), clipped to [-1, 1]."""
+    low, high, mask = _bounds(stats, normalization)
+    a = np.asarray(actions, dtype=np.float64)
+    scaled = 2.0 * (a - low) / (high - low + 1e-8) - 1.0
+    return np.clip(np.where(mask, scaled, a), -1.0, 1.0)
