@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny models, shrunk presets and the optional ../shared reference data."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from vla_lab import VLAAdapter, VLAConfig
+from vla_lab.config import VISION_BACKBONES
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+#: A real LIBERO prompt's ids under Qwen2.5 (prefix; from the issue).
+LIBERO_IDS_PREFIX = [641, 25, 3555, 1917, 1265, 279, 12305, 1896, 311, 3735, 705, 279]
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared, or skip the test where the folder is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not available")
+    return path
+
+
+def shrink(config: VLAConfig, image_size: int = 56, width: int = 32, layers: int = 2) -> VLAConfig:
+    """The same topology (backbone ids, projector, head, robot) with tiny widths and depths."""
+    data = config.to_dict()
+    vision = data["vision"]
+    vision["image_sizes"] = [image_size] * len(vision["timm_model_ids"])
+    vision["timm_kwargs"] = [
+        {"embed_dim": 24 + 8 * i, "depth": 3, "num_heads": 2} for i in range(len(vision["timm_model_ids"]))
+    ]
+    llm = copy.deepcopy(data["llm"])
+    llm.update(
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_window_layers=layers,
+    )
+    data["llm"] = llm
+    return VLAConfig.from_dict(data)
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> torch.nn.Module:
+    """Perturb every parameter (action queries start at zero, gates at zero upstream)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
+    return model
+
+
+def make_inputs(config: VLAConfig, lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random pixels, right-padded prompt ids and proprio for a batch."""
+    gen = torch.Generator().manual_seed(seed)
+    size = config.vision.image_size
+    channels = config.vision.channels_per_image * config.num_images
+    batch, width = len(lengths), max(lengths)
+    ids = torch.randint(3, 1000, (batch, width), generator=gen)
+    mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
+    ids = ids * mask
+    return {
+        "pixel_values": torch.randn(batch, channels, size, size, generator=gen),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "proprio": torch.rand(batch, config.robot.proprio_dim, generator=gen) * 2 - 1
+        if config.use_proprio
+        else None,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> VLAConfig:
+    return VLAConfig.preset("tiny")
+
+
+@pytest.fixture()
+def tiny_model(tiny_config: VLAConfig) -> VLAAdapter:
+    torch.manual_seed(0)
+    return randomize(VLAAdapter(tiny_config), seed=1).eval()
+
+
+ALL_BACKBONES = sorted(VISION_BACKBONES)
