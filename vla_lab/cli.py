@@ -40,6 +40,94 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_model(args: argparse.Namespace):
+    """The model named by ``--checkpoint`` or ``--preset`` (random weights) with the CLI's options."""
+    import torch
+
+    from vla_lab.checkpoint import load_pretrained
+    from vla_lab.model import VLAAdapter
+
+    dtype = getattr(torch, args.dtype)
+    attention = getattr(args, "attention", None)
+    if attention == "both":
+        attention = None
+    if args.checkpoint:
+        return load_pretrained(args.checkpoint, attention=attention, dtype=dtype, device=args.device)
+    config = VLAConfig.preset(args.preset)
+    if attention:
+        config.attention = attention
+    torch.manual_seed(args.seed)
+    return VLAAdapter(config).to(device=args.device, dtype=dtype).eval()
+
+
+def _parse_proprio(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise VLALabError(f"--proprio: got {text!r}, expected comma-separated numbers") from None
+
+
+@_command("predict")
+def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    model = load_model(args)
+    proprio = _parse_proprio(args.proprio)
+    if proprio is None and model.config.use_proprio:
+        proprio = [0.0] * model.config.robot.proprio_dim
+        normalized = True
+    else:
+        normalized = not model.config.norm_stats
+    pred = model.predict_action(
+        args.image,
+        args.instruction,
+        proprio,
+        unnorm_key=args.unnorm_key,
+        proprio_is_normalized=normalized,
+        center_crop=args.center_crop,
+    )
+    actions = pred.actions if pred.actions is not None else pred.normalized_actions
+    result = {
+        "actions": np.asarray(actions)[0].tolist(),
+        "normalized_actions": pred.normalized_actions[0].tolist(),
+        "unnormalized": pred.actions is not None,
+        "unnorm_key": pred.unnorm_key,
+        "prompt": pred.prompts[0],
+        "input_ids": pred.input_ids[0],
+        "num_patches": pred.layout.num_patches,
+        "sequence_length": pred.layout.num_tokens,
+        "segments": pred.layout.to_dict(),
+        "attention": pred.attention,
+        "model": str(args.checkpoint or args.preset),
+        "dtype": args.dtype,
+        "device": args.device,
+    }
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"prompt: {result['prompt']!r}  ({len(result['input_ids'])} tokens)")
+        layout = f"{result['sequence_length']} tokens, {result['num_patches']} patches"
+        print(f"sequence: {layout}, attention {pred.attention}")
+        label = "actions" if pred.actions is not None else "normalized actions (no dataset statistics)"
+        print(label + ":")
+        for row in result["actions"]:
+            print("  " + " ".join(f"{v:+.4f}" for v in row))
+    return 0
+
+
+def _add_model_arguments(p: argparse.ArgumentParser, attention_choices: tuple[str, ...]) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a preset with random weights")
+    p.add_argument("--attention", choices=attention_choices, default=None, help="LLM mask (default: the model's)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0, help="seed for random preset weights")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="parameter counts per component of a preset (no weights needed)")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("predict", help="predict an action chunk for images + instruction")
+    _add_model_arguments(p, ("causal", "bidirectional"))
+    p.add_argument("--image", action="append", required=True, help="image file (repeat: third-person, wrist, ...)")
+    p.add_argument("--instruction", required=True)
+    p.add_argument("--proprio", help="raw robot state, comma-separated (default: zeros, normalised)")
+    p.add_argument("--unnorm-key", dest="unnorm_key", help="dataset statistics to use")
+    p.add_argument("--center-crop", dest="center_crop", action="store_true", help="LIBERO centre crop (0.9 area)")
     return parser
 
 
