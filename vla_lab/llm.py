@@ -17,8 +17,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from vla_lab.sequence import additive_mask
 
-#: Called after every decoder layer with (layer index, hidden state); used by capture hooks.
-LayerCallback = Callable[[int, torch.Tensor], None]
+#: Called after every decoder layer with (layer index, hidden state); may return a replacement.
+LayerCallback = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
 def build_language_model(llm_config: dict[str, Any], attn_kernel: str = "sdpa") -> Qwen2ForCausalLM:
@@ -45,16 +45,19 @@ def run_decoder(
     language_model: Qwen2ForCausalLM,
     inputs_embeds: torch.Tensor,
     allowed: torch.Tensor,
+    kernel: str | None = None,
     on_layer: LayerCallback | None = None,
     **attention_kwargs: Any,
 ) -> list[torch.Tensor]:
     """Run every decoder layer; return the ``num_layers + 1`` hidden states.
 
-    ``allowed`` is the (B, S, S) boolean mask from :func:`vla_lab.sequence.allowed_matrix`.
-    ``attention_kwargs`` reach the attention function (capture hooks use them).
+    ``allowed`` is the (B, S, S) boolean mask from :func:`vla_lab.sequence.allowed_matrix`, handed
+    to the layers in the form ``kernel`` takes (default: the model's attention implementation).
+    ``on_layer`` sees (and may replace) each layer's output; ``attention_kwargs`` reach the
+    attention function (capture hooks use them).
     """
     decoder = language_model.model
-    kernel = decoder.config._attn_implementation
+    kernel = kernel or decoder.config._attn_implementation
     mask = mask_for_kernel(allowed, kernel, inputs_embeds.dtype)
     masks = {"full_attention": mask, "sliding_attention": mask}
     seq = inputs_embeds.shape[1]
@@ -74,7 +77,8 @@ def run_decoder(
         if isinstance(hidden, tuple):
             hidden = hidden[0]
         if on_layer is not None:
-            on_layer(index, hidden)
+            replaced = on_layer(index, hidden)
+            hidden = hidden if replaced is None else replaced
         states.append(hidden)
     states[-1] = decoder.norm(hidden)
     return states

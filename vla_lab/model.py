@@ -86,6 +86,7 @@ class VLAAdapter(nn.Module):
             ProprioProjector(config.robot.proprio_dim, config.llm_dim) if config.use_proprio else None
         )
         self._processor: VLAProcessor | None = None
+        self._recorder: Any = None  # set by vla_lab.capture while a capture is active
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # `.to(dtype)` / `.to_empty()` also reach non-persistent buffers; recompute the rotary tables.
@@ -202,13 +203,26 @@ class VLAAdapter(nn.Module):
         patches = self.embed_images(pixel_values)
         embeds, layouts = self.assemble(input_ids, attention_mask, patches)
         allowed = allowed_matrix(spec, segment_id_matrix(layouts).to(embeds.device))
-        hidden = run_decoder(self.language_model, embeds, allowed, **attention_kwargs)
+        recorder = self._recorder
+        if recorder is not None:
+            embeds = recorder.begin(layouts, spec, allowed, embeds)
+            attention_kwargs["vla_lab_recorder"] = recorder
+        hidden = run_decoder(
+            self.language_model,
+            embeds,
+            allowed,
+            kernel=self.config.attn_kernel,
+            on_layer=recorder.layer if recorder is not None else None,
+            **attention_kwargs,
+        )
         task, queries = self.head_inputs(hidden, layouts)
         if self.config.upstream_bf16_casts:
             queries = queries.to(torch.bfloat16).to(queries.dtype)
             proprio = proprio.to(torch.bfloat16).to(proprio.dtype) if proprio is not None else None
         proprio_features = self.proprio_projector(proprio) if proprio is not None else None
         actions = self.action_head(task, queries, proprio_features)
+        if recorder is not None:
+            recorder.end(hidden[-1], task, queries, actions)
         return VLAOutput(actions, tuple(hidden), layouts, spec, task, queries, allowed)
 
     # --- inference -----------------------------------------------------------------------------
@@ -225,29 +239,27 @@ class VLAAdapter(nn.Module):
     def processor(self, value: VLAProcessor) -> None:
         self._processor = value
 
-    @torch.inference_mode()
-    def predict_action(
+    def prepare_inputs(
         self,
         images: Any = None,
         instruction: str | list[str] | None = None,
         proprio: Any = None,
         *,
         unnorm_key: str | None = None,
-        attention: str | dict | AttentionSpec | None = None,
         pixel_values: torch.Tensor | None = None,
         input_ids: Any = None,
         attention_mask: Any = None,
         proprio_is_normalized: bool = False,
         center_crop: bool = False,
-    ) -> ActionPrediction:
-        """Predict an action chunk per observation.
+    ) -> dict[str, Any]:
+        """Observation(s) -> the keyword arguments of :meth:`forward` (plus ``prompts`` and ``unnorm_key``).
 
         Give either raw ``images`` (one observation's list of images, or a list of such lists) and
         ``instruction`` (a string or one per observation), or preprocessed ``pixel_values`` and
         ``input_ids`` (+ ``attention_mask`` for right-padded batches). ``proprio`` is the raw robot
         state, normalised with the dataset statistics of ``unnorm_key``; pass
-        ``proprio_is_normalized=True`` if it is already in [-1, 1] (or when the model has no
-        statistics). Actions are un-normalised when the model has statistics.
+        ``proprio_is_normalized=True`` if it is already in [-1, 1] (it is used as given when the model
+        has no statistics).
         """
         prompts = None
         stats_key = resolve_unnorm_key(self.config.norm_stats, unnorm_key) if self.config.norm_stats else None
@@ -260,29 +272,56 @@ class VLAAdapter(nn.Module):
             pixel_values, input_ids, attention_mask = batch["pixel_values"], batch["input_ids"], batch["attention_mask"]
             prompts = batch["prompts"]
         input_ids, attention_mask = self._check_ids(input_ids, attention_mask)
-        batch_size = input_ids.shape[0]
+        batch_size, dim = input_ids.shape[0], self.config.robot.proprio_dim
         proprio_t = None
         if proprio is not None:
-            values = np.asarray(proprio, dtype=np.float64).reshape(batch_size, -1) if np.size(proprio) else None
-            if values is None or values.shape[1] != self.config.robot.proprio_dim:
-                got = np.asarray(proprio).shape
-                raise InputError(
-                    f"proprio: got shape {got}, expected {self.config.robot.proprio_dim} values per observation"
-                )
+            values = np.asarray(proprio, dtype=np.float64)
+            if values.size != batch_size * dim:
+                raise InputError(f"proprio: got shape {values.shape}, expected {dim} values per observation")
+            values = values.reshape(batch_size, dim)
             if stats_key is not None and not proprio_is_normalized:
                 values = normalize_proprio(
                     values, self.config.norm_stats[stats_key]["proprio"], self.config.robot.normalization
                 )
             proprio_t = torch.as_tensor(values, dtype=self.dtype, device=self.device)
         device = self.device
-        out = self(pixel_values.to(device), input_ids.to(device), attention_mask.to(device), proprio_t, attention)
+        return {
+            "pixel_values": pixel_values.to(device),
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "proprio": proprio_t,
+            "prompts": prompts,
+            "unnorm_key": stats_key,
+        }
+
+    def unnormalize(self, normalized: Any, unnorm_key: str | None) -> np.ndarray | None:
+        """Normalised actions -> robot units with the statistics of ``unnorm_key`` (None without statistics)."""
+        if unnorm_key is None:
+            return None
+        stats = self.config.norm_stats[unnorm_key]["action"]
+        return unnormalize_actions(np.asarray(normalized, dtype=np.float64), stats, self.config.robot.normalization)
+
+    @torch.inference_mode()
+    def predict_action(
+        self,
+        images: Any = None,
+        instruction: str | list[str] | None = None,
+        proprio: Any = None,
+        *,
+        unnorm_key: str | None = None,
+        attention: str | dict | AttentionSpec | None = None,
+        **inputs: Any,
+    ) -> ActionPrediction:
+        """Predict an action chunk per observation (inputs as in :meth:`prepare_inputs`).
+
+        Actions are un-normalised when the model has dataset statistics.
+        """
+        batch = self.prepare_inputs(images, instruction, proprio, unnorm_key=unnorm_key, **inputs)
+        prompts, stats_key = batch.pop("prompts"), batch.pop("unnorm_key")
+        out = self(**batch, attention=attention)
         normalized = out.normalized_actions.float().cpu().numpy()
-        actions = None
-        if stats_key is not None:
-            actions = unnormalize_actions(
-                normalized, self.config.norm_stats[stats_key]["action"], self.config.robot.normalization
-            )
-        ids = [row[: int(n)] for row, n in zip(input_ids.tolist(), attention_mask.sum(1).tolist())]
+        ids = [row[: int(n)] for row, n in zip(batch["input_ids"].tolist(), batch["attention_mask"].sum(1).tolist())]
+        actions = self.unnormalize(normalized, stats_key)
         return ActionPrediction(normalized, actions, out.layouts, stats_key, out.attention.label, ids, prompts)
 
     # --- checks --------------------------------------------------------------------------------
