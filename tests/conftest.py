@@ -61,7 +61,7 @@ def make_inputs(config: VLAConfig, lengths: list[int], seed: int = 0) -> dict[st
     size = config.vision.image_size
     channels = config.vision.channels_per_image * config.num_images
     batch, width = len(lengths), max(lengths)
-    ids = torch.randint(3, 1000, (batch, width), generator=gen)
+    ids = torch.randint(3, min(1000, config.llm["vocab_size"]), (batch, width), generator=gen)
     mask = (torch.arange(width)[None] < torch.tensor(lengths)[:, None]).long()
     ids = ids * mask
     return {
