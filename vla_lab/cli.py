@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 
@@ -45,7 +46,7 @@ def load_model(args: argparse.Namespace):
     import torch
 
     from vla_lab.checkpoint import load_pretrained
-    from vla_lab.model import VLAAdapter
+    from vla_lab.model import build_random
 
     dtype = getattr(torch, args.dtype)
     attention = getattr(args, "attention", None)
@@ -56,8 +57,20 @@ def load_model(args: argparse.Namespace):
     config = VLAConfig.preset(args.preset)
     if attention:
         config.attention = attention
-    torch.manual_seed(args.seed)
-    return VLAAdapter(config).to(device=args.device, dtype=dtype).eval()
+    return build_random(config, seed=args.seed, dtype=dtype, device=args.device)
+
+
+def _attach_proprio_value(argv: list[str]) -> list[str]:
+    """``--proprio -0.2,0.1`` -> ``--proprio=-0.2,0.1``: argparse takes a value starting with '-' for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--proprio" and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            out.append(f"--proprio={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def _parse_proprio(text: str | None) -> list[float] | None:
@@ -73,8 +86,8 @@ def _parse_proprio(text: str | None) -> list[float] | None:
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    model = load_model(args)
     proprio = _parse_proprio(args.proprio)
+    model = load_model(args)
     if proprio is None and model.config.use_proprio:
         proprio = [0.0] * model.config.robot.proprio_dim
         normalized = True
@@ -147,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_attach_proprio_value(sys.argv[1:] if argv is None else list(argv)))
     try:
         return _COMMANDS[args.command](args)
     except VLALabError as exc:

@@ -385,6 +385,35 @@ class VLAAdapter(nn.Module):
         return counts
 
 
+def build_random(
+    config: VLAConfig,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    std: float = 0.02,
+) -> VLAAdapter:
+    """A model with seeded random weights, built without materialising a default init first.
+
+    Matrices and embeddings ~ N(0, std), biases 0, norm weights 1; the action queries and the
+    head's gates start at 0 as upstream initialises them. Fast for the full-size presets.
+    """
+    model = build_on_meta(config).to(dtype).to_empty(device=device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if name == "action_queries.weight" or leaf == "gating_factor" or leaf == "bias":
+                param.zero_()
+            elif param.ndim == 1 and ("norm" in name or leaf in ("gamma", "scale_factor")):
+                param.fill_(1.0 if "norm" in name else 1e-5)
+            else:
+                values = torch.empty(param.shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
+                param.copy_(values)
+    if config.llm.get("tie_word_embeddings", True):
+        model.language_model.tie_weights()
+    return model.eval()
+
+
 def build_on_meta(config: VLAConfig) -> VLAAdapter:
     """A model on the ``meta`` device: real module shapes, no memory (for parameter counts)."""
     with torch.device("meta"):

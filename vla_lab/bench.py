@@ -1,0 +1,178 @@
+"""Latency and memory measurements (used by ``benchmarks/`` and ``vla-lab bench``).
+
+Timings exclude warm-up, repeat many times and report the median with min and max. On CUDA the
+clock is read after ``torch.cuda.synchronize()``; peak memory is ``max_memory_allocated``. On CPU
+the peak is the process's maximum resident set size (a high-water mark over the whole process).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+import vla_lab
+from vla_lab.config import VLAConfig
+from vla_lab.model import VLAAdapter, build_random
+
+
+@dataclass
+class Measurement:
+    """One benchmark row."""
+
+    name: str
+    preset: str
+    device: str
+    device_name: str
+    dtype: str
+    batch: int
+    sequence_length: int
+    repeats: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    actions_per_second: float
+    peak_memory_bytes: int
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def synthetic_batch(model: VLAAdapter, batch: int, prompt_length: int = 34, seed: int = 0) -> dict[str, Any]:
+    """Random pixels, a prompt of ``prompt_length`` tokens and proprio, on the model's device."""
+    config = model.config
+    gen = torch.Generator().manual_seed(seed)
+    size, channels = config.vision.image_size, config.vision.channels_per_image * config.num_images
+    vocab = min(config.llm["vocab_size"], 150000)
+    inputs = {
+        "pixel_values": torch.randn(batch, channels, size, size, generator=gen),
+        "input_ids": torch.randint(3, vocab, (batch, prompt_length), generator=gen),
+        "proprio": torch.rand(batch, config.robot.proprio_dim, generator=gen) * 2 - 1 if config.use_proprio else None,
+    }
+    return {k: (v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) if v is not None else None)
+            for k, v in inputs.items()}
+
+
+def time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls after ``warmup`` calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def measure(
+    name: str,
+    fn: Callable[[], Any],
+    model: VLAAdapter,
+    batch: int,
+    sequence_length: int,
+    warmup: int = 3,
+    repeats: int = 20,
+    preset: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Measurement:
+    device = model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = time_callable(fn, device, warmup, repeats)
+    median = statistics.median(times)
+    return Measurement(
+        name=name,
+        preset=preset,
+        device=str(device),
+        device_name=device_name(device),
+        dtype=str(model.dtype).removeprefix("torch."),
+        batch=batch,
+        sequence_length=sequence_length,
+        repeats=repeats,
+        median_ms=median,
+        min_ms=min(times),
+        max_ms=max(times),
+        actions_per_second=batch * model.config.robot.chunk * 1000.0 / median,
+        peak_memory_bytes=_peak_memory(device),
+        extra=dict(extra or {}),
+    )
+
+
+def bench_forward(
+    model: VLAAdapter,
+    batch_sizes: list[int],
+    warmup: int = 3,
+    repeats: int = 20,
+    capture_modes: tuple[str, ...] = (),
+    preset: str = "",
+) -> list[Measurement]:
+    """The straightforward forward to actions, optionally under capture, per batch size."""
+    from vla_lab.capture import capture
+
+    rows = []
+    for batch in batch_sizes:
+        inputs = synthetic_batch(model, batch)
+
+        def plain(inputs: dict[str, Any] = inputs) -> Any:
+            with torch.inference_mode():
+                return model(**inputs)
+
+        with torch.inference_mode():
+            seq = model(**inputs).layouts[0].num_tokens
+        rows.append(measure("forward", plain, model, batch, seq, warmup, repeats, preset))
+        for mode in capture_modes:
+
+            def captured(mode: str = mode, inputs: dict[str, Any] = inputs) -> Any:
+                with capture(model, mode) as cache, torch.inference_mode():
+                    model(**inputs)
+                return cache
+
+            cache = captured()
+            rows.append(measure(f"forward+capture[{mode}]", captured, model, batch, seq, warmup, repeats, preset,
+                                extra={"cache_bytes": cache.nbytes}))
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "vla_lab": vla_lab.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda,
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def load_for_bench(preset: str | None, checkpoint: str | None, dtype: str, device: str, seed: int = 0) -> VLAAdapter:
+    """A preset with random weights or a checkpoint, on ``device`` in ``dtype``."""
+    torch_dtype = getattr(torch, dtype)
+    if checkpoint:
+        from vla_lab.checkpoint import load_pretrained
+
+        return load_pretrained(checkpoint, dtype=torch_dtype, device=device)
+    return build_random(VLAConfig.preset(preset or "tiny"), seed=seed, dtype=torch_dtype, device=device)
