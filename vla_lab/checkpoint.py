@@ -12,9 +12,11 @@ named by ``auto_map`` is imported. All name differences between our modules and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vla_lab.config import ROBOT_PRESETS, VISION_BACKBONES, VLAConfig
-from vla_lab.errors import CheckpointError, ExportError
+from vla_lab.config import ROBOT_PRESETS, VISION_BACKBONES, RobotConfig, VLAConfig
+from vla_lab.errors import CheckpointError, ConfigError, ExportError, InputError, VLALabError
 from vla_lab.model import VLAAdapter, build_on_meta
+from vla_lab.tokenizer import SAVED_FILES as TOKENIZER_FILES
 
 VLA_LAB_CONFIG = "vla_lab_config.json"
 WEIGHTS = "model.safetensors"
@@ -140,15 +143,19 @@ def save_pretrained(
     component_files = {c: f"{c}--{suffix}" for c in COMPONENTS if parts[c]}
     names = ["config.json", VLA_LAB_CONFIG, "dataset_statistics.json", "preprocessor_config.json"]
     names += list(shards) + list(component_files.values()) + ([WEIGHTS_INDEX] if len(shards) > 1 else [])
+    # Everything that can fail is settled before the first file is written.
+    processor = model.processor
+    preprocessor = processor.image_processor.config.to_preprocessor_config()
+    preprocessor["use_fused_vision_backbone"] = bool(model.config.vision.fused)
+    if save_tokenizer is None:
+        save_tokenizer = not getattr(processor.tokenizer, "is_stock_qwen25", False)
+    names += list(TOKENIZER_FILES) if save_tokenizer else []
     _check_writable(directory, names, overwrite)
 
     config_json = released_config(model.config, dtype)
     (directory / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
     model.config.to_json(directory / VLA_LAB_CONFIG)
     (directory / "dataset_statistics.json").write_text(json.dumps(model.config.norm_stats or {}, indent=2) + "\n")
-    processor = model.processor
-    preprocessor = processor.image_processor.config.to_preprocessor_config()
-    preprocessor["use_fused_vision_backbone"] = bool(model.config.vision.fused)
     (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
 
     metadata = {"format": "pt"}
@@ -163,8 +170,6 @@ def save_pretrained(
         prefix = "module." if ddp_prefix else ""
         torch.save({prefix + k: v for k, v in parts[component].items()}, directory / filename)
 
-    if save_tokenizer is None:
-        save_tokenizer = not getattr(processor.tokenizer, "is_stock_qwen25", False)
     if save_tokenizer:
         processor.tokenizer.save(directory, overwrite=overwrite)
     return directory
@@ -265,10 +270,12 @@ def _infer_projector(weights: dict[str, torch.Tensor]) -> str:
 
 
 def _infer_robot(head: dict[str, torch.Tensor], proprio: dict[str, torch.Tensor] | None) -> str:
-    action_dim = head["model.fc2.weight"].shape[0]
-    proprio_dim = proprio["fc1.weight"].shape[1] if proprio else None
+    # A missing key matches any preset here; the full key check reports it afterwards.
+    fc2, fc1 = head.get("model.fc2.weight"), (proprio or {}).get("fc1.weight")
+    action_dim = fc2.shape[0] if fc2 is not None and fc2.ndim == 2 else None
+    proprio_dim = fc1.shape[1] if fc1 is not None and fc1.ndim == 2 else None
     for name, preset in ROBOT_PRESETS.items():
-        if preset["action_dim"] == action_dim and (proprio_dim is None or preset["proprio_dim"] == proprio_dim):
+        if action_dim in (None, preset["action_dim"]) and proprio_dim in (None, preset["proprio_dim"]):
             return name
     raise CheckpointError(
         f"checkpoint: action_dim {action_dim} / proprio_dim {proprio_dim} match no robot preset; pass robot=..."
@@ -306,18 +313,34 @@ def config_from_released(
             f"({text.get('num_hidden_layers')})"
         )
     queries = weights.get("action_queries.weight")
-    return VLAConfig(
-        vision=vision,
-        num_images=num_images,
-        projector=_infer_projector(weights),
-        llm=text,
-        num_action_queries=int(queries.shape[0]) if queries is not None else 64,
-        robot=robot or _infer_robot(head, proprio),
-        use_proprio=proprio is not None,
-        head_version=version,
-        norm_stats=config_json.get("norm_stats") or None,
-        name="released",
-    )
+    with _config_errors("config.json"):
+        return VLAConfig(
+            vision=vision,
+            num_images=num_images,
+            projector=_infer_projector(weights),
+            llm=text,
+            num_action_queries=int(queries.shape[0]) if queries is not None else 64,
+            robot=robot or _infer_robot(head, proprio),
+            use_proprio=proprio is not None,
+            head_version=version,
+            norm_stats=config_json.get("norm_stats") or None,
+            name="released",
+        )
+
+
+@contextlib.contextmanager
+def _config_errors(filename: str) -> Iterator[None]:
+    """Turn a configuration the files describe but vla_lab cannot build into one CheckpointError."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint: {filename} describes an unusable model ({exc})") from None
+    except VLALabError:
+        raise
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint: {filename} lacks {exc.args[0]!r}, expected the released layout") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint: {filename} has a malformed field ({exc})") from None
 
 
 def _mismatches(model: VLAAdapter, state: dict[str, torch.Tensor]) -> list[str]:
@@ -364,7 +387,10 @@ def load_pretrained(
     directory = Path(path)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint: got {str(path)!r}, expected a checkpoint directory")
-    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    given = dtype
+    dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InputError(f"dtype: got {given!r}, expected a floating torch dtype such as torch.float32 or 'bfloat16'")
     config_json = _read_json(directory / "config.json")
     weights = read_model_weights(directory)
     head_path = find_component(directory, "action_head", step)
@@ -376,16 +402,20 @@ def load_pretrained(
 
     ours = directory / VLA_LAB_CONFIG
     if ours.exists():
-        config = VLAConfig.from_dict(_read_json(ours))
+        with _config_errors(VLA_LAB_CONFIG):
+            config = VLAConfig.from_dict(_read_json(ours))
         if num_images is not None:
             config.num_images = num_images
         if robot is not None:
-            config.robot = VLAConfig.preset("tiny", robot=robot).robot
+            config.robot = RobotConfig.preset(robot) if isinstance(robot, str) else RobotConfig(**robot)
     else:
         config = config_from_released(config_json, weights, head, proprio, num_images or 2, robot)
     stats_path = directory / "dataset_statistics.json"
     if stats_path.exists():
-        config.norm_stats = _read_json(stats_path) or config.norm_stats
+        stats = _read_json(stats_path)
+        if not isinstance(stats, dict) or not all(isinstance(v, dict) for v in stats.values()):
+            raise CheckpointError("checkpoint: dataset_statistics.json is not {dataset: {action: ..., proprio: ...}}")
+        config.norm_stats = stats or config.norm_stats
     if attention is not None:
         config.attention = attention
     config = VLAConfig.from_dict(config.to_dict())  # validate once more after the overrides
@@ -400,6 +430,10 @@ def load_pretrained(
     if proprio is not None:
         state.update({f"proprio_projector.{k}": v for k, v in proprio.items()})
 
+    from vla_lab.processing import VLAProcessor
+
+    with _config_errors("preprocessor_config.json"):
+        processor = VLAProcessor.from_directory(directory, config)
     model = build_on_meta(config)
     problems = _mismatches(model, state)
     if problems:
@@ -409,8 +443,6 @@ def load_pretrained(
         model.language_model.tie_weights()
     model.load_state_dict(state, strict=False)
     model.eval()
-    from vla_lab.processing import VLAProcessor
-
-    model.processor = VLAProcessor.from_directory(directory, config)
+    model.processor = processor
     model.checkpoint_path = directory
     return model

@@ -33,6 +33,12 @@ def resolve_unnorm_key(norm_stats: dict[str, Any] | None, unnorm_key: str | None
 
 def _bounds(stats: dict[str, Any], normalization: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     low_key, high_key = _BOUNDS_KEYS[normalization]
+    missing = [k for k in (low_key, high_key) if not isinstance(stats, dict) or k not in stats]
+    if missing:
+        raise InputError(
+            f"norm_stats: got statistics without {missing}, expected {low_key!r} and {high_key!r} "
+            f"for {normalization!r} normalisation"
+        )
     low, high = np.asarray(stats[low_key], dtype=np.float64), np.asarray(stats[high_key], dtype=np.float64)
     mask = np.asarray(stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
     return low, high, mask

@@ -71,6 +71,8 @@ _TOKENIZER_JSON = "tokenizer.json"
 _ADDED_TOKENS_FILE = "added_tokens.json"
 _CONFIG_FILE = "tokenizer_config.json"
 _SPECIAL_MAP_FILE = "special_tokens_map.json"
+#: The files :meth:`QwenTokenizer.save` writes.
+SAVED_FILES = (_VOCAB_FILE, _MERGES_FILE, _ADDED_TOKENS_FILE, _SPECIAL_MAP_FILE, _CONFIG_FILE)
 
 
 @dataclass(frozen=True)
