@@ -73,7 +73,8 @@ def _attach_proprio_value(argv: list[str]) -> list[str]:
     return out
 
 
-def _parse_proprio(text: str | None) -> list[float] | None:
+def parse_proprio(text: str | None) -> list[float] | None:
+    """``--proprio v1,v2,...`` -> floats (None when not given)."""
     if text is None:
         return None
     try:
@@ -82,17 +83,24 @@ def _parse_proprio(text: str | None) -> list[float] | None:
         raise VLALabError(f"--proprio: got {text!r}, expected comma-separated numbers") from None
 
 
+def proprio_for(model, proprio: list[float] | None) -> tuple[list[float] | None, bool]:
+    """The CLI's proprio rule: (values, already normalised?).
+
+    A given ``--proprio`` is the raw robot state (normalised with the model's statistics when it has
+    them); without one, a model that uses proprio gets a normalised zero state.
+    """
+    if proprio is None and model.config.use_proprio:
+        return [0.0] * model.config.robot.proprio_dim, True
+    return proprio, not model.config.norm_stats
+
+
 @_command("predict")
 def _predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    proprio = _parse_proprio(args.proprio)
+    proprio = parse_proprio(args.proprio)
     model = load_model(args)
-    if proprio is None and model.config.use_proprio:
-        proprio = [0.0] * model.config.robot.proprio_dim
-        normalized = True
-    else:
-        normalized = not model.config.norm_stats
+    proprio, normalized = proprio_for(model, proprio)
     pred = model.predict_action(
         args.image,
         args.instruction,
@@ -130,6 +138,13 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("attention")
+def _attention(args: argparse.Namespace) -> int:
+    from vla_lab.report import run_attention
+
+    return run_attention(args)
+
+
 def _add_model_arguments(p: argparse.ArgumentParser, attention_choices: tuple[str, ...]) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
@@ -156,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proprio", help="raw robot state, comma-separated (default: zeros, normalised)")
     p.add_argument("--unnorm-key", dest="unnorm_key", help="dataset statistics to use")
     p.add_argument("--center-crop", dest="center_crop", action="store_true", help="LIBERO centre crop (0.9 area)")
+
+    from vla_lab.report import add_attention_arguments
+
+    p = sub.add_parser("attention", help="attention figures and numbers under one or both masks")
+    add_attention_arguments(p)
     return parser
 
 
