@@ -366,6 +366,19 @@ class VLAAdapter(nn.Module):
             raise InputError(f"proprio: got shape {tuple(proprio.shape)}, expected ({batch}, {dim})")
         return proprio.to(self.dtype)
 
+    def save_pretrained(self, directory: Any, **kwargs: Any) -> Any:
+        """Write this model in the released checkpoint layout (see :func:`vla_lab.checkpoint.save_pretrained`)."""
+        from vla_lab.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, directory: Any, **kwargs: Any) -> VLAAdapter:
+        """Load a checkpoint directory (see :func:`vla_lab.checkpoint.load_pretrained`)."""
+        from vla_lab.checkpoint import load_pretrained
+
+        return load_pretrained(directory, **kwargs)
+
     # --- bookkeeping ---------------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per component (tied LLM embeddings counted once)."""
