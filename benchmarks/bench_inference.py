@@ -1,4 +1,4 @@
-"""Latency of a full forward to actions (and optionally under capture), as JSON.
+"""Latency of a forward to actions on the straightforward and the fast path (optionally under capture), as JSON.
 
     python benchmarks/bench_inference.py --preset tiny --device cpu --dtype float32 --batch 1 8
     python benchmarks/bench_inference.py --preset vla-adapter-pro-qwen2.5-0.5b --capture segments full \
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vla_lab.bench import bench_forward, environment, load_for_bench
+from vla_lab.bench import load_for_bench, run_benchmarks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,15 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--capture", nargs="*", default=[], choices=("segments", "full"))
+    parser.add_argument("--paths", nargs="+", default=["straightforward", "fast"], choices=("straightforward", "fast"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="also write the JSON here (refuses to overwrite)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_for_bench(args.preset, args.checkpoint, args.dtype, args.device)
-    rows = bench_forward(model, args.batch, args.warmup, args.repeats, tuple(args.capture),
-                         preset=args.checkpoint or args.preset)
-    result = {"benchmark": "inference", "environment": environment(), "results": [r.to_dict() for r in rows]}
+    result = run_benchmarks(model, args.batch, tuple(args.paths), tuple(args.capture), args.warmup, args.repeats,
+                            preset=args.checkpoint or args.preset)
     text = json.dumps(result, indent=2)
     if args.out:
         if args.out.exists():

@@ -156,6 +156,59 @@ def bench_forward(
     return rows
 
 
+def bench_fast(
+    model: VLAAdapter,
+    batch_sizes: list[int],
+    warmup: int = 3,
+    repeats: int = 20,
+    capture_modes: tuple[str, ...] = (),
+    preset: str = "",
+) -> list[Measurement]:
+    """The fast path (:class:`vla_lab.fast.FastVLA`), optionally under capture, per batch size.
+
+    Each row's ``extra`` records the largest difference from the straightforward path's actions.
+    """
+    from vla_lab.fast import FastVLA
+
+    fast = FastVLA(model)
+    rows = []
+    for batch in batch_sizes:
+        inputs = synthetic_batch(model, batch)
+        mask = torch.ones(inputs["input_ids"].shape, dtype=torch.long)
+        args = (inputs["pixel_values"], inputs["input_ids"], mask, inputs["proprio"])
+        with torch.inference_mode():
+            reference = model(**inputs)
+        seq = reference.layouts[0].num_tokens
+        difference = float((fast(*args) - reference.normalized_actions).abs().max())
+        rows.append(measure("fast", lambda args=args: fast(*args), model, batch, seq, warmup, repeats, preset,
+                            extra={"max_abs_difference": difference, "stats": dict(fast.stats)}))
+        for mode in capture_modes:
+
+            def captured(mode: str = mode, args: tuple = args) -> Any:
+                return fast.capture_forward(*args, mode=mode)
+
+            rows.append(measure(f"fast+capture[{mode}]", captured, model, batch, seq, warmup, repeats, preset))
+    return rows
+
+
+def run_benchmarks(
+    model: VLAAdapter,
+    batch_sizes: list[int],
+    paths: tuple[str, ...] = ("straightforward", "fast"),
+    capture_modes: tuple[str, ...] = (),
+    warmup: int = 3,
+    repeats: int = 20,
+    preset: str = "",
+) -> dict[str, Any]:
+    """Every requested path as one JSON-able result with the environment."""
+    rows: list[Measurement] = []
+    if "straightforward" in paths:
+        rows += bench_forward(model, batch_sizes, warmup, repeats, capture_modes, preset)
+    if "fast" in paths:
+        rows += bench_fast(model, batch_sizes, warmup, repeats, capture_modes, preset)
+    return {"benchmark": "inference", "environment": environment(), "results": [r.to_dict() for r in rows]}
+
+
 def environment() -> dict[str, Any]:
     return {
         "vla_lab": vla_lab.__version__,

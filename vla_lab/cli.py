@@ -138,6 +138,37 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from vla_lab.bench import load_for_bench, run_benchmarks
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists():
+        raise VLALabError(f"--out: {out} exists; choose another file")
+    model = load_for_bench(args.preset, args.checkpoint, args.dtype, args.device, args.seed)
+    result = run_benchmarks(model, args.batch, tuple(args.paths), tuple(args.capture), args.warmup, args.repeats,
+                            preset=args.checkpoint or args.preset)
+    text = json.dumps(result, indent=2)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    if args.json:
+        print(text)
+    else:
+        for row in result["results"]:
+            print(f"{row['name']:<28} batch {row['batch']:>3}  median {row['median_ms']:9.2f} ms  "
+                  f"[{row['min_ms']:.2f}, {row['max_ms']:.2f}]  {row['actions_per_second']:10.1f} actions/s  "
+                  f"peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB")
+        print(f"device: {result['results'][0]['device_name']}, dtype {args.dtype}")
+    return 0
+
+
 @_command("attention")
 def _attention(args: argparse.Namespace) -> int:
     from vla_lab.report import run_attention
@@ -171,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proprio", help="raw robot state, comma-separated (default: zeros, normalised)")
     p.add_argument("--unnorm-key", dest="unnorm_key", help="dataset statistics to use")
     p.add_argument("--center-crop", dest="center_crop", action="store_true", help="LIBERO centre crop (0.9 area)")
+
+    p = sub.add_parser("bench", help="latency of the straightforward and fast paths (JSON)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a preset with random weights")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--paths", nargs="+", default=["straightforward", "fast"], choices=("straightforward", "fast"))
+    p.add_argument("--capture", nargs="*", default=[], choices=("segments", "full"), help="also time capture")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="also write the JSON to this file (never overwritten)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     from vla_lab.report import add_attention_arguments
 
