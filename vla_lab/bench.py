@@ -121,76 +121,6 @@ def measure(
     )
 
 
-def bench_forward(
-    model: VLAAdapter,
-    batch_sizes: list[int],
-    warmup: int = 3,
-    repeats: int = 20,
-    capture_modes: tuple[str, ...] = (),
-    preset: str = "",
-) -> list[Measurement]:
-    """The straightforward forward to actions, optionally under capture, per batch size."""
-    from vla_lab.capture import capture
-
-    rows = []
-    for batch in batch_sizes:
-        inputs = synthetic_batch(model, batch)
-
-        def plain(inputs: dict[str, Any] = inputs) -> Any:
-            with torch.inference_mode():
-                return model(**inputs)
-
-        with torch.inference_mode():
-            seq = model(**inputs).layouts[0].num_tokens
-        rows.append(measure("forward", plain, model, batch, seq, warmup, repeats, preset))
-        for mode in capture_modes:
-
-            def captured(mode: str = mode, inputs: dict[str, Any] = inputs) -> Any:
-                with capture(model, mode) as cache, torch.inference_mode():
-                    model(**inputs)
-                return cache
-
-            cache = captured()
-            rows.append(measure(f"forward+capture[{mode}]", captured, model, batch, seq, warmup, repeats, preset,
-                                extra={"cache_bytes": cache.nbytes}))
-    return rows
-
-
-def bench_fast(
-    model: VLAAdapter,
-    batch_sizes: list[int],
-    warmup: int = 3,
-    repeats: int = 20,
-    capture_modes: tuple[str, ...] = (),
-    preset: str = "",
-) -> list[Measurement]:
-    """The fast path (:class:`vla_lab.fast.FastVLA`), optionally under capture, per batch size.
-
-    Each row's ``extra`` records the largest difference from the straightforward path's actions.
-    """
-    from vla_lab.fast import FastVLA
-
-    fast = FastVLA(model)
-    rows = []
-    for batch in batch_sizes:
-        inputs = synthetic_batch(model, batch)
-        mask = torch.ones(inputs["input_ids"].shape, dtype=torch.long)
-        args = (inputs["pixel_values"], inputs["input_ids"], mask, inputs["proprio"])
-        with torch.inference_mode():
-            reference = model(**inputs)
-        seq = reference.layouts[0].num_tokens
-        difference = float((fast(*args) - reference.normalized_actions).abs().max())
-        rows.append(measure("fast", lambda args=args: fast(*args), model, batch, seq, warmup, repeats, preset,
-                            extra={"max_abs_difference": difference, "stats": dict(fast.stats)}))
-        for mode in capture_modes:
-
-            def captured(mode: str = mode, args: tuple = args) -> Any:
-                return fast.capture_forward(*args, mode=mode)
-
-            rows.append(measure(f"fast+capture[{mode}]", captured, model, batch, seq, warmup, repeats, preset))
-    return rows
-
-
 def run_benchmarks(
     model: VLAAdapter,
     batch_sizes: list[int],
@@ -200,12 +130,45 @@ def run_benchmarks(
     repeats: int = 20,
     preset: str = "",
 ) -> dict[str, Any]:
-    """Every requested path as one JSON-able result with the environment."""
+    """Time each path (``straightforward``: ``model(...)``; ``fast``: :class:`vla_lab.fast.FastVLA`), also
+    under capture, per batch size. Fast rows record their largest difference from the straightforward actions.
+    """
+    from vla_lab.capture import capture
+    from vla_lab.fast import FastVLA
+
+    fast = FastVLA(model) if "fast" in paths else None
     rows: list[Measurement] = []
-    if "straightforward" in paths:
-        rows += bench_forward(model, batch_sizes, warmup, repeats, capture_modes, preset)
-    if "fast" in paths:
-        rows += bench_fast(model, batch_sizes, warmup, repeats, capture_modes, preset)
+    for batch in batch_sizes:
+        inputs = synthetic_batch(model, batch)
+        args = (inputs["pixel_values"], inputs["input_ids"], None, inputs["proprio"])
+        with torch.inference_mode():
+            reference = model(**inputs)
+        seq = reference.layouts[0].num_tokens
+
+        def plain(inputs: dict[str, Any] = inputs) -> Any:
+            with torch.inference_mode():
+                return model(**inputs)
+
+        def plain_captured(mode: str, inputs: dict[str, Any] = inputs) -> Any:
+            with capture(model, mode) as cache, torch.inference_mode():
+                model(**inputs)
+            return cache
+
+        runners: dict[str, tuple[Callable[[], Any], Callable[[str], Any], dict[str, Any]]] = {}
+        if "straightforward" in paths:
+            runners["forward"] = (plain, plain_captured, {})
+        if fast is not None:
+            difference = float((fast(*args) - reference.normalized_actions).abs().max())
+            runners["fast"] = (
+                lambda args=args: fast(*args),
+                lambda mode, args=args: fast.capture_forward(*args, mode=mode),
+                {"max_abs_difference": difference},
+            )
+        for name, (run, run_captured, extra) in runners.items():
+            rows.append(measure(name, run, model, batch, seq, warmup, repeats, preset, extra=extra))
+            for mode in capture_modes:
+                rows.append(measure(f"{name}+capture[{mode}]", lambda mode=mode, rc=run_captured: rc(mode), model,
+                                    batch, seq, warmup, repeats, preset))
     return {"benchmark": "inference", "environment": environment(), "results": [r.to_dict() for r in rows]}
 
 

@@ -23,7 +23,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -197,6 +196,15 @@ class FastVLA:
             self.plans.popitem(last=False)
         return plan
 
+    def plan_for(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, attention: Any) -> Plan:
+        """The plan of a batch: prompt lengths read from the (CPU) mask, the mask spec parsed."""
+        if attention_mask is None:
+            lengths = (input_ids.shape[1],) * input_ids.shape[0]
+        else:
+            lengths = tuple(int(n) for n in attention_mask.detach().cpu().sum(dim=1))
+        spec = AttentionSpec.parse(attention) if attention is not None else self.model.attention
+        return self.plan(lengths, input_ids.shape[1], spec)
+
     # --- the computation -------------------------------------------------------------------
     def _compute(
         self, plan: Plan, pixel_values: torch.Tensor, input_ids: torch.Tensor, proprio: torch.Tensor | None,
@@ -272,12 +280,7 @@ class FastVLA:
         would synchronise).
         """
         model = self.model
-        if attention_mask is None:
-            lengths = (input_ids.shape[1],) * input_ids.shape[0]
-        else:
-            lengths = tuple(int(n) for n in attention_mask.detach().cpu().sum(dim=1))
-        spec = AttentionSpec.parse(attention) if attention is not None else model.attention
-        plan = self.plan(lengths, input_ids.shape[1], spec)
+        plan = self.plan_for(input_ids, attention_mask, attention)
         device, dtype = model.device, model.dtype
         pixel_values = pixel_values.to(device, dtype, non_blocking=True)
         input_ids = input_ids.to(device, non_blocking=True)
@@ -311,13 +314,7 @@ class FastVLA:
         from vla_lab.capture import capture
 
         model = self.model
-        lengths = (
-            tuple(int(n) for n in attention_mask.detach().cpu().sum(dim=1))
-            if attention_mask is not None
-            else (input_ids.shape[1],) * input_ids.shape[0]
-        )
-        spec = AttentionSpec.parse(attention) if attention is not None else model.attention
-        plan = self.plan(lengths, input_ids.shape[1], spec)
+        plan = self.plan_for(input_ids, attention_mask, attention)
         device, dtype = model.device, model.dtype
         with capture(model, mode, **capture_options) as cache, torch.inference_mode():
             actions = self._compute(
@@ -338,12 +335,10 @@ class FastVLA:
         mask = batch["attention_mask"].cpu()
         normalized = self(batch["pixel_values"], batch["input_ids"], mask, batch["proprio"], attention)
         normalized = normalized.float().cpu().numpy()
-        plan = self.plan(tuple(int(n) for n in mask.sum(1)), batch["input_ids"].shape[1],
-                         AttentionSpec.parse(attention) if attention is not None else model.attention)
+        plan = self.plan_for(batch["input_ids"], mask, attention)
         ids = [row[: int(n)] for row, n in zip(batch["input_ids"].tolist(), mask.sum(1).tolist())]
-        label = (AttentionSpec.parse(attention) if attention is not None else model.attention).label
-        return ActionPrediction(np.asarray(normalized), model.unnormalize(normalized, stats_key), plan.layouts,
-                                stats_key, label, ids, prompts)
+        return ActionPrediction(normalized, model.unnormalize(normalized, stats_key), plan.layouts, stats_key,
+                                plan.spec.label, ids, prompts)
 
 
 __all__ = ["FastHead", "FastVLA", "Plan", "UpstreamRoPE"]
