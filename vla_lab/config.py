@@ -101,8 +101,38 @@ ATTENTION_KERNELS = ("sdpa", "eager")
 HIDDEN_OFFSETS = ("released", "aligned")
 
 
+class JSONConfig:
+    """JSON round-trip for configuration dataclasses; unknown fields are refused with one line."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}, expected a subset of {sorted(known)}")
+        return cls(**copy.deepcopy(data))
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The JSON text (also written to ``path`` when given)."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> Any:
+        """From JSON text or a file holding it."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text_or_path).read_text()
+        return cls.from_dict(json.loads(text))
+
+
 @dataclass
-class RobotConfig:
+class RobotConfig(JSONConfig):
     """Action chunk, action and proprio sizes and the normalisation of one robot platform."""
 
     name: str = "libero"
@@ -139,7 +169,7 @@ ROBOT_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class VisionConfig:
+class VisionConfig(JSONConfig):
     """Which timm ViTs featurize each image, at what size.
 
     ``backbone_id`` is one of :data:`VISION_BACKBONES` (the timm ids and sizes are then filled in) or
@@ -226,7 +256,7 @@ QWEN25_05B_TEXT_CONFIG: dict[str, Any] = {
 
 
 @dataclass
-class VLAConfig:
+class VLAConfig(JSONConfig):
     """Complete description of a VLA-Adapter model.
 
     Attributes:
@@ -325,30 +355,6 @@ class VLAConfig:
         data.update(overrides)
         return cls.from_dict(data)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VLAConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"VLAConfig: unknown field(s) {unknown}, expected a subset of {sorted(known)}")
-        return cls(**copy.deepcopy(data))
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> VLAConfig:
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
-
     def replace(self, **changes: Any) -> VLAConfig:
         """A copy with some top-level fields changed (validated again)."""
         data = self.to_dict()
@@ -417,6 +423,42 @@ PRESETS: dict[str, dict[str, Any]] = {
         "robot": "libero",
         "use_proprio": True,
         "head_version": "pro",
+        "attention": "causal",
+    },
+    # The models trained on the synthetic tabletop world (vla_lab.tabletop): the released topology with
+    # 64-px images (8x8 patches of 8 px), a 4-layer 64-wide Qwen2 and the world tokenizer's vocabulary.
+    "tabletop": {
+        "vision": {
+            "backbone_id": CUSTOM_BACKBONE,
+            "timm_model_ids": list(VISION_BACKBONES["dinosiglip-vit-so-224px"]["timm_model_ids"]),
+            "image_sizes": [64, 64],
+            "act_layers": [None, None],
+            "timm_kwargs": [
+                {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 8},
+                {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 8},
+            ],
+            "fused": True,
+        },
+        "num_images": 2,
+        "projector": "fused-gelu-mlp",
+        "llm": {
+            **QWEN25_05B_TEXT_CONFIG,
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_window_layers": 4,
+            "max_position_embeddings": 1024,
+            "vocab_size": 381,  # vla_lab.tabletop.build_world_tokenizer(); <|endoftext|> = 380
+            "bos_token_id": 380,
+            "eos_token_id": 380,
+        },
+        "num_action_queries": 64,
+        "robot": "libero",
+        "use_proprio": True,
+        "head_version": "pro",
+        "head_num_heads": 8,
         "attention": "causal",
     },
 }

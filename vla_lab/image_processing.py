@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import torch
 import torchvision.transforms.functional as TVF
 from torchvision.transforms import InterpolationMode
 
+from vla_lab.config import JSONConfig
 from vla_lab.errors import ConfigError, InputError
 
 RESIZE_STRATEGIES = ("resize-naive", "letterbox", "resize-crop")
@@ -43,7 +44,7 @@ def _fill_from_mean(mean: Any) -> list[int]:
 
 
 @dataclass
-class ImageProcessorConfig:
+class ImageProcessorConfig(JSONConfig):
     """How images are turned into pixel values; ``means``/``stds`` hold one triple per featurizer."""
 
     resize_strategy: str = "resize-naive"
@@ -116,33 +117,6 @@ class ImageProcessorConfig:
     def channels_per_image(self) -> int:
         return 3 * self.num_featurizers
 
-    # --- JSON ------------------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ImageProcessorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"ImageProcessorConfig: unknown field(s) {unknown}, expected a subset of {sorted(known)}"
-            )
-        return cls(**copy.deepcopy(data))
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> ImageProcessorConfig:
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
 
     # --- upstream preprocessor_config.json ------------------------------------------------------
 
