@@ -282,13 +282,17 @@ def test_success_semantics() -> None:
     # Closing on the target grasps it.
     done = world.step(scene, State(target.x + 0.06, target.y), close)
     assert done.holding and done.closed and done.success and done.done and done.steps == 1
-    # Closing just outside the grasp radius, far away, or on a distractor fails.
+    # Closing on nothing (just outside the grasp radius, or far away) is a miss: the episode goes on.
     edge = world.step(scene, State(target.x + CONFIG.grasp_radius + 0.01, target.y), close)
-    assert edge.failed and not edge.success
+    assert not edge.done and not edge.closed and edge.misses == 1
     far = _free_state(scene)
-    assert world.step(scene, far, close).failed
+    missed = world.step(scene, far, close)
+    assert not missed.done and missed.misses == 1
+    assert world.step(scene, missed, close).misses == 2
+    # Closing on a distractor grasps the wrong object: failure.
     distractor = scene.objects[scene.distractors[0]]
-    assert world.step(scene, State(distractor.x, distractor.y), close).failed
+    wrong = world.step(scene, State(distractor.x, distractor.y), close)
+    assert wrong.failed and wrong.closed and not wrong.success
     # A finished episode does not change.
     assert world.step(scene, done, np.array([1, 1, 0, 0, 0, 0, -1.0])) == done
     # Moving: clipped to [-1, 1] and scaled by max_step; pose dims are ignored; -1 keeps the gripper open.
@@ -300,9 +304,18 @@ def test_success_semantics() -> None:
         world.step(scene, State(0.0, 0.0), np.array([np.nan, 0, 0, 0, 0, 0, 0]))
     with pytest.raises(InputError):
         world.step(scene, State(0.0, 0.0), np.zeros(6))
-    # A policy that closes at once, far from the target, fails the rollout.
+    # A policy that only closes, far from every object, misses until the time runs out.
     result = world.rollout(scene, lambda obs: np.tile(close, (8, 1)))
-    assert result.outcome == "failed_grasp" and not result.success and result.steps == 1
+    assert result.outcome == "timeout" and not result.success and result.final_state.misses == CONFIG.max_steps
+    # One that heads for a distractor and closes there fails.
+    def to_distractor(obs):
+        dx, dy = distractor.x - obs.state[0], distractor.y - obs.state[1]
+        move = np.clip(np.array([dx, dy]) / CONFIG.max_step, -1, 1)
+        grasp = 1.0 if np.hypot(dx, dy) < 0.05 else -1.0
+        return np.tile(np.array([*move, 0, 0, 0, 0, grasp]), (1, 1))
+
+    result = world.rollout(scene, to_distractor, execute=1)
+    assert result.outcome == "wrong_object" and not result.success
 
 
 def test_expert_chunk_is_consistent_open_loop() -> None:
@@ -320,8 +333,8 @@ def test_expert_chunk_is_consistent_open_loop() -> None:
     # Near the target: a short proportional move, then close, then hold.
     scene = world.sample_scene(3)
     target = scene.target_object
-    chunk = world.expert_chunk(scene, State(target.x - 0.05, target.y + 0.03))
-    np.testing.assert_allclose(chunk[0, :2], [0.5, -0.3], atol=1e-5)
+    chunk = world.expert_chunk(scene, State(target.x - 0.08, target.y + 0.05))
+    np.testing.assert_allclose(chunk[0, :2], [0.8, -0.5], atol=1e-5)
     assert chunk[0, 6] == -1 and (chunk[1:, 6] == 1).all() and (chunk[1:, :6] == 0).all()
     # Far away the expert saturates and heads straight for the target.
     chunk = world.expert_chunk(scene, State(-target.x, -target.y) if abs(target.x) > 0.3 else State(0.9, 0.9))

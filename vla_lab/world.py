@@ -16,9 +16,10 @@ Instruction kinds (``Scene.kind``), drawn with :attr:`WorldConfig.kind_proportio
   candidate by at least :attr:`WorldConfig.relation_margin` along the relation's axis.
 
 Dynamics: each step moves the gripper by ``clip(action[:2], -1, 1) * max_step`` (0.1); ``action[6] > 0``
-closes it. Closing within ``grasp_radius`` (0.1) of the target's centre grasps it (success); closing
-anywhere else ends the episode as a failure. Episodes last at most ``max_steps`` (48); the expert needs
-at most about 18.
+is a grasp attempt. Within ``grasp_radius`` (0.12, inside an object's footprint) of the target's centre it
+grasps the target (success); within it of another object it grasps the wrong object (failure, the episode
+ends); elsewhere it closes on nothing, the gripper opens again and the episode goes on (a "miss").
+Episodes last at most ``max_steps`` (48); the expert needs at most about 18.
 
 Seeds of disjoint splits (see :data:`SPLITS` and :func:`split_seeds`): train ``[0, 1e6)``, test
 ``[1e6, 2e6)``, validation ``[2e6, 3e6)``. A seed determines a scene (:func:`sample_scene`) and, for
@@ -124,8 +125,8 @@ class WorldConfig:
     object_gap: float = 0.15
     relation_margin: float = 0.3
     max_step: float = 0.1
-    grasp_radius: float = 0.1
-    close_radius: float = 0.04
+    grasp_radius: float = 0.12
+    close_radius: float = 0.06
     min_start_distance: float = 0.3
     max_steps: int = 48
     chunk: int = 8
@@ -252,7 +253,7 @@ class Scene:
 
 @dataclass(frozen=True)
 class State:
-    """Gripper position, whether it is closed, steps taken, and the outcome so far."""
+    """Gripper position, whether it is closed, steps taken, grasps that closed on nothing, and the outcome."""
 
     x: float
     y: float
@@ -260,6 +261,7 @@ class State:
     steps: int = 0
     holding: bool = False
     failed: bool = False
+    misses: int = 0
 
     @property
     def done(self) -> bool:
@@ -302,9 +304,12 @@ class Example:
         return [self.full_image, self.wrist_image]
 
 
+OUTCOMES = ("success", "wrong_object", "timeout")
+
+
 @dataclass
 class RolloutResult:
-    """One closed-loop episode. ``outcome`` is ``success``, ``failed_grasp`` or ``timeout``."""
+    """One closed-loop episode. ``outcome`` is ``success``, ``wrong_object`` or ``timeout``."""
 
     success: bool
     outcome: str
@@ -675,10 +680,11 @@ def object_patch_masks(
 
 
 def step(scene: Scene, state: State, action: np.ndarray | Sequence[float]) -> State:
-    """Apply one 7-d action: move by ``clip(action[:2]) * max_step``; ``action[6] > 0`` closes the gripper.
+    """Apply one 7-d action: move by ``clip(action[:2]) * max_step``; ``action[6] > 0`` attempts a grasp.
 
-    Closing within ``grasp_radius`` of the target's centre grasps it (success); closing anywhere else fails
-    the episode. Pose dims 2-5 are ignored. A finished episode's state is returned unchanged.
+    The attempt grasps the target if it is within ``grasp_radius`` (success), another object if that one
+    is (failure), and otherwise closes on nothing: the gripper reopens and ``misses`` counts it. Pose dims
+    2-5 are ignored. A finished episode's state is returned unchanged.
     """
     a = np.asarray(action, dtype=np.float64).reshape(-1)
     if a.shape != (7,):
@@ -691,13 +697,14 @@ def step(scene: Scene, state: State, action: np.ndarray | Sequence[float]) -> St
     a = np.clip(a, -1.0, 1.0)
     x = float(np.clip(state.x + a[0] * config.max_step, -1.0, 1.0))
     y = float(np.clip(state.y + a[1] * config.max_step, -1.0, 1.0))
-    closed, holding, failed = state.closed, state.holding, state.failed
+    closed, holding, failed, misses = state.closed, state.holding, state.failed, state.misses
     if a[6] > 0 and not closed:
-        closed = True
-        target = scene.target_object
-        holding = math.hypot(x - target.x, y - target.y) <= config.grasp_radius
-        failed = not holding
-    return State(x, y, closed, state.steps + 1, holding, failed)
+        within = [math.hypot(x - o.x, y - o.y) <= config.grasp_radius for o in scene.objects]
+        holding = within[scene.target]
+        failed = not holding and any(within)
+        closed = holding or failed
+        misses += not closed
+    return State(x, y, closed, state.steps + 1, holding, failed, misses)
 
 
 def expert_action(scene: Scene, state: State) -> np.ndarray:
@@ -778,7 +785,7 @@ def rollout(
             positions.append((state.x, state.y))
             if state.done or state.steps >= max_steps:
                 break
-    outcome = "success" if state.holding else "failed_grasp" if state.failed else "timeout"
+    outcome = "success" if state.holding else "wrong_object" if state.failed else "timeout"
     return RolloutResult(
         success=state.holding,
         outcome=outcome,
@@ -831,6 +838,7 @@ def evaluate(
                 "outcome": result.outcome,
                 "steps": int(result.steps),
                 "queries": int(result.queries),
+                "misses": int(result.final_state.misses),
             }
         )
     by_kind = {}
@@ -842,7 +850,7 @@ def evaluate(
                 "num_episodes": len(rows),
             }
     outcomes = {
-        name: sum(e["outcome"] == name for e in episodes) for name in ("success", "failed_grasp", "timeout")
+        name: sum(e["outcome"] == name for e in episodes) for name in OUTCOMES
     }
     return {
         "success_rate": sum(e["success"] for e in episodes) / len(episodes) if episodes else 0.0,
