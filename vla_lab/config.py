@@ -99,6 +99,7 @@ NORMALIZATION_TYPES = ("bounds", "bounds_q99")
 HEAD_VERSIONS = ("v1", "pro")
 ATTENTION_KERNELS = ("sdpa", "eager")
 HIDDEN_OFFSETS = ("released", "aligned")
+TOKENIZERS = ("qwen2.5", "tabletop")
 
 
 class JSONConfig:
@@ -279,6 +280,8 @@ class VLAConfig(JSONConfig):
             proprio input to bf16 whatever the model's dtype; True reproduces that rounding in float32
             too (in bf16 it changes nothing). False keeps float32 inference exact.
         norm_stats: dataset statistics ``{dataset: {"action": {...}, "proprio": {...}}}``.
+        tokenizer: the built-in tokenizer a model without tokenizer files uses: ``qwen2.5`` (offline
+            Qwen2.5) or ``tabletop`` (the synthetic world's small vocabulary).
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -296,6 +299,7 @@ class VLAConfig(JSONConfig):
     stop_token_id: int = 2
     upstream_bf16_casts: bool = False
     norm_stats: dict[str, Any] | None = None
+    tokenizer: str = "qwen2.5"
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -312,6 +316,8 @@ class VLAConfig(JSONConfig):
             raise ConfigError(f"head_version: got {self.head_version!r}, expected one of {HEAD_VERSIONS}")
         if self.attn_kernel not in ATTENTION_KERNELS:
             raise ConfigError(f"attn_kernel: got {self.attn_kernel!r}, expected one of {ATTENTION_KERNELS}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"tokenizer: got {self.tokenizer!r}, expected one of {TOKENIZERS}")
         if self.hidden_offset not in HIDDEN_OFFSETS:
             raise ConfigError(f"hidden_offset: got {self.hidden_offset!r}, expected one of {HIDDEN_OFFSETS}")
         if not isinstance(self.num_action_queries, int) or self.num_action_queries < 1:
@@ -460,5 +466,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "head_version": "pro",
         "head_num_heads": 8,
         "attention": "causal",
+        "tokenizer": "tabletop",
     },
 }

@@ -26,6 +26,15 @@ def build_prompt(instruction: str) -> str:
     return PROMPT_TEMPLATE.format(instruction=instruction.lower())
 
 
+def builtin_tokenizer(name: str) -> QwenTokenizer:
+    """``qwen2.5`` (offline Qwen2.5) or ``tabletop`` (the synthetic world's vocabulary)."""
+    if name == "tabletop":
+        from vla_lab.tabletop import build_world_tokenizer
+
+        return build_world_tokenizer()
+    return load_qwen25_tokenizer()
+
+
 @dataclass
 class VLAProcessor:
     """Images, instruction(s) -> ``pixel_values``, right-padded ``input_ids`` and ``attention_mask``."""
@@ -36,9 +45,9 @@ class VLAProcessor:
 
     @classmethod
     def for_config(cls, config: VLAConfig, tokenizer: QwenTokenizer | None = None) -> VLAProcessor:
-        """The default processor of a configuration: timm normalisation (bf16-rounded) and Qwen2.5."""
+        """The default processor of a configuration: timm normalisation (bf16-rounded) and its built-in tokenizer."""
         image_config = ImageProcessorConfig.for_timm_models(config.vision.timm_model_ids, config.vision.image_size)
-        return cls(ImageProcessor(image_config), tokenizer or load_qwen25_tokenizer(), config.num_images)
+        return cls(ImageProcessor(image_config), tokenizer or builtin_tokenizer(config.tokenizer), config.num_images)
 
     @classmethod
     def from_directory(cls, directory: str | Path, config: VLAConfig) -> VLAProcessor:
@@ -51,7 +60,7 @@ class VLAProcessor:
             else ImageProcessorConfig.for_timm_models(config.vision.timm_model_ids, config.vision.image_size)
         )
         has_tokenizer = (directory / "vocab.json").exists() or (directory / "tokenizer.json").exists()
-        tokenizer = load_tokenizer_from_files(directory) if has_tokenizer else load_qwen25_tokenizer()
+        tokenizer = load_tokenizer_from_files(directory) if has_tokenizer else builtin_tokenizer(config.tokenizer)
         return cls(ImageProcessor(image_config), tokenizer, config.num_images)
 
     def tokenize(self, instructions: Sequence[str]) -> dict[str, Any]:
