@@ -200,8 +200,11 @@ class MaskAudit:
         )
 
 
-def mask_audit(cache: ActivationCache, tol: float = 1e-6) -> MaskAudit:
+def mask_audit(cache: ActivationCache, tol: float = 0.0) -> MaskAudit:
     """Infer the LLM's effective mask from captured attention alone.
+
+    A masked position gets exactly zero probability; an allowed one a positive probability, however
+    small (a trained model can put 1e-7 on a segment), so the default ``tol`` is 0.
 
     ``causal``: no query puts mass on a later position, and every (query segment, earlier-or-same key
     segment) pair gets mass. ``bidirectional``: every query except the last puts mass on later
