@@ -432,7 +432,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attention": "causal",
     },
     # The models trained on the synthetic tabletop world (vla_lab.tabletop): the released topology with
-    # 64-px images (8x8 patches of 8 px), a 4-layer 64-wide Qwen2 and the world tokenizer's vocabulary.
+    # 64-px images (4x4 patches of 16 px), a 4-layer 64-wide Qwen2, 16 action queries and the world
+    # tokenizer's vocabulary.
     "tabletop": {
         "vision": {
             "backbone_id": CUSTOM_BACKBONE,
@@ -440,8 +441,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "image_sizes": [64, 64],
             "act_layers": [None, None],
             "timm_kwargs": [
-                {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 8},
-                {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 8},
+                {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 16},
+                {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 16},
             ],
             "fused": True,
         },
@@ -460,7 +461,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "bos_token_id": 380,
             "eos_token_id": 380,
         },
-        "num_action_queries": 64,
+        "num_action_queries": 16,
         "robot": "libero",
         "use_proprio": True,
         "head_version": "pro",

@@ -1,0 +1,184 @@
+"""Tests of the trainer (vla_lab.train) at tiny sizes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_tabletop import tiny_tabletop_config
+from vla_lab import tabletop, world
+from vla_lab.checkpoint import load_pretrained
+from vla_lab.errors import ConfigError
+from vla_lab.train import (
+    TRAINER_STATE,
+    TrainConfig,
+    add_train_arguments,
+    batch_indices,
+    config_from_args,
+    learning_rate,
+    train,
+)
+
+
+def tiny_train_config(**changes) -> TrainConfig:
+    base = {
+        "steps": 12,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "warmup_steps": 2,
+        "num_examples": 96,
+        "val_examples": 16,
+        "eval_interval": 0,
+        "eval_episodes": 2,
+        "eval_execute": 4,
+        "test_episodes": 0,
+        "checkpoint_interval": 0,
+        "log_interval": 1,
+        "num_threads": 1,
+        "seed": 3,
+    }
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def read_metrics(directory) -> list[dict]:
+    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- configuration and schedule ----------------------------------------------------------------
+
+
+def test_train_config_json_round_trip(tmp_path) -> None:
+    config = TrainConfig(steps=7, lr=2e-4, betas=(0.8, 0.95), attention="bidirectional", seed=5)
+    assert TrainConfig.from_json(config.to_json()) == config
+    config.to_json(tmp_path / "train.json")
+    assert TrainConfig.from_json(tmp_path / "train.json") == config
+    assert TrainConfig.from_dict(json.loads(config.to_json())).betas == (0.8, 0.95)
+    with pytest.raises(ConfigError, match="unknown"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp8")
+    with pytest.raises(ConfigError, match="steps"):
+        TrainConfig(steps=0)
+
+
+def test_learning_rate_schedule() -> None:
+    config = TrainConfig(steps=110, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    floor = 1e-4
+    assert learning_rate(0, config) == pytest.approx(1e-4)
+    assert learning_rate(4, config) == pytest.approx(5e-4)
+    assert learning_rate(9, config) == pytest.approx(1e-3)
+    assert learning_rate(10, config) == pytest.approx(1e-3)
+    assert learning_rate(60, config) == pytest.approx(floor + (1e-3 - floor) * 0.5)
+    assert learning_rate(35, config) == pytest.approx(floor + (1e-3 - floor) * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert learning_rate(110, config) == pytest.approx(floor)
+    values = [learning_rate(s, config) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    no_warmup = TrainConfig(steps=10, lr=1.0, warmup_steps=0, min_lr_ratio=0.0)
+    assert learning_rate(0, no_warmup) == pytest.approx(1.0)
+
+
+def test_batch_indices_are_seeded_permutations() -> None:
+    first_epoch = torch.cat([batch_indices(s, 5, 20, seed=1) for s in range(4)])
+    assert sorted(first_epoch.tolist()) == list(range(20))
+    assert torch.equal(batch_indices(2, 5, 20, seed=1), batch_indices(2, 5, 20, seed=1))
+    assert not torch.equal(first_epoch, torch.cat([batch_indices(s, 5, 20, seed=2) for s in range(4)]))
+    crossing = batch_indices(3, 6, 20, seed=1)  # 18..23: two from epoch 0, four from epoch 1
+    assert len(crossing) == 6
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = tiny_train_config(steps=40, eval_interval=40)
+    final = train(config, tiny_tabletop_config(), out, progress=False)
+    return out, final, config
+
+
+def test_training_lowers_the_loss(trained) -> None:
+    out, final, _ = trained
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
+    assert len(losses) == 40
+    assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:4]) / 4
+
+
+def test_checkpoint_is_released_layout_and_predicts_identically(trained) -> None:
+    out, final, config = trained
+    names = {p.name for p in final.iterdir()}
+    expected = {
+        "config.json", "model.safetensors", "action_head--40_checkpoint.pt", "proprio_projector--40_checkpoint.pt",
+        "dataset_statistics.json", "preprocessor_config.json", "vla_lab_config.json", "vocab.json", "merges.txt",
+    }
+    assert expected <= names
+    assert json.loads((final / "config.json").read_text())["model_type"] == "openvla"
+    model = load_pretrained(final)
+    assert model.processor.tokenizer.vocab_size == 381
+    # The in-memory model's validation L1 at the last step equals the reloaded checkpoint's, bit for bit.
+    logged = [r for r in read_metrics(out) if "val_action_l1" in r][-1]
+    val = tabletop.TabletopData.generate(
+        model.config, world.split_seeds("validation", config.val_examples), model.processor.tokenizer
+    )
+    assert tabletop.action_l1(model, val) == logged["val_action_l1"]
+    # And the checkpoint of the step directory is the same model.
+    twin = load_pretrained(out / "step-00040")
+    scene = world.sample_scene(world.SPLITS["test"][5])
+    obs = world.render(scene)
+    a = tabletop.policy_for(model)(obs)
+    b = tabletop.policy_for(twin)(obs)
+    assert (a == b).all()
+    state = torch.load(out / "step-00040" / TRAINER_STATE, weights_only=True)
+    assert state["step"] == 40 and isinstance(state["rng"]["torch"], torch.Tensor)
+
+
+def test_resume_equals_straight_training(tmp_path) -> None:
+    config = tiny_train_config(steps=8, num_examples=24, attention="bidirectional")
+    model_config = tiny_tabletop_config()
+    straight = train(config, model_config, tmp_path / "straight", progress=False)
+    half = train(config, model_config, tmp_path / "resumed", stop_at=4, progress=False)
+    assert half.name == "step-00004" and not (tmp_path / "resumed" / "final").exists()
+    resumed = train(config, model_config, tmp_path / "resumed", resume=True, progress=False)
+    for name in ("model.safetensors",):
+        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("action_head--8_checkpoint.pt", "proprio_projector--8_checkpoint.pt"):
+        a = torch.load(straight / name, weights_only=True)
+        b = torch.load(resumed / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_pretrained(resumed).config.attention == "bidirectional"
+
+
+def test_command_line_options(tmp_path) -> None:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    base = tiny_train_config(steps=50)
+    args = parser.parse_args(
+        ["--out", str(tmp_path), "--attention", "bidirectional", "--steps", "3", "--config", base.to_json()]
+    )
+    config, model_config = config_from_args(args)
+    assert config.steps == 3 and config.attention == "bidirectional" and config.batch_size == 8
+    assert model_config.name == "tabletop"
+    defaults, _ = config_from_args(parser.parse_args(["--out", str(tmp_path)]))
+    assert defaults == TrainConfig()
+
+
+def test_auxiliary_losses_are_logged_and_learn(tmp_path) -> None:
+    config = tiny_train_config(steps=30, aux_patch_weight=1.0, aux_target_weight=1.0, relabel=True, num_examples=32)
+    train(config, tiny_tabletop_config(), tmp_path / "aux", progress=False)
+    records = [r for r in read_metrics(tmp_path / "aux") if "aux_patch_loss" in r]
+    assert len(records) == 30
+    first, last = records[0]["aux_patch_loss"], sum(r["aux_patch_loss"] for r in records[-5:]) / 5
+    assert last < 0.7 * first
+    off = tiny_train_config(steps=2, aux_patch_weight=0.0, aux_target_weight=0.0, relabel=False)
+    train(off, tiny_tabletop_config(), tmp_path / "plain", progress=False)
+    assert not any("aux_patch_loss" in r for r in read_metrics(tmp_path / "plain"))
+    with pytest.raises(ConfigError, match="aux_target_weight"):
+        tiny_train_config(aux_target_weight=-1.0)
