@@ -1,0 +1,60 @@
+"""Target-attention ratio (vla_lab.target_attention) on tiny models with known patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.test_tabletop import tiny_tabletop_config
+from vla_lab import analysis, tabletop, world
+from vla_lab import target_attention as ta
+from vla_lab.capture import capture
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tabletop.build_model(tiny_tabletop_config(), seed=0).eval()
+
+
+def test_ratio_is_a_ratio_of_means() -> None:
+    df = pd.DataFrame(
+        [
+            (1, "attribute", 0, "target", 0.2), (2, "attribute", 0, "target", 0.4),
+            (1, "attribute", 0, "distractors", 0.1), (2, "attribute", 0, "distractors", 0.1),
+            (1, "attribute", 1, "target", 0.1), (1, "attribute", 1, "distractors", 0.2),
+        ],
+        columns=["seed", "kind", "layer", "region", "value"],
+    )
+    ratios = ta.ratio_by_layer(df)
+    assert ratios.loc[0] == pytest.approx(3.0) and ratios.loc[1] == pytest.approx(0.5)
+
+
+def test_llm_values_are_the_action_queries_attention_on_the_objects(model) -> None:
+    df = ta.target_attention(model, "test", 3, source="llm")
+    assert set(df.region) == {"target", "distractors"} and set(df.layer) == set(range(model.config.num_llm_layers))
+    forward, scenes, _ = tabletop.scene_inputs(model, "test", 3)
+    with capture(model, "segments", hidden_states=False) as cache, torch.no_grad():
+        model(**forward)
+    patches = analysis.query_patch_attention(cache, "action_queries", layers=[1])
+    grid = tuple(model.vision_backbone.patch_grid)
+    for b, scene in enumerate(scenes):
+        masks = [world.object_patch_masks(scene, grid, view=v) for v in ("full", "wrist")]
+        maps = [analysis.patch_grid(patches, sample=b, layer=1, image=i) for i in range(2)]
+        expected = np.concatenate([maps[i][masks[i]["target"]] for i in range(2)]).mean()
+        got = df[(df.seed == scene.seed) & (df.layer == 1) & (df.region == "target")]["value"].item()
+        assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_head_source_and_layer_rule(model) -> None:
+    head = ta.target_attention(model, "test", 2, source="head")
+    assert set(head.layer) == set(range(model.action_head.num_blocks)) and (head.value >= 0).all()
+    result = ta.target_attention_ratio(model, "test", 4, selection_episodes=4)
+    validation = result["validation_ratio_by_layer"]
+    assert result["layer"] == max(validation, key=validation.get)
+    assert result["target_attention_ratio"] == result["ratio_by_layer"][result["layer"]]
+    fixed = ta.target_attention_ratio(model, "test", 4, layer=0)
+    assert fixed["layer"] == 0 and fixed["validation_ratio_by_layer"] is None
+    with pytest.raises(Exception, match="source"):
+        ta.target_attention(model, source="vision")
