@@ -169,6 +169,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+@_command("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from vla_lab.demo import run_demo_command
+
+    return run_demo_command(args)
+
+
+@_command("train")
+def _train(args: argparse.Namespace) -> int:
+    from vla_lab.train import run_train
+
+    return run_train(args)
+
+
 @_command("attention")
 def _attention(args: argparse.Namespace) -> int:
     from vla_lab.report import run_attention
@@ -190,6 +204,15 @@ def _add_model_arguments(p: argparse.ArgumentParser, attention_choices: tuple[st
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vla-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+
+    from vla_lab.demo import add_demo_arguments
+    from vla_lab.train import add_train_arguments
+
+    p = sub.add_parser("demo", help="evaluate the shipped models and export their attention figures (main job)")
+    add_demo_arguments(p)
+
+    p = sub.add_parser("train", help="train a model on the synthetic tabletop world")
+    add_train_arguments(p)
 
     p = sub.add_parser("params", help="parameter counts per component of a preset (no weights needed)")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
