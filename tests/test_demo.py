@@ -1,0 +1,49 @@
+"""`vla-lab demo` on the shipped models, with few episodes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vla_lab import cli
+from vla_lab.errors import ExportError
+from vla_lab.shipped import MASKS, load_shipped, shipped_path
+
+
+def test_shipped_models_load_and_differ() -> None:
+    import torch
+
+    models = {m: load_shipped(m) for m in MASKS}
+    for mask, model in models.items():
+        assert model.config.attention == mask and model.config.name == "tabletop"
+        assert (shipped_path(mask) / "model.safetensors").exists()
+    a, b = (dict(models[m].named_parameters()) for m in MASKS)
+    assert any(not torch.equal(a[k], b[k]) for k in a), "the two shipped models must be trained separately"
+
+
+def test_demo_json_and_files(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--episodes", "4", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert set(summary["models"]) == set(MASKS) == set(summary["random_baseline"])
+    for mask in MASKS:
+        model = summary["models"][mask]
+        assert 0.0 <= model["success_rate"] <= 1.0 and model["num_episodes"] == 4
+        assert model["action_l1"] >= 0 and model["target_attention_ratio"] > 0
+        rule = model["target_attention"]["llm_action_queries"]
+        validation = rule["validation_ratio_by_layer"]  # JSON keys are strings
+        assert str(rule["layer"]) == max(validation, key=validation.get)
+        assert summary["random_baseline"][mask]["target_attention_ratio"] > 0
+        names = {p.split("/")[-1] for p in model["figures"]}
+        assert {"action_query_target_overlay.png", "segment_mass_layers.png", "mode_difference.png"} <= names
+        assert all((tmp_path / "demo").joinpath(*p.split(str(out) + "/")[-1].split("/")).exists()
+                   for p in model["figures"])
+    assert json.loads((out / "demo.json").read_text())["episodes"] == 4
+    # A second run into the same directory is refused unless asked to overwrite.
+    assert cli.main(["demo", "--out", str(out), "--episodes", "2", "--no-baseline"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    with pytest.raises(ExportError):
+        from vla_lab.demo import run_demo
+
+        run_demo(out, episodes=1, baseline=False)
