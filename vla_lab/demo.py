@@ -99,9 +99,10 @@ def run_demo(
         model = load_shipped(mask)
         metrics = _model_metrics(model, episodes, ratio_episodes)
         directory = root / f"tabletop-{mask}"
+        forward, images, description = example_inputs(model)
         report = attention_report(
-            model, *example_inputs(model)[:2], modes=("causal", "bidirectional"), out_dir=directory,
-            description=example_inputs(model)[2], overwrite=True, outlines=example_outlines(model), formats=formats,
+            model, forward, images, modes=("causal", "bidirectional"), out_dir=directory, description=description,
+            overwrite=True, outlines=example_outlines(model), formats=formats,
         )
         files = [f for m in report["modes"].values() for f in m["files"]] + report["comparison"]["files"]
         files += [str(p) for p in _overlay(model, metrics["target_attention"]["llm_action_queries"]["layer"],

@@ -200,7 +200,7 @@ class AuxiliaryLosses(torch.nn.Module):
         grid = torch.stack([r.flatten() / max(rows - 1, 1), c.flatten() / max(cols - 1, 1)], -1) * 2 - 1
         self.register_buffer("patch_positions", grid.repeat(model.config.num_images, 1), persistent=False)
         self._projected: torch.Tensor | None = None
-        self._handle = model.projector.register_forward_hook(self._record)
+        self._handle = model.projector.register_forward_hook(self._record) if self.active else None
 
     @property
     def active(self) -> bool:
@@ -210,7 +210,8 @@ class AuxiliaryLosses(torch.nn.Module):
         self._projected = output
 
     def remove(self) -> None:
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
 
     def forward(
         self, query_states: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
