@@ -136,3 +136,7 @@ def test_head_task_patch_attention_maps_released_offset(tiny_model, inputs):
     grid = sel.sort_values(["row", "col"])["value"].to_numpy().reshape(4, 4)
     # task key 0 is tok0 (dropped); key j is patch j-1
     np.testing.assert_allclose(grid.ravel()[:16], task[1:17].numpy(), atol=1e-9)
+    # the last patch of the last image is never read under the released offset: NaN, not zero
+    last = df[(df.image == df.image.max()) & (df.row == df.row.max()) & (df.col == df.col.max())]["value"]
+    assert last.isna().all()
+    assert df.drop(last.index)["value"].notna().all()

@@ -445,7 +445,8 @@ def head_task_patch_attention(cache: ActivationCache, offset: str = "released") 
     """The head's attention on its task keys, mapped back to image patches.
 
     With the released offset the task keys are tok0 and the first NP-1 patches, so key j is patch
-    j-1 (key 0 is tok0 and is dropped). Columns: sample, block, head, image, row, col, value.
+    j-1 (key 0 is tok0 and is dropped) and the last patch, which the head never reads, is NaN.
+    Columns: sample, block, head, image, row, col, value.
     """
     frames = []
     layout = cache.layouts[0]
@@ -454,7 +455,8 @@ def head_task_patch_attention(cache: ActivationCache, offset: str = "released") 
         weights = cache[f"head.blocks.{block}.hook_pattern"].cpu().double()
         k_task = cache["head.hook_task_states"].shape[2]
         task = weights[..., -k_task:].mean(dim=2)  # (B, H, K_task), mean over chunk queries
-        patches = torch.zeros(task.shape[0], task.shape[1], layout.num_patches, dtype=task.dtype)
+        # Under the released offset the last patch is never read: NaN, not a measured zero.
+        patches = torch.full((task.shape[0], task.shape[1], layout.num_patches), float("nan"), dtype=task.dtype)
         patches[..., : layout.num_patches - shift] = task[..., shift:]
         start = 0
         for image, grid in enumerate(layout.patch_grids):

@@ -275,8 +275,8 @@ def object_attention_ratio(
         state = states[sample] if states is not None else None
         masks = world.object_patch_masks(scenes[sample], grid, view=views[image], state=state)
         target, distractors = masks["target"], masks["distractors"]
-        t_mean = float(values[target].mean()) if target.any() else float("nan")
-        d_mean = float(values[distractors].mean()) if distractors.any() else float("nan")
+        t_mean = float(np.nanmean(values[target])) if target.any() else float("nan")
+        d_mean = float(np.nanmean(values[distractors])) if distractors.any() else float("nan")
         ratio = t_mean / d_mean if (target.any() and distractors.any() and d_mean > 0) else float("nan")
         rows.append((int(sample), key, int(image), views[image], int(target.sum()), int(distractors.sum()),
                      t_mean, d_mean, ratio))

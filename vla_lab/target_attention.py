@@ -76,7 +76,7 @@ def target_attention(
                     region_mask = np.stack([m[region] for m in masks])  # (images, rows, cols)
                     if not region_mask.any():
                         continue
-                    per_layer = values[b][:, region_mask].mean(axis=1)
+                    per_layer = np.nanmean(values[b][:, region_mask], axis=1)
                     for layer, value in enumerate(per_layer):
                         rows.append({"seed": scene.seed, "kind": scene.kind, "layer": layer, "region": region,
                                      "value": float(value)})
