@@ -97,7 +97,7 @@ class TrainConfig:
         aux_target_weight: weight of the target-position loss (0: off).
     """
 
-    steps: int = 8000
+    steps: int = 16000
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
