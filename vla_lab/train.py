@@ -39,14 +39,14 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vla_lab import tabletop, world
-from vla_lab.config import VLAConfig
+from vla_lab.config import JSONConfig, VLAConfig
 from vla_lab.errors import ConfigError
 
 TRAINER_STATE = "trainer_state.pt"
@@ -57,7 +57,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JSONConfig):
     """Hyperparameters and run settings; the defaults are the shipped recipe.
 
     Attributes:
@@ -162,27 +162,6 @@ class TrainConfig:
         data = asdict(self)
         data["betas"] = list(self.betas)
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"TrainConfig: unknown field(s) {unknown}, expected a subset of {sorted(known)}")
-        return cls(**data)
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> TrainConfig:
-        text = str(text_or_path)
-        if not text.lstrip().startswith("{"):
-            text = Path(text_or_path).read_text()
-        return cls.from_dict(json.loads(text))
 
 
 class AuxiliaryLosses(torch.nn.Module):
