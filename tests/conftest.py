@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models, shrunk presets and the optional ../shared reference data."""
+"""Shared fixtures: tiny models, shrunk presets and the reference data in tests/data."""
 
 from __future__ import annotations
 
@@ -11,17 +11,19 @@ import torch
 from vla_lab import VLAAdapter, VLAConfig
 from vla_lab.config import VISION_BACKBONES
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+#: Reference data copied into the repository: released checkpoint files (MIT; the tokenizer files are
+#: Qwen2.5's, Apache-2.0), the released state-dict keys and one LIBERO-Spatial observation.
+DATA = Path(__file__).resolve().parent / "data"
 
 #: A real LIBERO prompt's ids under Qwen2.5 (prefix; from the issue).
 LIBERO_IDS_PREFIX = [641, 25, 3555, 1917, 1265, 279, 12305, 1896, 311, 3735, 705, 279]
 
 
-def shared_path(*parts: str) -> Path:
-    """A file under ../shared, or skip the test where the folder is absent."""
-    path = SHARED.joinpath(*parts)
+def data_path(*parts: str) -> Path:
+    """A file under tests/data (it is part of the repository: a missing file is an error, not a skip)."""
+    path = DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is not available")
+        raise FileNotFoundError(f"{path} is missing from the repository's test data")
     return path
 
 

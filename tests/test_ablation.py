@@ -11,10 +11,15 @@ import torch
 from matplotlib.figure import Figure
 
 from tests.test_tabletop import tiny_tabletop_config
-from vla_lab import VLAConfig, ablation, tabletop, world
-from vla_lab.ablation import Variant
+from vla_lab import VLAConfig, tabletop
+from vla_lab.config import VISION_BACKBONES
 from vla_lab.errors import ConfigError, InputError
-from vla_lab.train import TrainConfig
+from vla_lab.experiments import ablation
+from vla_lab.experiments.ablation import Variant
+from vla_lab.experiments.ablation import plots as ablation_plots
+from vla_lab.experiments.train import TrainConfig
+from vla_lab.stats import wilson_interval
+from vla_lab.tabletop import world
 
 SINGLE = ("dinov2", "siglip", "clip")
 FUSED = ("dinov2+siglip", "dinov2+clip")
@@ -94,7 +99,7 @@ def test_variant_grid_designs() -> None:
 def test_variant_config_small_and_real(base) -> None:
     for name, backbone_id in ablation.BACKBONES.items():
         config = ablation.variant_config(base, Variant(name, "linear", "bidirectional"))
-        known = ablation.VISION_BACKBONES[backbone_id]
+        known = VISION_BACKBONES[backbone_id]
         assert config.vision.timm_model_ids == known["timm_model_ids"]
         assert config.vision.act_layers == known["act_layers"]
         assert config.vision.fused is ablation.is_fused(name)
@@ -180,7 +185,7 @@ def test_peak_memory_tracks_allocations_and_frees() -> None:
 
 
 def test_forward_memory_grows_with_the_batch_and_cost_rows(base) -> None:
-    from vla_lab.bench import synthetic_batch
+    from vla_lab.experiments.bench import synthetic_batch
     from vla_lab.model import build_random
 
     model = build_random(ablation.variant_config(base, Variant("dinov2", "linear")))
@@ -257,11 +262,11 @@ def test_train_variant_runs_the_trainer_and_loads_the_model(tmp_path, base, toke
 
 
 def test_wilson_interval() -> None:
-    low, high = ablation.wilson_interval(0, 20)
+    low, high = wilson_interval(0, 20)
     assert low == 0 and high == pytest.approx(0.1611, abs=1e-4)
-    low, high = ablation.wilson_interval(10, 20)
+    low, high = wilson_interval(10, 20)
     assert low == pytest.approx(1 - high) and low == pytest.approx(0.2993, abs=1e-4)
-    assert ablation.wilson_interval(0, 0) == (0.0, 1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
 def test_constant_l1_is_the_median_predictor(pools) -> None:
@@ -322,24 +327,24 @@ def test_run_grid_tidy_frames_and_summary(base, tokenizer, pools) -> None:
 def test_figures_have_titles_labels_and_colourbars(base, tokenizer, pools) -> None:
     _, val_pool = pools
     params = ablation.parameter_table(base, ablation.variant_grid(masks=("causal",)), "small")
-    fig = ablation.plot_parameters(params)
+    fig = ablation_plots.plot_parameters(params)
     assert isinstance(fig, Figure) and len(fig.axes) == 2  # heatmap + colourbar
     runs = ablation.run_grid(base, [Variant("dinov2", "linear", m) for m in ("causal", "bidirectional")],
                              tiny_train_config(steps=1), val_pool, episodes=1, attention_examples=2,
                              tokenizer=tokenizer, evaluate_init=False)
     init = ablation.pooled_success(runs.metrics).set_index("stage").loc["init"]
     assert init["success_rate"].isna().all() and init["val_action_l1"].notna().all()
-    for fig in (ablation.plot_training(runs.metrics, 0.2), ablation.plot_losses(runs.losses),
-                ablation.plot_attention(runs.attention)):
+    for fig in (ablation_plots.plot_training(runs.metrics, 0.2), ablation_plots.plot_losses(runs.losses),
+                ablation_plots.plot_attention(runs.attention)):
         assert all(ax.get_xlabel() for ax in fig.axes if ax.get_label() != "<colorbar>")
         assert any(ax.get_title() for ax in fig.axes)
-    assert len(ablation.plot_attention(runs.attention).axes) == 4  # two heatmaps, two colourbars
-    segments = ablation.plot_attention_segments(runs.attention)
+    assert len(ablation_plots.plot_attention(runs.attention).axes) == 4  # two heatmaps, two colourbars
+    segments = ablation_plots.plot_attention_segments(runs.attention)
     assert len(segments.axes) == 2 and segments.axes[0].get_xlabel() == "key segment"
     texts = [t.get_text() for t in segments.axes[0].texts]
     assert texts.count("masked") == 1  # STOP is hidden from the queries by the causal mask only
     labels = [t.get_text() for t in segments.axes[0].get_yticklabels()]
     assert labels == ["dinov2 | linear | causal", "dinov2 | linear | bidirectional"]
-    matrix = ablation.attention_matrix(runs.attention, "vision", "trained", "ratio")
+    matrix = ablation_plots.attention_matrix(runs.attention, "vision", "trained", "ratio")
     assert list(matrix.index) == ["dinov2 | linear | causal", "dinov2 | linear | bidirectional"]
     assert isinstance(matrix, pd.DataFrame) and matrix.shape[1] == base.num_llm_layers

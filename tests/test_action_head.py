@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vla_lab.action_head import L1RegressionActionHead, UpstreamRoPE, apply_rope, rotate_interleaved
+from vla_lab.model.action_head import L1RegressionActionHead, UpstreamRoPE, apply_rope, rotate_interleaved
 
 
 def literal_rope(x: torch.Tensor, positions: int) -> torch.Tensor:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import make_inputs
 
-from vla_lab import analysis
-from vla_lab.capture import run_with_cache
+from vla_lab import interp
+from vla_lab.interp import run_with_cache
 
 COLUMNS = ["sample", "layer", "head", "query_segment", "key_segment", "value"]
 
@@ -30,7 +30,7 @@ def inputs(tiny_config):
 )
 def test_mask_audit_infers_the_mask(tiny_model, inputs, mode, verdict):
     _, cache = run_with_cache(tiny_model, **inputs, attention=mode)
-    audit = analysis.mask_audit(cache)
+    audit = interp.mask_audit(cache)
     assert audit.verdict == verdict, str(audit)
     assert {"future_mass_max", "min_pair_mass", "zero_pairs"} <= set(audit.evidence)
     if verdict == "causal":
@@ -44,23 +44,23 @@ def test_mask_audit_infers_the_mask(tiny_model, inputs, mode, verdict):
 def test_vision_and_text_never_see_queries_under_causal(tiny_model, inputs):
     _, causal = run_with_cache(tiny_model, **inputs, attention="causal")
     _, bidir = run_with_cache(tiny_model, **inputs, attention="bidirectional")
-    c, b = analysis.segment_mass_summary(causal), analysis.segment_mass_summary(bidir)
+    c, b = interp.segment_mass_summary(causal), interp.segment_mass_summary(bidir)
     for pair in ("vision->action_queries", "text->action_queries", "tok0->action_queries"):
         assert c[pair] == 0.0
         assert b[pair] > 0
-    df = analysis.segment_mass(causal)
+    df = interp.segment_mass(causal)
     assert (df[(df.query_segment == "vision") & (df.key_segment == "action_queries")]["value"] == 0).all()
 
 
 def test_segment_mass_is_tidy_and_rows_sum_to_one(tiny_model, inputs):
     _, cache = run_with_cache(tiny_model, **inputs, attention="bidirectional")
-    df = analysis.segment_mass(cache)
+    df = interp.segment_mass(cache)
     assert list(df.columns) == COLUMNS
     layers, heads = tiny_model.config.num_llm_layers, tiny_model.config.llm["num_attention_heads"]
     assert len(df) == 2 * layers * heads * 5 * 5
     sums = df.groupby(["sample", "layer", "head", "query_segment"])["value"].sum()
     assert np.allclose(sums, 1.0, atol=1e-5)
-    fine = analysis.segment_mass(cache, fine=True)
+    fine = interp.segment_mass(cache, fine=True)
     assert {"vision.0", "vision.1"} <= set(fine.query_segment)
     # the coarse vision row is the token-weighted mean of the per-image rows
     sel = fine[(fine["sample"] == 0) & (fine.layer == 0) & (fine["head"] == 0) & (fine.key_segment == "text")]
@@ -72,9 +72,9 @@ def test_segment_mass_is_tidy_and_rows_sum_to_one(tiny_model, inputs):
 
 def test_query_patch_maps_follow_the_patch_grid(tiny_model, inputs):
     _, cache = run_with_cache(tiny_model, **inputs, mode="full")
-    df = analysis.query_patch_attention(cache, layers=[1])
+    df = interp.query_patch_attention(cache, layers=[1])
     assert set(df.columns) == {"sample", "layer", "head", "image", "row", "col", "value"}
-    grid = analysis.patch_grid(df, sample=0, layer=1, image=1)
+    grid = interp.patch_grid(df, sample=0, layer=1, image=1)
     assert grid.shape == (4, 4)
     probs = cache["llm.blocks.1.attn.hook_pattern"][0].mean(0)
     layout = cache.layouts[0]
@@ -84,7 +84,7 @@ def test_query_patch_maps_follow_the_patch_grid(tiny_model, inputs):
 
 def test_entropy(tiny_model, inputs):
     _, cache = run_with_cache(tiny_model, **inputs, mode="full")
-    df = analysis.attention_entropy(cache)
+    df = interp.attention_entropy(cache)
     probs = cache["llm.blocks.0.attn.hook_pattern"][1, 0]
     tok0 = -(probs[0] * probs[0].clamp(min=1e-30).log()).sum().item()
     row = df[(df["sample"] == 1) & (df.layer == 0) & (df["head"] == 0) & (df.query_segment == "tok0")]
@@ -94,7 +94,7 @@ def test_entropy(tiny_model, inputs):
 
 def test_rollout(tiny_model, inputs):
     _, cache = run_with_cache(tiny_model, **inputs, mode="segments", keep_head_mean=True, attention="causal")
-    maps = analysis.rollout_maps(cache)
+    maps = interp.rollout_maps(cache)
     assert maps.shape[0] == tiny_model.config.num_llm_layers
     # rows of a rollout are distributions, and under causal they stay lower-triangular
     torch.testing.assert_close(maps[-1].sum(-1), torch.ones_like(maps[-1].sum(-1)))
@@ -105,23 +105,25 @@ def test_rollout(tiny_model, inputs):
     eye = torch.eye(seq, dtype=torch.float64)
     first = (0.5 * eye + 0.5 * a) / (0.5 * eye + 0.5 * a).sum(-1, keepdim=True)
     torch.testing.assert_close(maps[0], first)
-    df = analysis.attention_rollout(cache)
+    df = interp.attention_rollout(cache)
     assert set(df.columns) == {"sample", "layer", "query_segment", "key_segment", "value"}
     with pytest.raises(Exception, match="keep_head_mean"):
-        analysis.attention_rollout(run_with_cache(tiny_model, **inputs)[1])
+        interp.attention_rollout(run_with_cache(tiny_model, **inputs)[1])
 
 
 def test_compare_modes(tiny_model, inputs):
-    cmp = analysis.compare_modes(tiny_model, inputs)
+    cmp = interp.compare_modes(tiny_model, inputs)
     assert cmp.modes == ("causal", "bidirectional")
     att = cmp.attention
     vision_to_q = att[(att.query_segment == "vision") & (att.key_segment == "action_queries")]
     assert (vision_to_q["causal"] == 0).all() and (vision_to_q["difference"] > 0).all()
     cos = cmp.hidden_cosine
-    first = cos[cos.layer == 0]
+    assert set(cos.columns) == {"sample", "hidden_index", "segment", "cosine"}
+    assert set(cos.hidden_index) == set(range(tiny_model.config.num_llm_layers + 1))
+    first = cos[cos.hidden_index == 0]
     assert np.allclose(first["cosine"], 1.0)  # embeddings do not depend on the mask
-    # under causal vs bidirectional, the queries' own states differ after layer 1, the prefix too
-    later = cos[(cos.layer == 1) & (cos.segment == "vision")]
+    # under causal vs bidirectional, the vision states differ after the first layer
+    later = cos[(cos.hidden_index == 1) & (cos.segment == "vision")]
     assert (later["cosine"] < 1).all()
     assert cmp.action_l1 > 0
     assert set(cmp.actions.columns) >= {"sample", "step", "dim", "abs_difference"}
@@ -129,7 +131,7 @@ def test_compare_modes(tiny_model, inputs):
 
 def test_head_task_patch_attention_maps_released_offset(tiny_model, inputs):
     _, cache = run_with_cache(tiny_model, **inputs)
-    df = analysis.head_task_patch_attention(cache)
+    df = interp.head_task_patch_attention(cache)
     weights = cache["head.blocks.0.hook_pattern"][0, 3].double().mean(0)  # (keys,), sample 0, head 3
     task = weights[-32:]
     sel = df[(df["sample"] == 0) & (df.block == 0) & (df["head"] == 3) & (df.image == 0)]

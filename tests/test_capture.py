@@ -6,10 +6,13 @@ import pytest
 import torch
 from conftest import make_inputs
 
-from vla_lab import analysis
-from vla_lab.capture import capture, run_with_cache, summarize_attention
+from vla_lab import interp
+from vla_lab.config import FINE_SEGMENTS
 from vla_lab.errors import InputError
-from vla_lab.sequence import FINE_SEGMENTS, segment_id_matrix
+from vla_lab.interp import capture, run_with_cache
+from vla_lab.interp.capture import summarize_attention
+from vla_lab.interp.hooks import llm_hook
+from vla_lab.model.sequence import segment_id_matrix
 
 MODES = ["causal", "bidirectional", "prefix-lm", {"base": "bidirectional", "block": [["vision", "action_queries"]]}]
 
@@ -111,7 +114,7 @@ def test_head_capture(tiny_model):
     torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)))
     gate = torch.tanh(tiny_model.action_head.model.mlp_resnet_blocks[1].gating_factor).item()
     assert cache["head.blocks.1.hook_gate"].item() == pytest.approx(gate)
-    shares = analysis.head_attention(cache).groupby(["sample", "block", "head"])["value"].sum()
+    shares = interp.head_attention(cache).groupby(["sample", "block", "head"])["value"].sum()
     assert (shares - 1).abs().max() < 1e-5
 
 
@@ -123,15 +126,15 @@ def test_reduced_mode_equals_reducing_full_maps(tiny_model, mode):
     assert not reduced.names("llm.blocks.*.attn.hook_pattern")
     onehot = torch.nn.functional.one_hot(segment_id_matrix(full.layouts), len(FINE_SEGMENTS)).float()
     for layer in range(full.num_layers):
-        from_full = summarize_attention(full[f"llm.blocks.{layer}.attn.hook_pattern"], onehot)
+        from_full = summarize_attention(full[llm_hook("pattern", layer)], onehot)
         for name, tensor in from_full.items():
-            torch.testing.assert_close(reduced[f"llm.blocks.{layer}.attn.{name}"], tensor, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(reduced[llm_hook(name, layer)], tensor, atol=1e-6, rtol=1e-5)
     # and the segment mass computed straight from the full maps, token by token
     probs = full["llm.blocks.1.attn.hook_pattern"][0, 2]
     layout = full.layouts[0]
     q, k = layout.action_queries, layout.vision_span
     direct = probs[q.slice, k.slice].sum(-1).mean().item()
-    df = analysis.segment_mass(reduced)
+    df = interp.segment_mass(reduced)
     row = df[(df["sample"] == 0) & (df.layer == 1) & (df["head"] == 2) & (df.query_segment == "action_queries")
              & (df.key_segment == "vision")]
     assert row["value"].item() == pytest.approx(direct, abs=1e-6)
@@ -178,27 +181,27 @@ def test_patching_from_another_run(tiny_model):
     _, cache_a = run_with_cache(tiny_model, **a, mode="none")
     _, cache_b = run_with_cache(tiny_model, **b, mode="none")
     # Patching every position of layer 0's output from run b makes run a's later layers equal b's.
-    patch = analysis.patch_segments_from(cache_b, "llm.blocks.0.hook_resid_post",
+    patch = interp.patch_segments_from(cache_b, "llm.blocks.0.hook_resid_post",
                                          ["tok0", "vision", "text", "action_queries", "stop"])
-    result = analysis.intervene(tiny_model, a, patches={"llm.blocks.0.hook_resid_post": patch})
+    result = interp.intervene(tiny_model, a, patches={"llm.blocks.0.hook_resid_post": patch})
     with torch.no_grad():
         target = tiny_model(**b).normalized_actions.numpy()
     assert abs(result.intervened - target).max() < 1e-5
     assert result.l1 > 0
     with pytest.raises(InputError, match="patches"):
-        analysis.intervene(tiny_model, a, patches={"llm.blocks.0.mlp": patch})
+        interp.intervene(tiny_model, a, patches={"llm.blocks.0.mlp": patch})
 
 
 def test_interventions_block_changes_actions_and_noop_does_not(tiny_model):
     inputs = make_inputs(tiny_model.config, [6])
-    noop = analysis.intervene(tiny_model, inputs, attention="causal")
+    noop = interp.intervene(tiny_model, inputs, attention="causal")
     assert noop.l1 == 0.0 and noop.max_abs == 0.0
     # blocking a pair the causal mask already blocks is also a no-op
-    again = analysis.intervene(tiny_model, inputs, attention={"base": "causal", "block": [["vision", "text"]]})
+    again = interp.intervene(tiny_model, inputs, attention={"base": "causal", "block": [["vision", "text"]]})
     assert again.l1 == 0.0
-    cut = analysis.intervene(tiny_model, inputs, attention={"base": "causal", "block": [["action_queries", "vision"]]})
+    cut = interp.intervene(tiny_model, inputs, attention={"base": "causal", "block": [["action_queries", "vision"]]})
     assert cut.l1 > 0
-    table = analysis.block_paths(tiny_model, inputs)
+    table = interp.block_paths(tiny_model, inputs)
     assert set(table.columns) == {"query_segment", "key_segment", "l1", "max_abs"}
     zero = table[(table.query_segment == "vision") & (table.key_segment == "action_queries")]
     assert zero["l1"].item() == 0.0

@@ -20,24 +20,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED, make_inputs, randomize, shared_path, shrink
+from conftest import DATA, data_path, make_inputs, randomize, shrink
 from safetensors.torch import load_file, save_file
 
 from vla_lab import VLAAdapter, VLAConfig
-from vla_lab.action_head import L1RegressionActionHead
-from vla_lab.checkpoint import (
-    config_from_released,
-    from_released_key,
-    load_pretrained,
-    save_pretrained,
-    split_state_dict,
-    to_released_key,
-)
 from vla_lab.config import QWEN25_05B_TEXT_CONFIG
 from vla_lab.errors import CheckpointError, ExportError, InputError
-from vla_lab.model import build_on_meta
+from vla_lab.model import build_on_meta, load_pretrained, save_pretrained
+from vla_lab.model.action_head import L1RegressionActionHead
+from vla_lab.model.checkpoint import config_from_released, from_released_key, split_state_dict, to_released_key
 from vla_lab.processing import VLAProcessor
-from vla_lab.tokenizer import load_qwen25_tokenizer
+from vla_lab.processing.tokenizer import load_qwen25_tokenizer
 
 PRO_PRESET, V1_PRESET = "vla-adapter-pro-qwen2.5-0.5b", "vla-adapter-qwen2.5-0.5b"
 HEAD_SECTION = {"pro": "action_head (Pro)", "v1": "action_head (v1)"}
@@ -275,14 +268,14 @@ def released_models() -> dict[str, VLAAdapter]:
 
 
 def released_keys() -> dict:
-    return json.loads(shared_path("reference", "released_checkpoint_keys.json").read_text())
+    return json.loads(data_path("released_checkpoint_keys.json").read_text())
 
 
 @pytest.mark.parametrize("preset, version", [(PRO_PRESET, "pro"), (V1_PRESET, "v1")])
 def test_full_size_preset_has_the_released_keys_and_shapes(preset, version):
     ref = released_keys()
     model = build_on_meta(VLAConfig.preset(preset))
-    parts = split_state_dict(model)
+    parts = split_state_dict(model.state_dict(), model.config)
     assert all(t.is_meta for part in parts.values() for t in part.values())
     sections = {
         "model": "model.safetensors",
@@ -314,7 +307,7 @@ def test_layerscale_names_map_both_ways():
 def test_released_config_json_gives_the_full_size_architecture(preset, version):
     """The real config.json + tensors of the released shapes -> the preset's architecture, all keys fitting."""
     ref = released_keys()
-    config_json = json.loads(shared_path("reference", "released_checkpoint", "config.json").read_text())
+    config_json = json.loads(data_path("released_checkpoint", "config.json").read_text())
 
     def meta(section: str) -> dict[str, torch.Tensor]:
         return {k: torch.empty(shape, device="meta") for k, shape in ref[section].items()}
@@ -455,7 +448,7 @@ def test_step_selection(tmp_path, released_models):
 
 def test_tokenizer_files_in_the_directory(tmp_path, released_models):
     """Released tokenizer files are read (and written again on save); they encode like the offline Qwen2.5."""
-    source = shared_path("reference", "released_checkpoint")
+    source = data_path("released_checkpoint")
     model = released_models["v1"]
     directory = write_released(tmp_path / "ckpt", model, dtype=torch.float32)
     names = ["vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json"]
@@ -532,7 +525,7 @@ def test_saved_files_have_the_released_layout(tmp_path, tiny_model):
     assert all(isinstance(v, torch.Tensor) for v in head.values()) and "model.fc1.weight" in head
     config_json = json.loads((out / "config.json").read_text())
     assert config_json["model_type"] == "openvla" and config_json["torch_dtype"] == "bfloat16"
-    released = SHARED / "reference" / "released_checkpoint"
+    released = DATA / "released_checkpoint"
     if released.exists():
         assert set(json.loads((released / "config.json").read_text())) <= set(config_json)
         assert set(json.loads((released / "preprocessor_config.json").read_text())) - {"auto_map"} <= set(

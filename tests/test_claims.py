@@ -1,8 +1,8 @@
 import torch
 
 from vla_lab import VLAConfig, build_random
-from vla_lab.claims import _matching_positions, check_seed_note_claims
-from vla_lab.report import example_inputs
+from vla_lab.experiments.claims import _matching_positions, check_seed_note_claims
+from vla_lab.tabletop import example_inputs
 
 
 def test_seed_note_claims_are_measured():

@@ -16,9 +16,9 @@ import torch
 from conftest import randomize
 
 from vla_lab import VLAAdapter, VLAConfig
-from vla_lab.checkpoint import load_pretrained, save_pretrained
 from vla_lab.cli import main
-from vla_lab.normalization import normalize_proprio
+from vla_lab.model import load_pretrained, save_pretrained
+from vla_lab.processing.normalization import normalize_proprio
 
 INSTRUCTION = "Pick up the black bowl and place it on the plate"
 SPATIAL, OBJECT = "libero_spatial_no_noops", "libero_object_no_noops"

@@ -8,7 +8,7 @@ import pytest
 
 from vla_lab import cli
 from vla_lab.errors import ExportError
-from vla_lab.shipped import MASKS, load_shipped, shipped_path
+from vla_lab.tabletop import MASKS, load_shipped, shipped_path
 
 
 def test_shipped_models_load_and_differ() -> None:
@@ -44,6 +44,6 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
     assert cli.main(["demo", "--out", str(out), "--episodes", "2", "--no-baseline"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(ExportError):
-        from vla_lab.demo import run_demo
+        from vla_lab.experiments.demo import run_demo
 
         run_demo(out, episodes=1, baseline=False)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import make_inputs, randomize
 
-from vla_lab import VLAAdapter, VLAConfig, analysis
-from vla_lab.capture import run_with_cache
+from vla_lab import VLAAdapter, VLAConfig, interp
 from vla_lab.errors import InputError
-from vla_lab.fast import FastVLA
+from vla_lab.interp import capture, run_with_cache
+from vla_lab.model import FastVLA
 
 MODES = ["causal", "bidirectional", {"base": "bidirectional", "block": [["vision", "action_queries"]]}]
 
@@ -72,14 +72,40 @@ def test_fast_predict_action_matches(model):
 def test_capture_on_the_fast_path_equals_capture_on_the_plain_path(model):
     fast = FastVLA(model)
     inputs = make_inputs(model.config, [8, 5], seed=4)
-    actions, cache = fast.capture_forward(**inputs, attention="bidirectional")
+    with capture(model) as cache:
+        actions = fast(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], inputs["proprio"],
+                       "bidirectional")
     out, ref = run_with_cache(model, **inputs, attention="bidirectional")
     assert (actions - out.normalized_actions).abs().max() <= 1e-5
-    a, b = analysis.segment_mass(cache), analysis.segment_mass(ref)
+    a, b = interp.segment_mass(cache), interp.segment_mass(ref)
     np.testing.assert_allclose(a["value"], b["value"], atol=1e-5)
-    assert analysis.mask_audit(cache).verdict == "bidirectional"
-    for block in range(cache.num_head_blocks):
-        torch.testing.assert_close(cache[f"head.blocks.{block}.hook_pattern"], ref[f"head.blocks.{block}.hook_pattern"])
+    assert interp.mask_audit(cache).verdict == "bidirectional"
+    assert sorted(cache) == sorted(ref)  # the same hooks, the same shapes
+    for name in ref:
+        torch.testing.assert_close(cache[name], ref[name], atol=1e-5, rtol=1e-4)
+    assert fast.stats["eager_runs"] == 0  # a captured call is recorded, not counted as a fast run
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "eager"])
+@pytest.mark.parametrize("offset", ["released", "aligned"])
+def test_fast_follows_every_setting_change(model, kernel, offset):
+    """Cached plans never outlive the settings they were built for (kernel, hidden offset, mask, dtype)."""
+    fast = FastVLA(model)
+    inputs = make_inputs(model.config, [7, 4], seed=3)
+    args = (inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], inputs["proprio"])
+    fast(*args)  # plan built under the defaults (sdpa, released, causal)
+    model.set_attention_kernel(kernel)
+    model.config.hidden_offset = offset
+    try:
+        for mode in MODES:
+            model.set_attention(mode)
+            with torch.no_grad():
+                ref = model(**inputs).normalized_actions
+            assert (fast(*args) - ref).abs().max() <= 1e-5, (kernel, offset, mode)
+    finally:
+        model.set_attention_kernel("sdpa")
+        model.config.hidden_offset = "released"
+        model.set_attention("causal")
 
 
 def test_cuda_graphs_need_cuda(model):

@@ -16,10 +16,10 @@ from conftest import randomize
 from matplotlib.figure import Figure
 
 import vla_lab
-from vla_lab import VLAAdapter, VLAConfig, analysis, figures, world
-from vla_lab.capture import run_with_cache
+from vla_lab import VLAAdapter, VLAConfig, interp, viz
 from vla_lab.errors import ExportError, InputError
-from vla_lab.report import example_inputs, example_outlines
+from vla_lab.interp import run_with_cache
+from vla_lab.tabletop import example_inputs, example_outlines, world
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def setup():
     model = randomize(VLAAdapter(VLAConfig.preset("tiny")), seed=1).eval()
     inputs, images, description = example_inputs(model)
     _, cache = run_with_cache(model, **inputs, attention="causal")
-    comparison = analysis.compare_modes(model, inputs)
+    comparison = interp.compare_modes(model, inputs)
     return model, inputs, images, description, cache, comparison
 
 
@@ -53,62 +53,62 @@ def _check_labels(fig: Figure, colorbar: bool) -> None:
 
 def test_segment_heatmap_shows_the_dataframe(setup):
     *_, cache, _ = setup
-    df = analysis.segment_mass(cache)
-    fig = figures.segment_heatmap(df, layer=1)
+    df = interp.segment_mass(cache)
+    fig = viz.segment_heatmap(df, layer=1)
     _check_labels(fig, colorbar=True)
-    shown = figures.plotted_data(fig)
+    shown = viz.plotted_data(fig)
     expected = df[(df.layer == 1) & (df["sample"] == 0)].groupby(["query_segment", "key_segment"])["value"].mean()
     got = shown.set_index(["query_segment", "key_segment"])["value"]
     pd.testing.assert_series_equal(got.sort_index(), expected.sort_index(), check_names=False)
     matrix = fig.axes[0].images[0].get_array()
     assert matrix.shape == (5, 5)
     assert np.isclose(matrix[0, 0], expected[("tok0", "tok0")])  # rows/cols in sequence order
-    one_head = figures.plotted_data(figures.segment_heatmap(cache, layer=0, head=2))
+    one_head = viz.plotted_data(viz.segment_heatmap(cache, layer=0, head=2))
     sel = df[(df.layer == 0) & (df["head"] == 2) & (df["sample"] == 0)]
     assert np.allclose(one_head["value"].to_numpy(), sel["value"].to_numpy())
     with pytest.raises(InputError, match="layer"):
-        figures.segment_heatmap(df, layer=7)
+        viz.segment_heatmap(df, layer=7)
 
 
 def test_grid_and_curves(setup):
     *_, cache, comparison = setup
-    df = analysis.segment_mass(cache)
-    grid = figures.segment_heatmap_grid(df)
+    df = interp.segment_mass(cache)
+    grid = viz.segment_heatmap_grid(df)
     _check_labels(grid, colorbar=True)
     colorbars = {id(m.colorbar) for ax in grid.axes for m in ax.images if m.colorbar is not None}
     assert len(colorbars) == 1  # shared
-    assert set(figures.plotted_data(grid)["layer"]) == {0, 1}
+    assert set(viz.plotted_data(grid)["layer"]) == {0, 1}
 
-    curves = figures.layer_curves(df)
+    curves = viz.layer_curves(df)
     _check_labels(curves, colorbar=False)
-    stats = figures.plotted_data(curves)
+    stats = viz.plotted_data(curves)
     sel = df[(df.query_segment == "action_queries") & (df["sample"] == 0)]
     expected = sel.groupby(["key_segment", "layer"])["value"].agg(["mean", "min", "max"])
     got = stats.set_index(["key_segment", "layer"]).sort_index()
     assert np.allclose(got["value"], expected.sort_index()["mean"])
     assert np.allclose(got["head_min"], expected.sort_index()["min"])
 
-    both = pd.concat([df.assign(mode="causal"), analysis.segment_mass(comparison.caches[1]).assign(mode="bidir")])
-    two = figures.layer_curves(both)
-    assert set(figures.plotted_data(two)["mode"]) == {"causal", "bidir"}
+    both = pd.concat([df.assign(mode="causal"), interp.segment_mass(comparison.caches[1]).assign(mode="bidir")])
+    two = viz.layer_curves(both)
+    assert set(viz.plotted_data(two)["mode"]) == {"causal", "bidir"}
     assert len(two.axes[0].lines) == 2 * 5
-    assert set(figures.plotted_data(figures.layer_curves(comparison))["mode"]) == {"causal", "bidirectional"}
+    assert set(viz.plotted_data(viz.layer_curves(comparison))["mode"]) == {"causal", "bidirectional"}
     with pytest.raises(InputError, match="mode"):
-        figures.segment_heatmap(both, layer=0)
-    picked = figures.plotted_data(figures.segment_heatmap(both, layer=0, mode="bidir"))
+        viz.segment_heatmap(both, layer=0)
+    picked = viz.plotted_data(viz.segment_heatmap(both, layer=0, mode="bidir"))
     assert picked.set_index(["query_segment", "key_segment"])["value"][("vision", "action_queries")] > 0
 
 
 def test_patch_overlay_with_outlines(setup):
     model, _, images, _, cache, _ = setup
-    patches = analysis.query_patch_attention(cache)
+    patches = interp.query_patch_attention(cache)
     outlines = example_outlines(model)
-    fig = figures.patch_overlay(images, patches, layer=1, outlines=outlines)
+    fig = viz.patch_overlay(images, patches, layer=1, outlines=outlines)
     _check_labels(fig, colorbar=True)
     assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.images]) == 2
-    shown = figures.plotted_data(fig)
+    shown = viz.plotted_data(fig)
     for image in (0, 1):
-        grid = analysis.patch_grid(patches, layer=1, image=image)
+        grid = interp.patch_grid(patches, layer=1, image=image)
         values = shown[shown.image == image].sort_values(["row", "col"])["value"].to_numpy()
         assert np.allclose(values, grid.ravel())
     legend = fig.legends[0]
@@ -119,20 +119,20 @@ def test_patch_overlay_with_outlines(setup):
     # A 2-D mask belongs to the first image only.
     scene = world.sample_scene(0, world.WorldConfig(image_size=56))
     target = world.object_patch_masks(scene, (4, 4))["target"]
-    fig = figures.patch_overlay(images, patches, outlines={"target": target})
+    fig = viz.patch_overlay(images, patches, outlines={"target": target})
     assert sum(len(ax.patches) for ax in fig.axes) == int(target.sum())
     with pytest.raises(InputError, match="images"):
-        figures.patch_overlay(images[:1], patches)
+        viz.patch_overlay(images[:1], patches)
     with pytest.raises(InputError, match="patch grid"):
-        figures.patch_overlay(images, patches, outlines={"target": np.ones((3, 3), bool)})
+        viz.patch_overlay(images, patches, outlines={"target": np.ones((3, 3), bool)})
 
 
 def test_head_gates(setup):
     *_, cache, _ = setup
-    head_df = analysis.head_attention(cache)
-    fig = figures.head_gates(head_df)
+    head_df = interp.head_attention(cache)
+    fig = viz.head_gates(head_df)
     _check_labels(fig, colorbar=False)
-    shown = figures.plotted_data(fig)
+    shown = viz.plotted_data(fig)
     expected = head_df.groupby(["block", "key_group"])["value"].mean()
     assert np.allclose(shown.set_index(["block", "key_group"])["value"].sort_index(), expected.sort_index())
     gate_bars = [p.get_height() for p in fig.axes[0].patches]
@@ -141,30 +141,30 @@ def test_head_gates(setup):
 
 def test_mode_figures(setup):
     *_, comparison = setup
-    fig = figures.mode_difference_heatmap(comparison)
+    fig = viz.mode_difference_heatmap(comparison)
     _check_labels(fig, colorbar=True)
     image = fig.axes[0].images[0]
     assert image.norm.vcenter == 0 and image.norm.vmin == -image.norm.vmax
-    shown = figures.plotted_data(fig).set_index(["query_segment", "key_segment"])["difference"]
+    shown = viz.plotted_data(fig).set_index(["query_segment", "key_segment"])["difference"]
     expected = comparison.attention[comparison.attention["sample"] == 0].groupby(
         ["query_segment", "key_segment"])["difference"].mean()
     assert np.allclose(shown.sort_index(), expected.sort_index())
     assert shown[("vision", "action_queries")] > 0  # the bidirectional mask opens the future
-    layer_fig = figures.mode_difference_heatmap(comparison, layer=0)
+    layer_fig = viz.mode_difference_heatmap(comparison, layer=0)
     assert "layer 0" in layer_fig.axes[0].get_title()
 
-    cos = figures.hidden_cosine_curves(comparison)
+    cos = viz.hidden_cosine_curves(comparison)
     _check_labels(cos, colorbar=False)
-    data = figures.plotted_data(cos)
-    assert np.allclose(data[data.layer == 0]["cosine"], 1.0)  # same embeddings
+    data = viz.plotted_data(cos)
+    assert np.allclose(data[data.hidden_index == 0]["cosine"], 1.0)  # same embeddings
     assert len(cos.axes[0].lines) == data["segment"].nunique()
 
 
 def test_export_writes_files_and_refuses_to_overwrite(setup, tmp_path):
     model, *_, description, cache, _ = setup
-    fig = figures.segment_heatmap(cache, layer=0)
-    meta = figures.provenance(model, "causal", description)
-    paths = figures.export_figure(fig, "heat", tmp_path, provenance=meta)
+    fig = viz.segment_heatmap(cache, layer=0)
+    meta = viz.provenance(model, "causal", description)
+    paths = viz.export_figure(fig, "heat", tmp_path, provenance=meta)
     assert [p.name for p in paths] == ["heat.png", "heat.svg", "heat.pdf", "heat.json"]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths[2].read_bytes()[:5] == b"%PDF-"
@@ -173,25 +173,25 @@ def test_export_writes_files_and_refuses_to_overwrite(setup, tmp_path):
     prov = sidecar["provenance"]
     assert prov["model"] == "tiny" and prov["attention"] == "causal" and prov["input"] == description
     assert prov["vla_lab_version"] == vla_lab.__version__
-    assert prov["function"] == "vla_lab.figures.segment_heatmap"
+    assert prov["function"] == "vla_lab.viz.segment_heatmap"
     assert prov["created_utc"].endswith("+00:00")
-    pd.testing.assert_frame_equal(pd.DataFrame(sidecar["data"]), figures.plotted_data(fig), check_dtype=False)
+    pd.testing.assert_frame_equal(pd.DataFrame(sidecar["data"]), viz.plotted_data(fig), check_dtype=False)
 
     before = {p: p.read_bytes() for p in paths}
-    other = figures.segment_heatmap(cache, layer=1)
+    other = viz.segment_heatmap(cache, layer=1)
     with pytest.raises(ExportError, match="heat.png"):
-        figures.export_figure(other, "heat", tmp_path, provenance=meta)
+        viz.export_figure(other, "heat", tmp_path, provenance=meta)
     assert {p: p.read_bytes() for p in paths} == before
     # Only the JSON exists: still refused, and nothing else is written.
     with pytest.raises(ExportError, match="lonely.json"):
         (tmp_path / "lonely.json").write_text("{}")
-        figures.export_figure(other, "lonely", tmp_path)
+        viz.export_figure(other, "lonely", tmp_path)
     assert sorted(p.name for p in tmp_path.glob("lonely*")) == ["lonely.json"]
 
-    again = figures.export_figure(fig, "heat", tmp_path, provenance=meta, overwrite=True)
+    again = viz.export_figure(fig, "heat", tmp_path, provenance=meta, overwrite=True)
     for path in again[:3]:  # reproducible images: same figure, same bytes
         assert path.read_bytes() == before[path], path.name
-    replaced = figures.export_figure(other, "heat", tmp_path, data={"x": np.arange(3)}, overwrite=True)
+    replaced = viz.export_figure(other, "heat", tmp_path, data={"x": np.arange(3)}, overwrite=True)
     assert replaced[0].read_bytes() != before[paths[0]]
     assert json.loads(replaced[3].read_text())["data"] == {"x": [0, 1, 2]}
     assert not list(tmp_path.glob(".*tmp*"))
@@ -200,9 +200,9 @@ def test_export_writes_files_and_refuses_to_overwrite(setup, tmp_path):
 def test_export_validates(tmp_path):
     fig = Figure()
     with pytest.raises(InputError, match="formats"):
-        figures.export_figure(fig, "x", tmp_path, formats=("jpg",))
+        viz.export_figure(fig, "x", tmp_path, formats=("jpg",))
     with pytest.raises(InputError, match="name"):
-        figures.export_figure(fig, "../x", tmp_path)
-    paths = figures.export_figure(fig, "blank", tmp_path / "new" / "dir", formats=("png",))
+        viz.export_figure(fig, "../x", tmp_path)
+    paths = viz.export_figure(fig, "blank", tmp_path / "new" / "dir", formats=("png",))
     assert [p.name for p in paths] == ["blank.png", "blank.json"]
     assert json.loads(paths[1].read_text())["data"] is None

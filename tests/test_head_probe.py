@@ -1,4 +1,4 @@
-"""vla_lab.head_probe: the head re-run with key groups taken out, parameter parts, target/distractor ratios."""
+"""vla_lab.interp.head: the head re-run with key groups taken out, parameter parts; target/distractor ratios."""
 
 from __future__ import annotations
 
@@ -8,18 +8,19 @@ import pytest
 import torch
 from conftest import make_inputs, randomize
 
-from vla_lab import VLAAdapter, capture, world
-from vla_lab.analysis import head_task_patch_attention
+from vla_lab import VLAAdapter, capture
 from vla_lab.errors import InputError
-from vla_lab.head_probe import (
+from vla_lab.interp import head_task_patch_attention
+from vla_lab.interp.head import (
     head_forward,
     head_parameter_parts,
     head_states,
     key_group_sizes,
-    object_attention_ratio,
     path_ablation,
 )
 from vla_lab.model import build_on_meta
+from vla_lab.tabletop import world
+from vla_lab.tabletop.target_attention import object_attention_ratio
 
 
 def _model(config, version: str) -> VLAAdapter:
@@ -90,7 +91,7 @@ def test_path_ablation_table(tiny_config):
     blocks = model.action_head.num_blocks
     assert len(df) == 3 * blocks * 3
     assert set(df["group"]) == {"task", "action_queries", "proprio"}
-    assert (df["layer"] == df["block"] + 1).all()
+    assert (df["hidden_index"] == df["block"] + 1).all()
     assert (df["l1_change"] >= 0).all() and (df["l1_change"] > 0).any()
     assert np.isfinite(df[["baseline_error", "error"]].to_numpy()).all()
     with pytest.raises(InputError, match="targets"):
@@ -153,7 +154,7 @@ def test_object_attention_ratio():
     assert row["view"] == "full"
     assert row["ratio"] == pytest.approx(2.0)
     assert row["target_patches"] == int(masks["target"].sum())
-    assert row["distractor_patches"] == int(masks["distractors"].sum())
+    assert row["distractors_patches"] == int(masks["distractors"].sum())
     with pytest.raises(InputError, match="scenes"):
         object_attention_ratio(df.assign(sample=3), [scene])
     with pytest.raises(InputError, match="lacks"):

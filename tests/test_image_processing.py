@@ -14,20 +14,20 @@ import torch
 import torchvision.transforms.functional as TVF
 
 from vla_lab.errors import ConfigError, InputError
-from vla_lab.image_processing import (
+from vla_lab.processing.images import (
     ImageProcessor,
     ImageProcessorConfig,
     center_crop_image,
     load_image,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-RELEASED_PATH = SHARED / "reference" / "released_checkpoint" / "preprocessor_config.json"
-FIXTURE_PATH = SHARED / "fixtures" / "libero_spatial_observation.npz"
+DATA = Path(__file__).resolve().parent / "data"
+RELEASED_PATH = DATA / "released_checkpoint" / "preprocessor_config.json"
+FIXTURE_PATH = DATA / "libero_spatial_observation.npz"
 DINOSIGLIP = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
 
-# The tvf_* entries of the released checkpoint's preprocessor_config.json, so that most tests run without
-# shared/; test_embedded_copy_matches_released_file checks the copy where shared/ exists.
+# The tvf_* entries of the released checkpoint's preprocessor_config.json, written out so that the tests
+# state the values; test_embedded_copy_matches_released_file checks them against the file in tests/data.
 RELEASED_TVF = {
     "image_resize_strategy": "resize-naive",
     "tvf_crop_params": [{"output_size": [224, 224]}, {"output_size": [224, 224]}],
@@ -141,8 +141,6 @@ def test_single_featurizer_gives_three_channels() -> None:
 
 
 def released_file() -> dict:
-    if not RELEASED_PATH.is_file():
-        pytest.skip(f"{RELEASED_PATH} not present")
     return json.loads(RELEASED_PATH.read_text())
 
 
@@ -167,8 +165,6 @@ def test_to_preprocessor_config_matches_released_layout() -> None:
 
 
 def load_fixture() -> np.lib.npyio.NpzFile:
-    if not FIXTURE_PATH.is_file():
-        pytest.skip(f"{FIXTURE_PATH} not present")
     return np.load(FIXTURE_PATH)
 
 

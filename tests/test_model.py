@@ -7,8 +7,7 @@ import torch
 from conftest import ALL_BACKBONES, make_inputs, randomize, shrink
 
 from vla_lab import AttentionSpec, VLAAdapter, VLAConfig
-from vla_lab.config import PRESETS
-from vla_lab.sequence import FINE_SEGMENTS
+from vla_lab.config import FINE_SEGMENTS, PRESETS
 
 MODES = ["causal", "bidirectional", "prefix-lm", {"base": "bidirectional", "block": [["vision", "action_queries"]]}]
 

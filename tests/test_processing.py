@@ -8,14 +8,19 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import LIBERO_IDS_PREFIX, shared_path
+from conftest import LIBERO_IDS_PREFIX, data_path
 
 from vla_lab import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.image_processing import ImageProcessor, ImageProcessorConfig
-from vla_lab.normalization import normalize_actions, normalize_proprio, resolve_unnorm_key, unnormalize_actions
 from vla_lab.processing import VLAProcessor, build_prompt
-from vla_lab.tokenizer import load_qwen25_tokenizer, load_tokenizer_from_files
+from vla_lab.processing.images import ImageProcessor, ImageProcessorConfig
+from vla_lab.processing.normalization import (
+    normalize_actions,
+    normalize_proprio,
+    resolve_unnorm_key,
+    unnormalize_actions,
+)
+from vla_lab.processing.tokenizer import load_qwen25_tokenizer, load_tokenizer_from_files
 
 LIBERO_PROMPT = (
     "In: What action should the robot take to pick up the black bowl between the plate and the ramekin "
@@ -32,13 +37,13 @@ def one_thread():
 
 
 def fixture_observation() -> tuple[list[np.ndarray], np.ndarray, str]:
-    data = np.load(shared_path("fixtures", "libero_spatial_observation.npz"))
-    meta = json.loads(shared_path("fixtures", "libero_spatial_observation.json").read_text())
+    data = np.load(data_path("libero_spatial_observation.npz"))
+    meta = json.loads(data_path("libero_spatial_observation.json").read_text())
     return [data["full_image"], data["wrist_image"]], data["state"], meta["task_description"]
 
 
 def released_dir():
-    return shared_path("reference", "released_checkpoint")
+    return data_path("released_checkpoint")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import matplotlib
@@ -16,15 +15,10 @@ import torch
 from conftest import randomize
 
 from vla_lab import VLAAdapter, VLAConfig
+from vla_lab.cli import main
 from vla_lab.errors import ExportError, InputError
-from vla_lab.report import (
-    add_attention_arguments,
-    attention_report,
-    example_inputs,
-    example_outlines,
-    report_paths,
-    run_attention,
-)
+from vla_lab.tabletop import example_inputs, example_outlines
+from vla_lab.viz import attention_report, report_paths
 
 COARSE = ("tok0", "vision", "text", "action_queries", "stop")
 
@@ -42,10 +36,6 @@ def report(model, tmp_path_factory):
     summary = attention_report(model, inputs, images, ("causal", "bidirectional"), out_dir=out,
                                description=description, outlines=example_outlines(model), formats=("png",), dpi=60)
     return out, summary, description
-
-
-def _parser() -> argparse.ArgumentParser:
-    return add_attention_arguments(argparse.ArgumentParser(prog="vla-lab attention"))
 
 
 def test_example_inputs_match_the_model(model):
@@ -113,8 +103,9 @@ def test_report_refuses_to_overwrite(model, report):
 
 def test_cli_prints_json_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "attention"
-    argv = ["--preset", "tiny", "--attention", "both", "--out", str(out), "--json", "--format", "png", "--dpi", "60"]
-    assert run_attention(_parser().parse_args(argv)) == 0
+    argv = ["attention", "--preset", "tiny", "--attention", "both", "--out", str(out), "--json", "--format", "png",
+            "--dpi", "60"]
+    assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["model"].startswith("preset tiny")
     assert "tabletop world scene 0" in printed["input"]
@@ -127,20 +118,21 @@ def test_cli_prints_json_and_refuses_to_overwrite(tmp_path, capsys):
     assert (out / "causal" / "head_gates.png").is_file() and not (out / "causal" / "head_gates.svg").exists()
 
     report_json = (out / "report.json").read_bytes()
-    with pytest.raises(ExportError, match="report.json"):
-        run_attention(_parser().parse_args(argv))
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("vla-lab attention: error: export: ") and "report.json" in error
+    assert len(error.strip().splitlines()) == 1
     assert (out / "report.json").read_bytes() == report_json
-    argv_causal = ["--preset", "tiny", "--attention", "causal", "--out", str(out), "--format", "png", "--dpi", "60",
-                   "--overwrite"]
-    assert run_attention(_parser().parse_args(argv_causal)) == 0
+    argv_causal = ["attention", "--preset", "tiny", "--attention", "causal", "--out", str(out), "--format", "png",
+                   "--dpi", "60", "--overwrite"]
+    assert main(argv_causal) == 0
     text = capsys.readouterr().out
     assert "causal: mask audit causal" in text
     assert list(json.loads((out / "report.json").read_text())["modes"]) == ["causal"]
 
 
-def test_cli_checks_its_arguments(tmp_path):
+def test_cli_checks_its_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        _parser().parse_args(["--preset", "tiny"])  # --out is required
-    args = _parser().parse_args(["--preset", "tiny", "--out", str(tmp_path), "--instruction", "pick up the cup"])
-    with pytest.raises(InputError, match="--image"):
-        run_attention(args)
+        main(["attention", "--preset", "tiny"])  # --out is required
+    assert main(["attention", "--preset", "tiny", "--out", str(tmp_path), "--instruction", "pick up the cup"]) == 2
+    assert "vla-lab attention: error: --image/--instruction:" in capsys.readouterr().err

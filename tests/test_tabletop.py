@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from vla_lab import VLAConfig, tabletop, world
-from vla_lab.normalization import normalize_actions, normalize_proprio
+from vla_lab import VLAConfig, tabletop
 from vla_lab.processing import PROMPT_TEMPLATE, build_prompt
-from vla_lab.tokenizer import bytes_to_unicode, load_tokenizer_from_files
+from vla_lab.processing.normalization import normalize_actions, normalize_proprio
+from vla_lab.processing.tokenizer import bytes_to_unicode, load_tokenizer_from_files
+from vla_lab.tabletop import world
 
 
 def tiny_tabletop_config(attention: str = "causal") -> VLAConfig:

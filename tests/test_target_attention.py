@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from tests.test_tabletop import tiny_tabletop_config
-from vla_lab import analysis, tabletop, world
-from vla_lab import target_attention as ta
-from vla_lab.capture import capture
+from vla_lab import interp, tabletop
+from vla_lab.interp import capture
+from vla_lab.tabletop import target_attention as ta
+from vla_lab.tabletop import world
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +38,11 @@ def test_llm_values_are_the_action_queries_attention_on_the_objects(model) -> No
     forward, scenes, _ = tabletop.scene_inputs(model, "test", 3)
     with capture(model, "segments", hidden_states=False) as cache, torch.no_grad():
         model(**forward)
-    patches = analysis.query_patch_attention(cache, "action_queries", layers=[1])
+    patches = interp.query_patch_attention(cache, "action_queries", layers=[1])
     grid = tuple(model.vision_backbone.patch_grid)
     for b, scene in enumerate(scenes):
         masks = [world.object_patch_masks(scene, grid, view=v) for v in ("full", "wrist")]
-        maps = [analysis.patch_grid(patches, sample=b, layer=1, image=i) for i in range(2)]
+        maps = [interp.patch_grid(patches, sample=b, layer=1, image=i) for i in range(2)]
         expected = np.concatenate([maps[i][masks[i]["target"]] for i in range(2)]).mean()
         got = df[(df.seed == scene.seed) & (df.layer == 1) & (df.region == "target")]["value"].item()
         assert got == pytest.approx(expected, rel=1e-9)
@@ -49,7 +50,8 @@ def test_llm_values_are_the_action_queries_attention_on_the_objects(model) -> No
 
 def test_head_source_and_layer_rule(model) -> None:
     head = ta.target_attention(model, "test", 2, source="head")
-    assert set(head.layer) == set(range(model.action_head.num_blocks)) and (head.value >= 0).all()
+    assert "layer" not in head.columns
+    assert set(head.block) == set(range(model.action_head.num_blocks)) and (head.value >= 0).all()
     result = ta.target_attention_ratio(model, "test", 4, selection_episodes=4)
     validation = result["validation_ratio_by_layer"]
     assert result["layer"] == max(validation, key=validation.get)

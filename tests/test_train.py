@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -11,18 +10,18 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_tabletop import tiny_tabletop_config
-from vla_lab import tabletop, world
-from vla_lab.checkpoint import load_pretrained
+from vla_lab import tabletop
+from vla_lab.cli import build_parser, train_configs
 from vla_lab.errors import ConfigError
-from vla_lab.train import (
+from vla_lab.experiments.train import (
     TRAINER_STATE,
     TrainConfig,
-    add_train_arguments,
     batch_indices,
-    config_from_args,
     learning_rate,
     train,
 )
+from vla_lab.model import load_pretrained
+from vla_lab.tabletop import world
 
 
 def tiny_train_config(**changes) -> TrainConfig:
@@ -157,16 +156,15 @@ def test_resume_equals_straight_training(tmp_path) -> None:
 
 
 def test_command_line_options(tmp_path) -> None:
-    parser = argparse.ArgumentParser()
-    add_train_arguments(parser)
+    parser = build_parser()
     base = tiny_train_config(steps=50)
     args = parser.parse_args(
-        ["--out", str(tmp_path), "--attention", "bidirectional", "--steps", "3", "--config", base.to_json()]
+        ["train", "--out", str(tmp_path), "--attention", "bidirectional", "--steps", "3", "--config", base.to_json()]
     )
-    config, model_config = config_from_args(args)
+    config, model_config = train_configs(args)
     assert config.steps == 3 and config.attention == "bidirectional" and config.batch_size == 8
     assert model_config.name == "tabletop"
-    defaults, _ = config_from_args(parser.parse_args(["--out", str(tmp_path)]))
+    defaults, _ = train_configs(parser.parse_args(["train", "--out", str(tmp_path)]))
     assert defaults == TrainConfig()
 
 

@@ -16,16 +16,16 @@ import pytest
 import torch
 from conftest import randomize
 
-from vla_lab import VLAAdapter, VLAConfig, analysis
-from vla_lab.capture import run_with_cache
-from vla_lab.report import example_inputs, example_outlines
+from vla_lab import VLAAdapter, VLAConfig, interp
+from vla_lab.interp import run_with_cache
+from vla_lab.tabletop import example_inputs, example_outlines
 
 pytest.importorskip("ipywidgets")
 
 
 @pytest.fixture(scope="module")
 def setup():
-    from vla_lab.widgets import AttentionExplorer
+    from vla_lab.viz.widgets import AttentionExplorer
 
     torch.manual_seed(0)
     model = randomize(VLAAdapter(VLAConfig.preset("tiny")), seed=1).eval()
@@ -36,7 +36,7 @@ def setup():
 
 def _expected(model, inputs, mode, layer, head):
     _, cache = run_with_cache(model, **inputs, attention=mode)
-    df = analysis.segment_mass(cache)
+    df = interp.segment_mass(cache)
     sel = df[(df["sample"] == 0) & (df.layer == layer)]
     if head is not None:
         sel = sel[sel["head"] == head]
@@ -48,10 +48,11 @@ def _shown(explorer):
 
 
 def test_ipywidgets_is_imported_lazily():
-    import vla_lab.report
-    import vla_lab.widgets
+    import vla_lab.viz.plots
+    import vla_lab.viz.report
+    import vla_lab.viz.widgets
 
-    for module in (vla_lab.widgets, vla_lab.report, vla_lab.figures, vla_lab):
+    for module in (vla_lab.viz.widgets, vla_lab.viz.report, vla_lab.viz.plots, vla_lab.viz, vla_lab):
         tree = ast.parse(Path(module.__file__).read_text())
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
@@ -99,10 +100,10 @@ def test_controls_redraw_with_the_selection(setup, selection):
 
     query = selection.get("query_segment", explorer.query_segment.value)
     image = selection.get("image", explorer.image.value)
-    patches = analysis.query_patch_attention(cache, query, layers=[selection["layer"]])
+    patches = interp.query_patch_attention(cache, query, layers=[selection["layer"]])
     if head is not None:
         patches = patches[patches["head"] == head]
-    grid = analysis.patch_grid(patches, image=image)
+    grid = interp.patch_grid(patches, image=image)
     shown = explorer.last_patch_data.sort_values(["row", "col"])
     assert set(shown["image"]) == {image}
     assert np.allclose(shown["value"].to_numpy(), grid.ravel())

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from vla_lab import world
 from vla_lab.errors import InputError
-from vla_lab.world import (
+from vla_lab.tabletop import world
+from vla_lab.tabletop.world import (
     COLORS,
     KINDS,
     RELATIONS,

@@ -1,15 +1,27 @@
-"""vla-lab: the VLA-Adapter vision-language-action model, as released, with tools to look inside it."""
+"""vla-lab: the VLA-Adapter vision-language-action model, as released, with tools to look inside it.
 
-from vla_lab.config import PRESETS, RobotConfig, VisionConfig, VLAConfig
-from vla_lab.model import ActionPrediction, VLAAdapter, VLAOutput, build_random
-from vla_lab.sequence import AttentionSpec, SequenceLayout, Span
+The package follows the data path: :mod:`vla_lab.config` (what a model is) -> :mod:`vla_lab.processing`
+(observations -> inputs) -> :mod:`vla_lab.model` (pixels -> patches -> sequence -> LLM -> head -> actions,
+and the released checkpoint files) -> :mod:`vla_lab.interp` (capture and analyses) -> :mod:`vla_lab.viz`
+(figures, export, report) -> :mod:`vla_lab.tabletop` (a world with known ground truth and the shipped
+models) -> :mod:`vla_lab.experiments` (training, ablations, benchmarks, the demo) -> :mod:`vla_lab.cli`.
+Each layer imports only the ones before it.
+"""
 
-__version__ = "0.1.0"
-
-# Stages that pull in more dependencies are imported after the core.
-from vla_lab.capture import ActivationCache, capture, run_with_cache  # noqa: E402
-from vla_lab.checkpoint import load_pretrained, save_pretrained  # noqa: E402
-from vla_lab.tokenizer import load_qwen25_tokenizer  # noqa: E402
+from vla_lab.config import PRESETS, AttentionSpec, RobotConfig, VisionConfig, VLAConfig
+from vla_lab.interp import ActivationCache, capture, run_with_cache
+from vla_lab.model import (
+    ActionPrediction,
+    SequenceLayout,
+    Span,
+    VLAAdapter,
+    VLAOutput,
+    build_random,
+    load_pretrained,
+    save_pretrained,
+)
+from vla_lab.processing import load_qwen25_tokenizer
+from vla_lab.version import __version__
 
 __all__ = [
     "PRESETS",

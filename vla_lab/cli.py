@@ -1,23 +1,37 @@
-"""The ``vla-lab`` command line."""
+"""The ``vla-lab`` command line: every parser and every handler.
+
+Errors of vla_lab's own (bad input, unusable checkpoints, existing outputs) end a command with one line,
+``vla-lab <command>: error: <field>: got ..., expected ...``, and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from vla_lab.config import PRESETS, VLAConfig
-from vla_lab.errors import VLALabError
+from vla_lab.errors import ExportError, InputError, VLALabError
+from vla_lab.model import VLAAdapter, build_on_meta, build_random, forward_inputs, load_pretrained
 
-Command = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, Command] = {}
+if TYPE_CHECKING:
+    from vla_lab.experiments.train import TrainConfig
+
+Handler = Callable[[argparse.Namespace], int]
+_HANDLERS: dict[str, Handler] = {}
+MASK_CHOICES = ("causal", "bidirectional")
 
 
-def _command(name: str) -> Callable[[Command], Command]:
-    def register(fn: Command) -> Command:
-        _COMMANDS[name] = fn
+def _handler(name: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        _HANDLERS[name] = fn
         return fn
 
     return register
@@ -27,37 +41,44 @@ def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2, sort_keys=False))
 
 
-@_command("params")
-def _params(args: argparse.Namespace) -> int:
-    from vla_lab.model import build_on_meta
-
-    counts = build_on_meta(VLAConfig.preset(args.preset)).parameter_counts()
-    if args.json:
-        _print_json(counts)
-    else:
-        width = max(len(k) for k in counts)
-        for key, value in counts.items():
-            print(f"{key:<{width}}  {value:>15,}")
-    return 0
+# ---------------------------------------------------------------------------------------------
+# Shared options and their meaning
+# ---------------------------------------------------------------------------------------------
 
 
-def load_model(args: argparse.Namespace):
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    attention: tuple[str, ...] | None = MASK_CHOICES,
+    attention_default: str | None = None,
+) -> None:
+    """``--checkpoint DIR | --preset NAME`` (random weights, ``--seed``), ``--dtype``, ``--device`` and,
+    unless ``attention`` is None, ``--attention`` with those choices."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a preset with random weights")
+    if attention is not None:
+        parser.add_argument("--attention", choices=attention, default=attention_default,
+                            help=f"LLM mask (default: {attention_default or 'the model' + chr(39) + 's'})")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random preset weights")
+
+
+def load_model(args: argparse.Namespace) -> VLAAdapter:
     """The model named by ``--checkpoint`` or ``--preset`` (random weights) with the CLI's options."""
     import torch
 
-    from vla_lab.checkpoint import load_pretrained
-    from vla_lab.model import build_random
-
     dtype = getattr(torch, args.dtype)
     attention = getattr(args, "attention", None)
-    if attention == "both":
-        attention = None
+    attention = None if attention == "both" else attention
     if args.checkpoint:
         return load_pretrained(args.checkpoint, attention=attention, dtype=dtype, device=args.device)
-    config = VLAConfig.preset(args.preset)
-    if attention:
-        config.attention = attention
+    config = VLAConfig.preset(args.preset, **({"attention": attention} if attention else {}))
     return build_random(config, seed=args.seed, dtype=dtype, device=args.device)
+
+
+def model_source(args: argparse.Namespace) -> str:
+    return str(args.checkpoint) if args.checkpoint else f"preset {args.preset} (random weights, seed {args.seed})"
 
 
 def _attach_proprio_value(argv: list[str]) -> list[str]:
@@ -80,10 +101,10 @@ def parse_proprio(text: str | None) -> list[float] | None:
     try:
         return [float(v) for v in text.split(",")]
     except ValueError:
-        raise VLALabError(f"--proprio: got {text!r}, expected comma-separated numbers") from None
+        raise InputError(f"--proprio: got {text!r}, expected comma-separated numbers") from None
 
 
-def proprio_for(model, proprio: list[float] | None) -> tuple[list[float] | None, bool]:
+def proprio_for(model: VLAAdapter, proprio: list[float] | None) -> tuple[list[float] | None, bool]:
     """The CLI's proprio rule: (values, already normalised?).
 
     A given ``--proprio`` is the raw robot state (normalised with the model's statistics when it has
@@ -94,19 +115,42 @@ def proprio_for(model, proprio: list[float] | None) -> tuple[list[float] | None,
     return proprio, not model.config.norm_stats
 
 
-@_command("predict")
-def _predict(args: argparse.Namespace) -> int:
-    import numpy as np
+def _read_images(paths: list[str]) -> list[np.ndarray]:
+    from PIL import Image
 
+    images = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise InputError(f"--image: got {path!r}, expected an image file")
+        with Image.open(path) as im:
+            images.append(np.asarray(im.convert("RGB")))
+    return images
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+@_handler("params")
+def _params(args: argparse.Namespace) -> int:
+    counts = build_on_meta(VLAConfig.preset(args.preset)).parameter_counts()
+    if args.json:
+        _print_json(counts)
+    else:
+        width = max(len(k) for k in counts)
+        for key, value in counts.items():
+            print(f"{key:<{width}}  {value:>15,}")
+    return 0
+
+
+@_handler("predict")
+def _predict(args: argparse.Namespace) -> int:
     proprio = parse_proprio(args.proprio)
     model = load_model(args)
     proprio, normalized = proprio_for(model, proprio)
     pred = model.predict_action(
-        args.image,
-        args.instruction,
-        proprio,
-        unnorm_key=args.unnorm_key,
-        proprio_is_normalized=normalized,
+        args.image, args.instruction, proprio, unnorm_key=args.unnorm_key, proprio_is_normalized=normalized,
         center_crop=args.center_crop,
     )
     actions = pred.actions if pred.actions is not None else pred.normalized_actions
@@ -115,7 +159,7 @@ def _predict(args: argparse.Namespace) -> int:
         "normalized_actions": pred.normalized_actions[0].tolist(),
         "unnormalized": pred.actions is not None,
         "unnorm_key": pred.unnorm_key,
-        "prompt": pred.prompts[0],
+        "prompt": pred.prompts[0] if pred.prompts else None,
         "input_ids": pred.input_ids[0],
         "num_patches": pred.layout.num_patches,
         "sequence_length": pred.layout.num_tokens,
@@ -127,31 +171,27 @@ def _predict(args: argparse.Namespace) -> int:
     }
     if args.json:
         _print_json(result)
-    else:
-        print(f"prompt: {result['prompt']!r}  ({len(result['input_ids'])} tokens)")
-        layout = f"{result['sequence_length']} tokens, {result['num_patches']} patches"
-        print(f"sequence: {layout}, attention {pred.attention}")
-        label = "actions" if pred.actions is not None else "normalized actions (no dataset statistics)"
-        print(label + ":")
-        for row in result["actions"]:
-            print("  " + " ".join(f"{v:+.4f}" for v in row))
+        return 0
+    print(f"prompt: {result['prompt']!r}  ({len(result['input_ids'])} tokens)")
+    print(f"sequence: {result['sequence_length']} tokens, {result['num_patches']} patches, attention {pred.attention}")
+    print(("actions" if pred.actions is not None else "normalized actions (no dataset statistics)") + ":")
+    for row in result["actions"]:
+        print("  " + " ".join(f"{v:+.4f}" for v in row))
     return 0
 
 
-@_command("bench")
+@_handler("bench")
 def _bench(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
-    from vla_lab.bench import load_for_bench, run_benchmarks
+    from vla_lab.experiments.bench import run_benchmarks
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else None
     if out is not None and out.exists():
-        raise VLALabError(f"--out: {out} exists; choose another file")
-    model = load_for_bench(args.preset, args.checkpoint, args.dtype, args.device, args.seed)
+        raise ExportError(f"--out: {out} exists; choose another file")
+    model = load_model(args)
     result = run_benchmarks(model, args.batch, tuple(args.paths), tuple(args.capture), args.warmup, args.repeats,
                             preset=args.checkpoint or args.preset)
     text = json.dumps(result, indent=2)
@@ -160,99 +200,198 @@ def _bench(args: argparse.Namespace) -> int:
         out.write_text(text + "\n")
     if args.json:
         print(text)
-    else:
-        for row in result["results"]:
-            print(f"{row['name']:<28} batch {row['batch']:>3}  median {row['median_ms']:9.2f} ms  "
-                  f"[{row['min_ms']:.2f}, {row['max_ms']:.2f}]  {row['actions_per_second']:10.1f} actions/s  "
-                  f"peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB")
-        print(f"device: {result['results'][0]['device_name']}, dtype {args.dtype}")
+        return 0
+    for row in result["results"]:
+        print(f"{row['name']:<28} batch {row['batch']:>3}  median {row['median_ms']:9.2f} ms  "
+              f"[{row['min_ms']:.2f}, {row['max_ms']:.2f}]  {row['actions_per_second']:10.1f} actions/s  "
+              f"peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB")
+    print(f"device: {result['results'][0]['device_name']}, dtype {args.dtype}")
     return 0
 
 
-@_command("demo")
-def _demo(args: argparse.Namespace) -> int:
-    from vla_lab.demo import run_demo_command
-
-    return run_demo_command(args)
-
-
-@_command("train")
-def _train(args: argparse.Namespace) -> int:
-    from vla_lab.train import run_train
-
-    return run_train(args)
-
-
-@_command("attention")
+@_handler("attention")
 def _attention(args: argparse.Namespace) -> int:
-    from vla_lab.report import run_attention
+    from vla_lab import tabletop, viz
+    from vla_lab.viz.report import report_dirname
 
-    return run_attention(args)
+    if bool(args.image) != bool(args.instruction):
+        raise InputError("--image/--instruction: expected both (a user input) or neither (the built-in example)")
+    modes = list(MASK_CHOICES) if args.attention == "both" else [args.attention]
+    formats = tuple(dict.fromkeys(args.formats or viz.EXPORT_FORMATS))
+    out = Path(args.out)
+    if not args.overwrite:  # the files whose names do not depend on the model, before loading it
+        viz.check_free([out / "report.json", *(out / report_dirname(m) / "mask_audit.json" for m in modes)])
+    model = load_model(args)
+    if not args.overwrite:
+        viz.check_free(viz.report_paths(out, modes, model.config.num_llm_layers, formats))
+    outlines = None
+    if args.image:
+        images = _read_images(args.image)
+        proprio, normalized = proprio_for(model, parse_proprio(args.proprio))
+        inputs = forward_inputs(model.prepare_inputs(images, args.instruction, proprio, unnorm_key=args.unnorm_key,
+                                                     proprio_is_normalized=normalized, center_crop=args.center_crop))
+        description = f"{args.instruction!r} with images {', '.join(args.image)}"
+        description += f", proprio {args.proprio}" if args.proprio is not None else ""
+    else:
+        inputs, images, description = tabletop.example_inputs(model)
+        outlines = tabletop.example_outlines(model)
+    summary = viz.attention_report(model, inputs, images, modes, out_dir=out, description=description,
+                                   overwrite=args.overwrite, outlines=outlines, formats=formats, dpi=args.dpi)
+    summary = {"model": model_source(args), **{k: v for k, v in summary.items() if k != "model"},
+               "dtype": args.dtype, "device": args.device}
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"model: {summary['model']}")
+    print(f"input: {description}")
+    picks = ("action_queries->vision", "action_queries->text", "vision->action_queries", "text->action_queries")
+    for label, result in summary["modes"].items():
+        shown = ", ".join(f"{k} {result['segment_mass'][k]:.3f}" for k in picks if k in result["segment_mass"])
+        print(f"{label}: mask audit {result['mask_audit']}; {shown}; {len(result['files'])} files")
+    if "comparison" in summary:
+        print(f"comparison: action L1 {summary['comparison']['action_l1']:.4g}")
+    print(f"written to {out}/ (summary in {out / 'report.json'})")
+    return 0
 
 
-def _add_model_arguments(p: argparse.ArgumentParser, attention_choices: tuple[str, ...]) -> None:
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
-    source.add_argument("--preset", choices=sorted(PRESETS), help="a preset with random weights")
-    p.add_argument("--attention", choices=attention_choices, default=None, help="LLM mask (default: the model's)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--seed", type=int, default=0, help="seed for random preset weights")
-    p.add_argument("--json", action="store_true", help="print JSON")
+@_handler("demo")
+def _demo(args: argparse.Namespace) -> int:
+    from vla_lab.experiments.demo import run_demo
+
+    if args.episodes < 1:
+        raise InputError(f"--episodes: got {args.episodes}, expected a positive integer")
+    summary = run_demo(args.out, episodes=args.episodes, overwrite=args.overwrite, baseline=args.baseline)
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"shipped tabletop models on {summary['episodes']} held-out test scenes (closed loop):")
+    for mask, m in summary["models"].items():
+        layer = m["target_attention"]["llm_action_queries"]["layer"]
+        low, high = m["success_ci95"]
+        print(f"  {mask:<14} success {m['success_rate']:6.1%} [{low:.1%}, {high:.1%}]  action L1 {m['action_l1']:.4f}"
+              f"  target-attention ratio {m['target_attention_ratio']:5.2f}x (LLM layer {layer})")
+    for mask, m in summary["random_baseline"].items():
+        layer = m["target_attention"]["llm_action_queries"]["layer"]
+        print(f"  random init, {mask:<14}{'':53}target-attention ratio {m['target_attention_ratio']:5.2f}x "
+              f"(LLM layer {layer})")
+    print(f"figures and demo.json in {summary['out_dir']}/ ({summary['seconds']} s)")
+    return 0
+
+
+def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
+    """The configurations ``vla-lab train`` options describe: explicit options override ``--config``, which
+    overrides :class:`TrainConfig`'s defaults; the model is ``--model-config`` or the tabletop architecture."""
+    from vla_lab import tabletop
+    from vla_lab.experiments.train import TrainConfig
+
+    data = TrainConfig.from_json(args.config).to_dict() if args.config else TrainConfig().to_dict()
+    for name in ("attention", "steps", "seed", "device", "num_threads", "test_episodes"):
+        value = getattr(args, name, None)
+        if value is not None:
+            data[name] = value
+    config = TrainConfig.from_dict(data)
+    model_config = VLAConfig.from_json(args.model_config) if args.model_config else tabletop.tabletop_config()
+    return config, model_config
+
+
+@_handler("train")
+def _train(args: argparse.Namespace) -> int:
+    from vla_lab.experiments.train import train
+
+    config, model_config = train_configs(args)
+    if config.num_threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(config.num_threads))
+    final = train(config, model_config, args.out, resume=args.resume, progress=args.progress)
+    report: dict[str, Any] = {"checkpoint": str(final)}
+    result_path = final / "eval_test.json"
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        report["test_success_rate"] = result["success_rate"]
+        report["test_success_ci95"] = result.get("success_ci95")
+        report["test_by_kind"] = {k: v["success_rate"] for k, v in result["by_kind"].items()}
+        report["test_action_l1"] = result.get("action_l1")
+    _print_json(report)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vla-lab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="vla-lab", description="VLA-Adapter as released, and tools to look inside it")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from vla_lab.demo import add_demo_arguments
-    from vla_lab.train import add_train_arguments
-
     p = sub.add_parser("demo", help="evaluate the shipped models and export their attention figures (main job)")
-    add_demo_arguments(p)
+    p.add_argument("--out", default="vla_lab_demo", help="output directory (default: ./vla_lab_demo)")
+    p.add_argument("--episodes", type=int, default=200, help="held-out test scenes per model (default 200)")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier demo in --out")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the random baseline")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = sub.add_parser("train", help="train a model on the synthetic tabletop world")
-    add_train_arguments(p)
+    p.add_argument("--out", required=True, help="output directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--attention", choices=(*MASK_CHOICES, "prefix-lm"), default=None, help="LLM mask (default: causal)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    p.add_argument("--seed", type=int, default=None, help="seed of weights, data order and noise")
+    p.add_argument("--config", default=None, help="TrainConfig as a JSON file or string")
+    p.add_argument("--model-config", dest="model_config", default=None,
+                   help="VLAConfig JSON (default: vla_lab.tabletop.tabletop_config())")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--num-threads", dest="num_threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--test-episodes", dest="test_episodes", type=int, default=None,
+                   help="test-split episodes evaluated after training (0: none)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
     p = sub.add_parser("params", help="parameter counts per component of a preset (no weights needed)")
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("predict", help="predict an action chunk for images + instruction")
-    _add_model_arguments(p, ("causal", "bidirectional"))
+    add_model_arguments(p)
     p.add_argument("--image", action="append", required=True, help="image file (repeat: third-person, wrist, ...)")
     p.add_argument("--instruction", required=True)
     p.add_argument("--proprio", help="raw robot state, comma-separated (default: zeros, normalised)")
     p.add_argument("--unnorm-key", dest="unnorm_key", help="dataset statistics to use")
     p.add_argument("--center-crop", dest="center_crop", action="store_true", help="LIBERO centre crop (0.9 area)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("bench", help="latency of the straightforward and fast paths (JSON)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
-    source.add_argument("--preset", choices=sorted(PRESETS), help="a preset with random weights")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    add_model_arguments(p, attention=None)
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--paths", nargs="+", default=["straightforward", "fast"], choices=("straightforward", "fast"))
     p.add_argument("--capture", nargs="*", default=[], choices=("segments", "full"), help="also time capture")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="also write the JSON to this file (never overwritten)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    from vla_lab.report import add_attention_arguments
+    from vla_lab.viz import EXPORT_FORMATS
 
     p = sub.add_parser("attention", help="attention figures and numbers under one or both masks")
-    add_attention_arguments(p)
+    add_model_arguments(p, attention=(*MASK_CHOICES, "both"), attention_default="both")
+    p.add_argument("--image", action="append", help="image file (repeat: third-person, wrist, ...); "
+                   "default: the built-in tabletop example")
+    p.add_argument("--instruction", help="the task instruction (with --image)")
+    p.add_argument("--proprio", help="raw robot state, comma-separated (default: zeros, normalised)")
+    p.add_argument("--unnorm-key", dest="unnorm_key", help="dataset statistics for the proprio")
+    p.add_argument("--center-crop", dest="center_crop", action="store_true", help="LIBERO centre crop")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--format", dest="formats", action="append", choices=EXPORT_FORMATS,
+                   help="figure format (repeat; default: png, svg and pdf)")
+    p.add_argument("--dpi", type=int, default=150, help="resolution of the png figures (default: 150)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report's files")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_attach_proprio_value(sys.argv[1:] if argv is None else list(argv)))
     try:
-        return _COMMANDS[args.command](args)
+        return _HANDLERS[args.command](args)
     except VLALabError as exc:
         print(f"vla-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2

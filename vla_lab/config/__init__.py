@@ -1,0 +1,47 @@
+"""Configuration: what a model is (dataclasses, presets, named components) and the sequence vocabulary."""
+
+from vla_lab.config.attention import (
+    CONTENT_SEGMENTS,
+    FINE_SEGMENTS,
+    KEY_GROUPS,
+    NAMED_MASKS,
+    SEGMENTS,
+    AttentionLike,
+    AttentionSpec,
+    coarse_segment,
+    expand_segment,
+)
+from vla_lab.config.base import JSONConfig
+from vla_lab.config.presets import PRESETS
+from vla_lab.config.registry import (
+    CUSTOM_BACKBONE,
+    PROJECTORS,
+    QWEN25_05B_TEXT_CONFIG,
+    ROBOT_PRESETS,
+    VISION_BACKBONES,
+    canonical_projector,
+)
+from vla_lab.config.vla import RobotConfig, VisionConfig, VLAConfig
+
+__all__ = [
+    "CONTENT_SEGMENTS",
+    "CUSTOM_BACKBONE",
+    "FINE_SEGMENTS",
+    "KEY_GROUPS",
+    "NAMED_MASKS",
+    "PRESETS",
+    "PROJECTORS",
+    "QWEN25_05B_TEXT_CONFIG",
+    "ROBOT_PRESETS",
+    "SEGMENTS",
+    "VISION_BACKBONES",
+    "AttentionLike",
+    "AttentionSpec",
+    "JSONConfig",
+    "RobotConfig",
+    "VLAConfig",
+    "VisionConfig",
+    "canonical_projector",
+    "coarse_segment",
+    "expand_segment",
+]

@@ -1,0 +1,1 @@
+"""Experiments built on everything below: training, ablations, benchmarks, the demo, the design note's claims."""

@@ -1,0 +1,431 @@
+"""Train a VLA-Adapter model on the synthetic tabletop world.
+
+The action objective is upstream's: ``torch.nn.L1Loss()`` between the predicted and the expert action
+chunk, both normalised to [-1, 1] (optionally MSE for the first ``mse_warmup_steps``). AdamW, linear
+warm-up then cosine decay to a floor, gradient clipping.
+
+Two auxiliary losses stand in for what a released model inherits from pretraining (its ViTs and its
+LLM were trained before the action head existed); both use small linear probes that are trained along
+and discarded, so the saved model is a plain VLA-Adapter:
+
+* *patch description* (``aux_patch_weight``): from the projector's output, a linear probe classifies
+  each patch's object colour and shape (0 = none, :func:`vla_lab.tabletop.patch_labels`) and regresses
+  the patch's own grid position (L1) -- pretrained vision features know what and where;
+* *target position* (``aux_target_weight``): from the final LLM layer's action-query states (mean over
+  the queries), a linear probe regresses the target object's table position (MSE).
+
+Neither touches any attention map. Without them, from-scratch training on this world stays at the
+L1 median (no movement) for thousands of steps; see ``vla_lab/models/README.md``.
+
+Checkpoints are written in the released layout (:meth:`vla_lab.VLAAdapter.save_pretrained`) into
+``out_dir/step-XXXXX`` and ``out_dir/final``; each step directory also holds ``trainer_state.pt``
+(optimizer and probe state, step, RNG state; tensors and primitive containers only) so that
+``resume=True`` continues bit-exactly. ``metrics.jsonl`` logs training and auxiliary losses, learning
+rate, validation success and action L1.
+
+Every random draw comes from ``TrainConfig.seed``: the initial weights (``torch.manual_seed``), the
+order of the examples (one ``torch.Generator`` permutation per epoch) and the head's noise (the torch
+RNG, saved in ``trainer_state.pt``). Examples come from fixed seeds of the world's ``train`` split.
+
+Reproduce a shipped model: ``vla-lab train --attention causal --out DIR`` (or ``bidirectional``) with
+the defaults of :class:`TrainConfig` and :func:`vla_lab.tabletop.tabletop_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vla_lab import tabletop
+from vla_lab.config import JSONConfig, VLAConfig
+from vla_lab.errors import ConfigError
+from vla_lab.model import VLAAdapter, load_pretrained, save_pretrained
+from vla_lab.tabletop import world
+
+TRAINER_STATE = "trainer_state.pt"
+TRAIN_CONFIG = "train_config.json"
+METRICS = "metrics.jsonl"
+MIXED_PRECISION = ("no", "bf16")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainConfig(JSONConfig):
+    """Hyperparameters and run settings; the defaults are the shipped recipe.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: examples per step.
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay (all parameters).
+        betas: AdamW betas.
+        warmup_steps: linear warm-up from ``lr / warmup_steps`` to ``lr``.
+        min_lr_ratio: the cosine decay ends at ``lr * min_lr_ratio``.
+        grad_clip: max global gradient norm (0 disables clipping).
+        train_noise_std: std of the action head's training noise (upstream 0.02).
+        init: ``sincos`` (2-D sine-cosine ViT position embeddings) or ``default`` (the modules' own init);
+            see :func:`vla_lab.tabletop.initialize`.
+        gate_init: initial ``gating_factor`` of the head's bridge blocks (0 upstream).
+        num_examples: training examples held in memory (train-split seeds ``data_start ..``).
+        data_start: first train-split seed of the pool.
+        val_examples: held-out validation-split examples for the validation action L1.
+        eval_interval: steps between validations (0: only at the end).
+        eval_episodes: closed-loop validation-split episodes per validation.
+        eval_execute: actions executed per predicted chunk in closed-loop evaluations.
+        test_episodes: test-split episodes evaluated after training (0: none); reported, never selected on.
+        checkpoint_interval: steps between checkpoints (0: only the final one).
+        log_interval: steps between ``metrics.jsonl`` training lines.
+        seed: seed of the weights, the example order and the head's noise.
+        attention: LLM mask of the model (``causal``, ``bidirectional``, ...); overrides the model config's.
+        mixed_precision: ``no`` or ``bf16`` (autocast; meant for CUDA).
+        device: ``cpu`` or ``cuda`` (``cuda:N``).
+        num_threads: torch intra-op threads on CPU (0: leave torch's default).
+        mse_warmup_steps: the first steps use ``torch.nn.MSELoss()`` instead of upstream's
+            ``torch.nn.L1Loss()`` (0: L1 throughout). From random weights, L1 on this world's targets
+            (atoms at +-1 and 0) makes the input-independent per-row median a stable point; an MSE start
+            lets the features become informative first.
+        relabel: also train on every scene relabelled with each other object as the target
+            (:func:`vla_lab.tabletop.relabeled_scenes`): same images, another instruction and chunk.
+        aux_patch_weight: weight of the patch-description loss (0: off); see the module docstring.
+        aux_target_weight: weight of the target-position loss (0: off).
+    """
+
+    steps: int = 16000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    train_noise_std: float = 0.0
+    init: str = "sincos"
+    gate_init: float = 1.0
+    num_examples: int = 15_000
+    data_start: int = 0
+    val_examples: int = 256
+    eval_interval: int = 1000
+    eval_episodes: int = 50
+    eval_execute: int = 8
+    test_episodes: int = 200
+    checkpoint_interval: int = 1000
+    log_interval: int = 10
+    seed: int = 0
+    attention: str = "causal"
+    mixed_precision: str = "no"
+    device: str = "cpu"
+    num_threads: int = 0
+    mse_warmup_steps: int = 300
+    relabel: bool = True
+    aux_patch_weight: float = 1.0
+    aux_target_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        positive = ("steps", "batch_size", "num_examples", "eval_execute", "log_interval")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}: got {value!r}, expected a positive integer")
+        non_negative = (
+            "warmup_steps", "data_start", "val_examples", "eval_interval", "eval_episodes",
+            "test_episodes", "checkpoint_interval", "num_threads", "seed", "mse_warmup_steps",
+        )
+        for name in non_negative:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name}: got {value!r}, expected a non-negative integer")
+        for name in ("aux_patch_weight", "aux_target_weight", "train_noise_std"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, expected a non-negative number")
+        if self.lr <= 0:
+            raise ConfigError(f"lr: got {self.lr}, expected a positive number")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio: got {self.min_lr_ratio}, expected a number in [0, 1]")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"mixed_precision: got {self.mixed_precision!r}, expected one of {MIXED_PRECISION}")
+        if self.init not in tabletop.INITS:
+            raise ConfigError(f"init: got {self.init!r}, expected one of {tabletop.INITS}")
+        if len(self.betas) != 2:
+            raise ConfigError(f"betas: got {self.betas!r}, expected two numbers")
+        if self.data_start + self.num_examples > len(world.SPLITS["train"]):
+            raise ConfigError("num_examples: data_start + num_examples exceeds the train split")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+
+class AuxiliaryLosses(torch.nn.Module):
+    """The two auxiliary probes of the module docstring and their losses (not part of the saved model)."""
+
+    def __init__(self, model: VLAAdapter, patch_weight: float, target_weight: float) -> None:
+        super().__init__()
+        dim = model.config.llm_dim
+        self.num_colors, self.num_shapes = len(world.COLORS) + 1, len(world.SHAPES) + 1
+        self.patch_weight, self.target_weight = float(patch_weight), float(target_weight)
+        self.patch_probe = torch.nn.Linear(dim, self.num_colors + self.num_shapes + 2)
+        self.target_probe = torch.nn.Linear(dim, 2)
+        rows, cols = model.vision_backbone.patch_grid
+        r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+        grid = torch.stack([r.flatten() / max(rows - 1, 1), c.flatten() / max(cols - 1, 1)], -1) * 2 - 1
+        self.register_buffer("patch_positions", grid.repeat(model.config.num_images, 1), persistent=False)
+        self._projected: torch.Tensor | None = None
+        self._handle = model.projector.register_forward_hook(self._record) if self.active else None
+
+    @property
+    def active(self) -> bool:
+        return self.patch_weight > 0 or self.target_weight > 0
+
+    def _record(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
+        self._projected = output
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+    def forward(
+        self, query_states: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Losses of the last forward pass: ``patch``, ``target`` and their weighted ``total``."""
+        projected, self._projected = self._projected, None
+        if projected is None:
+            raise RuntimeError("AuxiliaryLosses: no projector output recorded; run the model first")
+        out = self.patch_probe(projected.float())
+        nc, ns = self.num_colors, self.num_shapes
+        ce = torch.nn.functional.cross_entropy
+        patch = (
+            ce(out[..., :nc].reshape(-1, nc), labels[..., 0].reshape(-1))
+            + ce(out[..., nc : nc + ns].reshape(-1, ns), labels[..., 1].reshape(-1))
+            + (out[..., nc + ns :] - self.patch_positions).abs().mean()
+        )
+        predicted = self.target_probe(query_states[:, -1].float().mean(dim=1))
+        target = torch.nn.functional.mse_loss(predicted, targets)
+        return {"patch": patch, "target": target, "total": self.patch_weight * patch + self.target_weight * target}
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then cosine to the floor."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    floor = config.lr * config.min_lr_ratio
+    span = max(config.steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> torch.Tensor:
+    """Pool indices of step ``step``: consecutive slices of one seeded permutation per epoch."""
+    start = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(start + len(out), num_examples)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = torch.randperm(num_examples, generator=generator)
+        out.extend(perm[offset : offset + batch_size - len(out)].tolist())
+    return torch.tensor(out, dtype=torch.long)
+
+
+def _latest_step_dir(out_dir: Path) -> Path | None:
+    found = []
+    for path in out_dir.glob("step-*"):
+        match = _STEP_DIR.match(path.name)
+        if match and (path / TRAINER_STATE).exists():
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def _log(out_dir: Path, record: dict[str, Any]) -> None:
+    with open(out_dir / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save(
+    model: VLAAdapter, optimizer: torch.optim.Optimizer, step: int, directory: Path, config: TrainConfig,
+    auxiliary: AuxiliaryLosses,
+) -> None:
+    save_pretrained(model, directory, step=step, overwrite=True)
+    state = {
+        "step": int(step),
+        "optimizer": optimizer.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "train_config": config.to_dict(),
+        "auxiliary": auxiliary.state_dict(),
+    }
+    torch.save(state, directory / TRAINER_STATE)
+    config.to_json(directory / TRAIN_CONFIG)
+
+
+def _strip_episodes(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k != "episodes"}
+
+
+def validate(model: VLAAdapter, config: TrainConfig, val_data: tabletop.TabletopData | None) -> dict[str, Any]:
+    """Validation action L1 on held-out examples and closed-loop success on validation scenes."""
+    record: dict[str, Any] = {}
+    if val_data is not None and len(val_data):
+        record["val_action_l1"] = tabletop.action_l1(model, val_data)
+    if config.eval_episodes:
+        result = tabletop.evaluate_model(
+            model, "validation", config.eval_episodes, progress=False, execute=config.eval_execute
+        )
+        record["val_success_rate"] = result["success_rate"]
+        record["val_by_kind"] = {k: v["success_rate"] for k, v in result["by_kind"].items()}
+        record["val_initial_action_l1"] = result["action_l1"]
+    return record
+
+
+def train(
+    config: TrainConfig,
+    model_config: VLAConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train ``model_config`` (with ``config.attention``) on the world; return ``out_dir/final``.
+
+    ``resume`` continues from the latest ``out_dir/step-XXXXX`` that holds a trainer state.
+    ``stop_at`` ends the run after that many steps (a checkpoint is written there) without changing the
+    schedule, and then returns that step's directory.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = torch.device(config.device)
+    model_config = model_config.replace(attention=config.attention)
+    tabletop.check_config(model_config)
+    tokenizer = tabletop.build_world_tokenizer()
+
+    start_step = 0
+    trainer_state = None
+    latest = _latest_step_dir(out_dir) if resume else None
+    if latest is not None:
+        trainer_state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
+        start_step = int(trainer_state["step"])
+        model = load_pretrained(latest, dtype=torch.float32, device=device)
+        model_config = model.config
+    else:
+        model = tabletop.build_model(
+            model_config, seed=config.seed, tokenizer=tokenizer, init=config.init, gate=config.gate_init
+        ).to(device)
+    model.action_head.train_noise_std = config.train_noise_std
+    config.to_json(out_dir / TRAIN_CONFIG)
+    model_config.to_json(out_dir / "model_config.json")
+
+    auxiliary = AuxiliaryLosses(model, config.aux_patch_weight, config.aux_target_weight).to(device)
+    # Every parameter decays, as in upstream's single AdamW group.
+    optimizer = torch.optim.AdamW(
+        list(model.parameters()) + list(auxiliary.parameters()), lr=config.lr, betas=config.betas,
+        weight_decay=config.weight_decay,
+    )
+    if trainer_state is not None:
+        auxiliary.load_state_dict(trainer_state["auxiliary"])
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        torch.set_rng_state(trainer_state["rng"]["torch"])
+        if trainer_state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(trainer_state["rng"]["cuda"])
+
+    train_seeds = world.split_seeds("train", config.num_examples, config.data_start)
+    data = tabletop.TabletopData.generate(
+        model_config, train_seeds, tokenizer, progress=progress, relabel=config.relabel, labels=auxiliary.active
+    )
+    val_data = (
+        tabletop.TabletopData.generate(model_config, world.split_seeds("validation", config.val_examples), tokenizer)
+        if config.val_examples
+        else None
+    )
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    amp = config.mixed_precision == "bf16"
+    l1_loss, mse_loss = torch.nn.L1Loss(), torch.nn.MSELoss()
+    model.train()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step")
+    train_time = 0.0
+    running: list[float] = []
+    running_aux: list[tuple[float, float]] = []
+    step = start_step
+    try:
+        while step < end:
+            tick = time.perf_counter()
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = data.batch(batch_indices(step, config.batch_size, len(data), config.seed), labels=auxiliary.active)
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            target = batch.pop("actions")
+            patch_labels, targets = batch.pop("patch_labels", None), batch.pop("targets", None)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(**batch)
+            loss_fn = mse_loss if step < config.mse_warmup_steps else l1_loss
+            loss = loss_fn(out.normalized_actions.float(), target)
+            total = loss
+            if auxiliary.active:
+                aux = auxiliary(out.query_states, patch_labels, targets)
+                total = loss + aux["total"]
+                running_aux.append((aux["patch"].item(), aux["target"].item()))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            grad_norm = (
+                float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip))
+                if config.grad_clip > 0
+                else float("nan")
+            )
+            optimizer.step()
+            step += 1
+            train_time += time.perf_counter() - tick
+            running.append(loss.item())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{running[-1]:.4f}", lr=f"{lr:.2e}")
+            if step % config.log_interval == 0 or step == end:
+                record = {"step": step, "loss": sum(running) / len(running), "lr": lr, "grad_norm": grad_norm,
+                          "train_time_s": round(train_time, 2)}
+                if running_aux:
+                    record["aux_patch_loss"] = sum(a for a, _ in running_aux) / len(running_aux)
+                    record["aux_target_loss"] = sum(b for _, b in running_aux) / len(running_aux)
+                _log(out_dir, record)
+                running.clear()
+                running_aux.clear()
+            evaluate_now = (config.eval_interval and step % config.eval_interval == 0) or step == config.steps
+            if evaluate_now:
+                record = {"step": step, **validate(model, config, val_data)}
+                _log(out_dir, record)
+                if bar is not None:
+                    bar.write(json.dumps(record))
+            if (config.checkpoint_interval and step % config.checkpoint_interval == 0) or step == end:
+                _save(model, optimizer, step, out_dir / f"step-{step:05d}", config, auxiliary)
+    finally:
+        auxiliary.remove()
+        if bar is not None:
+            bar.close()
+
+    if step < config.steps:
+        return out_dir / f"step-{step:05d}"
+    final = out_dir / "final"
+    save_pretrained(model, final, step=step, overwrite=True)
+    config.to_json(final / TRAIN_CONFIG)
+    if config.test_episodes:
+        result = tabletop.evaluate_model(
+            model, "test", config.test_episodes, progress=progress, execute=config.eval_execute
+        )
+        (final / "eval_test.json").write_text(json.dumps(result, indent=2) + "\n")
+        _log(out_dir, {"step": step, "test": _strip_episodes(result)})
+    return final

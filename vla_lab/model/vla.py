@@ -1,0 +1,503 @@
+"""The VLA-Adapter model, wired stage by stage: pixels -> patches -> sequence -> LLM -> head -> actions."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from vla_lab.config import AttentionLike, AttentionSpec, VLAConfig
+from vla_lab.errors import CheckpointError, InputError
+from vla_lab.model import checkpoint
+from vla_lab.model.action_head import L1RegressionActionHead, UpstreamRoPE
+from vla_lab.model.llm import build_language_model, check_kernel, count_parameters, run_decoder, set_attention_kernel
+from vla_lab.model.projector import ProprioProjector, build_projector
+from vla_lab.model.sequence import AssemblyPlan, SequenceLayout, allowed_matrix, mask_for_kernel, segment_id_matrix
+from vla_lab.model.vision import VisionBackbone
+from vla_lab.processing import VLAProcessor
+from vla_lab.processing.normalization import normalize_proprio, resolve_unnorm_key, unnormalize_actions
+
+#: The keyword arguments of :meth:`VLAAdapter.forward` that carry data (as :meth:`prepare_inputs` returns them).
+FORWARD_KEYS = ("pixel_values", "input_ids", "attention_mask", "proprio")
+
+
+def forward_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The :meth:`VLAAdapter.forward` keyword arguments of a :meth:`VLAAdapter.prepare_inputs` result."""
+    missing = [k for k in ("pixel_values", "input_ids") if k not in inputs]
+    if missing:
+        raise InputError(f"inputs: missing {missing}, expected the output of model.prepare_inputs(...)")
+    return {k: inputs[k] for k in FORWARD_KEYS if k in inputs}
+
+
+class ForwardRecorder(Protocol):
+    """What a forward pass reports to an active capture (:mod:`vla_lab.interp.capture`)."""
+
+    def begin(
+        self, layouts: Sequence[SequenceLayout], spec: AttentionSpec, allowed: torch.Tensor, embeds: torch.Tensor
+    ) -> torch.Tensor: ...
+
+    def layer(self, layer: int, hidden: torch.Tensor) -> torch.Tensor: ...
+
+    def end(self, final: torch.Tensor, task: torch.Tensor, queries: torch.Tensor, actions: torch.Tensor) -> None: ...
+
+
+@dataclass
+class VLAOutput:
+    """Everything one forward pass computed.
+
+    ``hidden_states[i]`` is (B, S, C) at hidden_index i: 0 the embeddings, i the output of LLM layer
+    i - 1, the last one after the final norm. ``task_states`` / ``query_states`` (B, hidden_index, K, C)
+    and ``proprio_features`` (B, C) are what the head read (after the optional upstream bf16 casts).
+    ``layouts[b]`` gives sample b's segment spans.
+    """
+
+    normalized_actions: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...]
+    layouts: list[SequenceLayout]
+    attention: AttentionSpec
+    task_states: torch.Tensor
+    query_states: torch.Tensor
+    allowed: torch.Tensor = field(repr=False)
+    proprio_features: torch.Tensor | None = field(default=None, repr=False)
+
+
+@dataclass
+class ActionPrediction:
+    """Actions for a batch of observations: normalised (model output) and in robot units."""
+
+    normalized_actions: np.ndarray
+    actions: np.ndarray | None
+    layouts: list[SequenceLayout]
+    unnorm_key: str | None
+    attention: str
+    input_ids: list[list[int]]
+    prompts: list[str] | None = None
+
+    @property
+    def layout(self) -> SequenceLayout:
+        return self.layouts[0]
+
+
+class VLAAdapter(nn.Module):
+    """VLA-Adapter with switchable LLM attention masks.
+
+    Sub-modules carry the released names: ``vision_backbone.featurizer`` / ``.fused_featurizer``,
+    ``projector``, ``language_model`` (transformers ``Qwen2ForCausalLM``), ``action_queries``,
+    ``action_head`` (``L1RegressionActionHead``) and ``proprio_projector``. The model keeps its own copy
+    of ``config``: changing one model's mask never changes another's.
+    """
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        config = self.config
+        self.vision_backbone = VisionBackbone(config.vision, config.num_images)
+        self.projector = build_projector(config.projector, self.vision_backbone.embed_dim, config.llm_dim)
+        self.language_model = build_language_model(config.llm, config.attn_kernel)
+        self.action_queries = nn.Embedding(config.num_action_queries, config.llm_dim)
+        nn.init.zeros_(self.action_queries.weight)
+        self.action_head = L1RegressionActionHead(
+            config.llm_dim,
+            config.num_llm_layers,
+            config.robot.chunk,
+            config.robot.action_dim,
+            version=config.head_version,
+            num_heads=config.head_num_heads,
+        )
+        self.proprio_projector = (
+            ProprioProjector(config.robot.proprio_dim, config.llm_dim) if config.use_proprio else None
+        )
+        self._processor: VLAProcessor | None = None
+        self._recorder: ForwardRecorder | None = None  # set by vla_lab.interp.capture while a capture is active
+        self.checkpoint_path: Path | None = None
+
+    def _apply(self, fn: Any, recurse: bool = True) -> VLAAdapter:
+        # `.to(dtype)` / `.to_empty()` also reach non-persistent buffers; recompute the rotary tables.
+        result = super()._apply(fn, recurse)
+        self.reset_rotary_buffers()
+        return result
+
+    def reset_rotary_buffers(self) -> None:
+        """Recompute the RoPE frequency buffers after a dtype or device change.
+
+        The LLM's stay float32 (transformers builds its cos/sin from float32 frequencies). The Pro
+        head's follow the head's dtype: upstream casts the whole head, buffer included, to bf16.
+        """
+        rotary = self.language_model.model.rotary_emb
+        if rotary.rope_type == "default":
+            inv_freq, _ = rotary.compute_default_rope_parameters(rotary.config)
+            rotary.inv_freq = inv_freq.to(rotary.inv_freq.device)
+            rotary.original_inv_freq = inv_freq.clone().to(rotary.inv_freq.device)
+        for block in self.action_head.model.blocks:
+            if block.rope is not None:
+                fresh = UpstreamRoPE(block.head_dim).inv_freq
+                block.rope.inv_freq = fresh.to(device=block.rope.inv_freq.device, dtype=block.q_proj.weight.dtype)
+
+    # --- properties ----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.action_queries.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.action_queries.weight.dtype
+
+    @property
+    def attention(self) -> AttentionSpec:
+        """The default LLM mask (``config.attention``)."""
+        return AttentionSpec.parse(self.config.attention)
+
+    def set_attention(self, attention: AttentionLike) -> None:
+        """Change the default LLM mask on the same weights (e.g. ``"bidirectional"``)."""
+        self.config.attention = AttentionSpec.parse(attention).to_config()
+
+    def set_attention_kernel(self, kernel: str) -> None:
+        """``sdpa`` or ``eager`` (stock transformers kernels)."""
+        self.config.attn_kernel = check_kernel(kernel)
+        set_attention_kernel(self.language_model, kernel)
+
+    # --- stages --------------------------------------------------------------------------------
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, N*C, H, W) -> projected patch embeddings (B, NP, llm_dim)."""
+        projected: torch.Tensor = self.projector(self.vision_backbone(pixel_values.to(self.dtype)))
+        return projected
+
+    def plan(self, lengths: Sequence[int], max_len: int, offset: str | None = None) -> AssemblyPlan:
+        """The :class:`AssemblyPlan` of a batch whose prompts have ``lengths`` tokens, padded to ``max_len``."""
+        backbone = self.vision_backbone
+        return AssemblyPlan.build(
+            lengths, max_len, backbone.patches_per_image, self.config.num_images, backbone.patch_grid,
+            self.config.num_action_queries, offset or self.config.hidden_offset, device=self.device,
+        )
+
+    def embed_sequence(self, plan: AssemblyPlan, input_ids: torch.Tensor, patch_embeds: torch.Tensor) -> torch.Tensor:
+        """The LLM input [tok0, patches, prompt, action queries, STOP] of every sample, right-padded."""
+        embed = self.language_model.get_input_embeddings()
+        batch = input_ids.shape[0]
+        queries = self.action_queries.weight[None].expand(batch, -1, -1)
+        stop = embed.weight[self.config.stop_token_id][None, None].expand(batch, 1, -1)
+        return plan.assemble(embed(input_ids), patch_embeds, queries, stop)
+
+    def head_inputs(
+        self, hidden_states: Sequence[torch.Tensor], layouts: Sequence[SequenceLayout], offset: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-hidden_index task states (B, L+1, NP, C) and action-query states (B, L+1, Q, C)."""
+        plan = self.plan([lay.prompt_length for lay in layouts], hidden_states[0].shape[1] - layouts[0].num_patches
+                         - self.config.num_action_queries - 1, offset)
+        return plan.head_inputs([plan.head_positions(h) for h in hidden_states])
+
+    def head_conditioning(
+        self, query_states: torch.Tensor, proprio: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the head reads besides the task states: the query states and the projected proprio.
+
+        With ``config.upstream_bf16_casts`` both are rounded to bf16 first, as upstream's
+        ``predict_action`` does whatever the model's dtype.
+        """
+        if self.config.upstream_bf16_casts:
+            query_states = query_states.to(torch.bfloat16).to(query_states.dtype)
+            proprio = proprio.to(torch.bfloat16).to(proprio.dtype) if proprio is not None else None
+        if proprio is None or self.proprio_projector is None:
+            return query_states, None
+        features: torch.Tensor = self.proprio_projector(proprio)
+        return query_states, features
+
+    # --- forward -------------------------------------------------------------------------------
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        proprio: torch.Tensor | None = None,
+        attention: AttentionLike | None = None,
+        **attention_kwargs: Any,
+    ) -> VLAOutput:
+        """Normalised proprio in, normalised actions out; see :class:`VLAOutput`."""
+        input_ids, attention_mask = self.check_ids(input_ids, attention_mask)
+        proprio = self.check_proprio(proprio, input_ids.shape[0])
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise InputError(
+                f"pixel_values: got batch {pixel_values.shape[0]}, expected {input_ids.shape[0]} (batch of input_ids)"
+            )
+        spec = AttentionSpec.parse(attention) if attention is not None else self.attention
+        plan = self.plan(attention_mask.sum(dim=1).tolist(), input_ids.shape[1])
+        embeds = self.embed_sequence(plan, input_ids, self.embed_images(pixel_values))
+        layouts = list(plan.layouts)
+        allowed = allowed_matrix(spec, segment_id_matrix(layouts).to(embeds.device))
+        recorder = self._recorder
+        if recorder is not None:
+            embeds = recorder.begin(layouts, spec, allowed, embeds)
+            attention_kwargs["vla_lab_recorder"] = recorder
+        hidden = run_decoder(
+            self.language_model,
+            embeds,
+            mask_for_kernel(allowed, self.config.attn_kernel, embeds.dtype),
+            on_layer=recorder.layer if recorder is not None else None,
+            **attention_kwargs,
+        )
+        task, queries = plan.head_inputs([plan.head_positions(h) for h in hidden])
+        queries, proprio_features = self.head_conditioning(queries, proprio)
+        actions = self.action_head(task, queries, proprio_features)
+        if recorder is not None:
+            recorder.end(hidden[-1], task, queries, actions)
+        return VLAOutput(actions, tuple(hidden), layouts, spec, task, queries, allowed, proprio_features)
+
+    # --- inference -----------------------------------------------------------------------------
+    @property
+    def processor(self) -> VLAProcessor:
+        """Images + instruction + raw proprio -> model inputs (built on first use)."""
+        if self._processor is None:
+            self._processor = VLAProcessor.for_config(self.config)
+        return self._processor
+
+    @processor.setter
+    def processor(self, value: VLAProcessor) -> None:
+        self._processor = value
+
+    def prepare_inputs(
+        self,
+        images: Any = None,
+        instruction: str | list[str] | None = None,
+        proprio: Any = None,
+        *,
+        unnorm_key: str | None = None,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        proprio_is_normalized: bool = False,
+        center_crop: bool = False,
+    ) -> dict[str, Any]:
+        """Observation(s) -> the keyword arguments of :meth:`forward` (plus ``prompts`` and ``unnorm_key``).
+
+        Give either raw ``images`` (one observation's list of images, or a list of such lists) and
+        ``instruction`` (a string or one per observation), or preprocessed ``pixel_values`` and
+        ``input_ids`` (+ ``attention_mask`` for right-padded batches). ``proprio`` is the raw robot
+        state, normalised with the dataset statistics of ``unnorm_key``; pass
+        ``proprio_is_normalized=True`` if it is already in [-1, 1] (it is used as given when the model
+        has no statistics).
+        """
+        prompts = None
+        norm_stats = self.config.norm_stats
+        stats_key = resolve_unnorm_key(norm_stats, unnorm_key) if norm_stats else None
+        if unnorm_key is not None and stats_key is None:
+            raise InputError(f"unnorm_key: got {unnorm_key!r}, but the model has no dataset statistics")
+        if pixel_values is None or input_ids is None:
+            if images is None or instruction is None:
+                raise InputError("predict_action: expected images and instruction, or pixel_values and input_ids")
+            batch = self.processor(images, instruction, center_crop=center_crop)
+            pixel_values, input_ids, attention_mask = batch["pixel_values"], batch["input_ids"], batch["attention_mask"]
+            prompts = batch["prompts"]
+        input_ids, attention_mask = self.check_ids(input_ids, attention_mask)
+        batch_size, dim = input_ids.shape[0], self.config.robot.proprio_dim
+        proprio_t = None
+        if proprio is not None:
+            values = np.asarray(proprio, dtype=np.float64)
+            if values.size != batch_size * dim:
+                raise InputError(f"proprio: got shape {values.shape}, expected {dim} values per observation")
+            values = values.reshape(batch_size, dim)
+            if norm_stats and stats_key is not None and not proprio_is_normalized:
+                values = normalize_proprio(values, norm_stats[stats_key]["proprio"], self.config.robot.normalization)
+            proprio_t = torch.as_tensor(values, dtype=self.dtype, device=self.device)
+        device = self.device
+        return {
+            "pixel_values": pixel_values.to(device),
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "proprio": proprio_t,
+            "prompts": prompts,
+            "unnorm_key": stats_key,
+        }
+
+    def unnormalize(self, normalized: Any, unnorm_key: str | None) -> np.ndarray | None:
+        """Normalised actions -> robot units with the statistics of ``unnorm_key`` (None without statistics)."""
+        if unnorm_key is None or not self.config.norm_stats:
+            return None
+        stats = self.config.norm_stats[unnorm_key]["action"]
+        return unnormalize_actions(np.asarray(normalized, dtype=np.float64), stats, self.config.robot.normalization)
+
+    def prediction(
+        self, normalized: torch.Tensor, batch: Mapping[str, Any], layouts: Sequence[SequenceLayout], attention: str
+    ) -> ActionPrediction:
+        """An :class:`ActionPrediction` of normalised actions for a :meth:`prepare_inputs` batch."""
+        values = normalized.float().cpu().numpy()
+        lengths = batch["attention_mask"].sum(1).tolist()
+        ids = [row[: int(n)] for row, n in zip(batch["input_ids"].tolist(), lengths)]
+        key = batch["unnorm_key"]
+        return ActionPrediction(values, self.unnormalize(values, key), list(layouts), key, attention, ids,
+                                batch["prompts"])
+
+    @torch.inference_mode()
+    def predict_action(
+        self,
+        images: Any = None,
+        instruction: str | list[str] | None = None,
+        proprio: Any = None,
+        *,
+        unnorm_key: str | None = None,
+        attention: AttentionLike | None = None,
+        **inputs: Any,
+    ) -> ActionPrediction:
+        """Predict an action chunk per observation (inputs as in :meth:`prepare_inputs`).
+
+        Actions are un-normalised when the model has dataset statistics.
+        """
+        batch = self.prepare_inputs(images, instruction, proprio, unnorm_key=unnorm_key, **inputs)
+        out = self(**forward_inputs(batch), attention=attention)
+        return self.prediction(out.normalized_actions, batch, out.layouts, out.attention.label)
+
+    # --- checks --------------------------------------------------------------------------------
+    def check_ids(self, input_ids: Any, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (lists or tensors) and mask -> (B, L) long tensors; one-line errors when malformed."""
+        if not isinstance(input_ids, torch.Tensor):
+            nested = len(input_ids) > 0 and isinstance(input_ids[0], (list, tuple))
+            rows = [list(r) for r in input_ids] if nested else [list(input_ids)]
+            width = max((len(r) for r in rows), default=0)
+            if attention_mask is None:
+                attention_mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
+            input_ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+            raise InputError(f"input_ids: got shape {tuple(input_ids.shape)}, expected (B, L) with L >= 1")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = torch.as_tensor(attention_mask, device=input_ids.device).long().reshape(input_ids.shape)
+        lengths = attention_mask.sum(dim=1)
+        expected = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] < lengths[:, None]).long()
+        if not torch.equal(attention_mask, expected):
+            raise InputError("attention_mask: got a mask that is not right-padded, expected ones then zeros per row")
+        if int(lengths.min()) < 1:
+            raise InputError("input_ids: got an empty prompt, expected at least one token per sample")
+        vocab = self.config.llm["vocab_size"]
+        if int(input_ids.max()) >= vocab or int(input_ids.min()) < 0:
+            raise InputError(f"input_ids: got ids up to {int(input_ids.max())}, expected 0 <= id < vocab_size {vocab}")
+        return input_ids, attention_mask
+
+    def check_proprio(self, proprio: Any, batch: int) -> torch.Tensor | None:
+        """Normalised proprio -> (B, proprio_dim) in the model's dtype; one-line errors when it does not fit."""
+        dim = self.config.robot.proprio_dim
+        if proprio is None:
+            if self.proprio_projector is not None:
+                raise InputError(f"proprio: got None, expected ({batch}, {dim}) values (config.use_proprio is True)")
+            return None
+        if self.proprio_projector is None:
+            raise InputError("proprio: got values, expected None (config.use_proprio is False)")
+        proprio = torch.as_tensor(proprio, device=self.device)
+        if proprio.ndim == 1:
+            proprio = proprio[None]
+        if tuple(proprio.shape) != (batch, dim):
+            raise InputError(f"proprio: got shape {tuple(proprio.shape)}, expected ({batch}, {dim})")
+        return proprio.to(self.dtype)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, **options: Any) -> Path:
+        """Write this model in the released checkpoint layout (options: :func:`vla_lab.model.checkpoint.write`)."""
+        return checkpoint.write(directory, self.config, self.state_dict(), self.processor,
+                                dtype=options.pop("dtype", None) or self.dtype, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        attention: AttentionLike | None = None,
+        dtype: torch.dtype | str = torch.float32,
+        device: str | torch.device = "cpu",
+        *,
+        step: int | str | None = None,
+        num_images: int | None = None,
+        robot: str | dict[str, Any] | None = None,
+    ) -> VLAAdapter:
+        """Load a checkpoint directory in the released layout (released checkpoints or ours).
+
+        ``attention`` overrides the mask (``causal`` for released checkpoints). The caller's ``dtype``
+        wins over the files' (released ones are bf16). ``num_images`` defaults to the vla_lab config if
+        present, else 2 (the released LIBERO/CALVIN inputs: third-person + wrist). ``robot`` overrides the
+        robot preset inferred from the head and proprio shapes. Every missing, unexpected and mis-shaped
+        key is reported together in one error, and no model is returned unless everything fits.
+        """
+        given = dtype
+        torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
+            raise InputError(f"dtype: got {given!r}, expected a floating torch dtype such as float32 or 'bfloat16'")
+        found = checkpoint.read(path, attention=attention, step=step, num_images=num_images, robot=robot)
+        model = build_on_meta(found.config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if found.config.llm.get("tie_word_embeddings", True):
+            expected.pop("language_model.lm_head.weight", None)
+        problems = checkpoint.mismatches(expected, found.state)
+        if problems:
+            raise CheckpointError(f"checkpoint: {found.directory.name} does not fit the model: " + "; ".join(problems))
+        model = model.to(torch_dtype).to_empty(device=device)
+        if found.config.llm.get("tie_word_embeddings", True):
+            model.language_model.tie_weights()
+        model.load_state_dict(found.state, strict=False)
+        model.eval()
+        model.processor = found.processor
+        model.checkpoint_path = found.directory
+        return model
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per component (tied LLM embeddings counted once)."""
+        counts = {
+            "vision.featurizer": count_parameters(self.vision_backbone.featurizer),
+            "vision.fused_featurizer": count_parameters(self.vision_backbone.fused_featurizer),
+            "projector": count_parameters(self.projector),
+            "llm": count_parameters(self.language_model),
+            "action_queries": count_parameters(self.action_queries),
+            "action_head": count_parameters(self.action_head),
+            "proprio_projector": count_parameters(self.proprio_projector),
+        }
+        counts["total"] = count_parameters(self)
+        return counts
+
+
+def load_pretrained(path: str | Path, *args: Any, **kwargs: Any) -> VLAAdapter:
+    """:meth:`VLAAdapter.from_pretrained` as a function."""
+    return VLAAdapter.from_pretrained(path, *args, **kwargs)
+
+
+def save_pretrained(model: VLAAdapter, directory: str | Path, **options: Any) -> Path:
+    """:meth:`VLAAdapter.save_pretrained` as a function."""
+    return model.save_pretrained(directory, **options)
+
+
+def build_random(
+    config: VLAConfig,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    std: float = 0.02,
+) -> VLAAdapter:
+    """A model with seeded random weights, built without materialising a default init first.
+
+    Matrices and embeddings ~ N(0, std), biases 0, norm weights 1; the action queries and the
+    head's gates start at 0 as upstream initialises them. Fast for the full-size presets.
+    """
+    model = build_on_meta(config).to(dtype).to_empty(device=device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if name == "action_queries.weight" or leaf == "gating_factor" or leaf == "bias":
+                param.zero_()
+            elif param.ndim == 1 and ("norm" in name or leaf in ("gamma", "scale_factor")):
+                param.fill_(1.0 if "norm" in name else 1e-5)
+            else:
+                values = torch.empty(param.shape, dtype=torch.float32).normal_(0.0, std, generator=gen)
+                param.copy_(values)
+    if config.llm.get("tie_word_embeddings", True):
+        model.language_model.tie_weights()
+    return model.eval()
+
+
+def build_on_meta(config: VLAConfig) -> VLAAdapter:
+    """A model on the ``meta`` device: real module shapes, no memory (for parameter counts)."""
+    with torch.device("meta"):
+        return VLAAdapter(config)

@@ -1,0 +1,228 @@
+"""VLA-Adapter models for the tabletop world: the shipped architecture, its initialisation, the two shipped
+models, and a built-in example observation for any model.
+
+* :func:`tabletop_config`: the shipped architecture (preset ``"tabletop"``) with the world's statistics;
+* :func:`build_model` / :func:`initialize`: a model to train from scratch;
+* :func:`load_shipped`: the models in ``vla_lab/tabletop/checkpoints/`` (trained with the causal and with
+  the bidirectional mask; ``checkpoints/README.md`` gives the commands that reproduce them);
+* :func:`example_inputs` / :func:`example_outlines`: scene 0 of the world as input of any model, with
+  the target's and distractors' patches.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_lab.config import AttentionLike, VLAConfig
+from vla_lab.errors import InputError
+from vla_lab.model import VLAAdapter, forward_inputs, load_pretrained
+from vla_lab.processing import QwenTokenizer, VLAProcessor
+from vla_lab.tabletop import world
+from vla_lab.tabletop.tokenizer import build_world_tokenizer
+
+#: Dataset name of the world's statistics in ``norm_stats``.
+DATASET = "tabletop"
+#: Number of training examples behind the shipped statistics (seeds 0 .. N-1 of the train split).
+STATS_EXAMPLES = 10_000
+#: The masks the shipped models were trained with.
+MASKS = ("causal", "bidirectional")
+INITS = ("default", "sincos")
+#: Seed of the scene :func:`example_inputs` shows.
+EXAMPLE_SEED = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _statistics(num_examples: int) -> str:
+    return json.dumps(world.dataset_statistics(num_examples, seed=world.SPLITS["train"].start))
+
+
+def world_statistics(num_examples: int = STATS_EXAMPLES) -> dict[str, Any]:
+    """``world.dataset_statistics`` of the first ``num_examples`` train seeds (cached), key ``"tabletop"``."""
+    statistics: dict[str, Any] = json.loads(_statistics(num_examples))
+    return statistics
+
+
+def tabletop_config(attention: AttentionLike = "causal", **overrides: Any) -> VLAConfig:
+    """The shipped architecture (preset ``"tabletop"``) with the world's ``norm_stats`` and ``attention``."""
+    return VLAConfig.preset("tabletop", attention=attention, norm_stats=world_statistics(), **overrides)
+
+
+def world_config(config: VLAConfig) -> world.WorldConfig:
+    """The world as a model of ``config`` sees it: rendered at the model's image size, its chunk length."""
+    return world.WorldConfig(image_size=config.vision.image_size, chunk=config.robot.chunk)
+
+
+def world_processor(config: VLAConfig, tokenizer: QwenTokenizer | None = None) -> VLAProcessor:
+    """The processor of ``config`` with the world tokenizer."""
+    return VLAProcessor.for_config(config, tokenizer=tokenizer or build_world_tokenizer())
+
+
+def check_config(config: VLAConfig) -> None:
+    """Raise InputError unless ``config`` can act in the world (7-d actions, 8-d proprio, 1-2 images)."""
+    if config.robot.action_dim != 7:
+        raise InputError(f"robot.action_dim: got {config.robot.action_dim}, the world takes 7-d actions")
+    if config.use_proprio and config.robot.proprio_dim != 8:
+        raise InputError(f"robot.proprio_dim: got {config.robot.proprio_dim}, the world gives 8-d proprio")
+    if config.num_images not in (1, 2):
+        raise InputError(f"num_images: got {config.num_images}, the world renders 2 views (full, wrist)")
+    if not config.norm_stats:
+        raise InputError("norm_stats: the model needs dataset statistics (see world_statistics())")
+
+
+def stats_key(config: VLAConfig) -> str:
+    """The dataset whose statistics a world model uses (``tabletop``, else its only one)."""
+    norm_stats = config.norm_stats or {}
+    return DATASET if DATASET in norm_stats else next(iter(norm_stats))
+
+
+# ---------------------------------------------------------------------------------------------
+# Building and initialising
+# ---------------------------------------------------------------------------------------------
+
+
+def sincos_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """MAE-style fixed 2-D sine-cosine embedding, (rows * cols, dim): half the channels per axis."""
+    if dim % 4:
+        raise InputError(f"sincos position embedding: got width {dim}, expected a multiple of 4")
+    rows, cols = grid
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    y, x = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+    )
+    parts = []
+    for coord in (x.reshape(-1), y.reshape(-1)):
+        angle = coord[:, None] * omega[None]
+        parts += [angle.sin(), angle.cos()]
+    return torch.cat(parts, dim=1).float()
+
+
+@torch.no_grad()
+def initialize(model: VLAAdapter, init: str = "sincos", gate: float = 0.0) -> VLAAdapter:
+    """Training-from-scratch initialisation on top of the modules' own.
+
+    ``sincos`` sets each ViT's patch position embeddings to a 2-D sine-cosine table (MAE), so that
+    patch tokens carry their image position from the first step (timm's default is N(0, 0.02) noise,
+    far below the patch features). ``gate`` sets every bridge block's ``gating_factor`` (0 upstream).
+    """
+    if init not in INITS:
+        raise InputError(f"init: got {init!r}, expected one of {INITS}")
+    if init == "sincos":
+        for vit in (model.vision_backbone.featurizer, model.vision_backbone.fused_featurizer):
+            if vit is None or getattr(vit, "pos_embed", None) is None:
+                continue
+            grid = tuple(vit.patch_embed.grid_size)
+            table = sincos_position_embedding(grid, vit.pos_embed.shape[-1])
+            prefix = vit.pos_embed.shape[1] - table.shape[0]  # class/register positions, if embedded
+            vit.pos_embed[0, prefix:] = table.to(vit.pos_embed.dtype)
+    for block in model.action_head.model.blocks:
+        block.gating_factor.fill_(gate)
+    return model
+
+
+def build_model(
+    config: VLAConfig,
+    seed: int = 0,
+    tokenizer: QwenTokenizer | None = None,
+    init: str = "default",
+    gate: float = 0.0,
+) -> VLAAdapter:
+    """A randomly initialised model (``torch.manual_seed(seed)``) carrying the world processor.
+
+    ``init`` / ``gate``: see :func:`initialize` (``default`` keeps the modules' own initialisation).
+    """
+    check_config(config)
+    torch.manual_seed(seed)
+    model = VLAAdapter(config)
+    model.processor = world_processor(config, tokenizer)
+    return initialize(model, init, gate)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped models
+# ---------------------------------------------------------------------------------------------
+
+
+def shipped_path(trained_with: str = "causal") -> Path:
+    """Directory of the shipped model trained with the ``causal`` or the ``bidirectional`` mask."""
+    if trained_with not in MASKS:
+        raise InputError(f"trained_with: got {trained_with!r}, expected one of {MASKS}")
+    return Path(str(resources.files("vla_lab.tabletop") / "checkpoints" / f"tabletop-{trained_with}"))
+
+
+def load_shipped(
+    trained_with: str = "causal",
+    *,
+    attention: AttentionLike | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> VLAAdapter:
+    """Load the shipped model trained with ``trained_with``; ``attention`` overrides its LLM mask, as in
+    :func:`vla_lab.load_pretrained` (which gets the other ``kwargs``)."""
+    path = shipped_path(trained_with)
+    if not (path / "config.json").exists():
+        raise InputError(f"trained_with: no shipped model at {path}; expected vla_lab/tabletop/checkpoints/")
+    return load_pretrained(path, attention=attention, dtype=dtype, device=device, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# A built-in example for any model
+# ---------------------------------------------------------------------------------------------
+
+
+def _example_scene(model: VLAAdapter) -> world.Scene:
+    return world.sample_scene(EXAMPLE_SEED, world.WorldConfig(image_size=model.config.vision.image_size))
+
+
+def _match_views(views: list[Any], count: int) -> list[Any]:
+    """Drop views past ``count``, or repeat the last one up to it."""
+    views = list(views)[:count]
+    return views + [views[-1]] * (count - len(views))
+
+
+def example_inputs(model: VLAAdapter) -> tuple[dict[str, Any], list[np.ndarray], str]:
+    """A built-in observation for any model: scene 0 of the tabletop world at the model's image size.
+
+    Returns (forward keyword arguments, the uint8 images, a one-line description). The third-person
+    and wrist views are dropped or repeated to ``config.num_images``; the raw 8-d proprio is padded or
+    cut to the robot's ``proprio_dim`` (normalised with the model's statistics when it has them).
+    """
+    scene = _example_scene(model)
+    obs = world.render(scene)
+    count = model.config.num_images
+    images = _match_views(obs.images, count)
+    proprio = None
+    if model.config.use_proprio:
+        dim = model.config.robot.proprio_dim
+        proprio = np.zeros(dim, dtype=np.float64)
+        proprio[: min(dim, obs.state.size)] = obs.state[:dim]
+    inputs = model.prepare_inputs(images, obs.instruction, proprio, proprio_is_normalized=not model.config.norm_stats)
+    size = images[0].shape[0]
+    views = ", ".join(_match_views(["third-person", "wrist"], count))
+    description = (
+        f"tabletop world scene {EXAMPLE_SEED} ({scene.kind}): {obs.instruction!r}, {count} image(s) {size}x{size} "
+        f"({views}), gripper start proprio"
+    )
+    return forward_inputs(inputs), images, description
+
+
+def example_outlines(model: VLAAdapter) -> dict[str, list[np.ndarray]]:
+    """Target / distractor patch masks of :func:`example_inputs`' images, one per image (for overlays)."""
+    scene = _example_scene(model)
+    grid = model.vision_backbone.patch_grid
+    views = _match_views(list(world.VIEWS), model.config.num_images)
+    per_view = [world.object_patch_masks(scene, grid, view=v) for v in views]
+    return {name: [m[name] for m in per_view] for name in ("target", "distractors")}

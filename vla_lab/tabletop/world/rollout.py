@@ -1,0 +1,195 @@
+"""Closed-loop episodes: the one evaluator of the world, and the summary of its episodes.
+
+:func:`run_episodes` runs any number of scenes in lockstep: at every round the policy gets the
+observations of all episodes still running and returns one action chunk per observation, of which
+``execute`` actions are applied. :func:`rollout` (one scene, one observation at a time), :func:`evaluate`
+(a list of seeds) and :func:`vla_lab.tabletop.evaluate_model` (a model, batched) are built on it, and
+:func:`summarize` reduces the episodes of any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vla_lab.errors import InputError
+from vla_lab.stats import wilson_interval
+from vla_lab.tabletop.world.dynamics import expert_policy, step
+from vla_lab.tabletop.world.render import Observation, render
+from vla_lab.tabletop.world.scenes import KINDS, Scene, State, WorldConfig, initial_state, sample_scene
+
+OUTCOMES = ("success", "wrong_object", "timeout")
+
+#: One observation -> a (chunk, 7) action chunk.
+Policy = Callable[[Observation], np.ndarray]
+#: The observations of the running episodes -> one (chunk, 7) action chunk each.
+BatchPolicy = Callable[[Sequence[Observation]], Sequence[np.ndarray] | np.ndarray]
+#: Called before each chunk is executed with (episode, row of the policy's batch, query number, state).
+QueryCallback = Callable[[int, int, int, State], None]
+
+
+def outcome(state: State) -> str:
+    """``success`` (the target is held), ``wrong_object`` (another object was grasped) or ``timeout``."""
+    return "success" if state.holding else "wrong_object" if state.failed else "timeout"
+
+
+@dataclass
+class RolloutResult:
+    """One closed-loop episode. ``outcome`` is one of :data:`OUTCOMES`."""
+
+    success: bool
+    outcome: str
+    steps: int
+    queries: int
+    positions: np.ndarray
+    final_state: State
+    frames: list[Observation] = field(default_factory=list, repr=False)
+
+    def record(self, scene: Scene) -> dict[str, Any]:
+        """The episode as a flat record: seed, kind, instruction, success, outcome, steps, queries, misses."""
+        return {
+            "seed": int(scene.seed),
+            "kind": scene.kind,
+            "instruction": scene.instruction,
+            "success": bool(self.success),
+            "outcome": self.outcome,
+            "steps": int(self.steps),
+            "queries": int(self.queries),
+            "misses": int(self.final_state.misses),
+        }
+
+
+def _chunk(value: Any) -> np.ndarray:
+    chunk = np.asarray(value, dtype=np.float64)
+    if chunk.ndim != 2 or chunk.shape[1] != 7 or chunk.shape[0] < 1:
+        raise InputError(f"policy output: got shape {chunk.shape}, expected (chunk, 7)")
+    return chunk
+
+
+def run_episodes(
+    scenes: Sequence[Scene],
+    policy: BatchPolicy,
+    *,
+    max_steps: int | None = None,
+    execute: int = 8,
+    record: bool = False,
+    on_query: QueryCallback | None = None,
+) -> list[RolloutResult]:
+    """Run one episode per scene, in lockstep, until each succeeds, fails or reaches its step limit.
+
+    An episode stops when the target (success) or another object (failure) is grasped, or after
+    ``max_steps`` steps (``scene.config.max_steps`` by default). With ``record`` the observations given
+    to the policy are kept in ``frames``.
+    """
+    if execute < 1:
+        raise InputError(f"execute: got {execute}, expected a positive integer")
+    limits = [s.config.max_steps if max_steps is None else max_steps for s in scenes]
+    states = [initial_state(s) for s in scenes]
+    positions = [[(s.x, s.y)] for s in states]
+    frames: list[list[Observation]] = [[] for _ in scenes]
+    queries = [0] * len(scenes)
+    while True:
+        active = [i for i, s in enumerate(states) if not s.done and s.steps < limits[i]]
+        if not active:
+            break
+        observations = [render(scenes[i], states[i]) for i in active]
+        chunks = policy(observations)
+        if len(chunks) != len(active):
+            raise InputError(f"policy output: got {len(chunks)} chunks, expected one per observation ({len(active)})")
+        for row, i in enumerate(active):
+            chunk = _chunk(chunks[row])
+            if record:
+                frames[i].append(observations[row])
+            if on_query is not None:
+                on_query(i, row, queries[i], states[i])
+            queries[i] += 1
+            for action in chunk[:execute]:
+                states[i] = step(scenes[i], states[i], action)
+                positions[i].append((states[i].x, states[i].y))
+                if states[i].done or states[i].steps >= limits[i]:
+                    break
+    return [
+        RolloutResult(state.holding, outcome(state), state.steps, queries[i],
+                      np.asarray(positions[i], dtype=np.float32), state, frames[i])
+        for i, state in enumerate(states)
+    ]
+
+
+def rollout(
+    scene: Scene,
+    policy: Policy,
+    max_steps: int | None = None,
+    execute: int = 8,
+    record: bool = False,
+) -> RolloutResult:
+    """Run ``policy`` closed loop on one scene: execute ``execute`` actions of each chunk, then query again."""
+    return run_episodes([scene], lambda observations: [policy(o) for o in observations], max_steps=max_steps,
+                        execute=execute, record=record)[0]
+
+
+def evaluate(
+    policy: Policy | str,
+    seeds: Iterable[int],
+    config: WorldConfig = WorldConfig(),
+    max_steps: int | None = None,
+    execute: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Success of ``policy`` over the scenes of ``seeds`` (``policy="expert"`` runs the expert), see :func:`summarize`.
+
+    A policy with a ``reset()`` method is reset before each episode (episodes then run one at a time).
+    """
+    seeds = list(seeds)
+    if isinstance(policy, str) and policy != "expert":
+        raise InputError(f"policy: got {policy!r}, expected a callable or 'expert'")
+    iterator: Iterable[int] = seeds
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(seeds, desc="evaluate", unit="episode")
+    episodes = []
+    for seed in iterator:
+        scene = sample_scene(seed, config)
+        if isinstance(policy, str):
+            episode_policy = expert_policy(scene)
+        else:
+            episode_policy = policy
+            reset = getattr(policy, "reset", None)
+            if callable(reset):
+                reset()
+        episodes.append(rollout(scene, episode_policy, max_steps=max_steps, execute=execute).record(scene))
+    return summarize(episodes)
+
+
+def _rate(successes: int, n: int) -> dict[str, Any]:
+    return {"success_rate": successes / n if n else 0.0, "num_episodes": n,
+            "success_ci95": list(wilson_interval(successes, n))}
+
+
+def summarize(episodes: list[dict[str, Any]], action_l1: Sequence[float] = ()) -> dict[str, Any]:
+    """Summary of episode records (:meth:`RolloutResult.record`), overall and per kind.
+
+    Keys: ``success_rate``, ``num_episodes``, ``success_ci95`` (Wilson 95 % interval), ``outcomes``
+    (counts), ``by_kind`` ({kind: rate, n, interval}); with ``action_l1`` (one value per episode) also
+    ``action_l1`` and ``action_l1_by_kind`` (means); ``episodes`` last.
+    """
+    if action_l1 and len(action_l1) != len(episodes):
+        raise InputError(f"action_l1: got {len(action_l1)} values, expected one per episode ({len(episodes)})")
+    by_kind, l1_by_kind = {}, {}
+    for kind in KINDS:
+        rows = [i for i, e in enumerate(episodes) if e["kind"] == kind]
+        if rows:
+            by_kind[kind] = _rate(sum(episodes[i]["success"] for i in rows), len(rows))
+            if action_l1:
+                l1_by_kind[kind] = float(np.mean([action_l1[i] for i in rows]))
+    result: dict[str, Any] = _rate(sum(e["success"] for e in episodes), len(episodes))
+    result["outcomes"] = {name: sum(e["outcome"] == name for e in episodes) for name in OUTCOMES}
+    result["by_kind"] = by_kind
+    if action_l1:
+        result["action_l1"] = float(np.mean(action_l1))
+        result["action_l1_by_kind"] = l1_by_kind
+    result["episodes"] = episodes
+    return result

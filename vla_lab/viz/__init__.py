@@ -1,0 +1,50 @@
+"""Figures of the analyses, their reproducible export, the standard attention report and an explorer.
+
+* :mod:`.plots` -- matplotlib Figures (segment maps, layer curves, patch overlays, head gates, two masks);
+* :mod:`.export` -- PNG + SVG + PDF with a JSON sidecar of the plotted numbers and their provenance;
+* :mod:`.report` -- the standard attention report of one input under one or two masks;
+* :mod:`.widgets` -- an ipywidgets explorer (``vla_lab.viz.widgets.AttentionExplorer``).
+"""
+
+from vla_lab.viz.export import (
+    EXPORT_FORMATS,
+    check_free,
+    export_figure,
+    export_paths,
+    plotted_data,
+    provenance,
+    to_jsonable,
+    write_atomic,
+)
+from vla_lab.viz.plots import (
+    head_gates,
+    hidden_cosine_curves,
+    layer_curves,
+    mode_difference_heatmap,
+    outlines_for_image,
+    patch_overlay,
+    segment_heatmap,
+    segment_heatmap_grid,
+)
+from vla_lab.viz.report import attention_report, report_paths
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "attention_report",
+    "check_free",
+    "export_figure",
+    "export_paths",
+    "head_gates",
+    "hidden_cosine_curves",
+    "layer_curves",
+    "mode_difference_heatmap",
+    "outlines_for_image",
+    "patch_overlay",
+    "plotted_data",
+    "provenance",
+    "report_paths",
+    "segment_heatmap",
+    "segment_heatmap_grid",
+    "to_jsonable",
+    "write_atomic",
+]

@@ -1,0 +1,507 @@
+"""Figures of the tidy DataFrames in :mod:`vla_lab.interp`.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (headless, no global
+figure registry; Jupyter still displays it). The numbers a figure shows are attached to it as a tidy
+DataFrame (:func:`vla_lab.viz.plotted_data`), and :func:`vla_lab.viz.export_figure` writes them next to
+the image files.
+
+    df = interp.segment_mass(cache)
+    fig = viz.segment_heatmap(df, layer=3)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
+
+from vla_lab.errors import InputError
+from vla_lab.interp import ActivationCache, ModeComparison, head_attention, patch_grid, segment_mass
+from vla_lab.viz.export import DATA_ATTR, FUNCTION_ATTR
+
+_SEGMENT_ORDER = ("tok0", "vision", "vision.0", "vision.1", "vision.2", "text", "action_queries", "stop")
+_OUTLINE_COLORS = {"target": "#00e5ff", "distractors": "#ff2bd6", "anchor": "#ffd400", "gripper": "#ffffff"}
+_EXTRA_COLORS = ("#7cfc00", "#ff8c00", "#1e90ff", "#ff4500", "#9acd32")
+_GROUP_COLORS = {"self": "#8da0cb", "action_queries": "#fc8d62", "proprio": "#e78ac3", "task": "#66c2a5"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+
+def _finish(fig: Figure, data: pd.DataFrame, function: str) -> Figure:
+    setattr(fig, DATA_ATTR, data.reset_index(drop=True))
+    setattr(fig, FUNCTION_ATTR, f"vla_lab.viz.{function}")
+    return fig
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _figure_and_axes(ax: Any, width: float, height: float) -> tuple[Figure, Any]:
+    if ax is not None:
+        return ax.figure, ax
+    fig = _new_figure(width, height)
+    return fig, fig.add_subplot()
+
+
+def _is_cache(obj: Any) -> bool:
+    return isinstance(obj, ActivationCache)
+
+
+def _is_comparison(obj: Any) -> bool:
+    return isinstance(obj, ModeComparison)
+
+
+def _segment_df(obj: Any) -> pd.DataFrame:
+    """Segment mass from a DataFrame, a cache or a mode comparison (long, with a ``mode`` column)."""
+    if isinstance(obj, pd.DataFrame):
+        return obj
+    if _is_cache(obj):
+        return segment_mass(obj)
+    if _is_comparison(obj):
+        keys = ["sample", "layer", "head", "query_segment", "key_segment"]
+        return obj.attention.melt(id_vars=keys, value_vars=list(obj.modes), var_name="mode", value_name="value")
+    raise InputError(f"data: got {type(obj).__name__}, expected a DataFrame, an ActivationCache or a ModeComparison")
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(f"{what}: DataFrame lacks column(s) {missing}, expected {list(columns)}")
+
+
+def _select(df: pd.DataFrame, what: str, **conditions: Any) -> pd.DataFrame:
+    """Rows matching every non-None condition; an empty selection is an error naming the values present."""
+    sel = df
+    for column, value in conditions.items():
+        if value is None:
+            continue
+        sel = sel[sel[column] == value]
+        if sel.empty:
+            present = sorted(df[column].unique().tolist())
+            raise InputError(f"{what}: got {column}={value!r}, expected one of {present}")
+    return sel
+
+
+def _one_mode(df: pd.DataFrame, mode: str | None, what: str) -> pd.DataFrame:
+    """The rows of one attention mode when ``df`` has a ``mode`` column holding several."""
+    if "mode" not in df.columns:
+        if mode is not None:
+            raise InputError(f"{what}: got mode={mode!r}, but the DataFrame has no mode column")
+        return df
+    if mode is None:
+        modes = df["mode"].unique().tolist()
+        if len(modes) > 1:
+            raise InputError(f"{what}: the DataFrame holds modes {modes}, expected mode= one of them")
+        return df
+    return _select(df, what, mode=mode)
+
+
+def _order(names: Sequence[str]) -> list[str]:
+    """Segment names in sequence order (unknown names last, in their given order)."""
+    unique = list(dict.fromkeys(names))
+    known = [n for n in _SEGMENT_ORDER if n in unique]
+    return known + [n for n in unique if n not in known]
+
+
+def _matrix(sel: pd.DataFrame, value: str = "value") -> tuple[pd.DataFrame, np.ndarray, list[str], list[str]]:
+    """(tidy means over everything but the segment pair, matrix, query names, key names)."""
+    tidy = sel.groupby(["query_segment", "key_segment"], sort=False)[value].mean().reset_index()
+    queries, keys = _order(tidy["query_segment"]), _order(tidy["key_segment"])
+    table = tidy.pivot(index="query_segment", columns="key_segment", values=value).reindex(index=queries, columns=keys)
+    return tidy, table.to_numpy(dtype=float), queries, keys
+
+
+def _draw_matrix(
+    ax: Any, matrix: np.ndarray, queries: list[str], keys: list[str], norm: Normalize, cmap: str, annotate: bool,
+    labels: bool = True, fontsize: float = 8,
+) -> Any:
+    image = ax.imshow(matrix, cmap=cmap, norm=norm, aspect="auto")
+    ax.set_xticks(range(len(keys)), keys, rotation=40, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(len(queries)), queries, fontsize=fontsize)
+    if labels:
+        ax.set_xlabel("key segment")
+        ax.set_ylabel("query segment")
+    if annotate:
+        cmap_obj = matplotlib.colormaps[cmap]
+        for (i, j), v in np.ndenumerate(matrix):
+            if np.isnan(v):
+                continue
+            r, g, b, _ = cmap_obj(norm(v))
+            color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color=color, fontsize=fontsize - 1)
+    return image
+
+
+def _head_label(head: int | None) -> str:
+    return "mean over heads" if head is None else f"head {head}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment mass
+# ---------------------------------------------------------------------------------------------
+
+
+def segment_heatmap(
+    df: Any,
+    layer: int,
+    sample: int = 0,
+    head: int | None = None,
+    title: str | None = None,
+    ax: Any = None,
+    annotate: bool = True,
+    cmap: str = "viridis",
+    mode: str | None = None,
+) -> Figure:
+    """Query segment x key segment attention mass of one layer (head-mean when ``head`` is None).
+
+    ``df``: :func:`vla_lab.analysis.segment_mass` output (or an ActivationCache); with a ``mode``
+    column holding several masks, ``mode`` picks one.
+    """
+    df = _one_mode(_segment_df(df), mode, "segment_heatmap")
+    _require(df, ["sample", "layer", "head", "query_segment", "key_segment", "value"], "segment_heatmap")
+    sel = _select(df, "segment_heatmap", sample=sample, layer=layer, head=head)
+    tidy, matrix, queries, keys = _matrix(sel)
+    fig, ax = _figure_and_axes(ax, 6.0, 4.6)
+    image = _draw_matrix(ax, matrix, queries, keys, Normalize(0.0, 1.0), cmap, annotate)
+    fig.colorbar(image, ax=ax, label="attention mass")
+    ax.set_title(title or f"Segment attention mass, layer {layer}\n({_head_label(head)}, sample {sample})", fontsize=10)
+    tidy.insert(0, "layer", layer)
+    tidy.insert(0, "sample", sample)
+    tidy.insert(2, "head", "mean" if head is None else head)
+    return _finish(fig, tidy, "segment_heatmap")
+
+
+def segment_heatmap_grid(
+    df: Any,
+    layers: Sequence[int] | None = None,
+    sample: int = 0,
+    head: int | None = None,
+    title: str | None = None,
+    ncols: int | None = None,
+    annotate: bool | None = None,
+    cmap: str = "viridis",
+    mode: str | None = None,
+) -> Figure:
+    """One small segment heatmap per layer, on a shared 0..1 colour scale with one colourbar.
+
+    Values are annotated when there are at most 12 layers (``annotate`` overrides).
+    """
+    df = _one_mode(_segment_df(df), mode, "segment_heatmap_grid")
+    _require(df, ["sample", "layer", "head", "query_segment", "key_segment", "value"], "segment_heatmap_grid")
+    layers = sorted(df["layer"].unique().tolist()) if layers is None else list(layers)
+    if not layers:
+        raise InputError("layers: got an empty list, expected at least one layer")
+    ncols = ncols or min(len(layers), 6)
+    nrows = math.ceil(len(layers) / ncols)
+    annotate = len(layers) <= 12 if annotate is None else annotate
+    fig = _new_figure(2.6 * ncols + 1.2, 2.4 * nrows + 0.8)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    norm = Normalize(0.0, 1.0)
+    frames, image = [], None
+    for index, layer in enumerate(layers):
+        ax = axes[index]
+        sel = _select(df, "segment_heatmap_grid", sample=sample, layer=layer, head=head)
+        tidy, matrix, queries, keys = _matrix(sel)
+        first_col, last_row = index % ncols == 0, index >= len(layers) - ncols
+        image = _draw_matrix(ax, matrix, queries, keys, norm, cmap, annotate, labels=False, fontsize=6)
+        if not first_col:
+            ax.set_yticklabels([])
+        if not last_row:
+            ax.set_xticklabels([])
+        ax.set_title(f"layer {layer}", fontsize=9)
+        tidy.insert(0, "layer", layer)
+        frames.append(tidy)
+    for ax in axes[len(layers):]:
+        ax.set_visible(False)
+    fig.supxlabel("key segment")
+    fig.supylabel("query segment")
+    fig.colorbar(image, ax=axes[: len(layers)].tolist(), label="attention mass", shrink=0.9)
+    fig.suptitle(title or f"Segment attention mass per layer ({_head_label(head)}, sample {sample})")
+    data = pd.concat(frames, ignore_index=True)
+    data.insert(0, "sample", sample)
+    data.insert(2, "head", "mean" if head is None else head)
+    return _finish(fig, data, "segment_heatmap_grid")
+
+
+def layer_curves(
+    df: Any,
+    query_segment: str | None = "action_queries",
+    hue: str = "key_segment",
+    sample: int | None = 0,
+    title: str | None = None,
+    ax: Any = None,
+) -> Figure:
+    """Attention mass vs layer: the mean over heads as a line, the range over heads (min..max) as a band.
+
+    Rows are restricted to ``query_segment`` (None keeps all) and split into lines by ``hue``. A
+    ``mode`` column (two masks' DataFrames concatenated, or a ModeComparison) gives one line style per
+    mode. ``sample=None`` averages over samples first.
+    """
+    df = _segment_df(df)
+    _require(df, ["layer", "head", "value", hue], "layer_curves")
+    sel = _select(df, "layer_curves", query_segment=query_segment, sample=sample)
+    has_mode = "mode" in sel.columns
+    groups = ([hue] if hue else []) + (["mode"] if has_mode else [])
+    per_head = sel.groupby([*groups, "layer", "head"], sort=False)["value"].mean().reset_index()
+    stats = per_head.groupby([*groups, "layer"], sort=False)["value"].agg(["mean", "min", "max"]).reset_index()
+    stats = stats.rename(columns={"min": "head_min", "max": "head_max"})
+    fig, ax = _figure_and_axes(ax, 7.2, 4.0)
+    hue_values = _order(stats[hue]) if hue in ("key_segment", "query_segment") else list(dict.fromkeys(stats[hue]))
+    modes = list(dict.fromkeys(stats["mode"])) if has_mode else [None]
+    colors = matplotlib.colormaps["tab10"]
+    styles = ("-", "--", ":", "-.")
+    for i, value in enumerate(hue_values):
+        for j, mode in enumerate(modes):
+            part = stats[(stats[hue] == value) & ((stats["mode"] == mode) if has_mode else True)].sort_values("layer")
+            if part.empty:
+                continue
+            ax.plot(part["layer"], part["mean"], styles[j % len(styles)], color=colors(i % 10), marker="o",
+                    markersize=3)
+            ax.fill_between(part["layer"], part["head_min"], part["head_max"], color=colors(i % 10), alpha=0.15,
+                            linewidth=0)
+    ax.set_xlabel("LLM layer")
+    ax.set_ylabel("attention mass")
+    ax.set_ylim(-0.02, 1.02)
+    layers = sorted(stats["layer"].unique().tolist())
+    if len(layers) <= 32:
+        ax.set_xticks(layers)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [Line2D([], [], color=colors(i % 10), marker="o", markersize=3, label=str(v))
+               for i, v in enumerate(hue_values)]
+    if has_mode:
+        handles.append(Line2D([], [], linestyle="none", label=""))
+        handles += [Line2D([], [], color="0.3", linestyle=styles[j % len(styles)], label=str(m))
+                    for j, m in enumerate(modes)]
+    ax.legend(handles=handles, title=hue.replace("_", " "), fontsize=7, title_fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
+    source = query_segment or "all queries"
+    ax.set_title(title or f"Attention mass of {source} by layer\n(line: mean over heads, band: range over heads)",
+                 fontsize=10)
+    return _finish(fig, stats.rename(columns={"mean": "value"}), "layer_curves")
+
+
+# ---------------------------------------------------------------------------------------------
+# Image patches
+# ---------------------------------------------------------------------------------------------
+
+
+def outlines_for_image(outlines: Mapping[str, Any] | None, image: int, num_images: int) -> dict[str, np.ndarray]:
+    """The masks of ``outlines`` for one image: a 2-D mask belongs to image 0, a sequence has one per image."""
+    found: dict[str, np.ndarray] = {}
+    for name, value in (outlines or {}).items():
+        if value is None:
+            continue
+        arr = np.asarray(value) if not isinstance(value, (list, tuple)) else None
+        if arr is not None and arr.ndim == 2:
+            mask = arr if image == 0 else None
+        else:
+            items = list(value) if arr is None else list(arr)
+            if len(items) != num_images:
+                raise InputError(f"outlines[{name!r}]: got {len(items)} masks, expected one per image ({num_images})")
+            mask = items[image]
+        if mask is not None:
+            found[name] = np.asarray(mask, dtype=bool)
+    return found
+
+
+def _outline_color(name: str, index: int) -> str:
+    return _OUTLINE_COLORS.get(name, _EXTRA_COLORS[index % len(_EXTRA_COLORS)])
+
+
+def patch_overlay(
+    images: Any,
+    patch_df: pd.DataFrame,
+    sample: int = 0,
+    layer: int | None = None,
+    head: int | None = None,
+    title: str | None = None,
+    outlines: Mapping[str, Any] | None = None,
+    alpha: float = 0.55,
+    cmap: str = "inferno",
+    image_names: Sequence[str] | None = None,
+) -> Figure:
+    """Each input image with its patch-attention grid upsampled and alpha-blended on top.
+
+    ``patch_df``: :func:`vla_lab.analysis.query_patch_attention` output; the grid of each image is
+    :func:`vla_lab.analysis.patch_grid` (mean over heads, or one ``head``; over layers when ``layer``
+    is None). ``images``: uint8 (H, W, 3) arrays, one per image of the sample. ``outlines``: name ->
+    boolean patch mask (rows, cols) for image 0, or a sequence with one mask (or None) per image;
+    drawn as patch rectangles with a legend.
+    """
+    _require(patch_df, ["sample", "layer", "head", "image", "row", "col", "value"], "patch_overlay")
+    arrays = [np.asarray(images)] if isinstance(images, np.ndarray) and np.ndim(images) == 3 else [
+        np.asarray(im) for im in images
+    ]
+    sel = _select(patch_df, "patch_overlay", sample=sample, layer=layer, head=head)
+    present = sorted(sel["image"].unique().tolist())
+    if present != list(range(len(arrays))):
+        raise InputError(f"images: got {len(arrays)} images, expected {len(present)} (the images in patch_df)")
+    grids = [patch_grid(sel, sample=sample, layer=layer, image=i) for i in range(len(arrays))]
+    vmax = max(float(np.nanmax(g)) for g in grids) or 1.0
+    norm = Normalize(0.0, vmax)
+    fig = _new_figure(3.6 * len(arrays) + 1.0, 3.9)
+    axes = np.atleast_1d(fig.subplots(1, len(arrays), squeeze=False)).ravel()
+    handles: dict[str, Patch] = {}
+    frames, overlay = [], None
+    for i, (ax, image, grid) in enumerate(zip(axes, arrays, grids)):
+        height, width = image.shape[:2]
+        ax.imshow(image, extent=(0, width, height, 0), interpolation="nearest")
+        overlay = ax.imshow(grid, extent=(0, width, height, 0), cmap=cmap, norm=norm, alpha=alpha,
+                            interpolation="nearest")
+        rows, cols = grid.shape
+        cell_h, cell_w = height / rows, width / cols
+        for k, (name, mask) in enumerate(outlines_for_image(outlines, i, len(arrays)).items()):
+            if mask.shape != grid.shape:
+                raise InputError(f"outlines[{name!r}]: got shape {mask.shape}, expected the patch grid {grid.shape}")
+            color = _outline_color(name, k)
+            for r, c in zip(*np.nonzero(mask)):
+                ax.add_patch(Rectangle((c * cell_w, r * cell_h), cell_w, cell_h, fill=False, edgecolor=color,
+                                       linewidth=1.6))
+            handles.setdefault(name, Patch(facecolor="none", edgecolor=color, linewidth=1.6, label=name))
+        ax.set_xlim(0, width)
+        ax.set_ylim(height, 0)
+        ax.set_xlabel("x (pixels)")
+        ax.set_ylabel("y (pixels)" if i == 0 else "")
+        name = image_names[i] if image_names else f"image {i}"
+        ax.set_title(f"{name} ({rows}x{cols} patches)", fontsize=9)
+        r_idx, c_idx = np.indices(grid.shape)
+        frames.append(pd.DataFrame({"image": i, "row": r_idx.ravel(), "col": c_idx.ravel(), "value": grid.ravel()}))
+    fig.colorbar(overlay, ax=axes.tolist(), label="attention on patch (mean over query tokens)", shrink=0.85)
+    if handles:
+        fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=len(handles), fontsize=8)
+    layer_text = "mean over layers" if layer is None else f"layer {layer}"
+    fig.suptitle(title or f"Attention on image patches, {layer_text}, {_head_label(head)}")
+    data = pd.concat(frames, ignore_index=True)
+    data.insert(0, "sample", sample)
+    data.insert(1, "layer", "mean" if layer is None else layer)
+    data.insert(2, "head", "mean" if head is None else head)
+    return _finish(fig, data, "patch_overlay")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bridge head
+# ---------------------------------------------------------------------------------------------
+
+
+def head_gates(head_df: Any, sample: int | None = 0, title: str | None = None) -> Figure:
+    """Action head per block: tanh(gate) (bars) and the key-group shares of its attention (stacked, head-mean).
+
+    ``head_df``: :func:`vla_lab.analysis.head_attention` output (or an ActivationCache).
+    """
+    if _is_cache(head_df):
+        head_df = head_attention(head_df)
+    _require(head_df, ["block", "head", "key_group", "value", "gate"], "head_gates")
+    sel = _select(head_df, "head_gates", sample=sample)
+    gates = sel.groupby("block")["gate"].first()
+    shares = sel.groupby(["block", "key_group"], sort=False)["value"].mean().unstack("key_group")
+    groups = [g for g in _GROUP_COLORS if g in shares.columns] + [g for g in shares.columns if g not in _GROUP_COLORS]
+    shares = shares[groups]
+    blocks = gates.index.to_numpy()
+    fig = _new_figure(9.6, 3.6)
+    ax_gate, ax_share = fig.subplots(1, 2)
+    ax_gate.bar(blocks, gates.to_numpy(), color="#4c72b0")
+    ax_gate.axhline(0.0, color="black", linewidth=0.6)
+    ax_gate.set_xlabel("head block")
+    ax_gate.set_ylabel("tanh(gate)")
+    ax_gate.set_title("Gate on the task (LLM) keys", fontsize=10)
+    bottom = np.zeros(len(blocks))
+    for group in groups:
+        values = shares[group].to_numpy()
+        ax_share.bar(blocks, values, bottom=bottom, label=group, color=_GROUP_COLORS.get(group))
+        bottom += values
+    ax_share.set_xlabel("head block")
+    ax_share.set_ylabel("share of attention (mean over heads)")
+    ax_share.set_ylim(0, max(1.0, float(bottom.max()) if len(bottom) else 1.0))
+    ax_share.set_title("Key groups the chunk queries attend to", fontsize=10)
+    ax_share.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="key group", title_fontsize=8)
+    for ax in (ax_gate, ax_share):
+        ax.set_xticks(blocks)
+    fig.suptitle(title or "Bridge-attention action head: gates and key-group shares")
+    data = shares.reset_index().melt(id_vars="block", var_name="key_group", value_name="value")
+    data["gate"] = data["block"].map(gates)
+    return _finish(fig, data, "head_gates")
+
+
+# ---------------------------------------------------------------------------------------------
+# Two masks
+# ---------------------------------------------------------------------------------------------
+
+
+def _comparison_parts(comparison: Any) -> tuple[pd.DataFrame, tuple[str, str]]:
+    if _is_comparison(comparison):
+        return comparison.attention, comparison.modes
+    if isinstance(comparison, pd.DataFrame) and "difference" in comparison.columns:
+        named = [c for c in comparison.columns
+                 if c not in ("sample", "layer", "head", "query_segment", "key_segment", "difference")]
+        return comparison, (named[0], named[1]) if len(named) == 2 else ("a", "b")
+    raise InputError(f"comparison: got {type(comparison).__name__}, expected a ModeComparison or its .attention")
+
+
+def mode_difference_heatmap(
+    comparison: Any,
+    layer: int | None = None,
+    sample: int = 0,
+    title: str | None = None,
+    ax: Any = None,
+    annotate: bool = True,
+    cmap: str = "RdBu_r",
+) -> Figure:
+    """Segment-mass difference between two masks (second - first, e.g. bidirectional - causal), centred at 0.
+
+    Mean over heads, and over layers when ``layer`` is None.
+    """
+    df, (first, second) = _comparison_parts(comparison)
+    sel = _select(df, "mode_difference_heatmap", sample=sample, layer=layer)
+    tidy, matrix, queries, keys = _matrix(sel, "difference")
+    bound = float(np.nanmax(np.abs(matrix))) if matrix.size else 0.0
+    bound = bound if bound > 0 else 1e-6
+    fig, ax = _figure_and_axes(ax, 6.0, 4.6)
+    image = _draw_matrix(ax, matrix, queries, keys, TwoSlopeNorm(0.0, -bound, bound), cmap, annotate)
+    fig.colorbar(image, ax=ax, label=f"mass difference ({second} − {first})")
+    where = "mean over layers" if layer is None else f"layer {layer}"
+    ax.set_title(title or f"Segment mass difference: {second} − {first}\n({where}, mean over heads)", fontsize=10)
+    tidy.insert(0, "layer", "mean" if layer is None else layer)
+    tidy.insert(0, "sample", sample)
+    return _finish(fig, tidy, "mode_difference_heatmap")
+
+
+def hidden_cosine_curves(comparison: Any, sample: int | None = 0, title: str | None = None, ax: Any = None) -> Figure:
+    """Per-segment cosine similarity of the hidden states under the two masks, vs hidden_index (0 = embeddings)."""
+    if _is_comparison(comparison):
+        df, modes = comparison.hidden_cosine, comparison.modes
+    elif isinstance(comparison, pd.DataFrame):
+        df, modes = comparison, ("a", "b")
+    else:
+        raise InputError(f"comparison: got {type(comparison).__name__}, expected a ModeComparison")
+    _require(df, ["sample", "hidden_index", "segment", "cosine"], "hidden_cosine_curves")
+    sel = _select(df, "hidden_cosine_curves", sample=sample)
+    data = sel.groupby(["segment", "hidden_index"], sort=False)["cosine"].mean().reset_index()
+    fig, ax = _figure_and_axes(ax, 6.4, 4.0)
+    colors = matplotlib.colormaps["tab10"]
+    for i, segment in enumerate(_order(data["segment"])):
+        part = data[data["segment"] == segment].sort_values("hidden_index")
+        ax.plot(part["hidden_index"], part["cosine"], marker="o", markersize=3, color=colors(i % 10), label=segment)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("hidden_index (0 = embeddings, i = after LLM layer i - 1; the last after the final norm)")
+    ax.set_ylabel("cosine similarity (mean over tokens)")
+    ax.set_ylim(min(-0.02, float(data["cosine"].min()) - 0.02), 1.02)
+    ax.legend(title="segment", fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title or f"Hidden states under {modes[0]} vs {modes[1]} attention", fontsize=10)
+    return _finish(fig, data, "hidden_cosine_curves")
+
+
