@@ -202,14 +202,19 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, model_and_dirs, image
     assert lines[0].startswith("vla-lab predict: error:") and message in lines[0]
 
 
-def test_console_script(model_and_dirs, image_paths):
-    script = Path(sys.executable).with_name("vla-lab")
-    if not script.exists():
-        pytest.skip(f"{script} is not installed")
+@pytest.mark.parametrize("entry", ["console script", "python -m vla_lab"])
+def test_console_script(model_and_dirs, image_paths, entry):
+    """The installed ``vla-lab`` script (pyproject's [project.scripts]) and ``python -m vla_lab`` are the CLI."""
+    if entry == "console script":
+        script = Path(sys.executable).with_name("vla-lab")
+        assert script.exists(), f"{script} is missing: install the package (README set-up command)"
+        launcher = [str(script)]
+    else:
+        launcher = [sys.executable, "-m", "vla_lab"]
     _, one, _ = model_and_dirs
     args = ["predict", "--checkpoint", str(one), *image_args(image_paths), "--instruction", INSTRUCTION]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the same thread count as this process: identical sums
-    command = [str(script), *args, "--proprio", PROPRIO_ARG, "--json"]
+    command = [*launcher, *args, "--proprio", PROPRIO_ARG, "--json"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +242,62 @@ def test_labelled_batches_carry_targets(tokenizer) -> None:
     plain = tabletop.TabletopData.generate(config, seeds[:1], tokenizer)
     with pytest.raises(Exception, match="labels"):
         plain.batch([0], labels=True)
+
+
+# --- regressions of the restructuring (issue 10) ---------------------------------------------------
+
+
+def test_the_world_tokenizer_ships_as_files_the_generator_reproduces(tmp_path, monkeypatch) -> None:
+    from importlib import resources
+
+    shipped = Path(str(resources.files("vla_lab.processing") / "tokenizers" / "tabletop"))
+    written = tabletop.write_world_tokenizer_files(tmp_path / "regenerated")
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        assert (written / name).read_bytes() == (shipped / name).read_bytes(), name
+    # Building the tokenizer reads the files: no BPE training at run time.
+    from vla_lab.tabletop import tokenizer as world_tokenizer
+
+    monkeypatch.setattr(world_tokenizer, "_train_bpe", lambda: pytest.fail("the tokenizer was re-trained"))
+    built = tabletop.build_world_tokenizer()
+    assert built.vocab_size == VLAConfig.preset("tabletop").llm["vocab_size"] == 381
+    assert built.eos_token_id == 380
+    # ... and it is the tokenizer the shipped models carry.
+    saved = load_tokenizer_from_files(tabletop.shipped_path("causal"))
+    text = build_prompt(" ".join(world.VOCABULARY))
+    assert built.encode(text) == saved.encode(text)
+
+
+def test_data_is_rendered_at_the_model_image_size(tokenizer) -> None:
+    """A variant with another resolution trains on native renders (no upsampling) and gets labels on its grid."""
+    data = tiny_tabletop_config().to_dict()
+    data["vision"]["image_sizes"] = [32, 32]
+    for kwargs in data["vision"]["timm_kwargs"]:
+        kwargs["patch_size"] = 8
+    config = VLAConfig.from_dict(data)
+    pool = tabletop.TabletopData.generate(config, world.split_seeds("train", 3), tokenizer, labels=True)
+    assert pool.images.shape[2:4] == (32, 32)
+    batch = pool.batch([0, 1], labels=True)
+    assert batch["pixel_values"].shape[-2:] == (32, 32)
+    assert batch["patch_labels"].shape == (2, 2 * 16, 2)
+    native = world.sample_training_example(world.split_seeds("train", 1)[0], world.WorldConfig(image_size=32))
+    assert np.array_equal(pool.images[0, 0], native.full_image)
+    assert tabletop.world_config(config).image_size == 32
+
+
+def test_models_do_not_share_their_configuration() -> None:
+    from vla_lab import VLAAdapter
+
+    config = tiny_tabletop_config()
+    first, second = VLAAdapter(config), VLAAdapter(config)
+    first.set_attention("bidirectional")
+    assert first.attention.label == "bidirectional"
+    assert second.attention.label == "causal" and config.attention == "causal"
+
+
+def test_load_shipped_names_the_model_first_and_overrides_the_mask_with_attention() -> None:
+    swapped = tabletop.load_shipped("causal", attention="bidirectional")
+    assert swapped.attention.label == "bidirectional"
+    assert swapped.checkpoint_path == tabletop.shipped_path("causal")
+    assert tabletop.load_shipped("bidirectional").attention.label == "bidirectional"
+    with pytest.raises(TypeError):
+        tabletop.load_shipped("causal", mask="bidirectional")  # the old, inverted keyword is gone

@@ -1,13 +1,15 @@
-"""Tests of the synthetic tabletop world (vla_lab.world)."""
+"""Tests of the synthetic tabletop world (vla_lab.tabletop.world)."""
 
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
 
 from vla_lab.errors import InputError
+from vla_lab.stats import wilson_interval
 from vla_lab.tabletop import world
 from vla_lab.tabletop.world import (
     COLORS,
@@ -436,3 +438,43 @@ def test_splits_are_disjoint() -> None:
         world.split_seeds("holdout", 3)
     with pytest.raises(InputError):
         world.split_seeds("train", 2_000_000)
+
+
+def _observation_policy(observation: world.Observation) -> np.ndarray:
+    """A deterministic function of the observation alone: random moves and grasps seeded by what it sees."""
+    seed = zlib.crc32(observation.instruction.encode()) + int(round(1000 * (observation.state[0] + 2)))
+    rng = np.random.default_rng(seed)
+    chunk = rng.uniform(-1, 1, size=(8, 7))
+    chunk[:, 6] = rng.choice([-1.0, 1.0], size=8, p=[0.85, 0.15])
+    return chunk
+
+
+def test_lockstep_episodes_equal_one_at_a_time() -> None:
+    """run_episodes over many scenes gives, episode by episode, what rollout gives for each scene alone."""
+    scenes = [world.sample_scene(s) for s in world.split_seeds("test", 12)]
+    queried: list[tuple[int, int]] = []
+    lockstep = world.run_episodes(
+        scenes, lambda obs: [_observation_policy(o) for o in obs], execute=5, max_steps=30,
+        on_query=lambda episode, row, query, state: queried.append((episode, query)),
+    )
+    for i, (scene, result) in enumerate(zip(scenes, lockstep)):
+        alone = world.rollout(scene, _observation_policy, execute=5, max_steps=30)
+        assert result.record(scene) == alone.record(scene)
+        np.testing.assert_array_equal(result.positions, alone.positions)
+        assert sorted(q for e, q in queried if e == i) == list(range(result.queries))
+    assert {r.outcome for r in lockstep} >= {"timeout"} and len({r.steps for r in lockstep}) > 1
+
+
+def test_summary_carries_counts_and_wilson_intervals() -> None:
+    episodes = [{"seed": i, "kind": "attribute" if i < 6 else "relation", "instruction": "x", "success": i % 3 != 0,
+                 "outcome": "success" if i % 3 else "timeout", "steps": 4, "queries": 1, "misses": 0}
+                for i in range(9)]
+    summary = world.summarize(episodes, [0.1] * 9)
+    assert summary["num_episodes"] == 9 and summary["success_rate"] == pytest.approx(6 / 9)
+    low, high = summary["success_ci95"]
+    assert low < 6 / 9 < high and (low, high) == pytest.approx(wilson_interval(6, 9))
+    assert summary["by_kind"]["relation"]["num_episodes"] == 3
+    assert summary["by_kind"]["relation"]["success_ci95"] == pytest.approx(list(wilson_interval(2, 3)))
+    assert summary["outcomes"] == {"success": 6, "wrong_object": 0, "timeout": 3}
+    with pytest.raises(InputError, match="action_l1"):
+        world.summarize(episodes, [0.1])

@@ -37,29 +37,22 @@ def _tiny_vision(image_size: int = 56, dims: tuple[int, int] = (32, 48), depth: 
     }
 
 
+#: The released LIBERO Pro architecture (e.g. VLA-Adapter/LIBERO-Spatial-Pro).
+_RELEASED_PRO: dict[str, Any] = {
+    "vision": {"backbone_id": "dinosiglip-vit-so-224px"},
+    "num_images": 2,
+    "projector": "fused-gelu-mlp",
+    "llm": copy.deepcopy(QWEN25_05B_TEXT_CONFIG),
+    "robot": "libero",
+    "use_proprio": True,
+    "head_version": "pro",
+    "attention": "causal",
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The released LIBERO Pro architecture (e.g. VLA-Adapter/LIBERO-Spatial-Pro).
-    "vla-adapter-pro-qwen2.5-0.5b": {
-        "vision": {"backbone_id": "dinosiglip-vit-so-224px"},
-        "num_images": 2,
-        "projector": "fused-gelu-mlp",
-        "llm": copy.deepcopy(QWEN25_05B_TEXT_CONFIG),
-        "robot": "libero",
-        "use_proprio": True,
-        "head_version": "pro",
-        "attention": "causal",
-    },
+    "vla-adapter-pro-qwen2.5-0.5b": _RELEASED_PRO,
     # Same with the v1 bridge-attention head.
-    "vla-adapter-qwen2.5-0.5b": {
-        "vision": {"backbone_id": "dinosiglip-vit-so-224px"},
-        "num_images": 2,
-        "projector": "fused-gelu-mlp",
-        "llm": copy.deepcopy(QWEN25_05B_TEXT_CONFIG),
-        "robot": "libero",
-        "use_proprio": True,
-        "head_version": "v1",
-        "attention": "causal",
-    },
+    "vla-adapter-qwen2.5-0.5b": {**copy.deepcopy(_RELEASED_PRO), "head_version": "v1"},
     # Same topology (fused DINOv2 + SigLIP, 2 images, proprio) with tiny widths and depths.
     "tiny": {
         "vision": _tiny_vision(),

@@ -49,6 +49,17 @@ class RobotConfig(JSONConfig):
             )
 
     @classmethod
+    def coerce(cls, value: str | dict[str, Any] | RobotConfig) -> RobotConfig:
+        """A preset name, a field dict or a RobotConfig -> a RobotConfig."""
+        if isinstance(value, RobotConfig):
+            return value
+        if isinstance(value, str):
+            return cls.preset(value)
+        if isinstance(value, dict):
+            return cls(**value)
+        raise ConfigError(f"robot: got {type(value).__name__}, expected a preset name, a dict or a RobotConfig")
+
+    @classmethod
     def preset(cls, name: str) -> RobotConfig:
         """A named platform: ``libero``, ``calvin``, ``aloha`` or ``bridge``."""
         key = name.lower()
@@ -173,10 +184,7 @@ class VLAConfig(JSONConfig):
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
             self.vision = VisionConfig(**self.vision)
-        if isinstance(self.robot, str):
-            self.robot = RobotConfig.preset(self.robot)
-        elif isinstance(self.robot, dict):
-            self.robot = RobotConfig(**self.robot)
+        self.robot = RobotConfig.coerce(self.robot)
         self.projector = canonical_projector(self.projector)
         if not isinstance(self.num_images, int) or not 1 <= self.num_images <= 3:
             raise ConfigError(f"num_images: got {self.num_images!r}, expected an integer from 1 to 3")

@@ -7,6 +7,7 @@ the peak is the process's maximum resident set size (a high-water mark over the 
 
 from __future__ import annotations
 
+import functools
 import platform
 import resource
 import statistics
@@ -174,11 +175,11 @@ def run_benchmarks(
                     fast(*args)
                 return cache
 
-            runners["fast"] = (lambda args=args: fast(*args), fast_captured, {"max_abs_difference": difference})
+            runners["fast"] = (functools.partial(fast, *args), fast_captured, {"max_abs_difference": difference})
         for name, (run, run_captured, extra) in runners.items():
             rows.append(measure(name, run, model, batch, seq, warmup, repeats, preset, extra=extra))
             for mode in capture_modes:
-                rows.append(measure(f"{name}+capture[{mode}]", lambda mode=mode, rc=run_captured: rc(mode), model,
+                rows.append(measure(f"{name}+capture[{mode}]", functools.partial(run_captured, mode), model,
                                     batch, seq, warmup, repeats, preset))
     return {"benchmark": "inference", "environment": environment(), "results": [r.to_dict() for r in rows]}
 

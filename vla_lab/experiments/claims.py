@@ -14,6 +14,7 @@ import torch
 from vla_lab import interp
 from vla_lab.config import ROBOT_PRESETS, RobotConfig, VLAConfig
 from vla_lab.model import VLAAdapter, VLAOutput, build_on_meta, build_random
+from vla_lab.model.projector import FusedGeluMLPProjector
 from vla_lab.tabletop import example_inputs
 
 RELEASED_PRESET = "vla-adapter-pro-qwen2.5-0.5b"
@@ -66,18 +67,24 @@ def check_seed_note_claims(seed: int = 0) -> pd.DataFrame:
         first == "SigLIP" and second == "DINOv2")
 
     # 3. Token count and widths.
+    fused = vision.fused_featurizer
+    if fused is None:
+        raise RuntimeError(f"{RELEASED_PRESET}: expected a fused vision backbone")
     prefix = int(vision.featurizer.num_prefix_tokens)
-    dims = (int(vision.featurizer.embed_dim), int(vision.fused_featurizer.embed_dim))
+    dims = (int(vision.featurizer.embed_dim), int(fused.embed_dim))
     add("patch tokens and widths", "257 tokens per image incl. CLS; dims 1024 + 768; llm_dim 4096",
         f"{vision.patches_per_image} tokens per image ({prefix} prefix tokens dropped); dims {dims[0]} + {dims[1]} "
         f"= {vision.embed_dim}; llm_dim {released.llm_dim}",
         vision.patches_per_image == 257 and dims == (1024, 768) and released.llm_dim == 4096)
 
     # 4. The projector's inner width (a claim the note gets right).
-    fc1 = meta.projector.fc1
+    projector = meta.projector
+    if not isinstance(projector, FusedGeluMLPProjector):
+        raise RuntimeError(f"{RELEASED_PRESET}: expected the fused-gelu-mlp projector, got {type(projector).__name__}")
+    fc1 = projector.fc1
     add("fused projector width", "fc1 widens to 4 × the fused vision dim, then GELU MLP to llm_dim",
         f"fc1 {fc1.in_features} → {fc1.out_features} (= {fc1.out_features / fc1.in_features:g} ×), "
-        f"fc2 → {meta.projector.fc2.out_features}, fc3 → {meta.projector.fc3.out_features}",
+        f"fc2 → {projector.fc2.out_features}, fc3 → {projector.fc3.out_features}",
         fc1.out_features == 4 * fc1.in_features)
 
     # 5. Action shape, measured by forward passes of the tiny model under each robot preset.

@@ -225,7 +225,7 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> torch.Tensor:
     """Pool indices of step ``step``: consecutive slices of one seeded permutation per epoch."""
     start = step * batch_size
-    out = []
+    out: list[int] = []
     while len(out) < batch_size:
         epoch, offset = divmod(start + len(out), num_examples)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

@@ -232,7 +232,7 @@ def mask_audit(cache: ActivationCache, tol: float = 0.0) -> MaskAudit:
     future_real, future_tail = torch.cat(real), torch.cat(tail)
     earlier = pair_min[~pair_min["key_after_query"]]
     later = pair_min[pair_min["key_after_query"]]
-    evidence = {
+    evidence: dict[str, Any] = {
         "future_mass_max": float(future_real.max()),
         "future_mass_mean": float(future_real.mean()),
         "future_mass_min": float(future_real.min()),

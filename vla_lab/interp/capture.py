@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,13 +54,21 @@ MODES = ("full", "segments", "none")
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 
 
-def _capture_attention(module: torch.nn.Module, query, key, value, attention_mask, **kwargs):
+def _capture_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """transformers attention function: the base kernel's output, plus a call to the recorder."""
     recorder: _Recorder = kwargs.pop("vla_lab_recorder")
     kernel = recorder.base_kernel
     base = eager_attention_forward if kernel == "eager" else ALL_ATTENTION_FUNCTIONS[kernel]
     out, weights = base(module, query, key, value, attention_mask, **kwargs)
-    recorder.attention(module.layer_idx, query, key, kwargs.get("scaling", module.scaling))
+    layer = int(getattr(module, "layer_idx"))  # noqa: B009 - typed as Tensor | Module by nn.Module.__getattr__
+    recorder.attention(layer, query, key, float(kwargs.get("scaling", getattr(module, "scaling"))))  # noqa: B009
     return out, weights
 
 
@@ -179,7 +187,9 @@ class _Recorder:
         return new
 
     # --- called by the model -------------------------------------------------------------------
-    def begin(self, layouts: list[SequenceLayout], spec: AttentionSpec, allowed: torch.Tensor, embeds: torch.Tensor):
+    def begin(
+        self, layouts: Sequence[SequenceLayout], spec: AttentionSpec, allowed: torch.Tensor, embeds: torch.Tensor
+    ) -> torch.Tensor:
         self.calls += 1
         if self.calls > 1:
             raise InputError("capture: one forward pass per capture; open a new capture for the next one")
@@ -203,8 +213,8 @@ class _Recorder:
             self._keep(llm_hook("embed"), embeds)
         return embeds
 
-    def layer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        name = llm_hook("resid_post", index)
+    def layer(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        name = llm_hook("resid_post", layer)
         hidden = self._patch(name, hidden)
         if self.want_hidden:
             self._keep(name, hidden)
@@ -213,6 +223,8 @@ class _Recorder:
     def attention(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
         if self.mode == "none":
             return
+        if self.allowed is None or self.onehot is None:
+            raise RuntimeError("capture: attention reported before the forward pass began")
         if self.store_qk:
             self._keep(llm_hook("q", layer), query)
             self._keep(llm_hook("k", layer), key)
@@ -330,7 +342,7 @@ def capture(
     model.action_head.recorder = recorder.head_block
     if mode != "none":
         set_attention_kernel(model.language_model, CAPTURE_KERNEL)
-    recorder.cache.meta.update(model=getattr(model, "checkpoint_path", None) or model.config.name)
+    recorder.cache.meta.update(model=model.source)
     try:
         yield recorder.cache
     finally:
@@ -339,7 +351,6 @@ def capture(
         set_attention_kernel(model.language_model, previous_kernel)
         for h in handles:
             h.remove()
-        recorder.cache.meta["model"] = str(recorder.cache.meta["model"])
 
 
 def run_with_cache(

@@ -83,10 +83,10 @@ def scene_ratio(
     depth = depth_column(regions)
     keys = ["sample", depth] + ([] if pool_images else ["image"])
     means = _means(regions, keys)
-    wide = means.pivot_table(index=keys, columns="region", values=["patches", "mean"], dropna=False, sort=True)
+    wide = means.set_index([*keys, "region"])[["patches", "mean"]].unstack("region")
     out = wide.index.to_frame(index=False)
     for region in (numerator, denominator):
-        out[f"{region}_patches"] = wide[("patches", region)].to_numpy().astype(int)
+        out[f"{region}_patches"] = wide[("patches", region)].fillna(0).to_numpy().astype(int)
     for region in (numerator, denominator):
         out[f"{region}_mean"] = wide[("mean", region)].to_numpy()
     has = (out[f"{numerator}_patches"] > 0) & (out[f"{denominator}_patches"] > 0)

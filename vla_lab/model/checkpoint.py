@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from vla_lab.config import ROBOT_PRESETS, VISION_BACKBONES, AttentionLike, RobotConfig, VLAConfig
+from vla_lab.config import ROBOT_PRESETS, VISION_BACKBONES, AttentionLike, RobotConfig, VisionConfig, VLAConfig
 from vla_lab.errors import CheckpointError, ConfigError, ExportError, VLALabError
 from vla_lab.processing import VLAProcessor
 from vla_lab.processing.tokenizer import SAVED_FILES as TOKENIZER_FILES
@@ -51,6 +51,16 @@ def to_released_key(name: str) -> str:
 
 def from_released_key(name: str) -> str:
     return _LAYERSCALE_BACK[0].sub(_LAYERSCALE_BACK[1], name)
+
+
+def display_path(path: str | Path) -> str:
+    """A checkpoint location for records and figures: relative to the directory that holds the package
+    (the repository, for the shipped models) or to the working directory when inside them, else absolute."""
+    resolved = Path(path).resolve()
+    for root in (Path(__file__).resolve().parents[2], Path.cwd().resolve()):
+        if resolved.is_relative_to(root):
+            return str(resolved.relative_to(root))
+    return str(resolved)
 
 
 def _torch_dtype_name(dtype: torch.dtype) -> str:
@@ -298,7 +308,7 @@ def config_from_released(
     """Build a VLAConfig from a released ``config.json`` and the shapes of the weights."""
     try:
         ids = list(config_json["timm_model_ids"])
-        vision = {
+        vision: dict[str, Any] = {
             "backbone_id": config_json["vision_backbone_id"]
             if config_json["vision_backbone_id"] in VISION_BACKBONES
             else "custom",
@@ -320,12 +330,12 @@ def config_from_released(
     queries = weights.get("action_queries.weight")
     with _config_errors("config.json"):
         return VLAConfig(
-            vision=vision,
+            vision=VisionConfig(**vision),
             num_images=num_images,
             projector=_infer_projector(weights),
             llm=text,
             num_action_queries=int(queries.shape[0]) if queries is not None else 64,
-            robot=robot or _infer_robot(head, proprio),
+            robot=RobotConfig.coerce(robot or _infer_robot(head, proprio)),
             use_proprio=proprio is not None,
             head_version=version,
             norm_stats=config_json.get("norm_stats") or None,
@@ -407,7 +417,7 @@ def read(
         if num_images is not None:
             config.num_images = num_images
         if robot is not None:
-            config.robot = RobotConfig.preset(robot) if isinstance(robot, str) else RobotConfig(**robot)
+            config.robot = RobotConfig.coerce(robot)
     else:
         config = config_from_released(config_json, weights, head, proprio, num_images or 2, robot)
     stats_path = directory / "dataset_statistics.json"

@@ -186,8 +186,8 @@ class FastVLA:
     def _graph(
         self, plan: Plan, pixel_values: torch.Tensor, input_ids: torch.Tensor, proprio: torch.Tensor | None
     ) -> None:
-        static = {"pixel_values": pixel_values.clone(), "input_ids": input_ids.clone(),
-                  "proprio": proprio.clone() if proprio is not None else None}
+        static: dict[str, Any] = {"pixel_values": pixel_values.clone(), "input_ids": input_ids.clone(),
+                                  "proprio": proprio.clone() if proprio is not None else None}
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):

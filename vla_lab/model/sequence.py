@@ -252,7 +252,7 @@ class AssemblyPlan:
 # ---------------------------------------------------------------------------------------------
 
 
-def segment_id_matrix(layouts: list[SequenceLayout]) -> torch.Tensor:
+def segment_id_matrix(layouts: Sequence[SequenceLayout]) -> torch.Tensor:
     """(B, S) fine segment ids of a right-padded batch."""
     return torch.stack([lay.segment_ids() for lay in layouts])
 

@@ -6,33 +6,41 @@ second-to-last block, as upstream's ``get_intermediate_layers(x, n={depth - 2})`
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from vla_lab.config import VisionConfig, VLAConfig
 from vla_lab.errors import InputError
 
 
-def create_featurizer(model_id: str, image_size: int, act_layer: str | None, **overrides: object) -> nn.Module:
+def create_featurizer(model_id: str, image_size: int, act_layer: str | None, **overrides: Any) -> VisionTransformer:
     """A randomly initialised timm ViT (never downloads weights)."""
-    kwargs: dict[str, object] = {"pretrained": False, "num_classes": 0, "img_size": image_size}
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, "img_size": image_size}
     if act_layer is not None:
         kwargs["act_layer"] = act_layer
     kwargs.update(overrides)
     try:
-        return timm.create_model(model_id, **kwargs)
+        vit = timm.create_model(model_id, **kwargs)
     except RuntimeError as exc:  # timm raises RuntimeError for unknown model names
         raise InputError(f"vision.timm_model_ids: got {model_id!r}, which timm cannot build ({exc})") from None
+    if not isinstance(vit, VisionTransformer):
+        raise InputError(f"vision.timm_model_ids: got {model_id!r}, a {type(vit).__name__}; expected a timm ViT")
+    return vit
 
 
-def patch_features(vit: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+def patch_features(vit: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) -> (N, P, D): patch tokens after the second-to-last block."""
     index = len(vit.blocks) - 2
-    (features,) = vit.forward_intermediates(
+    features = vit.forward_intermediates(
         pixels, indices=[index], norm=False, output_fmt="NLC", intermediates_only=True, stop_early=True
     )
-    return features
+    if not isinstance(features, list) or len(features) != 1:  # intermediates_only gives a list, one per index
+        raise RuntimeError(f"timm forward_intermediates: got {type(features).__name__}, expected one tensor in a list")
+    return features[0]
 
 
 class VisionBackbone(nn.Module):

@@ -141,6 +141,12 @@ class VLAAdapter(nn.Module):
 
     # --- properties ----------------------------------------------------------------------------
     @property
+    def source(self) -> str:
+        """Where the weights came from: the checkpoint directory (:func:`checkpoint.display_path`) or,
+        for a model built in memory, its configuration's name."""
+        return checkpoint.display_path(self.checkpoint_path) if self.checkpoint_path else self.config.name
+
+    @property
     def device(self) -> torch.device:
         return self.action_queries.weight.device
 
@@ -178,7 +184,7 @@ class VLAAdapter(nn.Module):
 
     def embed_sequence(self, plan: AssemblyPlan, input_ids: torch.Tensor, patch_embeds: torch.Tensor) -> torch.Tensor:
         """The LLM input [tok0, patches, prompt, action queries, STOP] of every sample, right-padded."""
-        embed = self.language_model.get_input_embeddings()
+        embed = self.language_model.model.embed_tokens
         batch = input_ids.shape[0]
         queries = self.action_queries.weight[None].expand(batch, -1, -1)
         stop = embed.weight[self.config.stop_token_id][None, None].expand(batch, 1, -1)

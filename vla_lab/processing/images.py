@@ -139,7 +139,7 @@ class ImageProcessorConfig(JSONConfig):
             "stds": copy.deepcopy(self.stds),
             "tvf_crop_params": [{"output_size": [size, size]} for _ in range(n)],
             "tvf_do_letterbox": letterbox,
-            "tvf_letterbox_fill": list(self.letterbox_fill) if letterbox else None,
+            "tvf_letterbox_fill": list(self.letterbox_fill) if letterbox and self.letterbox_fill is not None else None,
             "tvf_normalize_params": [
                 {"inplace": False, "mean": list(m), "std": list(s)} for m, s in zip(self.means, self.stds)
             ],
@@ -394,7 +394,8 @@ class ImageProcessor:
             "antialias": True,
         }
         self._crop_size = [config.image_size, config.image_size]
-        self._letterbox_fill = tuple(config.letterbox_fill) if config.resize_strategy == "letterbox" else None
+        fill = config.letterbox_fill
+        self._letterbox_fill = tuple(fill) if config.resize_strategy == "letterbox" and fill is not None else None
 
     def _letterbox(self, img: PIL.Image.Image) -> PIL.Image.Image:
         width, height = img.size

@@ -67,12 +67,13 @@ class VLAProcessor:
 
     def __call__(self, images: Any, instruction: str | Sequence[str], center_crop: bool = False) -> dict[str, Any]:
         """One observation (a list of images + a string) or a batch (lists of lists + list of strings)."""
-        single = isinstance(instruction, str)
-        if single:
+        instructions: list[str]
+        if isinstance(instruction, str):
             observations = [list(images) if isinstance(images, (list, tuple)) else [images]]
+            instructions = [instruction]
         else:
             observations = list(images)
-        instructions = [instruction] if single else list(instruction)
+            instructions = list(instruction)
         if len(observations) != len(instructions):
             raise InputError(
                 f"instruction: got {len(instructions)} instructions for {len(observations)} observations, "

@@ -162,7 +162,8 @@ class QwenTokenizer:
         """Tokenise one text or a batch: ``{"input_ids", "attention_mask"}`` as lists or tensors."""
         del add_special_tokens
         single = isinstance(text, str)
-        if single:
+        texts: list[str]
+        if isinstance(text, str):
             texts = [text]
         elif isinstance(text, (list, tuple)):
             texts = [_check_text(t) for t in text]

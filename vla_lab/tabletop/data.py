@@ -156,7 +156,12 @@ class TabletopData:
             from tqdm.auto import tqdm
 
             iterator = tqdm(seeds, desc="examples", unit="ex", leave=False)
-        images, image_index, proprio, actions, kinds, example_seeds = [], [], [], [], [], []
+        images: list[np.ndarray] = []
+        image_index: list[int] = []
+        proprio: list[np.ndarray] = []
+        actions: list[np.ndarray] = []
+        kinds: list[str] = []
+        example_seeds: list[int] = []
         grid = _patch_grid(config)
         observation_labels: list[np.ndarray] = []
         targets: list[tuple[float, float]] = []

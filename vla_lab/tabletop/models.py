@@ -121,12 +121,12 @@ def initialize(model: VLAAdapter, init: str = "sincos", gate: float = 0.0) -> VL
         raise InputError(f"init: got {init!r}, expected one of {INITS}")
     if init == "sincos":
         for vit in (model.vision_backbone.featurizer, model.vision_backbone.fused_featurizer):
-            if vit is None or getattr(vit, "pos_embed", None) is None:
+            pos_embed = getattr(vit, "pos_embed", None) if vit is not None else None
+            if vit is None or pos_embed is None:
                 continue
-            grid = tuple(vit.patch_embed.grid_size)
-            table = sincos_position_embedding(grid, vit.pos_embed.shape[-1])
-            prefix = vit.pos_embed.shape[1] - table.shape[0]  # class/register positions, if embedded
-            vit.pos_embed[0, prefix:] = table.to(vit.pos_embed.dtype)
+            table = sincos_position_embedding(tuple(vit.patch_embed.grid_size), pos_embed.shape[-1])
+            prefix = pos_embed.shape[1] - table.shape[0]  # class/register positions, if embedded
+            pos_embed[0, prefix:] = table.to(pos_embed.dtype)
     for block in model.action_head.model.blocks:
         block.gating_factor.fill_(gate)
     return model

@@ -61,9 +61,7 @@ def provenance(model: Any, mode: Any, input_description: str, **extra: Any) -> d
     if isinstance(model, (str, Path)) or model is None:
         name = None if model is None else str(model)
     else:
-        path = getattr(model, "checkpoint_path", None)
-        config = getattr(model, "config", None)
-        name = str(path) if path else getattr(config, "name", type(model).__name__)
+        name = str(getattr(model, "source", type(model).__name__))
     if mode is not None and not isinstance(mode, str):
         mode = AttentionSpec.parse(mode).label
     out = {
@@ -190,6 +188,10 @@ def export_figure(
     with matplotlib.rc_context({"svg.hashsalt": "vla-lab", "svg.fonttype": "path", "pdf.fonttype": 42}):
         for path in paths[:-1]:
             fmt = path.suffix[1:]
-            write_atomic(path, lambda p, fmt=fmt: fig.savefig(p, format=fmt, dpi=dpi, metadata=_SAVE_METADATA[fmt]))
-    write_atomic(paths[-1], lambda p: p.write_text(text, encoding="utf-8"))
+
+            def save(temporary: Path, fmt: str = fmt) -> None:
+                fig.savefig(temporary, format=fmt, dpi=dpi, metadata=_SAVE_METADATA[fmt])
+
+            write_atomic(path, save)
+    write_atomic(paths[-1], lambda temporary: temporary.write_text(text, encoding="utf-8"))
     return paths

@@ -229,7 +229,8 @@ def segment_heatmap_grid(
         ax.set_visible(False)
     fig.supxlabel("key segment")
     fig.supylabel("query segment")
-    fig.colorbar(image, ax=axes[: len(layers)].tolist(), label="attention mass", shrink=0.9)
+    if image is not None:
+        fig.colorbar(image, ax=axes[: len(layers)].tolist(), label="attention mass", shrink=0.9)
     fig.suptitle(title or f"Segment attention mass per layer ({_head_label(head)}, sample {sample})")
     data = pd.concat(frames, ignore_index=True)
     data.insert(0, "sample", sample)
@@ -263,7 +264,7 @@ def layer_curves(
     hue_values = _order(stats[hue]) if hue in ("key_segment", "query_segment") else list(dict.fromkeys(stats[hue]))
     modes = list(dict.fromkeys(stats["mode"])) if has_mode else [None]
     colors = matplotlib.colormaps["tab10"]
-    styles = ("-", "--", ":", "-.")
+    styles: tuple[Any, ...] = ("-", "--", ":", "-.")
     for i, value in enumerate(hue_values):
         for j, mode in enumerate(modes):
             part = stats[(stats[hue] == value) & ((stats["mode"] == mode) if has_mode else True)].sort_values("layer")
@@ -381,7 +382,8 @@ def patch_overlay(
         ax.set_title(f"{name} ({rows}x{cols} patches)", fontsize=9)
         r_idx, c_idx = np.indices(grid.shape)
         frames.append(pd.DataFrame({"image": i, "row": r_idx.ravel(), "col": c_idx.ravel(), "value": grid.ravel()}))
-    fig.colorbar(overlay, ax=axes.tolist(), label="attention on patch (mean over query tokens)", shrink=0.85)
+    if overlay is not None:
+        fig.colorbar(overlay, ax=axes.tolist(), label="attention on patch (mean over query tokens)", shrink=0.85)
     if handles:
         fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=len(handles), fontsize=8)
     layer_text = "mean over layers" if layer is None else f"layer {layer}"

@@ -81,11 +81,6 @@ def report_paths(
     return [*paths, root / "report.json"]
 
 
-def _model_name(model: VLAAdapter) -> str:
-    path = getattr(model, "checkpoint_path", None)
-    return str(path) if path else str(model.config.name)
-
-
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
     df.to_csv(path, index=False, float_format="%.9g")
     return path
@@ -138,7 +133,7 @@ def attention_report(
     images = [np.asarray(im) for im in images]
     batch, seq = int(forward["input_ids"].shape[0]), _sequence_length(model, forward)
     keep_mean = interp.estimate_full_bytes(num_layers, batch, 1, seq) <= HEAD_MEAN_BUDGET
-    summary: dict[str, Any] = {"model": _model_name(model), "input": description, "out_dir": str(root), "modes": {}}
+    summary: dict[str, Any] = {"model": model.source, "input": description, "out_dir": str(root), "modes": {}}
     for spec, label in zip(specs, labels):
         directory = root / report_dirname(label)
         directory.mkdir(parents=True, exist_ok=True)

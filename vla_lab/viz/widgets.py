@@ -146,7 +146,8 @@ class AttentionExplorer:
             title=f"{mode}: {query} → image {image} patches, layer {layer}", image_names=[f"image {image}"],
         )
         self.last_data = plotted_data(heat)
-        self.last_patch_data = plotted_data(overlay).assign(image=image)
+        patch_data = plotted_data(overlay)
+        self.last_patch_data = patch_data.assign(image=image) if patch_data is not None else None
         self.last_figures = [heat, overlay]
         self.output.outputs = tuple(_display_data(fig, self.dpi) for fig in self.last_figures)
         self.redraws += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,10 @@ class PeakMemory(TorchDispatchMode):
         self._live: dict[tuple[str, int], int] = {}
         self._refs: dict[tuple[str, int], Any] = {}
 
+    def _release(self, key: tuple[str, int]) -> Callable[[Any], None]:
+        """The weak-reference callback that frees ``key``."""
+        return lambda _ref: self._free(key)
+
     def _free(self, key: tuple[str, int]) -> None:
         self.current -= self._live.pop(key, 0)
         self._refs.pop(key, None)
@@ -53,7 +57,7 @@ class PeakMemory(TorchDispatchMode):
             if size == 0 or key in self._live:
                 continue
             self._live[key] = size
-            self._refs[key] = weakref.ref(storage, lambda _ref, key=key: self._free(key))
+            self._refs[key] = weakref.ref(storage, self._release(key))
             self.current += size
             self.peak = max(self.peak, self.current)
         return out

@@ -37,7 +37,9 @@ def _barh(ax: Any, frame: pd.DataFrame, value: str, low: str | None = None, high
     for j, mask in enumerate(masks):
         sel = frame[frame["attention"] == mask]
         lookup = {f"{b} | {p}": i for i, (b, p) in enumerate(zip(sel["backbone"], sel["projector"]))}
-        ys, xs, err = [], [], [[], []]
+        ys: list[float] = []
+        xs: list[float] = []
+        err: list[list[float]] = [[], []]
         for i, label in enumerate(labels):
             if label not in lookup:
                 continue

@@ -123,7 +123,8 @@ def _training_state(scene: Scene, rng: np.random.Generator) -> State:
         return State(x, y)
     state = initial_state(scene)
     if rng.random() >= 0.5:
-        state = State(*(float(v) for v in rng.uniform(-0.95, 0.95, size=2)))
+        x, y = (float(v) for v in rng.uniform(-0.95, 0.95, size=2))
+        state = State(x, y)
     needed = math.ceil(max(abs(target.x - state.x), abs(target.y - state.y)) / config.max_step)
     for _ in range(int(rng.integers(0, needed + 3))):
         action = expert_action(scene, state)

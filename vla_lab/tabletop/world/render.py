@@ -158,7 +158,7 @@ def object_patch_masks(
     state = state if state is not None else initial_state(scene)
 
     def pool(mask: np.ndarray) -> np.ndarray:
-        return mask.reshape(rows, size // rows, cols, size // cols).any(axis=(1, 3))
+        return np.asarray(mask.reshape(rows, size // rows, cols, size // cols).any(axis=(1, 3)))
 
     pixels = object_pixel_masks(scene, view, state)
     per_object = [pool(m) for m in pixels]
