@@ -1,4 +1,4 @@
-"""Tests of the architecture ablation helpers (vla_lab.ablation) at tiny sizes."""
+"""Tests of the architecture ablation helpers (vla_lab.experiments.ablation) at tiny sizes."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Checkpoints in the released layout: names and shapes, hand-written released directories, round trips, bad files.
 
 The released-layout directories here are written by hand (safetensors + ``torch.save`` of plain state dicts),
-not with :func:`vla_lab.checkpoint.save_pretrained`, so that loading is checked against the file layout
+not with :meth:`vla_lab.VLAAdapter.save_pretrained`, so that loading is checked against the file layout
 itself. Their vision towers are timm's ``test_vit2`` (LayerScale + a register token, like DINOv2) and
 ``test_vit`` (no LayerScale): real timm ids at a tiny size with equal 4 x 4 patch grids at 64 px, which a
 released ``config.json`` can name (it has no room for per-model width overrides).
@@ -152,7 +152,7 @@ def preprocessor_config(size: int) -> dict:
 
 
 def released_name(name: str) -> str:
-    """Our module name -> the released file's key (written independently of vla_lab.checkpoint)."""
+    """Our module name -> the released file's key (written independently of vla_lab.model.checkpoint)."""
     return re.sub(r"\.(ls[12])\.gamma$", r".\1.scale_factor", name)
 
 

@@ -30,6 +30,9 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
     for mask in MASKS:
         model = summary["models"][mask]
         assert 0.0 <= model["success_rate"] <= 1.0 and model["num_episodes"] == 4
+        low, high = model["success_ci95"]  # Wilson 95 % interval of the rate, with its n
+        assert low <= model["success_rate"] <= high
+        assert sum(kind["num_episodes"] for kind in model["by_kind"].values()) == 4
         assert model["action_l1"] >= 0 and model["target_attention_ratio"] > 0
         rule = model["target_attention"]["llm_action_queries"]
         validation = rule["validation_ratio_by_layer"]  # JSON keys are strings
@@ -47,3 +50,11 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
         from vla_lab.experiments.demo import run_demo
 
         run_demo(out, episodes=1, baseline=False)
+
+
+def test_demo_prints_rates_with_their_intervals(tmp_path, capsys) -> None:
+    assert cli.main(["demo", "--out", str(tmp_path / "text"), "--episodes", "2", "--no-baseline"]) == 0
+    text = capsys.readouterr().out
+    for mask in MASKS:
+        line = next(row for row in text.splitlines() if row.strip().startswith(mask))
+        assert "success" in line and "[" in line and "target-attention ratio" in line

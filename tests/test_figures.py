@@ -127,6 +127,23 @@ def test_patch_overlay_with_outlines(setup):
         viz.patch_overlay(images, patches, outlines={"target": np.ones((3, 3), bool)})
 
 
+def test_patch_overlay_of_head_blocks(setup):
+    """Head task attention is indexed by block: the overlay selects it by block and says so."""
+    _, _, images, _, cache, _ = setup
+    patches = interp.head_task_patch_attention(cache)
+    fig = viz.patch_overlay(images, patches, block=1)
+    _check_labels(fig, colorbar=True)
+    assert "head block 1" in fig._suptitle.get_text()
+    shown = viz.plotted_data(fig)
+    assert "block" in shown.columns and "layer" not in shown.columns and set(shown.block) == {1}
+    grid = interp.patch_grid(patches, block=1, image=0)
+    values = shown[shown.image == 0].sort_values(["row", "col"])["value"].to_numpy()
+    np.testing.assert_allclose(values, grid.ravel())
+    assert np.isnan(grid).sum() == 0 and np.isnan(interp.patch_grid(patches, block=1, image=1)).sum() == 1
+    with pytest.raises(InputError, match="block"):
+        viz.patch_overlay(images, patches, layer=1)
+
+
 def test_head_gates(setup):
     *_, cache, _ = setup
     head_df = interp.head_attention(cache)

@@ -1,4 +1,4 @@
-"""Tests of vla_lab.image_processing against independent re-statements of upstream's transforms."""
+"""Tests of vla_lab.processing.images against independent re-statements of upstream's transforms."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Target-attention ratio (vla_lab.target_attention) on tiny models with known patches."""
+"""Target-attention ratio (vla_lab.tabletop.target_attention) on tiny models with known patches."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of vla_lab.tokenizer: the offline Qwen2.5 tokenizer, the files-based loader and their agreement."""
+"""Tests of vla_lab.processing.tokenizer: the offline Qwen2.5 tokenizer, the files-based loader and their agreement."""
 
 from __future__ import annotations
 

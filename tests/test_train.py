@@ -1,4 +1,4 @@
-"""Tests of the trainer (vla_lab.train) at tiny sizes."""
+"""Tests of the trainer (vla_lab.experiments.train) at tiny sizes."""
 
 from __future__ import annotations
 

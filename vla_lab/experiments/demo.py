@@ -3,7 +3,7 @@
 For each shipped model (trained with the causal and with the bidirectional LLM mask):
 
 1. closed-loop success and action L1 on held-out ``test`` scenes of the tabletop world;
-2. the target-attention ratio (:mod:`vla_lab.target_attention`): action queries -> target patches vs
+2. the target-attention ratio (:mod:`vla_lab.tabletop.target_attention`): action queries -> target patches vs
    distractor patches in the LLM, at the layer chosen on the ``validation`` split, and the same for the
    bridge head's task attention; the same rule applied to a randomly initialised copy is the baseline;
 3. the standard attention figures (:func:`vla_lab.viz.attention_report`) of one scene under both
@@ -36,10 +36,12 @@ def _model_metrics(model: VLAAdapter, episodes: int, ratio_episodes: int, closed
         result = tabletop.evaluate_model(model, "test", episodes, progress=False)
         metrics.update(
             success_rate=result["success_rate"],
+            success_ci95=result["success_ci95"],
             action_l1=result["action_l1"],
             num_episodes=result["num_episodes"],
             outcomes=result["outcomes"],
             success_by_kind={k: v["success_rate"] for k, v in result["by_kind"].items()},
+            by_kind=result["by_kind"],
         )
     llm = target_attention.target_attention_ratio(model, "test", ratio_episodes, source="llm")
     head = target_attention.target_attention_ratio(model, "test", ratio_episodes, source="head")

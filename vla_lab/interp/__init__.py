@@ -42,7 +42,7 @@ from vla_lab.interp.interventions import (
     intervene,
     patch_segments_from,
 )
-from vla_lab.interp.regions import pooled_ratio, region_attention, region_values, scene_ratio
+from vla_lab.interp.regions import depth_column, pooled_ratio, region_attention, region_values, scene_ratio
 
 __all__ = [
     "ActivationCache",
@@ -54,6 +54,7 @@ __all__ = [
     "block_paths",
     "capture",
     "compare_modes",
+    "depth_column",
     "estimate_full_bytes",
     "head_attention",
     "head_forward",

@@ -112,11 +112,18 @@ def query_patch_attention(
     return pd.concat(frames, ignore_index=True)
 
 
-def patch_grid(df: pd.DataFrame, sample: int = 0, layer: int | None = None, image: int = 0) -> np.ndarray:
-    """A (rows, cols) array from :func:`query_patch_attention` output, averaged over heads (and layers if None)."""
+def patch_grid(
+    df: pd.DataFrame, sample: int = 0, layer: int | None = None, image: int = 0, *, block: int | None = None
+) -> np.ndarray:
+    """A (rows, cols) array of patch attention, averaged over heads (and over every depth unless one is given).
+
+    ``df``: :func:`query_patch_attention` output (select with ``layer``) or
+    :func:`vla_lab.interp.head_task_patch_attention` output (select with ``block``).
+    """
     sel = df[(df["sample"] == sample) & (df["image"] == image)]
-    if layer is not None:
-        sel = sel[sel["layer"] == layer]
+    for column, value in (("layer", layer), ("block", block)):
+        if value is not None:
+            sel = sel[sel[column] == value]
     table = sel.groupby(["row", "col"])["value"].mean().unstack("col")
     return table.to_numpy()
 

@@ -32,7 +32,13 @@ from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import InputError
 from vla_lab.model.action_head import L1RegressionActionHead, apply_rope, bridge_attention, rope_tables
 from vla_lab.model.llm import rotary_embeddings, run_decoder
-from vla_lab.model.sequence import AssemblyPlan, allowed_matrix, mask_for_kernel, segment_id_matrix
+from vla_lab.model.sequence import (
+    AssemblyPlan,
+    allowed_matrix,
+    mask_for_kernel,
+    segment_id_matrix,
+    stack_head_inputs,
+)
 from vla_lab.model.vla import ActionPrediction, ForwardRecorder, VLAAdapter, forward_inputs
 
 
@@ -171,7 +177,7 @@ class FastVLA:
             kwargs["vla_lab_recorder"] = recorder
             states = run_decoder(model.language_model, hidden, plan.mask, position_embeddings=plan.position_embeddings,
                                  on_layer=recorder.layer, **kwargs)
-            task, queries = assembly.head_inputs([assembly.head_positions(h) for h in states])
+            task, queries = stack_head_inputs([assembly.head_positions(h) for h in states])
             queries, proprio_features = model.head_conditioning(queries, proprio)
             # Under capture the model's own head runs: it reports every block's attention.
             actions: torch.Tensor = model.action_head(task, queries, proprio_features)
@@ -179,7 +185,7 @@ class FastVLA:
             return actions
         kept = run_decoder(model.language_model, hidden, plan.mask, position_embeddings=plan.position_embeddings,
                            keep=assembly.head_positions)
-        task, queries = assembly.head_inputs(kept[1:])  # the head never reads hidden_index 0
+        task, queries = stack_head_inputs(kept[1:])  # the head never reads hidden_index 0
         queries, proprio_features = model.head_conditioning(queries, proprio)
         return self.head(task, queries, proprio_features)
 

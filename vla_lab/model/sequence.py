@@ -178,6 +178,20 @@ def head_read_index(layouts: Sequence[SequenceLayout], offset: str, device: Any 
     return spans[0][0], index.to(device)
 
 
+def read_head_positions(
+    hidden: torch.Tensor, task: Span, query_index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions :func:`head_read_index` names, read from one hidden state (B, S, C)."""
+    index = query_index.to(hidden.device)[..., None].expand(-1, -1, hidden.shape[2])
+    return hidden[:, task.slice], hidden.gather(1, index)
+
+
+def stack_head_inputs(per_state: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head positions of consecutive hidden states, stacked: (B, hidden_index, K, C) task and queries."""
+    tasks, queries = zip(*per_state)
+    return torch.stack(tasks, dim=1), torch.stack(queries, dim=1)
+
+
 @dataclass(frozen=True, eq=False)
 class AssemblyPlan:
     """Everything about a batch's sequence that depends only on its prompt lengths.
@@ -238,13 +252,7 @@ class AssemblyPlan:
 
     def head_positions(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One hidden state (B, S, C) -> what the head reads of it: task (B, K_t, C), queries (B, Q, C)."""
-        index = self.query_index[..., None].expand(-1, -1, hidden.shape[2])
-        return hidden[:, self.task.slice], hidden.gather(1, index)
-
-    def head_inputs(self, per_state: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`head_positions` of every hidden state, stacked: (B, hidden_index, K, C) task and queries."""
-        tasks, queries = zip(*per_state)
-        return torch.stack(tasks, dim=1), torch.stack(queries, dim=1)
+        return read_head_positions(hidden, self.task, self.query_index)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,16 @@ from vla_lab.model import checkpoint
 from vla_lab.model.action_head import L1RegressionActionHead, UpstreamRoPE
 from vla_lab.model.llm import build_language_model, check_kernel, count_parameters, run_decoder, set_attention_kernel
 from vla_lab.model.projector import ProprioProjector, build_projector
-from vla_lab.model.sequence import AssemblyPlan, SequenceLayout, allowed_matrix, mask_for_kernel, segment_id_matrix
+from vla_lab.model.sequence import (
+    AssemblyPlan,
+    SequenceLayout,
+    allowed_matrix,
+    head_read_index,
+    mask_for_kernel,
+    read_head_positions,
+    segment_id_matrix,
+    stack_head_inputs,
+)
 from vla_lab.model.vision import VisionBackbone
 from vla_lab.processing import VLAProcessor
 from vla_lab.processing.normalization import normalize_proprio, resolve_unnorm_key, unnormalize_actions
@@ -193,10 +202,9 @@ class VLAAdapter(nn.Module):
     def head_inputs(
         self, hidden_states: Sequence[torch.Tensor], layouts: Sequence[SequenceLayout], offset: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-hidden_index task states (B, L+1, NP, C) and action-query states (B, L+1, Q, C)."""
-        plan = self.plan([lay.prompt_length for lay in layouts], hidden_states[0].shape[1] - layouts[0].num_patches
-                         - self.config.num_action_queries - 1, offset)
-        return plan.head_inputs([plan.head_positions(h) for h in hidden_states])
+        """Per-hidden_index task states (B, L+1, NP, C) and action-query states (B, L+1, Q, C) under ``offset``."""
+        task, query_index = head_read_index(layouts, offset or self.config.hidden_offset)
+        return stack_head_inputs([read_head_positions(h, task, query_index) for h in hidden_states])
 
     def head_conditioning(
         self, query_states: torch.Tensor, proprio: torch.Tensor | None
@@ -247,7 +255,7 @@ class VLAAdapter(nn.Module):
             on_layer=recorder.layer if recorder is not None else None,
             **attention_kwargs,
         )
-        task, queries = plan.head_inputs([plan.head_positions(h) for h in hidden])
+        task, queries = stack_head_inputs([plan.head_positions(h) for h in hidden])
         queries, proprio_features = self.head_conditioning(queries, proprio)
         actions = self.action_head(task, queries, proprio_features)
         if recorder is not None:

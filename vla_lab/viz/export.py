@@ -24,8 +24,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
-from vla_lab.config import AttentionSpec
+from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import ExportError, InputError
+from vla_lab.model import VLAAdapter
 from vla_lab.version import __version__
 
 #: Figure attribute holding the plotted numbers (a tidy DataFrame).
@@ -56,12 +57,15 @@ def _now_utc() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
-def provenance(model: Any, mode: Any, input_description: str, **extra: Any) -> dict[str, Any]:
-    """Where a figure's numbers came from: model or checkpoint, attention mask, input, version, time."""
-    if isinstance(model, (str, Path)) or model is None:
-        name = None if model is None else str(model)
+def provenance(
+    model: VLAAdapter | str | Path | None, mode: AttentionLike | None, input_description: str, **extra: Any
+) -> dict[str, Any]:
+    """Where a figure's numbers came from: model (:attr:`VLAAdapter.source`) or its name, attention mask, input,
+    version, time."""
+    if isinstance(model, VLAAdapter):
+        name: str | None = model.source
     else:
-        name = str(getattr(model, "source", type(model).__name__))
+        name = None if model is None else str(model)
     if mode is not None and not isinstance(mode, str):
         mode = AttentionSpec.parse(mode).label
     out = {

@@ -24,11 +24,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from vla_lab.config import FINE_SEGMENTS
 from vla_lab.errors import InputError
-from vla_lab.interp import ActivationCache, ModeComparison, head_attention, patch_grid, segment_mass
+from vla_lab.interp import ActivationCache, ModeComparison, depth_column, head_attention, patch_grid, segment_mass
 from vla_lab.viz.export import DATA_ATTR, FUNCTION_ATTR
 
-_SEGMENT_ORDER = ("tok0", "vision", "vision.0", "vision.1", "vision.2", "text", "action_queries", "stop")
+#: Segments in sequence order, coarse ``vision`` before its images (padding is never plotted).
+_SEGMENT_ORDER = ("tok0", "vision", *FINE_SEGMENTS[1:-1])
 _OUTLINE_COLORS = {"target": "#00e5ff", "distractors": "#ff2bd6", "anchor": "#ffd400", "gripper": "#ffffff"}
 _EXTRA_COLORS = ("#7cfc00", "#ff8c00", "#1e90ff", "#ff4500", "#9acd32")
 _GROUP_COLORS = {"self": "#8da0cb", "action_queries": "#fc8d62", "proprio": "#e78ac3", "task": "#66c2a5"}
@@ -168,7 +170,7 @@ def segment_heatmap(
 ) -> Figure:
     """Query segment x key segment attention mass of one layer (head-mean when ``head`` is None).
 
-    ``df``: :func:`vla_lab.analysis.segment_mass` output (or an ActivationCache); with a ``mode``
+    ``df``: :func:`vla_lab.interp.segment_mass` output (or an ActivationCache); with a ``mode``
     column holding several masks, ``mode`` picks one.
     """
     df = _one_mode(_segment_df(df), mode, "segment_heatmap")
@@ -335,24 +337,31 @@ def patch_overlay(
     alpha: float = 0.55,
     cmap: str = "inferno",
     image_names: Sequence[str] | None = None,
+    *,
+    block: int | None = None,
 ) -> Figure:
     """Each input image with its patch-attention grid upsampled and alpha-blended on top.
 
-    ``patch_df``: :func:`vla_lab.analysis.query_patch_attention` output; the grid of each image is
-    :func:`vla_lab.analysis.patch_grid` (mean over heads, or one ``head``; over layers when ``layer``
-    is None). ``images``: uint8 (H, W, 3) arrays, one per image of the sample. ``outlines``: name ->
-    boolean patch mask (rows, cols) for image 0, or a sequence with one mask (or None) per image;
-    drawn as patch rectangles with a legend.
+    ``patch_df``: :func:`vla_lab.interp.query_patch_attention` output (LLM ``layer``) or
+    :func:`vla_lab.interp.head_task_patch_attention` output (head ``block``); the grid of each image is
+    :func:`vla_lab.interp.patch_grid` (mean over heads, or one ``head``; over every depth unless ``layer``
+    or ``block`` picks one). ``images``: uint8 (H, W, 3) arrays, one per image of the sample.
+    ``outlines``: name -> boolean patch mask (rows, cols) for image 0, or a sequence with one mask (or None)
+    per image; drawn as patch rectangles with a legend.
     """
-    _require(patch_df, ["sample", "layer", "head", "image", "row", "col", "value"], "patch_overlay")
+    depth = depth_column(patch_df)
+    if (depth == "layer" and block is not None) or (depth == "block" and layer is not None):
+        raise InputError(f"patch_overlay: the DataFrame is indexed by {depth}; select with {depth}=")
+    index = layer if depth == "layer" else block
+    _require(patch_df, ["sample", depth, "head", "image", "row", "col", "value"], "patch_overlay")
     arrays = [np.asarray(images)] if isinstance(images, np.ndarray) and np.ndim(images) == 3 else [
         np.asarray(im) for im in images
     ]
-    sel = _select(patch_df, "patch_overlay", sample=sample, layer=layer, head=head)
+    sel = _select(patch_df, "patch_overlay", sample=sample, head=head, **{depth: index})
     present = sorted(sel["image"].unique().tolist())
     if present != list(range(len(arrays))):
         raise InputError(f"images: got {len(arrays)} images, expected {len(present)} (the images in patch_df)")
-    grids = [patch_grid(sel, sample=sample, layer=layer, image=i) for i in range(len(arrays))]
+    grids = [patch_grid(sel, sample=sample, image=i, **{depth: index}) for i in range(len(arrays))]
     vmax = max(float(np.nanmax(g)) for g in grids) or 1.0
     norm = Normalize(0.0, vmax)
     fig = _new_figure(3.6 * len(arrays) + 1.0, 3.9)
@@ -386,11 +395,12 @@ def patch_overlay(
         fig.colorbar(overlay, ax=axes.tolist(), label="attention on patch (mean over query tokens)", shrink=0.85)
     if handles:
         fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=len(handles), fontsize=8)
-    layer_text = "mean over layers" if layer is None else f"layer {layer}"
-    fig.suptitle(title or f"Attention on image patches, {layer_text}, {_head_label(head)}")
+    where = {"layer": "LLM layer", "block": "head block"}[depth]
+    depth_text = f"mean over {depth}s" if index is None else f"{where} {index}"
+    fig.suptitle(title or f"Attention on image patches, {depth_text}, {_head_label(head)}")
     data = pd.concat(frames, ignore_index=True)
     data.insert(0, "sample", sample)
-    data.insert(1, "layer", "mean" if layer is None else layer)
+    data.insert(1, depth, "mean" if index is None else index)
     data.insert(2, "head", "mean" if head is None else head)
     return _finish(fig, data, "patch_overlay")
 
@@ -403,7 +413,7 @@ def patch_overlay(
 def head_gates(head_df: Any, sample: int | None = 0, title: str | None = None) -> Figure:
     """Action head per block: tanh(gate) (bars) and the key-group shares of its attention (stacked, head-mean).
 
-    ``head_df``: :func:`vla_lab.analysis.head_attention` output (or an ActivationCache).
+    ``head_df``: :func:`vla_lab.interp.head_attention` output (or an ActivationCache).
     """
     if _is_cache(head_df):
         head_df = head_attention(head_df)

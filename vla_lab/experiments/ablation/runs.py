@@ -85,7 +85,7 @@ def trainer_config(train_config: TrainConfig, attention: AttentionLike) -> Train
 def train_variant(
     config: VLAConfig, train_config: TrainConfig, out_dir: str | Path | None = None
 ) -> TrainResult:
-    """Train ``config`` from scratch with :func:`vla_lab.train.train` (the repository's trainer) and load it.
+    """Train ``config`` from scratch with :func:`vla_lab.experiments.train.train` (the repository's trainer) and load it.
 
     The trainer's own validation, test evaluation and intermediate checkpoints are switched off (the
     ablation evaluates every variant itself) and it logs every step; ``train_config.attention`` is set
@@ -112,8 +112,7 @@ def evaluate_variant(
     ``val_action_l1``: L1 over every chunk of ``val_data`` (open loop, held-out examples).
     """
     result = tabletop.evaluate_model(model, split, episodes, progress=False)
-    successes = sum(e["success"] for e in result["episodes"])
-    low, high = wilson_interval(successes, result["num_episodes"])
+    low, high = result["success_ci95"]
     out = {
         "success_rate": result["success_rate"],
         "success_ci_low": low,
@@ -131,7 +130,7 @@ def evaluate_variant(
 def action_query_attention(model: VLAAdapter, data: tabletop.TabletopData, n: int = 8) -> pd.DataFrame:
     """Where the action queries attend in the LLM, per layer and key segment.
 
-    Mean over the first ``n`` examples of ``data`` and over heads of ``analysis.segment_mass``
+    Mean over the first ``n`` examples of ``data`` and over heads of ``interp.segment_mass``
     (mode ``"segments"``), next to ``uniform``: the mass a query spreading evenly over the keys its
     mask allows would put on the segment (the token-count baseline), and ``ratio`` = value / uniform.
     Columns: layer, key_segment, value, uniform, ratio.
