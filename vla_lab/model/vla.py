@@ -472,9 +472,8 @@ class VLAAdapter(nn.Module):
         return counts
 
 
-def load_pretrained(path: str | Path, *args: Any, **kwargs: Any) -> VLAAdapter:
-    """:meth:`VLAAdapter.from_pretrained` as a function."""
-    return VLAAdapter.from_pretrained(path, *args, **kwargs)
+#: :meth:`VLAAdapter.from_pretrained` as a function (the same signature).
+load_pretrained = VLAAdapter.from_pretrained
 
 
 def save_pretrained(model: VLAAdapter, directory: str | Path, **options: Any) -> Path:

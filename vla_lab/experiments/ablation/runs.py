@@ -85,7 +85,7 @@ def trainer_config(train_config: TrainConfig, attention: AttentionLike) -> Train
 def train_variant(
     config: VLAConfig, train_config: TrainConfig, out_dir: str | Path | None = None
 ) -> TrainResult:
-    """Train ``config`` from scratch with :func:`vla_lab.experiments.train.train` (the repository's trainer) and load it.
+    """Train ``config`` from scratch with the repository's trainer (:func:`vla_lab.experiments.train.train`), load it.
 
     The trainer's own validation, test evaluation and intermediate checkpoints are switched off (the
     ablation evaluates every variant itself) and it logs every step; ``train_config.attention`` is set
