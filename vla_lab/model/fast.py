@@ -32,14 +32,8 @@ from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import InputError
 from vla_lab.model.action_head import L1RegressionActionHead, apply_rope, bridge_attention, rope_tables
 from vla_lab.model.llm import rotary_embeddings, run_decoder
-from vla_lab.model.sequence import (
-    AssemblyPlan,
-    allowed_matrix,
-    mask_for_kernel,
-    segment_id_matrix,
-    stack_head_inputs,
-)
-from vla_lab.model.vla import ActionPrediction, ForwardRecorder, VLAAdapter, forward_inputs
+from vla_lab.model.sequence import AssemblyPlan, mask_for_kernel, stack_head_inputs
+from vla_lab.model.vla import ActionPrediction, VLAAdapter, forward_inputs
 
 
 class FastHead:
@@ -101,7 +95,6 @@ class Plan:
     key: Hashable
     assembly: AssemblyPlan
     spec: AttentionSpec
-    allowed: torch.Tensor
     mask: torch.Tensor
     position_embeddings: tuple[torch.Tensor, torch.Tensor]
     graph: Any = None
@@ -145,9 +138,8 @@ class FastVLA:
             self.plans.move_to_end(key)
             return self.plans[key]
         assembly = model.plan(lengths, max_len)
-        allowed = allowed_matrix(spec, segment_id_matrix(list(assembly.layouts)).to(model.device))
         probe = torch.zeros(1, assembly.length, config.llm_dim, device=model.device, dtype=model.dtype)
-        plan = Plan(key, assembly, spec, allowed, mask_for_kernel(allowed, kernel, model.dtype),
+        plan = Plan(key, assembly, spec, mask_for_kernel(assembly.allowed(spec), kernel, model.dtype),
                     rotary_embeddings(model.language_model, probe))
         self.plans[key] = plan
         self.stats["plans_built"] += 1
@@ -166,23 +158,10 @@ class FastVLA:
 
     # --- the computation -------------------------------------------------------------------
     def _compute(
-        self, plan: Plan, pixel_values: torch.Tensor, input_ids: torch.Tensor, proprio: torch.Tensor | None,
-        recorder: ForwardRecorder | None = None,
+        self, plan: Plan, pixel_values: torch.Tensor, input_ids: torch.Tensor, proprio: torch.Tensor | None
     ) -> torch.Tensor:
         model, assembly = self.model, plan.assembly
         hidden = model.embed_sequence(assembly, input_ids, model.embed_images(pixel_values))
-        kwargs: dict[str, Any] = {}
-        if recorder is not None:
-            hidden = recorder.begin(plan.layouts, plan.spec, plan.allowed, hidden)
-            kwargs["vla_lab_recorder"] = recorder
-            states = run_decoder(model.language_model, hidden, plan.mask, position_embeddings=plan.position_embeddings,
-                                 on_layer=recorder.layer, **kwargs)
-            task, queries = stack_head_inputs([assembly.head_positions(h) for h in states])
-            queries, proprio_features = model.head_conditioning(queries, proprio)
-            # Under capture the model's own head runs: it reports every block's attention.
-            actions: torch.Tensor = model.action_head(task, queries, proprio_features)
-            recorder.end(states[-1], task, queries, actions)
-            return actions
         kept = run_decoder(model.language_model, hidden, plan.mask, position_embeddings=plan.position_embeddings,
                            keep=assembly.head_positions)
         task, queries = stack_head_inputs(kept[1:])  # the head never reads hidden_index 0
@@ -218,8 +197,8 @@ class FastVLA:
         """Normalised actions (B, chunk, dim), equal to ``model(...).normalized_actions``.
 
         ``attention_mask`` should live on the CPU (it decides the plan; reading it from the GPU
-        would synchronise). Inside :func:`vla_lab.capture` the call is recorded like a forward of the
-        model (eagerly, never from a graph).
+        would synchronise). Inside :func:`vla_lab.capture` the call runs (and is recorded as) the model's
+        own forward, never a graph.
         """
         model = self.model
         plan = self.plan_for(input_ids, attention_mask, attention)
@@ -227,8 +206,10 @@ class FastVLA:
         pixel_values = pixel_values.to(device, dtype, non_blocking=True)
         input_ids = input_ids.to(device, non_blocking=True)
         proprio = proprio.to(device, dtype, non_blocking=True) if proprio is not None else None
-        if model._recorder is not None:
-            return self._compute(plan, pixel_values, input_ids, proprio, recorder=model._recorder)
+        if model._recorder is not None:  # a capture records the model's own forward: the same computation
+            recorded = model(pixel_values, input_ids, attention_mask, proprio, plan.spec)
+            actions: torch.Tensor = recorded.normalized_actions
+            return actions
         plan.calls += 1
         if self.cuda_graphs:
             if plan.graph is None and plan.calls >= 2:
@@ -256,5 +237,6 @@ class FastVLA:
         normalized = self(forward["pixel_values"], forward["input_ids"], mask, forward["proprio"], attention)
         plan = self.plan_for(forward["input_ids"], mask, attention)
         return model.prediction(normalized, batch, plan.layouts, plan.spec.label)
+
 
 __all__ = ["FastHead", "FastVLA", "Plan"]

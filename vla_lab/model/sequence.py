@@ -250,6 +250,10 @@ class AssemblyPlan:
         raw = torch.cat([text[:, :1], patches.to(text.dtype), text[:, 1:], queries, stop], dim=1)
         return raw.gather(1, self.order[..., None].expand(-1, -1, raw.shape[2]))
 
+    def allowed(self, spec: AttentionSpec) -> torch.Tensor:
+        """The (B, S, S) boolean mask of ``spec`` on this batch's layouts (:func:`allowed_matrix`)."""
+        return allowed_matrix(spec, segment_id_matrix(self.layouts).to(self.order.device))
+
     def head_positions(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One hidden state (B, S, C) -> what the head reads of it: task (B, K_t, C), queries (B, Q, C)."""
         return read_head_positions(hidden, self.task, self.query_index)

@@ -21,11 +21,9 @@ from vla_lab.model.projector import ProprioProjector, build_projector
 from vla_lab.model.sequence import (
     AssemblyPlan,
     SequenceLayout,
-    allowed_matrix,
     head_read_index,
     mask_for_kernel,
     read_head_positions,
-    segment_id_matrix,
     stack_head_inputs,
 )
 from vla_lab.model.vision import VisionBackbone
@@ -243,7 +241,7 @@ class VLAAdapter(nn.Module):
         plan = self.plan(attention_mask.sum(dim=1).tolist(), input_ids.shape[1])
         embeds = self.embed_sequence(plan, input_ids, self.embed_images(pixel_values))
         layouts = list(plan.layouts)
-        allowed = allowed_matrix(spec, segment_id_matrix(layouts).to(embeds.device))
+        allowed = plan.allowed(spec)
         recorder = self._recorder
         if recorder is not None:
             embeds = recorder.begin(layouts, spec, allowed, embeds)

@@ -15,16 +15,18 @@ from vla_lab.tabletop.data import TabletopData
 from vla_lab.tabletop.models import check_config, stats_key, world_config
 
 
-def predict(model: VLAAdapter, observations: Sequence[world.Observation]) -> tuple[np.ndarray, np.ndarray]:
-    """Un-normalised and normalised chunks (B, chunk, 7) for a batch of observations (raw proprio in)."""
+def _observation_batch(
+    model: VLAAdapter, observations: Sequence[world.Observation]
+) -> tuple[list[list[np.ndarray]], list[str], np.ndarray | None]:
+    """(images, instructions, raw proprio) of observations, as the model's inputs take them."""
     n = model.config.num_images
     proprio = np.stack([o.state for o in observations]) if model.config.use_proprio else None
-    pred = model.predict_action(
-        [o.images[:n] for o in observations],
-        [o.instruction for o in observations],
-        proprio,
-        unnorm_key=stats_key(model.config),
-    )
+    return [o.images[:n] for o in observations], [o.instruction for o in observations], proprio
+
+
+def predict(model: VLAAdapter, observations: Sequence[world.Observation]) -> tuple[np.ndarray, np.ndarray]:
+    """Un-normalised and normalised chunks (B, chunk, 7) for a batch of observations (raw proprio in)."""
+    pred = model.predict_action(*_observation_batch(model, observations), unnorm_key=stats_key(model.config))
     return np.asarray(pred.actions), pred.normalized_actions
 
 
@@ -40,12 +42,7 @@ def scene_inputs(
     config = world_config(model.config)
     scenes = [world.sample_scene(s, config) for s in world.split_seeds(split, n, start)]
     observations = [world.render(scene) for scene in scenes]
-    count = model.config.num_images
-    inputs = model.prepare_inputs(
-        [o.images[:count] for o in observations],
-        [o.instruction for o in observations],
-        np.stack([o.state for o in observations]) if model.config.use_proprio else None,
-    )
+    inputs = model.prepare_inputs(*_observation_batch(model, observations))
     return forward_inputs(inputs), scenes, observations
 
 

@@ -184,7 +184,7 @@ def load_shipped(
 
 
 def _example_scene(model: VLAAdapter) -> world.Scene:
-    return world.sample_scene(EXAMPLE_SEED, world.WorldConfig(image_size=model.config.vision.image_size))
+    return world.sample_scene(EXAMPLE_SEED, world_config(model.config))
 
 
 def _match_views(views: list[Any], count: int) -> list[Any]:
