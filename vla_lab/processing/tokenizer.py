@@ -30,6 +30,7 @@ from typing import Any
 
 from vla_lab.config.registry import TOKENIZERS
 from vla_lab.errors import CheckpointError, ConfigError, ExportError, InputError
+from vla_lab.files import write_text
 from vla_lab.processing.bpe import (
     QWEN2_PRETOKENIZE_PATTERN,
     AddedToken,
@@ -283,7 +284,7 @@ class QwenTokenizer:
             _CONFIG_FILE: _dump(self._tokenizer_config()),
         }
         for path, name in zip(paths, names):
-            path.write_text(texts[name], encoding="utf-8")
+            write_text(path, texts[name])
         return paths
 
     def _additional_special_tokens(self) -> list[str]:
@@ -383,11 +384,15 @@ def load_qwen25_tokenizer() -> QwenTokenizer:
     )
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any]:
+    """A tokenizer file's JSON object (every tokenizer JSON file holds one)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path} cannot be read as JSON: {exc}") from exc
+        raise CheckpointError(f"{path.name}: cannot be read as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path.name}: got a JSON {type(data).__name__}, expected a JSON object")
+    return data
 
 
 def _token_content(value: Any) -> str | None:
@@ -399,7 +404,12 @@ def _token_content(value: Any) -> str | None:
 def _read_added_tokens(directory: Path, config: dict[str, Any]) -> list[AddedToken]:
     """Added tokens from ``tokenizer_config.json["added_tokens_decoder"]`` then ``added_tokens.json``."""
     found: dict[str, AddedToken] = {}
-    for key, entry in (config.get("added_tokens_decoder") or {}).items():
+    decoder = config.get("added_tokens_decoder") or {}
+    if not isinstance(decoder, dict):
+        raise CheckpointError(f"{_CONFIG_FILE}: added_tokens_decoder is a {type(decoder).__name__}, expected an object")
+    for key, entry in decoder.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not str(key).isdigit():
+            raise CheckpointError(f"{_CONFIG_FILE}: added_tokens_decoder[{key!r}] is {entry!r}, expected id -> token")
         flags = {f: bool(entry.get(f, False)) for f in ("lstrip", "rstrip", "single_word", "normalized")}
         found[entry["content"]] = AddedToken(
             entry["content"], int(key), special=bool(entry.get("special", True)), **flags
@@ -407,6 +417,8 @@ def _read_added_tokens(directory: Path, config: dict[str, Any]) -> list[AddedTok
     path = directory / _ADDED_TOKENS_FILE
     if path.is_file():
         for content, token_id in _read_json(path).items():
+            if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
+                raise CheckpointError(f"{path.name}: {content!r} has id {token_id!r}, expected a non-negative integer")
             known = found.get(content)
             if known is None:
                 found[content] = AddedToken(content, int(token_id))
@@ -473,8 +485,9 @@ def load_tokenizer_from_files(directory: str | Path) -> QwenTokenizer:
         added = _read_added_tokens(root, config)
         vocab_path = root / _VOCAB_FILE
         vocab = _read_json(vocab_path)
-        if not isinstance(vocab, dict):
-            raise CheckpointError(f"{vocab_path} must hold a JSON object of token -> id")
+        bad = next(((t, i) for t, i in vocab.items() if not isinstance(i, int) or isinstance(i, bool) or i < 0), None)
+        if bad is not None:
+            raise CheckpointError(f"{_VOCAB_FILE}: token {bad[0]!r} has id {bad[1]!r}, expected a non-negative integer")
         tokenizer = hf_bpe_tokenizer(vocab, _read_merges(root / _MERGES_FILE), added, vocab_path)
 
     def special(key: str) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vla_lab import files
 from vla_lab.processing import QwenTokenizer, build_prompt, builtin_tokenizer
 from vla_lab.processing.bpe import QWEN2_PRETOKENIZE_PATTERN, bytes_to_unicode
 from vla_lab.tabletop.world import VOCABULARY
@@ -83,11 +84,9 @@ def write_world_tokenizer_files(directory: str | Path) -> Path:
         "model_max_length": 4096,
         "tokenizer_class": "Qwen2Tokenizer",
     }
-    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
-    )
-    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    files.write_text(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    files.write_text(directory / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    files.write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     return directory
 
 

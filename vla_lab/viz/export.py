@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
 from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import ExportError, InputError
+from vla_lab.files import write_atomic
 from vla_lab.model import VLAAdapter
 from vla_lab.version import __version__
 
@@ -137,17 +137,6 @@ def _freeze_layout(fig: Figure) -> None:
     for _ in range(2):
         fig.draw_without_rendering()
     fig.set_layout_engine("none")
-
-
-def write_atomic(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(temporary path)`` next to ``path``, then move the result into place."""
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 def export_figure(

@@ -26,6 +26,7 @@ import torch
 from vla_lab import interp
 from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import InputError
+from vla_lab.files import write_atomic, write_text
 from vla_lab.model import VLAAdapter, forward_inputs
 from vla_lab.viz import plots
 from vla_lab.viz.export import EXPORT_FORMATS, check_free, export_figure, export_paths, provenance, to_jsonable
@@ -82,12 +83,12 @@ def report_paths(
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    df.to_csv(path, index=False, float_format="%.9g")
+    write_atomic(path, lambda temp: df.to_csv(temp, index=False, float_format="%.9g"))
     return path
 
 
 def _write_json(data: Any, path: Path) -> Path:
-    path.write_text(json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -117,7 +118,7 @@ def attention_report(
     Figures use sample 0 and ``images`` are its images; tables hold every sample. Nothing is written
     if any target file exists and ``overwrite`` is False (:class:`ExportError`).
     """
-    specs = [AttentionSpec.parse(m) for m in modes]
+    specs = [model.config.attention_spec(m) for m in modes]
     labels = [s.label for s in specs]
     if not specs:
         raise InputError("modes: got none, expected one or two attention masks")
