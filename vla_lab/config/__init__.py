@@ -21,6 +21,7 @@ from vla_lab.config.registry import (
     VISION_BACKBONES,
     canonical_projector,
 )
+from vla_lab.config.runtime import resolve_device, resolve_dtype
 from vla_lab.config.vla import RobotConfig, VisionConfig, VLAConfig
 
 __all__ = [
@@ -44,4 +45,6 @@ __all__ = [
     "canonical_projector",
     "coarse_segment",
     "expand_segment",
+    "resolve_device",
+    "resolve_dtype",
 ]

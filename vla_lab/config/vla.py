@@ -27,6 +27,14 @@ from vla_lab.config.registry import (
 )
 from vla_lab.errors import ConfigError
 
+#: The largest model (LLM and action head, by :meth:`VLAConfig.estimated_parameters`) a configuration may
+#: describe: a bound checked before any allocation, so a corrupted size cannot exhaust memory.
+MAX_PARAMETERS = 20_000_000_000
+#: Bounds on counts that set how many modules are built (each layer is a module of its own).
+MAX_LLM_LAYERS = 512
+MAX_IMAGE_SIZE = 4096
+MAX_ROBOT_SIZE = 4096
+
 
 @dataclass
 class RobotConfig(JSONConfig):
@@ -41,8 +49,8 @@ class RobotConfig(JSONConfig):
     def __post_init__(self) -> None:
         for name in ("chunk", "action_dim", "proprio_dim"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"robot.{name}: got {value!r}, expected a positive integer")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ROBOT_SIZE:
+                raise ConfigError(f"robot.{name}: got {value!r}, expected an integer from 1 to {MAX_ROBOT_SIZE}")
         if self.normalization not in NORMALIZATION_TYPES:
             raise ConfigError(
                 f"robot.normalization: got {self.normalization!r}, expected one of {NORMALIZATION_TYPES}"
@@ -119,6 +127,9 @@ class VisionConfig(JSONConfig):
             raise ConfigError(f"vision.fused: a fused backbone needs 2 timm ids, got {n}")
         if not self.fused and n != 1:
             raise ConfigError("vision.fused: two timm ids given but fused is False")
+        for size in self.image_sizes:
+            if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= MAX_IMAGE_SIZE:
+                raise ConfigError(f"vision.image_sizes: got {size!r}, expected an integer from 1 to {MAX_IMAGE_SIZE}")
         if len(set(self.image_sizes)) != 1:
             raise ConfigError(
                 f"vision.image_sizes: got {self.image_sizes!r}, expected the same size for both featurizers"
@@ -212,8 +223,69 @@ class VLAConfig(JSONConfig):
             raise ConfigError(
                 f"head_num_heads: the Pro head's RoPE needs an even head width, got {hidden // self.head_num_heads}"
             )
+        self._check_llm()
         # Validated here so that a bad mask fails at configuration time, not at the first forward.
-        self.attention = AttentionSpec.parse(self.attention).to_config()
+        self.attention = self.attention_spec().to_config()
+
+    def _check_llm(self) -> None:
+        """Sizes are positive integers and the model is small enough to build (checked before any allocation)."""
+        if not isinstance(self.llm, dict):
+            raise ConfigError(f"llm: got {type(self.llm).__name__}, expected a Qwen2 text config as an object")
+        required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        optional = ("num_key_value_heads", "max_position_embeddings", "head_dim")
+        for key in required + optional:
+            value = self.llm.get(key)
+            if value is None and key in optional:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"llm.{key}: got {value!r}, expected a positive integer")
+        if self.llm["num_hidden_layers"] > MAX_LLM_LAYERS:
+            raise ConfigError(
+                f"llm.num_hidden_layers: got {self.llm['num_hidden_layers']}, expected at most {MAX_LLM_LAYERS}"
+            )
+        heads = self.llm["num_attention_heads"]
+        kv = self.llm.get("num_key_value_heads") or heads
+        if heads % kv:
+            raise ConfigError(f"llm.num_key_value_heads: got {kv}, expected a divisor of num_attention_heads {heads}")
+        if "head_dim" not in self.llm and self.llm["hidden_size"] % heads:
+            raise ConfigError(
+                f"llm.num_attention_heads: got {heads}, expected a divisor of hidden_size {self.llm['hidden_size']}"
+            )
+        estimate = self.estimated_parameters()
+        if estimate > MAX_PARAMETERS:
+            raise ConfigError(
+                f"llm: got a configuration of about {estimate:.3g} parameters (LLM and action head), expected at most "
+                f"{MAX_PARAMETERS:.0e} (num_hidden_layers {self.llm['num_hidden_layers']}, "
+                f"hidden_size {self.llm['hidden_size']}, intermediate_size {self.llm['intermediate_size']})"
+            )
+
+    def estimated_parameters(self) -> int:
+        """Parameters of the LLM and the action head from the sizes alone (vision towers not counted)."""
+        h, i, n = self.llm["hidden_size"], self.llm["intermediate_size"], self.llm["num_hidden_layers"]
+        if self.llm["num_hidden_layers"] > MAX_LLM_LAYERS:
+            raise ConfigError(
+                f"llm.num_hidden_layers: got {self.llm['num_hidden_layers']}, expected at most {MAX_LLM_LAYERS}"
+            )
+        heads = self.llm["num_attention_heads"]
+        kv = self.llm.get("num_key_value_heads") or heads
+        head_dim = self.llm.get("head_dim") or h // heads
+        attention = h * heads * head_dim * 2 + h * kv * head_dim * 2
+        layer = attention + 3 * h * i + 2 * h
+        embeddings = self.llm["vocab_size"] * h * (1 if self.llm.get("tie_word_embeddings", True) else 2)
+        head_block = (9 if self.head_version == "pro" else 5) * h * h
+        return int(n * (layer + head_block) + embeddings + self.num_action_queries * h)
+
+    def attention_spec(self, value: AttentionLike | None = None) -> AttentionSpec:
+        """``value`` (or this config's mask) as an AttentionSpec that names only segments this model has."""
+        spec = AttentionSpec.parse(self.attention if value is None else value)
+        for pair in spec.allow + spec.block:
+            for segment in pair:
+                if segment.startswith("vision.") and int(segment.split(".")[1]) >= self.num_images:
+                    raise ConfigError(
+                        f"attention: got segment {segment!r}, expected vision.0 to vision.{self.num_images - 1} "
+                        f"(the model has {self.num_images} image(s))"
+                    )
+        return spec
 
     # --- derived sizes -----------------------------------------------------------------------
     @property

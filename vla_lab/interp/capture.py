@@ -44,7 +44,7 @@ from transformers.models.qwen2.modeling_qwen2 import eager_attention_forward
 
 from vla_lab.config import FINE_SEGMENTS, AttentionSpec
 from vla_lab.errors import InputError
-from vla_lab.interp.hooks import FEATURIZERS, PATCHABLE, head_hook, llm_hook, vision_hook
+from vla_lab.interp.hooks import FEATURIZERS, PATCHABLE, head_hook, hook_names, llm_hook, vision_hook
 from vla_lab.model.llm import set_attention_kernel
 from vla_lab.model.sequence import SequenceLayout, segment_id_matrix
 from vla_lab.model.vla import VLAAdapter
@@ -301,6 +301,34 @@ def _vision_hooks(model: VLAAdapter, recorder: _Recorder) -> list[Any]:
     return handles
 
 
+def _check_names(model: VLAAdapter, names: Any) -> None:
+    """Every ``names`` glob must match a hook this model has (a filter that keeps nothing is a typo)."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise InputError(f"names: got {names!r}, expected a list of hook-name globs")
+    vision = {
+        f: len(getattr(model.vision_backbone, f).blocks)
+        for f in FEATURIZERS
+        if getattr(model.vision_backbone, f, None) is not None
+    }
+    available = hook_names(model.config.num_llm_layers, model.action_head.num_blocks, vision)
+    unmatched = [n for n in names if not any(fnmatch.fnmatchcase(a, n) for a in available)]
+    if unmatched:
+        raise InputError(
+            f"names: got {unmatched}, which match no hook of this model, expected globs such as "
+            f"'llm.blocks.*.attn.hook_pattern' or 'head.hook_actions' (see vla_lab.interp.hooks)"
+        )
+
+
+def _check_recorded(cache: ActivationCache, names: list[str], mode: str) -> None:
+    """After the forward: a glob that kept nothing names a hook this capture's options do not record."""
+    empty = [n for n in names if not any(fnmatch.fnmatchcase(k, n) for k in cache.tensors)]
+    if empty:
+        raise InputError(
+            f"names: got {empty}, hooks that capture(mode={mode!r}) with these options does not record; expected "
+            "mode='full' for hook_pattern, store_qk=True for hook_q/hook_k, vision_attention=True for vision"
+        )
+
+
 @contextmanager
 def capture(
     model: VLAAdapter,
@@ -333,6 +361,8 @@ def capture(
     unknown = [n for n in (patches or {}) if not PATCHABLE.fullmatch(n)]
     if unknown:
         raise InputError(f"patches: got {unknown}, expected llm.hook_embed or llm.blocks.{{l}}.hook_resid_post")
+    if names is not None:
+        _check_names(model, names)
     recorder = _Recorder(
         model, mode, hidden_states, head, store_qk, keep_head_mean, memory_budget, patches or {}, names
     )
@@ -345,6 +375,8 @@ def capture(
     recorder.cache.meta.update(model=model.source)
     try:
         yield recorder.cache
+        if names is not None and recorder.calls:
+            _check_recorded(recorder.cache, names, mode)
     finally:
         model._recorder = None
         model.action_head.recorder = None

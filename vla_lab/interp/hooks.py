@@ -69,3 +69,16 @@ def vision_hook(featurizer: str, layer: Index) -> str:
     if featurizer not in FEATURIZERS:
         raise InputError(f"featurizer: got {featurizer!r}, expected one of {FEATURIZERS}")
     return f"vision.{featurizer}.blocks.{_index(layer, 'layer')}.attn.hook_pattern"
+
+
+def hook_names(num_layers: int, num_blocks: int, vision_blocks: dict[str, int] | None = None) -> list[str]:
+    """Every hook name a model with these sizes can record (``vision_blocks``: featurizer -> its block count)."""
+    names = [llm_hook(n) for n in LLM_HOOKS]
+    for layer in range(num_layers):
+        names += [llm_hook(n, layer) for n in LLM_LAYER_HOOKS + LLM_ATTENTION_HOOKS]
+    names += [head_hook(n) for n in HEAD_HOOKS]
+    for block in range(num_blocks):
+        names += [head_hook(n, block) for n in HEAD_BLOCK_HOOKS]
+    for featurizer, count in (vision_blocks or {}).items():
+        names += [vision_hook(featurizer, layer) for layer in range(count)]
+    return names

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from vla_lab.config import AttentionLike, AttentionSpec
+from vla_lab.config import AttentionLike
 from vla_lab.errors import InputError
 from vla_lab.interp.attention import segment_mass, segment_positions
 from vla_lab.interp.capture import ActivationCache, capture
@@ -48,7 +48,7 @@ def compare_modes(
     """
     if len(modes) != 2:
         raise InputError(f"modes: got {len(modes)} modes, expected 2")
-    specs = [AttentionSpec.parse(m) for m in modes]
+    specs = [model.config.attention_spec(m) for m in modes]
     caches, outputs = [], []
     for spec in specs:
         with capture(model, "segments") as cache, torch.no_grad():
@@ -120,7 +120,7 @@ def intervene(
                 new = model(**inputs, attention=attention)
         else:
             new = model(**inputs, attention=attention)
-    spec = AttentionSpec.parse(attention) if attention is not None else model.attention
+    spec = model.config.attention_spec(attention)
     name = label or (spec.label + (f" + patch {sorted(patches)}" if patches else ""))
     return InterventionResult(name, base, new.normalized_actions.float().cpu().numpy())
 

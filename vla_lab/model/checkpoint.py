@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pickle
-import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,29 +30,25 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vla_lab import files
 from vla_lab.config import ROBOT_PRESETS, VISION_BACKBONES, AttentionLike, RobotConfig, VisionConfig, VLAConfig
 from vla_lab.errors import CheckpointError, ConfigError, ExportError, VLALabError
+from vla_lab.model.checkpoint_checks import (
+    VLA_LAB_CONFIG,
+    check_configs_agree,
+    check_finite,
+    check_released_layout,
+    check_sizes,
+    to_released_key,
+)
+from vla_lab.model.checkpoint_checks import from_released_key as from_released_key  # re-exported
+from vla_lab.model.checkpoint_checks import mismatches as mismatches  # re-exported
 from vla_lab.processing import VLAProcessor
 from vla_lab.processing.tokenizer import SAVED_FILES as TOKENIZER_FILES
 
-VLA_LAB_CONFIG = "vla_lab_config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 COMPONENTS = ("action_head", "proprio_projector")
-
-# Our parameter name <-> the released file's name (regex on ours, replacement).
-_LAYERSCALE = (re.compile(r"^(vision_backbone\.\w+\.blocks\.\d+\.ls[12])\.gamma$"), r"\1.scale_factor")
-_LAYERSCALE_BACK = (re.compile(r"^(vision_backbone\.\w+\.blocks\.\d+\.ls[12])\.scale_factor$"), r"\1.gamma")
-
-
-def to_released_key(name: str) -> str:
-    """timm's LayerScale ``gamma`` is stored as ``scale_factor`` (transformers renames ``gamma``)."""
-    return _LAYERSCALE[0].sub(_LAYERSCALE[1], name)
-
-
-def from_released_key(name: str) -> str:
-    return _LAYERSCALE_BACK[0].sub(_LAYERSCALE_BACK[1], name)
-
 
 def display_path(path: str | Path) -> str:
     """A checkpoint location for records and figures: relative to the directory that holds the package
@@ -149,7 +146,8 @@ def write(
     DDP training does. ``save_tokenizer`` defaults to True unless the tokenizer is the stock Qwen2.5.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise ExportError(f"save_pretrained: {directory} is a file, expected a directory")
     suffix = "checkpoint.pt" if step is None else f"{step}_checkpoint.pt"
     parts = {
         key: {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in part.items()}
@@ -166,28 +164,48 @@ def write(
         save_tokenizer = not getattr(processor.tokenizer, "is_stock_qwen25", False)
     names += list(TOKENIZER_FILES) if save_tokenizer else []
     _check_writable(directory, names, overwrite)
-
     config_json = released_config(config, dtype)
-    (directory / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
-    config.to_json(directory / VLA_LAB_CONFIG)
-    (directory / "dataset_statistics.json").write_text(json.dumps(config.norm_stats or {}, indent=2) + "\n")
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
 
-    metadata = {"format": "pt"}
-    for filename, keys in shards.items():
-        save_file({k: parts["model"][k] for k in keys}, str(directory / filename), metadata=metadata)
-    if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for t in parts["model"].values())
-        weight_map = {k: filename for filename, keys in shards.items() for k in keys}
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (directory / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    for component, filename in component_files.items():
-        prefix = "module." if ddp_prefix else ""
-        torch.save({prefix + k: v for k, v in parts[component].items()}, directory / filename)
-
-    if save_tokenizer:
-        processor.tokenizer.save(directory, overwrite=overwrite)
+    # Everything is written into a fresh directory next to the target, then moved into place, so that
+    # a killed process never leaves a half-written checkpoint and an overwritten one keeps no stale file.
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    temp = files.temporary_dir_for(directory)
+    try:
+        (temp / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+        config.to_json(temp / VLA_LAB_CONFIG)
+        (temp / "dataset_statistics.json").write_text(files.dumps(config.norm_stats or {}) + "\n")
+        (temp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
+        metadata = {"format": "pt"}
+        for filename, keys in shards.items():
+            save_file({k: parts["model"][k] for k in keys}, str(temp / filename), metadata=metadata)
+        if len(shards) > 1:
+            total = sum(t.numel() * t.element_size() for t in parts["model"].values())
+            weight_map = {k: filename for filename, keys in shards.items() for k in keys}
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (temp / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        for component, filename in component_files.items():
+            prefix = "module." if ddp_prefix else ""
+            torch.save({prefix + k: v for k, v in parts[component].items()}, temp / filename)
+        if save_tokenizer:
+            processor.tokenizer.save(temp)
+        if not directory.exists():
+            os.replace(temp, directory)
+            return directory
+        for stale in _weight_files(directory):  # weights of another step or sharding would mix with these
+            if stale.name not in names:
+                stale.unlink()
+        for path in temp.iterdir():
+            os.replace(path, directory / path.name)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
     return directory
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    found = [*directory.glob("*.safetensors"), *directory.glob(WEIGHTS_INDEX)]
+    found += [p for c in COMPONENTS for p in directory.glob(f"{c}--*checkpoint.pt")]
+    return found
 
 
 def _plan_shards(tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) -> dict[str, list[str]]:
@@ -349,34 +367,18 @@ def _config_errors(filename: str) -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        raise CheckpointError(f"checkpoint: {filename} describes an unusable model ({exc})") from None
+        raise CheckpointError(f"checkpoint: {filename} describes an unusable model ({_one_line(exc)})") from None
     except VLALabError:
         raise
     except KeyError as exc:
         raise CheckpointError(f"checkpoint: {filename} lacks {exc.args[0]!r}, expected the released layout") from None
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint: {filename} has a malformed field ({exc})") from None
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"checkpoint: {filename} has a malformed field ({_one_line(exc)})") from None
 
 
-def mismatches(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor]) -> list[str]:
-    """Missing, unexpected and mis-shaped keys of ``state`` against the ``expected`` shapes, named as in the files."""
-    problems = []
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shaped = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != expected[k])
-
-    def listing(keys: list[str]) -> str:
-        shown = ", ".join(to_released_key(k) for k in keys[:6])
-        return shown + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
-
-    if missing:
-        problems.append(f"missing {listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {listing(unexpected)}")
-    if shaped:
-        details = [f"{to_released_key(k)} {tuple(state[k].shape)} vs {expected[k]}" for k in shaped[:6]]
-        problems.append("mis-shaped " + ", ".join(details) + (f" ({len(shaped)} in all)" if len(shaped) > 6 else ""))
-    return problems
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass
@@ -402,6 +404,7 @@ def read(
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint: got {str(path)!r}, expected a checkpoint directory")
     config_json = _read_json(directory / "config.json")
+    check_released_layout(config_json)
     weights = read_model_weights(directory)
     head_path = find_component(directory, "action_head", step)
     if head_path is None:
@@ -414,6 +417,7 @@ def read(
     if ours.exists():
         with _config_errors(VLA_LAB_CONFIG):
             config = VLAConfig.from_dict(_read_json(ours))
+        check_configs_agree(config_json, config)
         if num_images is not None:
             config.num_images = num_images
         if robot is not None:
@@ -439,7 +443,9 @@ def read(
     state.update({f"action_head.{k}": v for k, v in head.items()})
     if proprio is not None:
         state.update({f"proprio_projector.{k}": v for k, v in proprio.items()})
+    check_sizes(config, state)
+    check_finite(state)
 
-    with _config_errors("preprocessor_config.json"):
+    with _config_errors("preprocessor_config.json or a tokenizer file"):
         processor = VLAProcessor.from_directory(directory, config)
     return Found(directory, config, state, processor)

@@ -153,7 +153,7 @@ class FastVLA:
             lengths = (input_ids.shape[1],) * input_ids.shape[0]
         else:
             lengths = tuple(int(n) for n in attention_mask.detach().cpu().sum(dim=1))
-        spec = AttentionSpec.parse(attention) if attention is not None else self.model.attention
+        spec = self.model.config.attention_spec(attention)
         return self.plan(lengths, input_ids.shape[1], spec)
 
     # --- the computation -------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_lab.config import AttentionLike, AttentionSpec, VLAConfig
+from vla_lab.config import AttentionLike, AttentionSpec, VLAConfig, resolve_device, resolve_dtype
 from vla_lab.errors import CheckpointError, InputError
 from vla_lab.model import checkpoint
 from vla_lab.model.action_head import L1RegressionActionHead, UpstreamRoPE
@@ -28,7 +29,13 @@ from vla_lab.model.sequence import (
 )
 from vla_lab.model.vision import VisionBackbone
 from vla_lab.processing import VLAProcessor
-from vla_lab.processing.normalization import normalize_proprio, resolve_unnorm_key, unnormalize_actions
+from vla_lab.processing.normalization import (
+    finite_numbers,
+    normalize_proprio,
+    resolve_unnorm_key,
+    show_values,
+    unnormalize_actions,
+)
 
 #: The keyword arguments of :meth:`VLAAdapter.forward` that carry data (as :meth:`prepare_inputs` returns them).
 FORWARD_KEYS = ("pixel_values", "input_ids", "attention_mask", "proprio")
@@ -164,11 +171,11 @@ class VLAAdapter(nn.Module):
     @property
     def attention(self) -> AttentionSpec:
         """The default LLM mask (``config.attention``)."""
-        return AttentionSpec.parse(self.config.attention)
+        return self.config.attention_spec()
 
     def set_attention(self, attention: AttentionLike) -> None:
         """Change the default LLM mask on the same weights (e.g. ``"bidirectional"``)."""
-        self.config.attention = AttentionSpec.parse(attention).to_config()
+        self.config.attention = self.config.attention_spec(attention).to_config()
 
     def set_attention_kernel(self, kernel: str) -> None:
         """``sdpa`` or ``eager`` (stock transformers kernels)."""
@@ -237,8 +244,9 @@ class VLAAdapter(nn.Module):
             raise InputError(
                 f"pixel_values: got batch {pixel_values.shape[0]}, expected {input_ids.shape[0]} (batch of input_ids)"
             )
-        spec = AttentionSpec.parse(attention) if attention is not None else self.attention
+        spec = self.config.attention_spec(attention)
         plan = self.plan(attention_mask.sum(dim=1).tolist(), input_ids.shape[1])
+        self._warn_if_long(max(layout.num_tokens for layout in plan.layouts))
         embeds = self.embed_sequence(plan, input_ids, self.embed_images(pixel_values))
         layouts = list(plan.layouts)
         allowed = plan.allowed(spec)
@@ -259,6 +267,15 @@ class VLAAdapter(nn.Module):
         if recorder is not None:
             recorder.end(hidden[-1], task, queries, actions)
         return VLAOutput(actions, tuple(hidden), layouts, spec, task, queries, allowed, proprio_features)
+
+    def _warn_if_long(self, num_tokens: int) -> None:
+        limit = self.config.llm.get("max_position_embeddings")
+        if limit and num_tokens > limit:
+            warnings.warn(
+                f"sequence: got {num_tokens} tokens, more than the LLM's max_position_embeddings {limit}; "
+                "positions beyond it were never seen in training",
+                stacklevel=3,
+            )
 
     # --- inference -----------------------------------------------------------------------------
     @property
@@ -308,8 +325,10 @@ class VLAAdapter(nn.Module):
         input_ids, attention_mask = self.check_ids(input_ids, attention_mask)
         batch_size, dim = input_ids.shape[0], self.config.robot.proprio_dim
         proprio_t = None
+        if pixel_values is not None and not bool(torch.isfinite(torch.as_tensor(pixel_values)).all()):
+            raise InputError("pixel_values: got NaN or infinite values, expected finite numbers")
         if proprio is not None:
-            values = np.asarray(proprio, dtype=np.float64)
+            values = finite_numbers(proprio, "proprio")
             if values.size != batch_size * dim:
                 raise InputError(f"proprio: got shape {values.shape}, expected {dim} values per observation")
             values = values.reshape(batch_size, dim)
@@ -400,7 +419,11 @@ class VLAAdapter(nn.Module):
             return None
         if self.proprio_projector is None:
             raise InputError("proprio: got values, expected None (config.use_proprio is False)")
+        if not isinstance(proprio, torch.Tensor):
+            proprio = finite_numbers(proprio, "proprio")
         proprio = torch.as_tensor(proprio, device=self.device)
+        if not proprio.is_floating_point() or not bool(torch.isfinite(proprio).all()):
+            raise InputError(f"proprio: got {show_values(proprio)}, expected finite numbers")
         if proprio.ndim == 1:
             proprio = proprio[None]
         if tuple(proprio.shape) != (batch, dim):
@@ -433,10 +456,8 @@ class VLAAdapter(nn.Module):
         robot preset inferred from the head and proprio shapes. Every missing, unexpected and mis-shaped
         key is reported together in one error, and no model is returned unless everything fits.
         """
-        given = dtype
-        torch_dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-        if not isinstance(torch_dtype, torch.dtype) or not torch_dtype.is_floating_point:
-            raise InputError(f"dtype: got {given!r}, expected a floating torch dtype such as float32 or 'bfloat16'")
+        torch_dtype = resolve_dtype(dtype)
+        device = resolve_device(device)
         found = checkpoint.read(path, attention=attention, step=step, num_images=num_images, robot=robot)
         model = build_on_meta(found.config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -491,7 +512,7 @@ def build_random(
     Matrices and embeddings ~ N(0, std), biases 0, norm weights 1; the action queries and the
     head's gates start at 0 as upstream initialises them. Fast for the full-size presets.
     """
-    model = build_on_meta(config).to(dtype).to_empty(device=device)
+    model = build_on_meta(config).to(resolve_dtype(dtype)).to_empty(device=resolve_device(device))
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,13 +311,21 @@ def load_image(x: ImageLike, name: str = "image") -> PIL.Image.Image:
         if not path.is_file():
             raise InputError(f"{name}: got path {str(x)!r}, which does not exist, expected an image file")
         try:
-            with PIL.Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, ValueError) as err:
+            with warnings.catch_warnings():
+                # PIL only warns below twice its pixel limit; an image that large is refused here too.
+                warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+                with PIL.Image.open(path) as img:
+                    return img.convert("RGB")
+        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+            raise InputError(
+                f"{name}: got path {str(x)!r}, an image of more than {PIL.Image.MAX_IMAGE_PIXELS:,} pixels "
+                "(PIL's decompression-bomb limit), expected a camera-sized image"
+            ) from None
+        except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error, ...)
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise InputError(
                 f"{name}: got path {str(x)!r}, which PIL cannot read ({reason}), expected an image file"
-            ) from err
+            ) from None
     raise InputError(f"{name}: got {type(x).__name__}, {_EXPECTED}")
 
 

@@ -69,3 +69,25 @@ def normalize_actions(actions: Any, stats: dict[str, Any], normalization: str = 
     a = np.asarray(actions, dtype=np.float64)
     scaled = 2.0 * (a - low) / (high - low + 1e-8) - 1.0
     return np.clip(np.where(mask, scaled, a), -1.0, 1.0)
+
+
+def show_values(values: Any) -> str:
+    """The first values of an array or tensor, for an error message."""
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    flat = np.asarray(values).ravel()
+    text = ", ".join(str(v) for v in flat[:8]) + (", ..." if flat.size > 8 else "")
+    return f"[{text}]"
+
+
+def finite_numbers(values: Any, field: str) -> np.ndarray:
+    """``values`` as a float64 array of finite numbers; one-line InputError naming ``field`` otherwise."""
+    if isinstance(values, (str, bytes)):
+        raise InputError(f"{field}: got {values!r}, expected numbers")
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{field}: got {values!r}, expected numbers") from None
+    if not np.isfinite(array).all():
+        raise InputError(f"{field}: got {show_values(array)}, expected finite numbers (NaN and infinity are refused)")
+    return array

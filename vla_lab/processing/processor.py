@@ -71,9 +71,11 @@ class VLAProcessor:
         if isinstance(instruction, str):
             observations = [list(images) if isinstance(images, (list, tuple)) else [images]]
             instructions = [instruction]
-        else:
+        elif isinstance(instruction, (list, tuple)):
             observations = list(images)
             instructions = list(instruction)
+        else:
+            raise InputError(f"instruction: got {type(instruction).__name__}, expected a string or a list of strings")
         if len(observations) != len(instructions):
             raise InputError(
                 f"instruction: got {len(instructions)} instructions for {len(observations)} observations, "
