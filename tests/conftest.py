@@ -88,3 +88,42 @@ def tiny_model(tiny_config: VLAConfig) -> VLAAdapter:
 
 
 ALL_BACKBONES = sorted(VISION_BACKBONES)
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``vla-lab argv`` in this process: (exit status, stdout, stderr); argparse's exits become statuses."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from vla_lab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            status = main([str(a) for a in argv])
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+    return status, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(status: int, stderr: str, command: str | None = None) -> str:
+    """A failed command: non-zero status, exactly one line on stderr, ``vla-lab <command>: error: ...``."""
+    assert status != 0, f"exit status 0 on invalid input; stderr: {stderr!r}"
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}: {stderr!r}"
+    assert "Traceback" not in stderr
+    prefix = f"vla-lab {command}: error: " if command else "vla-lab"
+    assert lines[0].startswith(prefix) and ": error: " in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``root`` (relative path -> size and SHA-256): a byte-level picture of a directory."""
+    import hashlib
+
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

@@ -1,24 +1,29 @@
 """The ``vla-lab`` command line: every parser and every handler.
 
-Errors of vla_lab's own (bad input, unusable checkpoints, existing outputs) end a command with one line,
-``vla-lab <command>: error: <field>: got ..., expected ...``, and exit status 2.
+Every failure ends a command with one line on stderr, ``vla-lab <command>: error: <field>: got ...,
+expected ...``, and a non-zero exit status: 2 for bad input, unusable checkpoints, existing outputs and
+bad options; 130 after Ctrl-C; 1 for anything unforeseen. Warnings are one line each too. ``--debug``
+(anywhere on the line, or ``VLA_LAB_DEBUG=1``) shows the Python traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vla_lab.config import PRESETS, VLAConfig
-from vla_lab.errors import ExportError, InputError, VLALabError
+from vla_lab import files
+from vla_lab.config import PRESETS, VLAConfig, resolve_device
+from vla_lab.errors import ConfigError, InputError, InterruptError, VLALabError
 from vla_lab.model import VLAAdapter, build_on_meta, build_random, forward_inputs, load_pretrained
 
 if TYPE_CHECKING:
@@ -38,7 +43,15 @@ def _handler(name: str) -> Callable[[Handler], Handler]:
 
 
 def _print_json(data: object) -> None:
-    print(json.dumps(data, indent=2, sort_keys=False))
+    """Strict JSON on stdout: a NaN or infinite number is printed as null, never as bare NaN."""
+    print(files.dumps(data))
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``vla-lab <command>: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,6 +82,7 @@ def load_model(args: argparse.Namespace) -> VLAAdapter:
     import torch
 
     dtype = getattr(torch, args.dtype)
+    args.device = str(resolve_device(args.device, "--device"))
     attention = getattr(args, "attention", None)
     attention = None if attention == "both" else attention
     if args.checkpoint:
@@ -95,13 +109,16 @@ def _attach_proprio_value(argv: list[str]) -> list[str]:
 
 
 def parse_proprio(text: str | None) -> list[float] | None:
-    """``--proprio v1,v2,...`` -> floats (None when not given)."""
+    """``--proprio v1,v2,...`` -> finite floats (None when not given)."""
     if text is None:
         return None
     try:
-        return [float(v) for v in text.split(",")]
+        values = [float(v) for v in text.split(",")]
     except ValueError:
         raise InputError(f"--proprio: got {text!r}, expected comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"--proprio: got {text!r}, expected finite numbers (NaN, inf and overflowing values refused)")
+    return values
 
 
 def proprio_for(model: VLAAdapter, proprio: list[float] | None) -> tuple[list[float] | None, bool]:
@@ -116,15 +133,9 @@ def proprio_for(model: VLAAdapter, proprio: list[float] | None) -> tuple[list[fl
 
 
 def _read_images(paths: list[str]) -> list[np.ndarray]:
-    from PIL import Image
+    from vla_lab.processing.images import load_image
 
-    images = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise InputError(f"--image: got {path!r}, expected an image file")
-        with Image.open(path) as im:
-            images.append(np.asarray(im.convert("RGB")))
-    return images
+    return [np.asarray(load_image(path, "--image")) for path in paths]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,13 +158,17 @@ def _params(args: argparse.Namespace) -> int:
 @_handler("predict")
 def _predict(args: argparse.Namespace) -> int:
     proprio = parse_proprio(args.proprio)
+    images = _read_images(args.image)
     model = load_model(args)
     proprio, normalized = proprio_for(model, proprio)
     pred = model.predict_action(
-        args.image, args.instruction, proprio, unnorm_key=args.unnorm_key, proprio_is_normalized=normalized,
+        images, args.instruction, proprio, unnorm_key=args.unnorm_key, proprio_is_normalized=normalized,
         center_crop=args.center_crop,
     )
     actions = pred.actions if pred.actions is not None else pred.normalized_actions
+    if not np.isfinite(np.asarray(actions, dtype=np.float64)).all():
+        raise InputError("actions: the model predicted NaN or infinite values, expected finite actions "
+                         "(check the checkpoint's weights and the inputs)")
     result = {
         "actions": np.asarray(actions)[0].tolist(),
         "normalized_actions": pred.normalized_actions[0].tolist(),
@@ -188,16 +203,19 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists():
-        raise ExportError(f"--out: {out} exists; choose another file")
+    out = files.check_output_file(args.out, "--out") if args.out else None
+    for name in ("batch", "warmup", "repeats", "threads"):
+        values = getattr(args, name)
+        minimum = 0 if name == "warmup" else 1
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value < minimum:
+                raise InputError(f"--{name}: got {value}, expected an integer >= {minimum}")
     model = load_model(args)
     result = run_benchmarks(model, args.batch, tuple(args.paths), tuple(args.capture), args.warmup, args.repeats,
                             preset=args.checkpoint or args.preset)
-    text = json.dumps(result, indent=2)
+    text = files.dumps(result)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        files.write_text(out, text + "\n")
     if args.json:
         print(text)
         return 0
@@ -216,18 +234,26 @@ def _attention(args: argparse.Namespace) -> int:
 
     if bool(args.image) != bool(args.instruction):
         raise InputError("--image/--instruction: expected both (a user input) or neither (the built-in example)")
+    unused = [o for o, v in (("--proprio", args.proprio), ("--unnorm-key", args.unnorm_key),
+                             ("--center-crop", args.center_crop)) if v and not args.image]
+    if unused:
+        raise InputError(f"{unused[0]}: given without --image, expected it only with a user input "
+                         "(the built-in example has its own)")
     modes = list(MASK_CHOICES) if args.attention == "both" else [args.attention]
     formats = tuple(dict.fromkeys(args.formats or viz.EXPORT_FORMATS))
-    out = Path(args.out)
+    if args.dpi < 10 or args.dpi > 2400:
+        raise InputError(f"--dpi: got {args.dpi}, expected 10 to 2400")
+    proprio_values = parse_proprio(args.proprio)
+    images = _read_images(args.image) if args.image else None
+    out = files.check_output_dir(args.out, "--out")
     if not args.overwrite:  # the files whose names do not depend on the model, before loading it
         viz.check_free([out / "report.json", *(out / report_dirname(m) / "mask_audit.json" for m in modes)])
     model = load_model(args)
     if not args.overwrite:
         viz.check_free(viz.report_paths(out, modes, model.config.num_llm_layers, formats))
     outlines = None
-    if args.image:
-        images = _read_images(args.image)
-        proprio, normalized = proprio_for(model, parse_proprio(args.proprio))
+    if images is not None:
+        proprio, normalized = proprio_for(model, proprio_values)
         inputs = forward_inputs(model.prepare_inputs(images, args.instruction, proprio, unnorm_key=args.unnorm_key,
                                                      proprio_is_normalized=normalized, center_crop=args.center_crop))
         description = f"{args.instruction!r} with images {', '.join(args.image)}"
@@ -282,26 +308,66 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
     """The configurations ``vla-lab train`` options describe: explicit options override ``--config``, which
     overrides :class:`TrainConfig`'s defaults; the model is ``--model-config`` or the tabletop architecture."""
     from vla_lab import tabletop
+    from vla_lab.experiments.run_dir import MODEL_CONFIG, TRAIN_CONFIG
     from vla_lab.experiments.train import TrainConfig
 
-    data = TrainConfig.from_json(args.config).to_dict() if args.config else TrainConfig().to_dict()
+    stored = Path(args.out) if getattr(args, "resume", False) else None
+    with _option("--config"):
+        if args.config:
+            data = TrainConfig.from_json(args.config).to_dict()
+        elif stored is not None and (stored / TRAIN_CONFIG).is_file():  # --resume continues the stored run
+            data = TrainConfig.from_json(stored / TRAIN_CONFIG).to_dict()
+        else:
+            data = TrainConfig().to_dict()
     for name in ("attention", "steps", "seed", "device", "num_threads", "test_episodes"):
         value = getattr(args, name, None)
         if value is not None:
             data[name] = value
-    config = TrainConfig.from_dict(data)
-    model_config = VLAConfig.from_json(args.model_config) if args.model_config else tabletop.tabletop_config()
+    with _option("--config"):
+        config = TrainConfig.from_dict(data)
+    with _option("--model-config"):
+        if args.model_config:
+            model_config = VLAConfig.from_json(args.model_config)
+        elif stored is not None and (stored / MODEL_CONFIG).is_file():
+            model_config = VLAConfig.from_json(stored / MODEL_CONFIG)
+        else:
+            model_config = tabletop.tabletop_config()
     return config, model_config
+
+
+class _option:  # noqa: N801 - used as a context manager, like contextlib's
+    """Prefix a ConfigError raised while reading an option's value with the option's name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, ConfigError) and not str(exc).startswith("--"):
+            raise ConfigError(f"{self.name}: {exc}") from None
 
 
 @_handler("train")
 def _train(args: argparse.Namespace) -> int:
+    from vla_lab.experiments.run_dir import latest_checkpoint, prepare_run_dir
     from vla_lab.experiments.train import train
 
     config, model_config = train_configs(args)
+    resolve_device(config.device, "--device")
     if config.num_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(config.num_threads))
-    final = train(config, model_config, args.out, resume=args.resume, progress=args.progress)
+    out = Path(args.out)
+    # The directory is claimed (or refused) before any data is generated; train() then finds it ready.
+    prepare_run_dir(out, config, model_config.replace(attention=config.attention), resume=args.resume,
+                    overwrite=args.overwrite, field="--out")
+    try:
+        final = train(config, model_config, out, resume=args.resume, progress=args.progress)
+    except KeyboardInterrupt:
+        latest = latest_checkpoint(out)
+        kept = f"--resume continues from {latest.name}" if latest else "no checkpoint yet; --resume starts at step 0"
+        raise InterruptError(f"interrupted; {kept} (in {out})") from None
     report: dict[str, Any] = {"checkpoint": str(final)}
     result_path = final / "eval_test.json"
     if result_path.exists():
@@ -320,8 +386,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vla-lab", description="VLA-Adapter as released, and tools to look inside it")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="vla-lab", description="VLA-Adapter as released, and tools to look inside it")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks (also VLA_LAB_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", help="evaluate the shipped models and export their attention figures (main job)")
     p.add_argument("--out", default="vla_lab_demo", help="output directory (default: ./vla_lab_demo)")
@@ -342,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", dest="num_threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--test-episodes", dest="test_episodes", type=int, default=None,
                    help="test-split episodes evaluated after training (0: none)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (its settings must match)")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
     p = sub.add_parser("params", help="parameter counts per component of a preset (no weights needed)")
@@ -389,12 +458,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_attach_proprio_value(sys.argv[1:] if argv is None else list(argv)))
-    try:
-        return _HANDLERS[args.command](args)
-    except VLALabError as exc:
-        print(f"vla-lab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    """Run one command; every failure is one line on stderr and a non-zero exit status (see the module doc)."""
+    argv = _attach_proprio_value(sys.argv[1:] if argv is None else list(argv))
+    debug = "--debug" in argv or os.environ.get("VLA_LAB_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    args = build_parser().parse_args(argv)
+    prog = f"vla-lab {args.command}"
+
+    def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+        text = " ".join(str(message).split())
+        print(f"{prog}: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = one_line_warning
+        try:
+            return _HANDLERS[args.command](args)
+        except BrokenPipeError:  # the reader of stdout went away (``| head``): nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
+        except Exception as exc:
+            if debug:
+                raise
+            print(f"{prog}: error: {_describe(exc)}", file=sys.stderr)
+            return 130 if isinstance(exc, InterruptError) else 2 if isinstance(exc, (VLALabError, OSError)) else 1
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print(f"{prog}: error: interrupted", file=sys.stderr)
+            return 130
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for any exception: vla_lab's own messages as they are, others with their type."""
+    if isinstance(exc, VLALabError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        where = f" {exc.filename!r}" if exc.filename else ""
+        text = f"file{where}: {exc.strerror}"
+    elif isinstance(exc, MemoryError):
+        text = "memory: the machine ran out of memory; expected a smaller model, batch or input"
+    else:
+        text = f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -21,3 +21,7 @@ class CheckpointError(VLALabError, ValueError):
 
 class ExportError(VLALabError, FileExistsError):
     """An export would overwrite an existing file."""
+
+
+class InterruptError(VLALabError):
+    """A long command was stopped (Ctrl-C); the message says what was kept and how to continue."""

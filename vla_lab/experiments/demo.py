@@ -13,14 +13,13 @@ For each shipped model (trained with the causal and with the bidirectional LLM m
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vla_lab import interp, tabletop, viz
+from vla_lab import files, interp, tabletop, viz
 from vla_lab.errors import ExportError
 from vla_lab.model import VLAAdapter
 from vla_lab.tabletop import MASKS, example_inputs, example_outlines, load_shipped, target_attention
@@ -80,8 +79,9 @@ def run_demo(
     """
     start = time.perf_counter()
     root = Path(out_dir)
-    if root.exists() and any(root.iterdir()) and not overwrite:
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
         raise ExportError(f"--out: {root} is not empty; pass --overwrite or choose another directory")
+    files.check_output_dir(root, "--out")
     ratio_episodes = episodes if ratio_episodes is None else ratio_episodes
     summary: dict[str, Any] = {
         "models": {}, "random_baseline": {}, "split": "test", "episodes": episodes, "out_dir": str(root),
@@ -100,10 +100,10 @@ def run_demo(
             model, forward, images, modes=("causal", "bidirectional"), out_dir=directory, description=description,
             overwrite=True, outlines=example_outlines(model), formats=formats,
         )
-        files = [f for m in report["modes"].values() for f in m["files"]] + report["comparison"]["files"]
-        files += [str(p) for p in _overlay(model, metrics["target_attention"]["llm_action_queries"]["layer"],
+        written = [f for m in report["modes"].values() for f in m["files"]] + report["comparison"]["files"]
+        written += [str(p) for p in _overlay(model, metrics["target_attention"]["llm_action_queries"]["layer"],
                                             directory, formats)]
-        metrics["figures"] = sorted(files)
+        metrics["figures"] = sorted(written)
         metrics["inference_swap_action_l1"] = report["comparison"]["action_l1"]
         summary["models"][mask] = metrics
         if baseline:
@@ -112,5 +112,5 @@ def run_demo(
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary = viz.to_jsonable(summary)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files.write_json(root / "demo.json", summary)
     return summary

@@ -35,25 +35,31 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vla_lab import tabletop
-from vla_lab.config import JSONConfig, VLAConfig
+from vla_lab import files, tabletop
+from vla_lab.config import JSONConfig, VLAConfig, resolve_device
 from vla_lab.errors import ConfigError
+from vla_lab.experiments.run_dir import (
+    MODEL_CONFIG,
+    TRAIN_CONFIG,
+    TRAINER_STATE,
+    load_trainer_state,
+    log_metrics,
+    prepare_run_dir,
+    step_of,
+)
 from vla_lab.model import VLAAdapter, load_pretrained, save_pretrained
 from vla_lab.tabletop import world
 
-TRAINER_STATE = "trainer_state.pt"
-TRAIN_CONFIG = "train_config.json"
-METRICS = "metrics.jsonl"
 MIXED_PRECISION = ("no", "bf16")
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
@@ -234,37 +240,30 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> t
     return torch.tensor(out, dtype=torch.long)
 
 
-def _latest_step_dir(out_dir: Path) -> Path | None:
-    found = []
-    for path in out_dir.glob("step-*"):
-        match = _STEP_DIR.match(path.name)
-        if match and (path / TRAINER_STATE).exists():
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
-def _log(out_dir: Path, record: dict[str, Any]) -> None:
-    with open(out_dir / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _save(
     model: VLAAdapter, optimizer: torch.optim.Optimizer, step: int, directory: Path, config: TrainConfig,
     auxiliary: AuxiliaryLosses,
 ) -> None:
-    save_pretrained(model, directory, step=step, overwrite=True)
-    state = {
-        "step": int(step),
-        "optimizer": optimizer.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        "train_config": config.to_dict(),
-        "auxiliary": auxiliary.state_dict(),
-    }
-    torch.save(state, directory / TRAINER_STATE)
-    config.to_json(directory / TRAIN_CONFIG)
+    """Write the step's checkpoint and trainer state into a fresh directory, then move it into place."""
+    temp = files.temporary_dir_for(directory)
+    try:
+        save_pretrained(model, temp, step=step, overwrite=True)
+        state = {
+            "step": int(step),
+            "optimizer": optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+            "train_config": config.to_dict(),
+            "auxiliary": auxiliary.state_dict(),
+        }
+        torch.save(state, temp / TRAINER_STATE)
+        config.to_json(temp / TRAIN_CONFIG)
+        files.replace_dir(temp, directory)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _strip_episodes(result: dict[str, Any]) -> dict[str, Any]:
@@ -292,29 +291,35 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Train ``model_config`` (with ``config.attention``) on the world; return ``out_dir/final``.
 
-    ``resume`` continues from the latest ``out_dir/step-XXXXX`` that holds a trainer state.
+    ``out_dir`` belongs to one run (:func:`prepare_run_dir`): a non-empty one is refused unless
+    ``resume`` continues it from its latest ``step-XXXXX`` (same settings) or ``overwrite`` replaces it.
     ``stop_at`` ends the run after that many steps (a checkpoint is written there) without changing the
-    schedule, and then returns that step's directory.
+    schedule, and then returns that step's directory. Checkpoints and ``final/`` appear whole or not at
+    all; after an interrupt, ``resume`` continues from the last checkpoint.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     model_config = model_config.replace(attention=config.attention)
     tabletop.check_config(model_config)
+    latest = prepare_run_dir(out_dir, config, model_config, resume=resume, overwrite=overwrite)
+    if resume and latest is None:
+        warnings.warn(f"resume: {out_dir} holds no checkpoint yet; training starts again from step 0", stacklevel=2)
+    if latest is not None and step_of(latest) == config.steps and (out_dir / "final").is_dir():
+        return out_dir / "final"  # the run is complete: nothing to do, nothing rewritten
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
     tokenizer = tabletop.build_world_tokenizer()
 
     start_step = 0
     trainer_state = None
-    latest = _latest_step_dir(out_dir) if resume else None
     if latest is not None:
-        trainer_state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
+        trainer_state = load_trainer_state(latest)
         start_step = int(trainer_state["step"])
         model = load_pretrained(latest, dtype=torch.float32, device=device)
         model_config = model.config
@@ -324,7 +329,7 @@ def train(
         ).to(device)
     model.action_head.train_noise_std = config.train_noise_std
     config.to_json(out_dir / TRAIN_CONFIG)
-    model_config.to_json(out_dir / "model_config.json")
+    model_config.to_json(out_dir / MODEL_CONFIG)
 
     auxiliary = AuxiliaryLosses(model, config.aux_patch_weight, config.aux_target_weight).to(device)
     # Every parameter decays, as in upstream's single AdamW group.
@@ -401,13 +406,13 @@ def train(
                 if running_aux:
                     record["aux_patch_loss"] = sum(a for a, _ in running_aux) / len(running_aux)
                     record["aux_target_loss"] = sum(b for _, b in running_aux) / len(running_aux)
-                _log(out_dir, record)
+                log_metrics(out_dir, record)
                 running.clear()
                 running_aux.clear()
             evaluate_now = (config.eval_interval and step % config.eval_interval == 0) or step == config.steps
             if evaluate_now:
                 record = {"step": step, **validate(model, config, val_data)}
-                _log(out_dir, record)
+                log_metrics(out_dir, record)
                 if bar is not None:
                     bar.write(json.dumps(record))
             if (config.checkpoint_interval and step % config.checkpoint_interval == 0) or step == end:
@@ -420,12 +425,20 @@ def train(
     if step < config.steps:
         return out_dir / f"step-{step:05d}"
     final = out_dir / "final"
-    save_pretrained(model, final, step=step, overwrite=True)
-    config.to_json(final / TRAIN_CONFIG)
-    if config.test_episodes:
-        result = tabletop.evaluate_model(
-            model, "test", config.test_episodes, progress=progress, execute=config.eval_execute
-        )
-        (final / "eval_test.json").write_text(json.dumps(result, indent=2) + "\n")
-        _log(out_dir, {"step": step, "test": _strip_episodes(result)})
+    temp = files.temporary_dir_for(final)
+    try:
+        save_pretrained(model, temp, step=step, overwrite=True)
+        config.to_json(temp / TRAIN_CONFIG)
+        result = None
+        if config.test_episodes:
+            result = tabletop.evaluate_model(
+                model, "test", config.test_episodes, progress=progress, execute=config.eval_execute
+            )
+            files.write_json(temp / "eval_test.json", result)
+        files.replace_dir(temp, final)
+    finally:
+        if temp.exists():
+            shutil.rmtree(temp, ignore_errors=True)
+    if result is not None:
+        log_metrics(out_dir, {"step": step, "test": _strip_episodes(result)})
     return final

@@ -21,7 +21,8 @@ from vla_lab import tabletop
 from vla_lab.config import CONTENT_SEGMENTS, PROJECTORS, AttentionLike, VLAConfig, coarse_segment
 from vla_lab.errors import InputError
 from vla_lab.experiments.ablation.grid import BACKBONES, MASKS, Variant, variant_config
-from vla_lab.experiments.train import METRICS, TrainConfig, train
+from vla_lab.experiments.run_dir import METRICS
+from vla_lab.experiments.train import TrainConfig, train
 from vla_lab.interp import capture, segment_mass
 from vla_lab.model import SequenceLayout, VLAAdapter, load_pretrained
 from vla_lab.processing import QwenTokenizer
