@@ -193,7 +193,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise ExportError(f"--out: {out} exists; choose another file")
     model = load_model(args)
     result = run_benchmarks(model, args.batch, tuple(args.paths), tuple(args.capture), args.warmup, args.repeats,
-                            preset=args.checkpoint or args.preset)
+                            preset=args.checkpoint or args.preset, capture_vision=args.capture_vision)
     text = json.dumps(result, indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -363,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--paths", nargs="+", default=["straightforward", "fast"], choices=("straightforward", "fast"))
     p.add_argument("--capture", nargs="*", default=[], choices=("segments", "full"), help="also time capture")
+    p.add_argument("--capture-vision", dest="capture_vision", action="store_true",
+                   help="captures also record every ViT layer's attention")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch CPU threads")
