@@ -136,3 +136,34 @@ def test_gpu_check_script_dry_run(tmp_path):
     capture = json.loads((out / "gpu-capture.json").read_text())["results"]
     assert [r["name"] for r in capture] == ["forward", "forward+capture[segments]", "forward+capture[full]"]
     assert all(r["extra"]["vision_attention"] for r in capture[1:])
+
+
+def _wheel(folder: Path, name: str, version: str, *requires: str) -> None:
+    import zipfile
+
+    lines = [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", *(f"Requires-Dist: {r}\n" for r in requires)]
+    with zipfile.ZipFile(folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", "w") as archive:
+        archive.writestr(f"{name.replace('-', '_')}-{version}.dist-info/METADATA", "".join(lines))
+
+
+def test_wheel_closure_reports_unmet_requirements(tmp_path, capsys):
+    from vla_lab.experiments import gpu_wheels
+
+    _wheel(tmp_path, "nbclient", "0.11.0", "jupyter-client>=6.1.12", "traitlets>=5.4",
+           "pytest; extra == 'test'", "pywin32; sys_platform == 'win32'")
+    _wheel(tmp_path, "jupyter_client", "8.10.0", "traitlets>=5.3", "python-dateutil>=2.8.2", "pyzmq>=23")
+    _wheel(tmp_path, "traitlets", "5.3.0")
+    _wheel(tmp_path, "tiktoken", "0.14.0", "regex", "requests")
+    wheels = gpu_wheels.read_wheels(tmp_path)
+    assert wheels["jupyter-client"]["version"] == "8.10.0"
+    problems = gpu_wheels.unresolved(wheels)  # extras and other platforms' markers are not requirements here
+    assert sorted(problems, key=lambda p: p["wheel"]) == [
+        {"wheel": "jupyter-client", "requirement": "pyzmq>=23", "problem": "missing"},
+        {"wheel": "nbclient", "requirement": "traitlets>=5.4", "problem": "version"},
+    ]
+    assert gpu_wheels.main([str(tmp_path)]) == 1
+    assert "closure: 2 unmet" in capsys.readouterr().out
+    _wheel(tmp_path, "pyzmq", "27.3.0")
+    _wheel(tmp_path, "traitlets", "5.16.1")
+    (tmp_path / "traitlets-5.3.0-py3-none-any.whl").unlink()
+    assert gpu_wheels.main([str(tmp_path)]) == 0
