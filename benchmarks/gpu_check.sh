@@ -120,12 +120,25 @@ else
     printf 'notebooks\tskipped\t0\t\n' >>"$STEPS"
 fi
 
+# without Python (vla_lab does not import): the steps as recorded, the rest in gpu-check.log
+fallback_summary() {
+    local name rc seconds file sep=""
+    printf '{"check": "summary", "status": "failed", "dry_run": %s, "note": "the summary step failed (see' \
+        "$([[ $DRY_RUN == 1 ]] && echo true || echo false)"
+    printf ' gpu-check.log); the steps as the script recorded them", "steps": ['
+    while IFS=$'\t' read -r name rc seconds file; do
+        printf '%s{"step": "%s", "rc": "%s", "seconds": %s, "file": "%s"}' "$sep" "$name" "$rc" "${seconds:-0}" \
+            "${file##*/}"
+        sep=", "
+    done <"$STEPS"
+    printf ']}\n'
+}
+
 echo "=== summary ($(($(date +%s) - START_S)) s so far)" | tee -a "$LOG"
 # shellcheck disable=SC2086  # DRY_FLAG is empty or one flag
 if ! "${CHECK[@]}" summary --out "$OUT/gpu-check-summary.json" --steps "$STEPS" --logs "$WORK/logs" \
     --started "$START_S" $DRY_FLAG 2>&1 | tee -a "$LOG"; then
-    printf '{"check": "summary", "status": "failed", "note": "the summary step failed; see gpu-check.log"}\n' \
-        >"$OUT/gpu-check-summary.json"
+    fallback_summary >"$OUT/gpu-check-summary.json"
 fi
 echo "gpu_check: done in $(($(date +%s) - START_S)) s; results in $OUT, executed notebooks in $WORK/executed" \
     | tee -a "$LOG"
