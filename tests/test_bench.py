@@ -35,3 +35,26 @@ def test_bench_json(capsys, tmp_path):
 def test_bench_rejects_unknown_preset():
     with pytest.raises(SystemExit):
         main(["bench", "--preset", "nope"])
+
+
+def test_bench_capture_rows_record_the_cache_and_vision_option(capsys):
+    base = ["bench", "--preset", "tiny", "--paths", "straightforward", "--repeats", "1", "--warmup", "0",
+            "--capture", "full", "--threads", "1", "--json"]
+    rows = {}
+    for extra in ([], ["--capture-vision"]):
+        assert main(base + extra) == 0
+        result = json.loads(capsys.readouterr().out)
+        (row,) = [r for r in result["results"] if r["name"] == "forward+capture[full]"]
+        rows[bool(extra)] = row["extra"]
+    assert rows[False]["vision_attention"] is False and rows[True]["vision_attention"] is True
+    assert rows[True]["cache_tensors"] > rows[False]["cache_tensors"] > 0
+    assert rows[True]["cache_bytes"] > rows[False]["cache_bytes"] > 0
+
+
+def test_bench_fast_rows_say_whether_cuda_graphs_ran(capsys):
+    args = ["bench", "--preset", "tiny", "--paths", "fast", "--repeats", "2", "--warmup", "1", "--threads", "1",
+            "--json"]
+    assert main(args) == 0
+    (row,) = json.loads(capsys.readouterr().out)["results"]
+    assert row["extra"]["cuda_graphs"] is False  # on CPU the fast path runs eagerly
+    assert row["extra"]["fast_stats"]["eager_runs"] == 1 + 1 + 2  # the difference check, warm-up, repeats

@@ -201,8 +201,6 @@ def _bench(args: argparse.Namespace) -> int:
 
     from vla_lab.experiments.bench import run_benchmarks
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     out = files.check_output_file(args.out, "--out") if args.out else None
     for name in ("batch", "warmup", "repeats", "threads"):
         values = getattr(args, name)
@@ -210,9 +208,11 @@ def _bench(args: argparse.Namespace) -> int:
         for value in values if isinstance(values, list) else [values]:
             if value is not None and value < minimum:
                 raise InputError(f"--{name}: got {value}, expected an integer >= {minimum}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args)
     result = run_benchmarks(model, args.batch, tuple(args.paths), tuple(args.capture), args.warmup, args.repeats,
-                            preset=args.checkpoint or args.preset)
+                            preset=args.checkpoint or args.preset, capture_vision=args.capture_vision)
     text = files.dumps(result)
     if out is not None:
         files.write_text(out, text + "\n")
@@ -432,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--paths", nargs="+", default=["straightforward", "fast"], choices=("straightforward", "fast"))
     p.add_argument("--capture", nargs="*", default=[], choices=("segments", "full"), help="also time capture")
+    p.add_argument("--capture-vision", dest="capture_vision", action="store_true",
+                   help="captures also record every ViT layer's attention")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch CPU threads")

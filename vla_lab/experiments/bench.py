@@ -142,9 +142,11 @@ def run_benchmarks(
     warmup: int = 3,
     repeats: int = 20,
     preset: str = "",
+    capture_vision: bool = False,
 ) -> dict[str, Any]:
     """Time each path (``straightforward``: ``model(...)``; ``fast``: :class:`vla_lab.model.FastVLA`), also
-    under capture, per batch size. Fast rows record their largest difference from the straightforward actions.
+    under capture, per batch size. Fast rows record their largest difference from the straightforward actions
+    and whether CUDA graphs ran; capture rows record the cache's size (``capture_vision``: ViT attention too).
     """
     fast = FastVLA(model) if "fast" in paths else None
     rows: list[Measurement] = []
@@ -160,7 +162,7 @@ def run_benchmarks(
                 return model(**inputs)
 
         def plain_captured(mode: str, inputs: dict[str, Any] = inputs) -> Any:
-            with capture(model, mode) as cache, torch.inference_mode():
+            with capture(model, mode, vision_attention=capture_vision) as cache, torch.inference_mode():
                 model(**inputs)
             return cache
 
@@ -171,16 +173,21 @@ def run_benchmarks(
             difference = float((fast(*args) - reference.normalized_actions).abs().max())
 
             def fast_captured(mode: str, args: tuple[Any, ...] = args, fast: FastVLA = fast) -> Any:
-                with capture(model, mode) as cache:
+                with capture(model, mode, vision_attention=capture_vision) as cache:
                     fast(*args)
                 return cache
 
             runners["fast"] = (functools.partial(fast, *args), fast_captured, {"max_abs_difference": difference})
         for name, (run, run_captured, extra) in runners.items():
             rows.append(measure(name, run, model, batch, seq, warmup, repeats, preset, extra=extra))
+            if name == "fast" and fast is not None:
+                rows[-1].extra.update(cuda_graphs=fast.cuda_graphs, fast_stats=dict(fast.stats))
             for mode in capture_modes:
+                cache = run_captured(mode)
+                sizes = {"cache_bytes": cache.nbytes, "cache_tensors": len(cache), "vision_attention": capture_vision}
+                del cache
                 rows.append(measure(f"{name}+capture[{mode}]", functools.partial(run_captured, mode), model,
-                                    batch, seq, warmup, repeats, preset))
+                                    batch, seq, warmup, repeats, preset, extra=sizes))
     return {"benchmark": "inference", "environment": environment(), "results": [r.to_dict() for r in rows]}
 
 
