@@ -112,12 +112,13 @@ def test_overwrite_deletes_only_a_run_directory(tmp_path, configs) -> None:
 def test_resume_and_overwrite_together_are_refused(tmp_path, configs) -> None:
     status, _, stderr = cli_train(tmp_path / "run", configs, "--resume", "--overwrite")
     assert "at most one" in assert_one_line_error(status, stderr, "train")
-    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_of_nothing_is_refused(tmp_path, configs) -> None:
     status, _, stderr = cli_train(tmp_path / "empty", configs, "--resume")
     assert "expected a run to resume" in assert_one_line_error(status, stderr, "train")
+    assert not (tmp_path / "empty").exists()
 
 
 # --- resume checks what it continues --------------------------------------------------------------

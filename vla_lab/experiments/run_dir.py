@@ -66,10 +66,10 @@ def prepare_run_dir(
     if resume and overwrite:
         raise ConfigError("resume/overwrite: got both, expected at most one")
     empty = files.is_empty_dir(out_dir)
+    if empty and resume:
+        raise ConfigError(f"{field}: got {str(out_dir)!r}, an empty directory, expected a run to resume")
     files.check_output_dir(out_dir, field)
     if empty:
-        if resume:
-            raise ConfigError(f"{field}: got {str(out_dir)!r}, an empty directory, expected a run to resume")
         return None
     if overwrite:
         if not _is_run(out_dir):
