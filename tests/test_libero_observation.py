@@ -5,7 +5,6 @@ The fixtures come from tests/data/make_libero_fixtures.py, run once with TensorF
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,6 @@ FIXTURES = np.load(DATA / "libero_resize_fixtures.npz")
 NAMES = [str(n) for n in FIXTURES["names"]]
 SIZES = [int(s) for s in FIXTURES["sizes"]]
 
-# ------------------------------------------------------------------------------------------------
-# TEMPORARY: the JPEG decoder is the optional extra `libero` (simplejpeg), which the main test
-# environment does not have yet. Remove this skip once `.[libero]` is part of the test install.
-needs_jpeg = pytest.mark.skipif(
-    importlib.util.find_spec("simplejpeg") is None, reason="simplejpeg (extra 'libero') is not installed"
-)
-# ------------------------------------------------------------------------------------------------
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
@@ -50,7 +42,6 @@ def test_lanczos3_resize_equals_tensorflow_on_the_same_decoded_jpeg(name, size):
     assert _max_diff(ours, FIXTURES[f"resize{size}__{name}"]) == 0
 
 
-@needs_jpeg
 @pytest.mark.parametrize("name", NAMES)
 def test_jpeg_round_trip_equals_tensorflow(name):
     image = FIXTURES[f"input__{name}"]
@@ -59,7 +50,6 @@ def test_jpeg_round_trip_equals_tensorflow(name):
     assert out.shape == image.shape
 
 
-@needs_jpeg
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("name", NAMES)
 def test_resize_image_for_policy_equals_tensorflow(name, size):
@@ -68,7 +58,6 @@ def test_resize_image_for_policy_equals_tensorflow(name, size):
     assert _max_diff(out, FIXTURES[f"resize{size}__{name}"]) == 0
 
 
-@needs_jpeg
 def test_resize_image_for_policy_does_not_modify_its_input_and_accepts_views():
     image = FIXTURES["input__real_full_256"].copy()
     before = image.copy()
@@ -149,7 +138,6 @@ def _obs() -> dict[str, np.ndarray]:
     }
 
 
-@needs_jpeg
 def test_prepare_observation_rotates_resizes_and_builds_the_state():
     obs = _obs()
     out = prepare_observation(obs)
@@ -165,7 +153,6 @@ def test_prepare_observation_rotates_resizes_and_builds_the_state():
     assert small["full_image"].shape == (64, 64, 3) and small["wrist_image"].dtype == np.uint8
 
 
-@needs_jpeg
 def test_prepare_observation_applies_the_flip():
     obs = _obs()
     unflipped = resize_image_for_policy(obs["agentview_image"])
