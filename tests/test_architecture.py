@@ -29,7 +29,7 @@ def test_the_layers_contract_names_every_top_level_module():
     present |= {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
     assert declared == present
     # the data path, in order, from the bottom up
-    order = [layer.strip() for layer in reversed(layers["layers"])]
+    order = [name.strip() for layer in reversed(layers["layers"]) for name in re.split(r"[|:]", layer)]
     path = ["config", "processing", "model", "interp", "viz", "tabletop", "experiments", "cli"]
     assert [name for name in order if name in path] == path
 

@@ -29,7 +29,7 @@ def test_readme_commands_install_everything_themselves():
     commands = readme_commands()
     assert commands["main"].startswith("python3 -m venv .venv && .venv/bin/pip install")
     assert commands["main"].endswith("vla-lab demo")
-    assert "'.[test]'" in commands["test"] and "--nbval-lax" in commands["test"] and "notebooks" in commands["test"]
+    assert "'.[test,libero]'" in commands["test"] and "--nbval-lax" in commands["test"] and "notebooks" in commands["test"]
 
 
 def _requirement_names(requirements: list[str]) -> dict[str, str]:

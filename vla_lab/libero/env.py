@@ -51,7 +51,7 @@ def require_libero() -> _Libero:
             from libero.libero.envs import OffScreenRenderEnv
     except ImportError as exc:
         raise MissingDependencyError(
-            f"libero: got no LIBERO simulator ({exc}), expected it installed: {INSTALL}"
+            f"libero: got no LIBERO simulator ({exc}), expected it installed: {INSTALL} (Python 3.10 or 3.11)"
         ) from None
     return _Libero(benchmark, get_libero_path, OffScreenRenderEnv)
 
