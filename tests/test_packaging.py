@@ -29,7 +29,8 @@ def test_readme_commands_install_everything_themselves():
     commands = readme_commands()
     assert commands["main"].startswith("python3 -m venv .venv && .venv/bin/pip install")
     assert commands["main"].endswith("vla-lab demo")
-    assert "'.[test,libero]'" in commands["test"] and "--nbval-lax" in commands["test"] and "notebooks" in commands["test"]
+    test = commands["test"]
+    assert "'.[test,libero]'" in test and "--nbval-lax" in test and "notebooks" in test
 
 
 def _requirement_names(requirements: list[str]) -> dict[str, str]:
