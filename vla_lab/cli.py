@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vla_lab import files
+from vla_lab import eval_cli, files
 from vla_lab.config import PRESETS, VLAConfig, resolve_device
 from vla_lab.errors import ConfigError, InputError, InterruptError, VLALabError
 from vla_lab.model import VLAAdapter, build_on_meta, build_random, forward_inputs, load_pretrained
@@ -63,9 +63,9 @@ def add_model_arguments(
     parser: argparse.ArgumentParser,
     attention: tuple[str, ...] | None = MASK_CHOICES,
     attention_default: str | None = None,
-) -> None:
+) -> Any:
     """``--checkpoint DIR | --preset NAME`` (random weights, ``--seed``), ``--dtype``, ``--device`` and,
-    unless ``attention`` is None, ``--attention`` with those choices."""
+    unless ``attention`` is None, ``--attention`` with those choices. Returns the group of model sources."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
     source.add_argument("--preset", choices=sorted(PRESETS), help="a preset with random weights")
@@ -75,6 +75,7 @@ def add_model_arguments(
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed for random preset weights")
+    return source
 
 
 def load_model(args: argparse.Namespace) -> VLAAdapter:
@@ -380,6 +381,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+@_handler("eval")
+def _eval(args: argparse.Namespace) -> int:
+    return eval_cli.run(args, load_model)
+
+
 # ---------------------------------------------------------------------------------------------
 # The parser
 # ---------------------------------------------------------------------------------------------
@@ -456,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=150, help="resolution of the png figures (default: 150)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report's files")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    eval_cli.add_parser(sub, add_model_arguments)
     return parser
 
 

@@ -25,3 +25,7 @@ class ExportError(VLALabError, FileExistsError):
 
 class InterruptError(VLALabError):
     """A long command was stopped (Ctrl-C); the message says what was kept and how to continue."""
+
+
+class MissingDependencyError(VLALabError, ImportError):
+    """An optional dependency (e.g. the LIBERO simulator) is not installed; the message says how to install it."""

@@ -1,9 +1,26 @@
-"""LIBERO, the benchmark the released VLA-Adapters were trained and evaluated on.
+"""LIBERO: the benchmark VLA-Adapter was trained and evaluated on (optional: ``pip install -e '.[libero]'``).
 
 * :mod:`.observation` -- upstream's observation and action processing (180-degree rotation, TF's JPEG round
-  trip and antialiased Lanczos-3 resize, the 8-d state, gripper post-processing) restated in numpy.
+  trip and antialiased Lanczos-3 resize, the 8-d state, gripper post-processing) restated in numpy;
+* :mod:`.env` -- one task's simulator as upstream drives it, object masks, observations without a policy;
+* :mod:`.evaluate` -- upstream's closed-loop protocol, resumable and sharded (``vla-lab eval libero``).
+
+The simulator itself is imported on first use only. (The run function is ``vla_lab.libero.evaluate.evaluate``;
+it is not re-exported here, where its name would hide its module.)
 """
 
+from vla_lab.libero.env import (
+    MAX_STEPS,
+    SUITES,
+    LiberoEnv,
+    num_tasks,
+    object_masks,
+    object_segmentation,
+    observations,
+    require_libero,
+    task_info,
+)
+from vla_lab.libero.evaluate import model_policy, run_episode, summarize, unnorm_key_for
 from vla_lab.libero.observation import (
     jpeg_round_trip,
     prepare_observation,
@@ -13,9 +30,22 @@ from vla_lab.libero.observation import (
 )
 
 __all__ = [
+    "MAX_STEPS",
+    "SUITES",
+    "LiberoEnv",
     "jpeg_round_trip",
+    "model_policy",
+    "num_tasks",
+    "object_masks",
+    "object_segmentation",
+    "observations",
     "prepare_observation",
     "process_action",
     "quat2axisangle",
+    "require_libero",
     "resize_image_for_policy",
+    "run_episode",
+    "summarize",
+    "task_info",
+    "unnorm_key_for",
 ]

@@ -1,0 +1,147 @@
+"""What a LIBERO evaluation costs here: simulator construction, reset, step and render, a policy query, an
+episode, and episodes per hour with 1 and with 2 processes (``torchrun``) -- as JSON.
+
+    python benchmarks/bench_libero.py --out benchmarks/results/cpu-libero.json
+
+The episode runs are ``vla-lab eval libero --preset tiny`` on ``--tasks`` with ``--max-steps`` (default
+40) steps each, so the policy costs almost nothing and the numbers are the simulator's; the full-size
+model's query is timed on its own (``--no-full-size`` skips it). A benchmark, not a test: nothing here
+asserts on time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vla_lab import files
+from vla_lab.config import VLAConfig
+from vla_lab.libero.env import CAMERA, DUMMY_ACTION, MAX_STEPS, LiberoEnv, object_masks
+from vla_lab.libero.evaluate import model_policy
+from vla_lab.libero.observation import prepare_observation
+from vla_lab.model import build_random
+
+SUITE = "libero_spatial"
+SUITE_MAX = MAX_STEPS[SUITE]
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {"median_ms": round(statistics.median(values) * 1e3, 1), "min_ms": round(min(values) * 1e3, 1),
+            "max_ms": round(max(values) * 1e3, 1), "n": len(values)}
+
+
+def simulator(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    result: dict[str, Any] = {}
+    start = time.perf_counter()
+    env = LiberoEnv(SUITE, 0)
+    result["construct_s"] = round(time.perf_counter() - start, 2)
+    with env:
+        start = time.perf_counter()
+        obs = env.reset(0)
+        result["reset_with_settle_steps_s"] = round(time.perf_counter() - start, 2)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            obs, *_ = env.step(DUMMY_ACTION)
+            times.append(time.perf_counter() - start)
+        result["step_two_cameras_256"] = _ms(times)
+        sim = env.env.sim
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            sim.render(256, 256, camera_name=CAMERA)
+            times.append(time.perf_counter() - start)
+        result["render_one_camera_256"] = _ms(times)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            sim.step()
+            times.append(time.perf_counter() - start)
+        result["physics_substep"] = _ms(times)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            object_masks(env)
+            times.append(time.perf_counter() - start)
+        result["object_masks"] = _ms(times)
+        prepared = prepare_observation(obs)
+    return result, {"obs": prepared, "instruction": env.instruction}
+
+
+def policy_query(preset: str, sample: dict[str, Any], repeats: int) -> dict[str, Any]:
+    model = build_random(VLAConfig.preset(preset), seed=0)
+    policy = model_policy(model, SUITE)
+    policy(sample["obs"], sample["instruction"])  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        policy(sample["obs"], sample["instruction"])
+        times.append(time.perf_counter() - start)
+    return {"preset": preset, **_ms(times)}
+
+
+def episodes(processes: int, tasks: str, max_steps: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        command = ["-m", "vla_lab", "eval", "libero", "--preset", "tiny", "--suite", SUITE, "--tasks", tasks,
+                   "--trials", "1", "--max-steps", str(max_steps), "--out", str(out), "--json", "--no-progress"]
+        if processes > 1:
+            command = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *command]
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, *command], capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-2000:])
+        records = json.loads(proc.stdout)["episodes"]
+    n = len(records)
+    return {"processes": processes, "episodes": n, "max_steps": max_steps, "wall_s": round(wall, 1),
+            "episodes_per_hour": round(n / wall * 3600, 1),
+            "per_episode_s": [round(sum(r[k] for k in ("reset_ms", "sim_ms", "policy_ms")) / 1e3, 1) for r in records],
+            "steps": [r["steps"] for r in records]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="also write the JSON here (replaced)")
+    parser.add_argument("--steps", type=int, default=20, help="simulator steps timed")
+    parser.add_argument("--tasks", default="0,1", help="tasks of the episode runs (one episode each)")
+    parser.add_argument("--max-steps", type=int, default=40)
+    parser.add_argument("--no-full-size", dest="full_size", action="store_false")
+    args = parser.parse_args()
+    sim, sample = simulator(args.steps)
+    result: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "mujoco_gl": os.environ.get("MUJOCO_GL")},
+        "suite": SUITE, "simulator": sim,
+        "policy_query": [policy_query("tiny", sample, 5)],
+    }
+    if args.full_size:
+        result["policy_query"].append(policy_query("vla-adapter-pro-qwen2.5-0.5b", sample, 2))
+    result["runs"] = [episodes(1, args.tasks, args.max_steps), episodes(2, args.tasks, args.max_steps)]
+    step = sim["step_two_cameras_256"]["median_ms"] / 1e3
+    queries = -(-SUITE_MAX // 8)
+    result["projected_full_episode_s"] = {
+        q["preset"]: round(sim["reset_with_settle_steps_s"] + SUITE_MAX * step + queries * q["median_ms"] / 1e3, 1)
+        for q in result["policy_query"]
+    }
+    result["projection_rule"] = (f"reset + {SUITE_MAX} steps x median step + {queries} queries x median query "
+                                 "(a failed libero_spatial episode; construction once per task is not counted)")
+    text = files.dumps(result)
+    print(text)
+    if args.out:
+        files.write_text(args.out, text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""``vla-lab eval libero`` and ``vla_lab.libero`` on the real simulator (``pip install -e '.[libero]'``).
+
+Each simulated episode costs ~20 s on a 2-core machine (scene construction, reset, settle steps), so the
+runs are tiny: ``--preset tiny``, one init state, ``--max-steps 8`` (one policy query). One reference
+run (tasks 0 and 1) is shared: the resumed and the 2-process runs must give the same records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vla_lab import parallel
+from vla_lab.cli import main
+from vla_lab.libero import evaluate as libero_eval
+
+HAVE_LIBERO = importlib.util.find_spec("libero") is not None
+needs_libero = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
+SUITE = "libero_spatial"
+COMMON = ["eval", "libero", "--preset", "tiny", "--suite", SUITE, "--trials", "1", "--max-steps", "8", "--no-progress"]
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
+def untimed(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in libero_eval.TIMING_FIELDS} for r in records]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted single-process run of tasks 0 and 1 (init state 0), as ``--json``."""
+    out = tmp_path_factory.mktemp("libero") / "reference"
+    code, stdout, err = run_cli(*COMMON, "--tasks", "0,1", "--out", str(out), "--json")
+    assert code == 0, err
+    return json.loads(stdout), out
+
+
+# --- without the simulator --------------------------------------------------------------------------
+
+
+def test_missing_libero_is_one_line(monkeypatch, tmp_path):
+    for name in [n for n in sys.modules if n == "libero" or n.startswith("libero.")] + ["libero"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    code, stdout, err = run_cli(*COMMON, "--out", str(tmp_path / "run"))
+    assert code == 2 and stdout == ""
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("vla-lab eval: error: libero:") and "pip install -e '.[libero]'" in lines[-1]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--trials", "0"], "--trials"),
+    (["--trials", "2", "--init-states", "0:2"], "--trials/--init-states"),
+    (["--init-states", "3:1"], "--init-states"),
+    (["--tasks", "a,b"], "--tasks"),
+    (["--max-steps", "0"], "--max-steps"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, args, field):
+    base = [a for a in COMMON if a not in ("--trials", "1", "--max-steps", "8")]
+    code, _, err = run_cli(*base, *args, "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert err.strip().splitlines()[-1].startswith(f"vla-lab eval: error: {field}: got")
+
+
+class FakeEnv:
+    """Just enough of LiberoEnv for run_episode: reports done after ``done_at`` steps."""
+
+    max_steps, instruction = 30, "pick up the bowl"
+
+    def __init__(self, done_at: int | None = None) -> None:
+        self.done_at, self.steps, self.actions = done_at, 0, []
+
+    def reset(self, init_state):
+        self.steps = 0
+        return self.obs()
+
+    def obs(self):
+        rng = np.random.default_rng(self.steps)
+        return {"agentview_image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                "robot0_eye_in_hand_image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
+                "robot0_eef_pos": np.zeros(3), "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
+                "robot0_gripper_qpos": np.zeros(2)}
+
+    def step(self, action):
+        self.steps += 1
+        self.actions.append(np.asarray(action))
+        return self.obs(), 0.0, self.done_at is not None and self.steps >= self.done_at, {}
+
+
+def test_episode_protocol_open_loop_chunks_and_errors():
+    seen = []
+
+    def policy(obs, instruction):
+        seen.append((obs["full_image"].shape, obs["state"].shape, instruction))
+        chunk = np.zeros((8, 7))
+        chunk[:, 0] = np.arange(8)
+        chunk[:, 6] = 0.9  # close -> LIBERO's -1 after the sign inversion
+        return chunk
+
+    env = FakeEnv(done_at=11)
+    result = libero_eval.run_episode(env, policy, 0)
+    assert result["success"] and result["steps"] == 11 and result["queries"] == 2 and result["error"] is None
+    assert seen[0] == ((224, 224, 3), (8,), "pick up the bowl")
+    assert [a[0] for a in env.actions] == [*range(8), 0, 1, 2] and all(a[6] == -1 for a in env.actions)
+    timeout = libero_eval.run_episode(FakeEnv(), policy, 0, max_steps=5)
+    assert not timeout["success"] and timeout["steps"] == 5
+
+    def broken(obs, instruction):
+        raise RuntimeError("no weights")
+
+    failed = libero_eval.run_episode(FakeEnv(), broken, 0)
+    assert not failed["success"] and failed["error"] == "RuntimeError: no weights"
+
+
+def test_records_file_tolerates_a_cut_line_and_summary(tmp_path):
+    path = tmp_path / "episodes.jsonl"
+    rows = [{"suite": SUITE, "task": t, "task_name": f"t{t}", "instruction": "x", "init_state": i,
+             "success": (t + i) % 2 == 0, "error": None} for t in (1, 0) for i in (0, 1)]
+    for row in rows:
+        libero_eval.append_record(path, row)
+    with path.open("a") as f:
+        f.write('{"suite": "libero_spatial", "task": 3')  # killed mid-write
+    records = libero_eval.read_records(path)
+    assert [libero_eval.record_key(r) for r in records] == sorted(libero_eval.record_key(r) for r in rows)
+    summary = libero_eval.summarize(records, SUITE)
+    assert summary["num_episodes"] == 4 and summary["success_rate"] == 0.5
+    low, high = summary["success_ci95"]
+    assert summary["by_task"]["0"]["successes"] == 1 and 0 < low < 0.5 < high
+
+
+def test_world_and_shards(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert parallel.world_from_env() == parallel.World(0, 1, 0)
+    with parallel.process_group("cpu") as world:  # one process: no process group
+        assert not world.distributed and parallel.gather("x", world) == ["x"]
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    world = parallel.world_from_env()
+    keys = [(SUITE, t, i) for t in (2, 0, 1) for i in (0, 1)]
+    shards = [parallel.shard(keys, parallel.World(r, 3, r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == sorted(keys) and shards[1] == parallel.shard(keys, world)
+    assert parallel.device_for("cuda", world) == "cuda:1" and parallel.device_for("cpu", world) == "cpu"
+
+
+# --- on the simulator ---------------------------------------------------------------------------------
+
+
+@needs_libero
+def test_eval_json_end_to_end(reference):
+    result, out = reference
+    assert result["suite"] == SUITE and result["world_size"] == 1
+    episodes = result["episodes"]
+    assert [(e["task"], e["init_state"]) for e in episodes] == [(0, 0), (1, 0)]
+    for e in episodes:
+        assert isinstance(e["success"], bool) and 1 <= e["steps"] <= 8 and e["queries"] >= 1 and e["error"] is None
+        assert e["instruction"].startswith("pick up the black bowl") and e["seed"] == 0
+    assert set(result["by_task"]) == {"0", "1"}
+    low, high = result["success_ci95"]
+    assert 0 <= low <= result["success_rate"] <= high <= 1
+    on_disk = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert on_disk == episodes
+    assert json.loads((out / "results.json").read_text())["episodes"] == episodes
+    code, _, err = run_cli(*COMMON, "--tasks", "0,1", "--out", str(out))  # never overwritten silently
+    assert code == 2 and "holds an earlier run" in err.strip().splitlines()[-1]
+
+
+@needs_libero
+def test_resume_after_a_crash_gives_the_same_records(reference, tmp_path, monkeypatch):
+    expected, _ = reference
+    out = tmp_path / "crashed"
+    append = libero_eval.append_record
+
+    def append_then_die(path, record):
+        append(path, record)
+        raise KeyboardInterrupt  # the process is killed after its first episode is recorded
+
+    monkeypatch.setattr(libero_eval, "append_record", append_then_die)
+    code, _, err = run_cli(*COMMON, "--tasks", "0,1", "--out", str(out), "--json")
+    assert code == 130
+    monkeypatch.setattr(libero_eval, "append_record", append)
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 1
+    code, stdout, err = run_cli(*COMMON, "--tasks", "0,1", "--out", str(out), "--json", "--resume")
+    assert code == 0, err
+    resumed = json.loads(stdout)
+    assert untimed(resumed["episodes"]) == untimed(expected["episodes"])
+    assert resumed["episodes"][0] == json.loads((out / "episodes.jsonl").read_text().splitlines()[0])
+
+
+@needs_libero
+def test_two_ranks_equal_one(reference, tmp_path):
+    expected, _ = reference
+    out = tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "vla_lab", *COMMON, "--tasks", "0,1", "--out", str(out), "--json"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["world_size"] == 2
+    assert untimed(result["episodes"]) == untimed(expected["episodes"])
+    written = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
+    assert written == result["episodes"]
+
+
+@needs_libero
+def test_object_masks_on_a_spatial_task():
+    from vla_lab.libero.env import LiberoEnv, object_masks, object_segmentation
+    from vla_lab.libero.observation import prepare_observation
+
+    with LiberoEnv(SUITE, 0) as env:
+        first = prepare_observation(env.reset(0))
+        assert env.target_objects == ["akita_black_bowl_1", "plate_1"]
+        masks = object_masks(env)
+        labels, names = object_segmentation(env)
+        again = prepare_observation(env.reset(0))  # the same init state gives the same scene
+    assert np.array_equal(first["full_image"], again["full_image"]) and np.allclose(first["state"], again["state"])
+    target, others = masks["target"], masks["distractors"]
+    assert target.shape == others.shape == labels.shape == (224, 224)
+    assert not (target & others).any() and target.sum() > 0 and others.sum() > 0
+    assert target.sum() + others.sum() < 224 * 224  # robot, table and background are in neither
+    for name in ("akita_black_bowl_1", "plate_1"):
+        assert (labels == names.index(name) + 1).sum() > 0
+    assert (labels == names.index("akita_black_bowl_2") + 1).sum() > 0  # a bowl the instruction does not name

@@ -1,0 +1,139 @@
+"""``vla-lab eval libero``: the parser and the handler (registered by :mod:`vla_lab.cli`).
+
+The model options are those of the other commands, plus ``--shipped`` (a shipped tabletop model); the
+model itself is loaded by the function :mod:`vla_lab.cli` passes in, so this module does not import it.
+Everything cheap is checked before the model is loaded or a simulator is built: the options, that LIBERO
+is installed, the tasks and init states, and that ``--out`` can hold this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vla_lab import files, parallel
+from vla_lab.errors import InputError
+from vla_lab.libero import env as libero_env
+from vla_lab.libero import evaluate as libero_eval
+
+LoadModel = Callable[[argparse.Namespace], Any]
+
+
+def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
+    """Add ``eval`` (with its ``libero`` benchmark) to the subparsers ``sub`` of the ``vla-lab`` parser."""
+    from vla_lab.tabletop import MASKS
+
+    p = sub.add_parser("eval", help="closed-loop evaluation on a benchmark (LIBERO), sharded under torchrun")
+    benchmarks = p.add_subparsers(dest="benchmark", required=True, parser_class=type(p))
+    q = benchmarks.add_parser("libero", help="LIBERO with upstream's protocol (pip install -e '.[libero]')")
+    source = add_model_arguments(q, attention=None)
+    source.add_argument("--shipped", choices=MASKS, help="a shipped tabletop model (trained with this mask)")
+    q.add_argument("--suite", required=True, help=f"one of {', '.join(libero_env.SUITES)}")
+    q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
+    q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50, as upstream)")
+    q.add_argument("--init-states", dest="init_states", help="init states A:B (A included, B not)")
+    q.add_argument("--max-steps", dest="max_steps", type=int, help="policy steps per episode (default: the suite's)")
+    q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0, as upstream)")
+    q.add_argument("--out", help="run directory (default: ./vla_lab_eval/<suite>)")
+    q.add_argument("--video", action="store_true", help="an MP4 per episode in <out>/videos")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out, skipping recorded episodes")
+    q.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+    q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def parse_tasks(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        tasks = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"--tasks: got {text!r}, expected comma-separated task ids such as 0,3") from None
+    if any(t < 0 for t in tasks):
+        raise InputError(f"--tasks: got {text!r}, expected non-negative task ids")
+    return tasks
+
+
+def parse_init_states(trials: int | None, text: str | None) -> range | None:
+    """``--trials N`` -> 0..N-1, ``--init-states A:B`` -> A..B-1; None (all) when neither is given."""
+    if trials is not None and text is not None:
+        raise InputError("--trials/--init-states: got both, expected one")
+    if trials is not None:
+        if trials < 1:
+            raise InputError(f"--trials: got {trials}, expected a positive integer")
+        return range(trials)
+    if text is None:
+        return None
+    try:
+        low, high = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise InputError(f"--init-states: got {text!r}, expected A:B such as 0:10") from None
+    if not 0 <= low < high:
+        raise InputError(f"--init-states: got {text!r}, expected 0 <= A < B")
+    return range(low, high)
+
+
+def model_name(args: argparse.Namespace) -> str:
+    if args.checkpoint:
+        return str(Path(args.checkpoint).resolve())
+    if args.shipped:
+        return f"shipped tabletop-{args.shipped}"
+    return f"preset {args.preset} (random weights, seed {args.seed})"
+
+
+def run(args: argparse.Namespace, load_model: LoadModel) -> int:
+    """The handler of ``vla-lab eval libero``."""
+    suite = libero_env.check_suite(args.suite, "--suite")
+    tasks = parse_tasks(args.tasks)
+    init_states = parse_init_states(args.trials, args.init_states)
+    if args.max_steps is not None and args.max_steps < 1:
+        raise InputError(f"--max-steps: got {args.max_steps}, expected a positive integer")
+    libero_env.require_libero()
+    n = libero_env.num_tasks(suite)
+    if tasks is not None and any(t >= n for t in tasks):
+        raise InputError(f"--tasks: got {args.tasks!r}, expected task ids of {suite} in 0..{n - 1}")
+    keys = libero_eval.plan(suite, tasks, init_states)
+    out = Path(args.out or Path("vla_lab_eval") / suite)
+    settings = {"suite": suite, "model": model_name(args), "dtype": args.dtype, "max_steps": args.max_steps,
+                "seed": args.env_seed}
+    libero_eval.check_run_dir(out, settings, resume=args.resume, overwrite=args.overwrite)
+    with parallel.process_group(args.device) as world:
+        args.device = parallel.device_for(args.device, world)
+        if args.shipped:
+            from vla_lab.config import resolve_device
+            from vla_lab.tabletop import load_shipped
+
+            model = load_shipped(args.shipped, dtype=args.dtype, device=resolve_device(args.device, "--device"))
+        else:
+            model = load_model(args)
+        policy = libero_eval.model_policy(model, suite)
+        summary = libero_eval.evaluate(
+            policy, keys, out, {"model": settings["model"], "dtype": args.dtype, "device": args.device},
+            max_steps=args.max_steps, seed=args.env_seed, video=args.video, resume=args.resume,
+            overwrite=args.overwrite, progress=args.progress, world=world,
+        )
+    if not world.is_main:
+        return 0
+    if args.json:
+        result = {"suite": suite, "episodes": summary["episodes"], "success_rate": summary["success_rate"],
+                  "success_ci95": summary["success_ci95"], "by_task": summary["by_task"],
+                  "num_episodes": summary["num_episodes"], "errors": summary["errors"], "out": str(out),
+                  "world_size": world.size}
+        print(files.dumps(result))
+    else:
+        low, high = summary["success_ci95"]
+        print(f"{suite}: success {summary['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
+              f"{summary['num_episodes']} episodes ({world.size} process(es))")
+        for task, row in summary["by_task"].items():
+            lo, hi = row["success_ci95"]
+            print(f"  task {task:>2} {row['success_rate']:6.1%} [{lo:.1%}, {hi:.1%}] n={row['num_episodes']:<3} "
+                  f"{row['instruction']}")
+        print(f"records in {out / libero_eval.EPISODES_FILE}, summary in {out / libero_eval.RESULTS_FILE}")
+    if summary["errors"]:
+        first = next(e["error"] for e in summary["episodes"] if e.get("error"))
+        print(f"vla-lab eval: warning: {summary['errors']} episode(s) failed with an error, e.g. {first}",
+              file=sys.stderr)
+    return 0

