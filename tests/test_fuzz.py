@@ -78,6 +78,8 @@ def bases(w: World) -> dict[str, list]:
         "train": ["train", "--out", w.out, "--config", w.train_json, "--model-config", w.model_json, "--no-progress"],
         "params": ["params", "--preset", "tiny"],
         "demo": ["demo", "--out", w.out, "--episodes", "2", "--no-baseline"],
+        "eval": ["eval", "libero", "--preset", "tiny", "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
+                 "--max-steps", "2", "--out", w.out, "--no-progress"],
     }
 
 
@@ -109,6 +111,10 @@ def mutations(w: World) -> dict[str, list[tuple[str, object]]]:
            ("--resume", None)] + common,
         "params": [("--preset", "nope"), ("--preset", ""), ("--json", "x"), ("--bogus", None)],
         "demo": outputs + [("--episodes", v) for v in ("0", "-3", "x")] + [("--bogus", None)],
+        "eval": model + outputs + common + [("--suite", v) for v in ("libero_spacial", "", "tabletop")]
+        + [("--tasks", v) for v in ("x", "-1", "99", "0,,1", "")] + [("--trials", v) for v in ("0", "-1", "x", "51")]
+        + [("--init-states", v) for v in ("5:2", "a:b", "60:70", "3", "-1:2")]
+        + [("--max-steps", v) for v in ("0", "-1", "x")] + [("--shipped", "causal"), ("--resume", None)],
     }
 
 

@@ -13,8 +13,9 @@ which is what makes sharded and resumed runs equal to a single run; trial 0 is u
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,8 +59,12 @@ def require_libero() -> _Libero:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """LIBERO prints progress lines on stdout; send them to stderr so that ``--json`` output stays JSON."""
-    with contextlib.redirect_stdout(sys.stderr):
+    """Swallow what LIBERO and robosuite print while they load (robosuite's "no private macro file"
+    warnings, LIBERO's "[info] Applying task order", deprecation warnings): ``--json`` output stays JSON and
+    a failing command keeps its one line on stderr."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         yield
 
 
