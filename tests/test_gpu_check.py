@@ -68,8 +68,6 @@ def test_every_injected_name_is_a_notebook_parameter():
 
 @pytest.mark.slow
 def test_run_notebook_records_ok_error_and_timeout(tmp_path):
-    pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
     before = dict(os.environ)
     sources = {
         "ok": "from IPython.display import Markdown, display\ndisplay(Markdown(f'A is {A}'))",

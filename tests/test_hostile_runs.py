@@ -250,6 +250,9 @@ def test_sigint_to_a_real_training_process(tmp_path, configs) -> None:
         [sys.executable, "-m", "vla_lab", "train", "--out", str(out), "--config", str(train_json),
          "--model-config", str(configs[1]), "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        # A test run started in the background inherits SIGINT ignored, and Python then keeps ignoring it;
+        # the child gets the default disposition, so Python installs its KeyboardInterrupt handler.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 240
     while run_dir.latest_checkpoint(out) is None or run_dir.step_of(run_dir.latest_checkpoint(out)) < 3:
