@@ -56,8 +56,9 @@ def test_missing_libero_is_one_line(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, name, None)
     code, stdout, err = run_cli(*COMMON, "--out", str(tmp_path / "run"))
     assert code == 2 and stdout == ""
-    lines = err.strip().splitlines()
-    assert lines[-1].startswith("vla-lab eval: error: libero:") and "pip install -e '.[libero]'" in lines[-1]
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vla-lab eval: error: libero:") and "pip install -e '.[libero]'" in lines[0]
     assert not (tmp_path / "run").exists()
 
 
@@ -72,7 +73,8 @@ def test_bad_options_are_one_line_errors(tmp_path, args, field):
     base = [a for a in COMMON if a not in ("--trials", "1", "--max-steps", "8")]
     code, _, err = run_cli(*base, *args, "--out", str(tmp_path / "run"))
     assert code == 2
-    assert err.strip().splitlines()[-1].startswith(f"vla-lab eval: error: {field}: got")
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vla-lab eval: error: {field}: got"), err
 
 
 class FakeEnv:
