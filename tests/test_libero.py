@@ -238,3 +238,14 @@ def test_object_masks_on_a_spatial_task():
     for name in ("akita_black_bowl_1", "plate_1"):
         assert (labels == names.index(name) + 1).sum() > 0
     assert (labels == names.index("akita_black_bowl_2") + 1).sum() > 0  # a bowl the instruction does not name
+
+
+@needs_libero
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    """The shipped tabletop models have no LIBERO statistics: one line, and --out is not left behind."""
+    code, stdout, err = run_cli("eval", "libero", "--shipped", "causal", "--suite", SUITE, "--tasks", "0",
+                                "--trials", "1", "--out", str(tmp_path / "run"))
+    assert code == 2 and stdout == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vla-lab eval: error: unnorm_key:"), err
+    assert not (tmp_path / "run").exists()

@@ -99,7 +99,18 @@ def run(args: argparse.Namespace, load_model: LoadModel) -> int:
     out = Path(args.out or Path("vla_lab_eval") / suite)
     settings = {"suite": suite, "model": model_name(args), "dtype": args.dtype, "max_steps": args.max_steps,
                 "seed": args.env_seed}
+    existed = out.exists()
     libero_eval.check_run_dir(out, settings, resume=args.resume, overwrite=args.overwrite)
+    try:
+        return _evaluate(args, load_model, suite, keys, out, settings)
+    except BaseException:
+        if not existed and files.is_empty_dir(out) and out.is_dir():
+            out.rmdir()  # a start that failed leaves no empty run directory behind
+        raise
+
+
+def _evaluate(args: argparse.Namespace, load_model: LoadModel, suite: str, keys: Any, out: Path,
+              settings: dict[str, Any]) -> int:
     with parallel.process_group(args.device) as world:
         args.device = parallel.device_for(args.device, world)
         if args.shipped:
