@@ -7,7 +7,7 @@ libero_10 task 1; init state 0, the 10 settle steps, then 5 steps of a fixed act
 ``vla_lab.libero.LiberoEnv`` with the ``libero`` extra (robosuite 1.4.0, MuJoCo 2.3.7, EGL on the CPU).
 For each scene this writes what upstream's evaluation gives the policy: both images rotated by 180 degrees,
 JPEG round trip, Lanczos-3 antialiased resize to 224, round and clip; the 8-d state with robosuite's
-``quat2axisangle``. Run it with a throwaway environment:
+``quat2axisangle`` (both taken from ``make_libero_fixtures.py``). Run it with a throwaway environment:
 
     python3.11 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu numpy
     cd <repository root> && /tmp/tfvenv/bin/python tests/data/make_libero_sim_fixtures.py
@@ -15,28 +15,13 @@ JPEG round trip, Lanczos-3 antialiased resize to 224, round and clip; the 8-d st
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from make_libero_fixtures import robosuite_quat2axisangle, tf_resize_for_policy  # the same TF pipeline
 
 HERE = Path(__file__).resolve().parent
-
-
-def upstream_resize(image: np.ndarray, size: int = 224) -> np.ndarray:
-    decoded = tf.io.decode_image(tf.image.encode_jpeg(image), expand_animations=False, dtype=tf.uint8)
-    resized = tf.image.resize(decoded, (size, size), method="lanczos3", antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
-
-
-def upstream_axis_angle(quat: np.ndarray) -> np.ndarray:
-    q = np.array(quat, dtype=np.float64)
-    q[3] = min(max(q[3], -1.0), 1.0)
-    den = np.sqrt(1.0 - q[3] * q[3])
-    if math.isclose(den, 0.0):
-        return np.zeros(3)
-    return (q[:3] * 2.0 * math.acos(q[3])) / den
 
 
 def main() -> None:
@@ -44,10 +29,11 @@ def main() -> None:
     scenes = sorted({k.rsplit("_agentview", 1)[0] for k in raw.files if k.endswith("_agentview")})
     out: dict[str, np.ndarray] = {"scenes": np.array(scenes)}
     for scene in scenes:
-        out[f"{scene}_full_image"] = upstream_resize(np.ascontiguousarray(raw[f"{scene}_agentview"][::-1, ::-1]))
-        out[f"{scene}_wrist_image"] = upstream_resize(np.ascontiguousarray(raw[f"{scene}_wrist"][::-1, ::-1]))
+        for camera, key in (("agentview", "full_image"), ("wrist", "wrist_image")):
+            rotated = np.ascontiguousarray(raw[f"{scene}_{camera}"][::-1, ::-1])
+            out[f"{scene}_{key}"] = tf_resize_for_policy(rotated, 224)
         out[f"{scene}_state"] = np.concatenate([
-            raw[f"{scene}_robot0_eef_pos"], upstream_axis_angle(raw[f"{scene}_robot0_eef_quat"]),
+            raw[f"{scene}_robot0_eef_pos"], robosuite_quat2axisangle(raw[f"{scene}_robot0_eef_quat"]),
             raw[f"{scene}_robot0_gripper_qpos"],
         ])
     np.savez_compressed(HERE / "libero_sim_fixtures.npz", **out)
