@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -25,6 +24,7 @@ from vla_lab import eval_cli, files
 from vla_lab.config import PRESETS, VLAConfig, resolve_device
 from vla_lab.errors import ConfigError, InputError, InterruptError, VLALabError
 from vla_lab.model import VLAAdapter, build_on_meta, build_random, forward_inputs, load_pretrained
+from vla_lab.processing.normalization import finite_numbers
 
 if TYPE_CHECKING:
     from vla_lab.experiments.train import TrainConfig
@@ -117,9 +117,7 @@ def parse_proprio(text: str | None) -> list[float] | None:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         raise InputError(f"--proprio: got {text!r}, expected comma-separated numbers") from None
-    if not all(math.isfinite(v) for v in values):
-        raise InputError(f"--proprio: got {text!r}, expected finite numbers (NaN, inf and overflowing values refused)")
-    return values
+    return finite_numbers(values, "--proprio").tolist()
 
 
 def proprio_for(model: VLAAdapter, proprio: list[float] | None) -> tuple[list[float] | None, bool]:
