@@ -350,7 +350,7 @@ class _option:  # noqa: N801 - used as a context manager, like contextlib's
 
 @_handler("train")
 def _train(args: argparse.Namespace) -> int:
-    from vla_lab.experiments.run_dir import latest_checkpoint, prepare_run_dir
+    from vla_lab.experiments.run_dir import latest_checkpoint
     from vla_lab.experiments.train import train
 
     config, model_config = train_configs(args)
@@ -358,11 +358,9 @@ def _train(args: argparse.Namespace) -> int:
     if config.num_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(config.num_threads))
     out = Path(args.out)
-    # The directory is claimed (or refused) before any data is generated; train() then finds it ready.
-    prepare_run_dir(out, config, model_config.replace(attention=config.attention), resume=args.resume,
-                    overwrite=args.overwrite, field="--out")
-    try:
-        final = train(config, model_config, out, resume=args.resume, progress=args.progress)
+    try:  # train() claims (or refuses) the directory before any data is generated
+        final = train(config, model_config, out, resume=args.resume, overwrite=args.overwrite, out_field="--out",
+                      progress=args.progress)
     except KeyboardInterrupt:
         latest = latest_checkpoint(out)
         kept = f"--resume continues from {latest.name}" if latest else "no checkpoint yet; --resume starts at step 0"

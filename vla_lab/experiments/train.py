@@ -294,6 +294,7 @@ def train(
     overwrite: bool = False,
     stop_at: int | None = None,
     progress: bool = True,
+    out_field: str = "out_dir",
 ) -> Path:
     """Train ``model_config`` (with ``config.attention``) on the world; return ``out_dir/final``.
 
@@ -301,13 +302,14 @@ def train(
     ``resume`` continues it from its latest ``step-XXXXX`` (same settings) or ``overwrite`` replaces it.
     ``stop_at`` ends the run after that many steps (a checkpoint is written there) without changing the
     schedule, and then returns that step's directory. Checkpoints and ``final/`` appear whole or not at
-    all; after an interrupt, ``resume`` continues from the last checkpoint.
+    all; after an interrupt, ``resume`` continues from the last checkpoint. ``out_field`` names ``out_dir``
+    in errors (the CLI passes ``--out``).
     """
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     model_config = model_config.replace(attention=config.attention)
     tabletop.check_config(model_config)
-    latest = prepare_run_dir(out_dir, config, model_config, resume=resume, overwrite=overwrite)
+    latest = prepare_run_dir(out_dir, config, model_config, resume=resume, overwrite=overwrite, field=out_field)
     if resume and latest is None:
         warnings.warn(f"resume: {out_dir} holds no checkpoint yet; training starts again from step 0", stacklevel=2)
     if latest is not None and step_of(latest) == config.steps and (out_dir / "final").is_dir():
