@@ -339,12 +339,6 @@ def config_from_released(
     except KeyError as exc:
         raise CheckpointError(f"checkpoint: config.json lacks {exc.args[0]!r}, expected the released layout") from None
     version = "pro" if any(".k_self." in k for k in head) else "v1"
-    blocks = {int(k.split(".")[2]) for k in head if k.startswith("model.mlp_resnet_blocks.")}
-    if len(blocks) != text.get("num_hidden_layers"):
-        raise CheckpointError(
-            f"checkpoint: action head has {len(blocks)} blocks, expected one per LLM layer "
-            f"({text.get('num_hidden_layers')})"
-        )
     queries = weights.get("action_queries.weight")
     with _config_errors("config.json"):
         return VLAConfig(
