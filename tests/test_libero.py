@@ -7,19 +7,17 @@ run (tasks 0 and 1) is shared: the resumed and the 2-process runs must give the 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import os
 import subprocess
 import sys
 
+import conftest
 import numpy as np
 import pytest
 
 from vla_lab import parallel
-from vla_lab.cli import main
 from vla_lab.libero import evaluate as libero_eval
 
 HAVE_LIBERO = importlib.util.find_spec("libero") is not None
@@ -29,10 +27,7 @@ COMMON = ["eval", "libero", "--preset", "tiny", "--suite", SUITE, "--trials", "1
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
+    return conftest.run_cli(list(args))
 
 
 def untimed(records: list[dict]) -> list[dict]:
