@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
 from vla_lab.errors import InputError
 
 
@@ -15,3 +21,119 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
 
     low, high = proportion_confint(successes, n, alpha=1 - confidence, method="wilson")
     return float(low), float(high)
+
+
+def _finite(values: Any, what: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64).ravel()
+    if not np.isfinite(array).all():
+        raise InputError(f"{what}: got non-finite values, expected finite numbers (drop missing scenes first)")
+    return array
+
+
+def bootstrap_interval(
+    values: Any, statistic: str = "mean", confidence: float = 0.95, n_resamples: int = 9999, seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap interval (``scipy.stats.bootstrap``, BCa) of the mean or median of per-scene values.
+
+    Resampling is over the values (one per scene). Identical values give the degenerate interval
+    ``(v, v)``; fewer than two values give ``(nan, nan)``.
+    """
+    import scipy.stats
+
+    array = _finite(values, "bootstrap_interval")
+    if statistic not in ("mean", "median"):
+        raise InputError(f"statistic: got {statistic!r}, expected 'mean' or 'median'")
+    if array.size < 2:
+        return math.nan, math.nan
+    if np.all(array == array[0]):
+        return float(array[0]), float(array[0])
+    func = np.mean if statistic == "mean" else np.median
+    result = scipy.stats.bootstrap((array,), func, confidence_level=confidence, n_resamples=n_resamples,
+                                   method="BCa", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+def ratio_of_means_interval(
+    numerators: Any, denominators: Any, confidence: float = 0.95, n_resamples: int = 9999, seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap interval of ``mean(numerators) / mean(denominators)``, resampling scenes (pairs) together.
+
+    Percentile method (``scipy.stats.bootstrap`` with ``paired=True``): BCa's jackknife is unreliable for a
+    ratio whose denominator can come close to zero. Fewer than two scenes give ``(nan, nan)``.
+    """
+    import scipy.stats
+
+    num = _finite(numerators, "ratio_of_means_interval")
+    den = _finite(denominators, "ratio_of_means_interval")
+    if num.size != den.size:
+        raise InputError(f"ratio_of_means_interval: got {num.size} numerators and {den.size} denominators, "
+                         "expected one pair per scene")
+    if num.size < 2:
+        return math.nan, math.nan
+
+    def ratio(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.asarray(np.mean(a, axis=axis) / np.mean(b, axis=axis))
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = scipy.stats.bootstrap((num, den), ratio, paired=True, vectorized=True,
+                                       confidence_level=confidence, n_resamples=n_resamples,
+                                       method="percentile", rng=np.random.default_rng(seed))
+    low, high = result.confidence_interval
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired test: ``name``, its ``statistic`` and two-sided ``p``, the number of pairs ``n`` and a ``note``."""
+
+    name: str
+    statistic: float
+    p: float
+    n: int
+    note: str = ""
+
+
+def mcnemar_exact(a: Any, b: Any) -> PairedTest:
+    """Exact McNemar test (statsmodels) of paired binary outcomes, e.g. success of the same scenes
+    under two conditions. ``statistic`` is the smaller discordant count."""
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    x = np.asarray(a, dtype=bool).ravel()
+    y = np.asarray(b, dtype=bool).ravel()
+    if x.size != y.size:
+        raise InputError(f"mcnemar_exact: got {x.size} and {y.size} outcomes, expected one pair per scene")
+    table = [[int(np.sum(x & y)), int(np.sum(x & ~y))], [int(np.sum(~x & y)), int(np.sum(~x & ~y))]]
+    result = mcnemar(table, exact=True)
+    note = f"discordant pairs: {table[0][1]} (first only) / {table[1][0]} (second only)"
+    return PairedTest("exact McNemar", float(result.statistic), float(result.pvalue), int(x.size), note)
+
+
+def wilcoxon_signed_rank(a: Any, b: Any) -> PairedTest:
+    """Wilcoxon signed-rank test (scipy, two-sided) of paired per-scene values ``a`` vs ``b``.
+
+    When every difference is zero there is nothing to test: ``p`` is 1 and the note says so.
+    """
+    import scipy.stats
+
+    x = _finite(a, "wilcoxon_signed_rank")
+    y = _finite(b, "wilcoxon_signed_rank")
+    if x.size != y.size:
+        raise InputError(f"wilcoxon_signed_rank: got {x.size} and {y.size} values, expected one pair per scene")
+    differences = x - y
+    nonzero = int(np.count_nonzero(differences))
+    if nonzero == 0:
+        return PairedTest("Wilcoxon signed-rank", 0.0, 1.0, int(x.size), "every difference is zero")
+    result = scipy.stats.wilcoxon(x, y, zero_method="wilcox", alternative="two-sided")
+    return PairedTest("Wilcoxon signed-rank", float(result.statistic), float(result.pvalue), int(x.size),
+                      f"{nonzero} non-zero differences")
+
+
+def sign_test(successes: int, n: int, p: float = 0.5) -> PairedTest:
+    """Exact two-sided binomial (sign) test of ``successes`` of ``n`` against ``p`` (scipy)."""
+    import scipy.stats
+
+    if n < 1 or not 0 <= successes <= n:
+        raise InputError(f"sign_test: got {successes} of {n}, expected 0 <= successes <= n, n >= 1")
+    result = scipy.stats.binomtest(successes, n, p)
+    return PairedTest("sign test", float(successes), float(result.pvalue), int(n), f"{successes} of {n} against {p}")
