@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -109,3 +109,20 @@ def barrier(world: World) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def run_on_main(fn: Callable[[], T], world: World) -> T:
+    """``fn()`` on rank 0 only (e.g. checking or creating a run directory, which ranks must not race on);
+    every rank returns its result, or raises the exception it raised."""
+    result: Any = None
+    error: BaseException | None = None
+    if world.is_main:
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+    if world.distributed:
+        result, error = gather((result, error), world)[0]
+    if error is not None:
+        raise error
+    return result
