@@ -282,12 +282,23 @@ def allowed_matrix(spec: AttentionSpec, segment_ids: torch.Tensor) -> torch.Tens
     allowed = torch.where(override >= 0, override == 1, base)
     pad = FINE_INDEX["padding"]
     is_pad = segment_ids == pad
-    allowed = allowed & ~is_pad[:, None, :]
-    # Queries that would see nothing (padding rows, or everything blocked) keep their own position,
-    # so that softmax stays finite; such rows are never read as outputs.
+    return keep_own_position(allowed & ~is_pad[:, None, :])
+
+
+def keep_own_position(allowed: torch.Tensor) -> torch.Tensor:
+    """Queries that would see nothing (padding rows, or everything blocked) keep their own position, so
+    that softmax stays finite; such rows are never read as outputs."""
     empty = ~allowed.any(dim=-1)
-    eye = torch.eye(seq, dtype=torch.bool, device=device)[None]
+    eye = torch.eye(allowed.shape[-1], dtype=torch.bool, device=allowed.device)[None]
     return allowed | (empty[:, :, None] & eye)
+
+
+def block_pairs(allowed: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """``allowed`` (B, S, S) with the (query, key) position pairs where ``block`` is True closed as well."""
+    if block.shape != allowed.shape or block.dtype != torch.bool:
+        raise InputError(f"block: got a {block.dtype} tensor of shape {tuple(block.shape)}, "
+                         f"expected torch.bool of shape {tuple(allowed.shape)} (batch, query position, key position)")
+    return keep_own_position(allowed & ~block.to(allowed.device))
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

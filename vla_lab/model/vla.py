@@ -22,6 +22,7 @@ from vla_lab.model.projector import ProprioProjector, build_projector
 from vla_lab.model.sequence import (
     AssemblyPlan,
     SequenceLayout,
+    block_pairs,
     head_read_index,
     mask_for_kernel,
     read_head_positions,
@@ -235,9 +236,14 @@ class VLAAdapter(nn.Module):
         attention_mask: torch.Tensor | None = None,
         proprio: torch.Tensor | None = None,
         attention: AttentionLike | None = None,
+        block: torch.Tensor | None = None,
         **attention_kwargs: Any,
     ) -> VLAOutput:
-        """Normalised proprio in, normalised actions out; see :class:`VLAOutput`."""
+        """Normalised proprio in, normalised actions out; see :class:`VLAOutput`.
+
+        ``block`` (boolean, batch x positions x positions) closes single (query, key) position pairs on top
+        of the mask ``attention`` describes, e.g. a random set of keys as the control of a segment knockout.
+        """
         input_ids, attention_mask = self.check_ids(input_ids, attention_mask)
         proprio = self.check_proprio(proprio, input_ids.shape[0])
         if pixel_values.shape[0] != input_ids.shape[0]:
@@ -250,6 +256,8 @@ class VLAAdapter(nn.Module):
         embeds = self.embed_sequence(plan, input_ids, self.embed_images(pixel_values))
         layouts = list(plan.layouts)
         allowed = plan.allowed(spec)
+        if block is not None:
+            allowed = block_pairs(allowed, block)
         recorder = self._recorder
         if recorder is not None:
             embeds = recorder.begin(layouts, spec, allowed, embeds)
