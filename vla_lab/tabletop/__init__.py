@@ -10,7 +10,7 @@
 
 from vla_lab.tabletop import world
 from vla_lab.tabletop.data import MIN_LABEL_PIXELS, TabletopData, patch_labels, pixel_values, relabeled_scenes
-from vla_lab.tabletop.evaluate import action_l1, evaluate_model, policy_for, predict, scene_inputs
+from vla_lab.tabletop.evaluate import action_l1, evaluate_model, evaluate_scenes, policy_for, predict, scene_inputs
 from vla_lab.tabletop.models import (
     DATASET,
     EXAMPLE_SEED,
@@ -46,6 +46,7 @@ __all__ = [
     "build_world_tokenizer",
     "check_config",
     "evaluate_model",
+    "evaluate_scenes",
     "example_inputs",
     "example_outlines",
     "initialize",

@@ -56,10 +56,11 @@ def policy_for(model: VLAAdapter) -> world.Policy:
     return policy
 
 
-def _episodes(
-    model: VLAAdapter, scenes: list[world.Scene], execute: int, max_steps: int | None
+def evaluate_scenes(
+    model: VLAAdapter, scenes: list[world.Scene], execute: int = 8, max_steps: int | None = None
 ) -> tuple[list[dict[str, Any]], list[float]]:
-    """Closed-loop episodes of ``scenes`` in lockstep, and the action L1 of each episode's first chunk."""
+    """Closed-loop episodes of ``scenes`` in lockstep (one forward pass per round, the model's own mask):
+    the episode records and the action L1 of each episode's first chunk against the expert's."""
     stats = (model.config.norm_stats or {})[stats_key(model.config)]
     last: dict[str, np.ndarray] = {}
     first = [float("nan")] * len(scenes)
@@ -111,7 +112,7 @@ def evaluate_model(
     try:
         for lo in range(0, len(seeds), batch_size):
             scenes = [world.sample_scene(s, config) for s in seeds[lo : lo + batch_size]]
-            records, first = _episodes(model, scenes, execute, max_steps)
+            records, first = evaluate_scenes(model, scenes, execute, max_steps)
             episodes += records
             l1 += first
             if bar is not None:

@@ -77,12 +77,15 @@ def run_episodes(
     execute: int = 8,
     record: bool = False,
     on_query: QueryCallback | None = None,
+    indexed: bool = False,
 ) -> list[RolloutResult]:
     """Run one episode per scene, in lockstep, until each succeeds, fails or reaches its step limit.
 
     An episode stops when the target (success) or another object (failure) is grasped, or after
     ``max_steps`` steps (``scene.config.max_steps`` by default). With ``record`` the observations given
-    to the policy are kept in ``frames``.
+    to the policy are kept in ``frames``. With ``indexed`` the policy is called as
+    ``policy(observations, episodes, states)``: the indices into ``scenes`` of the rows and their states
+    (for policies that treat each scene differently).
     """
     if execute < 1:
         raise InputError(f"execute: got {execute}, expected a positive integer")
@@ -96,7 +99,10 @@ def run_episodes(
         if not active:
             break
         observations = [render(scenes[i], states[i]) for i in active]
-        chunks = policy(observations)
+        if indexed:
+            chunks = policy(observations, active, [states[i] for i in active])  # type: ignore[call-arg]
+        else:
+            chunks = policy(observations)
         if len(chunks) != len(active):
             raise InputError(f"policy output: got {len(chunks)} chunks, expected one per observation ({len(active)})")
         for row, i in enumerate(active):
