@@ -80,6 +80,8 @@ def bases(w: World) -> dict[str, list]:
         "demo": ["demo", "--out", w.out, "--episodes", "2", "--no-baseline"],
         "eval": ["eval", "libero", "--preset", "tiny", "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
                  "--max-steps", "2", "--out", w.out, "--no-progress"],
+        "study": ["study", "mask-swap", "--scenes", "1", "--batch-size", "1", "--model", "tabletop-causal",
+                  "--out", w.out, "--no-progress"],
     }
 
 
@@ -115,6 +117,11 @@ def mutations(w: World) -> dict[str, list[tuple[str, object]]]:
         + [("--tasks", v) for v in ("x", "-1", "99", "0,,1", "")] + [("--trials", v) for v in ("0", "-1", "x", "51")]
         + [("--init-states", v) for v in ("5:2", "a:b", "60:70", "3", "-1:2")]
         + [("--max-steps", v) for v in ("0", "-1", "x")] + [("--shipped", "causal"), ("--resume", None)],
+        "study": outputs + common + [("--scenes", v) for v in ("0", "-1", "x", "1000001")]
+        + [(o, v) for o in ("--batch-size", "--closed-loop-scenes") for v in ("0", "-2", "x")]
+        + [("--start", v) for v in ("-1", "1000000")] + [("--validation-scenes", "-1"), ("--seed", "-3")]
+        + [("--model", v) for v in ("nope", "random-init:nope", w.garbage_ckpt, w.empty_dir, w.text, "")]
+        + [("--device", d) for d in ("tpu", "cuda", "cuda:-1")] + [("--resume", None)],
     }
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vla_lab import eval_cli, files
+from vla_lab import eval_cli, files, study_cli
 from vla_lab.config import PRESETS, VLAConfig, resolve_device
 from vla_lab.errors import ConfigError, InputError, InterruptError, VLALabError
 from vla_lab.model import VLAAdapter, build_on_meta, build_random, forward_inputs, load_pretrained
@@ -382,6 +382,11 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_cli.run(args, load_model)
 
 
+@_handler("study")
+def _study(args: argparse.Namespace) -> int:
+    return study_cli.run(args)
+
+
 # ---------------------------------------------------------------------------------------------
 # The parser
 # ---------------------------------------------------------------------------------------------
@@ -460,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     eval_cli.add_parser(sub, add_model_arguments)
+    study_cli.add_parser(sub)
     return parser
 
 

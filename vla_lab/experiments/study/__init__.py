@@ -1,0 +1,38 @@
+"""Studies at scale: models x conditions x scenes -> per-scene records -> summaries with 95 % intervals.
+
+``vla-lab study NAME`` runs one (sharded under ``torchrun``); :func:`run_study` is the same in Python.
+Studies: ``mask-swap``, ``knockout``, ``target-attention`` and ``patching`` (see each module).
+"""
+
+from vla_lab.experiments.study import knockout, mask_swap, patching, target_attention
+from vla_lab.experiments.study.engine import (
+    STUDIES,
+    Study,
+    StudyResult,
+    StudySettings,
+    Unit,
+    load_result,
+    register_study,
+    run_study,
+    summary_table,
+)
+from vla_lab.experiments.study.models import ModelSpec, random_init_of, shipped_specs
+
+__all__ = [
+    "STUDIES",
+    "ModelSpec",
+    "Study",
+    "StudyResult",
+    "StudySettings",
+    "Unit",
+    "knockout",
+    "load_result",
+    "mask_swap",
+    "patching",
+    "random_init_of",
+    "register_study",
+    "run_study",
+    "shipped_specs",
+    "summary_table",
+    "target_attention",
+]

@@ -1,0 +1,420 @@
+"""A study: models x conditions x scenes -> per-scene tidy records -> summaries with 95 % intervals.
+
+A study (:class:`Study`, registered by name in :data:`STUDIES`) cuts its scenes into fixed *units*
+(``batch_size`` consecutive seeds of one split) and turns one unit into records for every model. The
+engine (:func:`run_study`) owns the run directory:
+
+* ``study.json`` -- the settings; ``--resume`` requires the same ones (device and threads may differ);
+* ``parts/<unit>.parquet`` -- each unit's records, written atomically as soon as it is done (a killed run
+  loses at most the units in progress; ``resume`` skips the finished ones);
+* ``records.parquet`` -- every record, in unit order (one row per model, condition, scene and whatever
+  else the study measures per scene);
+* ``summary.json`` -- ``{"study", "records", "num_records", "summary", "tests", "settings"}``: rows with
+  ``n``, ``value`` and ``ci95`` (Wilson for rates, bootstrap over scenes for means and ratios) and the
+  paired tests (exact McNemar, Wilcoxon signed-rank) from :mod:`vla_lab.stats`.
+
+Under ``torchrun`` the units are dealt round robin to the ranks (:mod:`vla_lab.parallel`), gathered on
+rank 0 and written in unit order, so the records are exactly those of one process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from vla_lab import files, parallel
+from vla_lab.config import AttentionLike, resolve_device
+from vla_lab.errors import InputError
+from vla_lab.experiments.study import models as study_models
+from vla_lab.experiments.study.models import ModelSpec
+from vla_lab.model import VLAAdapter
+from vla_lab.stats import PairedTest, bootstrap_interval, ratio_of_means_interval, wilson_interval
+from vla_lab.tabletop import world
+
+STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR = "study.json", "records.parquet", "summary.json", "parts"
+MARKERS = (STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR)
+#: Settings that may change between a run and its resumption.
+FREE_SETTINGS = ("device", "num_threads")
+#: Columns every record starts with.
+MODEL_COLUMNS = ("model", "trained_with", "model_seed", "recipe", "random_init")
+SCENE_COLUMNS = ("split", "scene", "kind")
+
+
+@dataclass
+class StudySettings:
+    """What a study run measures (stored as ``study.json``).
+
+    ``models``: ``--model`` values (empty: every shipped model); ``scenes`` test-split scenes from
+    ``start``; ``validation_scenes`` validation-split scenes for studies that select (a layer); units of
+    ``batch_size`` scenes; closed-loop episodes execute ``execute`` actions per chunk for at most
+    ``max_steps`` steps; ``closed_loop`` False skips episodes where a study allows, ``closed_loop_scenes``
+    limits them to the first N scenes of each split (open-loop measures still cover every scene);
+    ``seed`` seeds its random draws (random-key controls, bootstrap). ``num_threads`` torch CPU threads
+    per process (0: torch's default): matrix products can round differently with another thread count,
+    so the records of N processes equal those of one at the same count (torchrun's default is 1).
+    """
+
+    study: str
+    models: list[str] = field(default_factory=list)
+    scenes: int = 200
+    split: str = "test"
+    start: int = 0
+    validation_scenes: int = 50
+    batch_size: int = 20
+    execute: int = 8
+    max_steps: int | None = None
+    closed_loop: bool = True
+    closed_loop_scenes: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.study not in STUDIES:
+            raise InputError(f"study: got {self.study!r}, expected one of {sorted(STUDIES)}")
+        for name in ("scenes", "batch_size", "execute"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"--{name.replace('_', '-')}: got {value!r}, expected a positive integer")
+        for name in ("start", "validation_scenes", "seed", "num_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InputError(f"--{name.replace('_', '-')}: got {value!r}, expected a non-negative integer")
+        for name in ("max_steps", "closed_loop_scenes"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"--{name.replace('_', '-')}: got {value!r}, expected a positive integer")
+        if self.split not in ("test", "validation"):
+            raise InputError(f"--split: got {self.split!r}, expected 'test' or 'validation'")
+        world.split_seeds(self.split, self.scenes, self.start)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """``seeds`` of one ``split``: the smallest piece of work, written as one part file."""
+
+    index: int
+    split: str
+    seeds: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:05d}-{self.split}"
+
+
+@dataclass
+class StudyResult:
+    """A finished study: its records, summary rows and tests (and where they were written)."""
+
+    study: str
+    records: pd.DataFrame
+    summary: pd.DataFrame
+    tests: pd.DataFrame
+    out: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` form: study, records (path), num_records, summary rows, tests."""
+        return {
+            "study": self.study,
+            "records": None if self.out is None else str(self.out / RECORDS_FILE),
+            "num_records": len(self.records),
+            "summary": files.finite_json(_rows(self.summary)),
+            "tests": files.finite_json(_rows(self.tests)),
+        }
+
+
+def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    rows = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    return [{str(k): (list(v) if isinstance(v, tuple) else v) for k, v in row.items()} for row in rows]
+
+
+class Study:
+    """One kind of study. Subclasses set ``name`` and ``description`` and define :meth:`records` and
+    :meth:`summarize`; :meth:`units` and :meth:`model_specs` have defaults."""
+
+    name: str = ""
+    description: str = ""
+    #: Whether the study also measures validation scenes (for a selection made before testing).
+    uses_validation: bool = False
+
+    def model_specs(self, specs: list[ModelSpec]) -> list[ModelSpec]:
+        """The models measured (default: those given)."""
+        return specs
+
+    def units(self, settings: StudySettings) -> list[Unit]:
+        """Validation units (when the study selects on them) then test units, ``batch_size`` seeds each."""
+        splits = []
+        if self.uses_validation and settings.validation_scenes:
+            splits.append(("validation", list(world.split_seeds("validation", settings.validation_scenes))))
+        splits.append((settings.split, list(world.split_seeds(settings.split, settings.scenes, settings.start))))
+        units: list[Unit] = []
+        for split, seeds in splits:
+            for lo in range(0, len(seeds), settings.batch_size):
+                units.append(Unit(len(units), split, tuple(seeds[lo : lo + settings.batch_size])))
+        return units
+
+    def records(self, model: VLAAdapter, spec: ModelSpec, scenes: list[world.Scene], settings: StudySettings,
+                unit: Unit) -> pd.DataFrame:
+        """Per-scene records of one model on one unit's scenes (a ``scene`` column, the study's columns)."""
+        raise NotImplementedError
+
+    def summarize(self, records: pd.DataFrame, settings: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(summary rows with n / value / ci95, paired tests) of all records."""
+        raise NotImplementedError
+
+
+STUDIES: dict[str, Study] = {}
+
+
+def register_study(cls: type[Study]) -> type[Study]:
+    """Class decorator: add an instance of ``cls`` to :data:`STUDIES` under ``cls.name``."""
+    STUDIES[cls.name] = cls()
+    return cls
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers for studies
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def using_attention(model: VLAAdapter, attention: AttentionLike) -> Iterator[VLAAdapter]:
+    """``model`` with another default mask for the ``with`` block."""
+    before = model.config.attention
+    model.set_attention(attention)
+    try:
+        yield model
+    finally:
+        model.config.attention = before
+
+
+def rate_row(successes: Any, **keys: Any) -> dict[str, Any]:
+    """A summary row for a success rate: n, value, Wilson ci95."""
+    values = pd.Series(successes).dropna().astype(bool)
+    n, k = len(values), int(values.sum())
+    low, high = wilson_interval(k, n)
+    return {**keys, "statistic": "rate", "n": n, "value": k / n if n else math.nan, "ci95": [low, high],
+            "interval": "Wilson"}
+
+
+def mean_row(values: Any, seed: int = 0, **keys: Any) -> dict[str, Any]:
+    """A summary row for the mean of per-scene values: n, value, BCa bootstrap ci95 over scenes."""
+    array = pd.Series(values, dtype="float64").dropna().to_numpy()
+    low, high = bootstrap_interval(array, seed=seed) if array.size else (math.nan, math.nan)
+    return {**keys, "statistic": "mean", "n": int(array.size), "value": float(array.mean()) if array.size else math.nan,
+            "ci95": [low, high], "interval": "bootstrap over scenes (BCa)"}
+
+
+def ratio_row(numerators: Any, denominators: Any, seed: int = 0, **keys: Any) -> dict[str, Any]:
+    """A summary row for a ratio of means over scenes: n, value, percentile bootstrap ci95 (scenes paired)."""
+    pairs = pd.DataFrame({"a": pd.Series(numerators, dtype="float64").to_numpy(),
+                          "b": pd.Series(denominators, dtype="float64").to_numpy()}).dropna()
+    n = len(pairs)
+    value = float(pairs["a"].mean() / pairs["b"].mean()) if n and pairs["b"].mean() != 0 else math.nan
+    low, high = ratio_of_means_interval(pairs["a"], pairs["b"], seed=seed) if n else (math.nan, math.nan)
+    return {**keys, "statistic": "ratio of means", "n": n, "value": value, "ci95": [low, high],
+            "interval": "bootstrap over scenes (percentile, paired)"}
+
+
+def test_row(result: PairedTest, **keys: Any) -> dict[str, Any]:
+    """A tests row: the keys, then name, statistic, p, n, note."""
+    return {**keys, "name": result.name, "statistic": result.statistic, "p": result.p, "n": result.n,
+            "note": result.note}
+
+
+def closed_loop_mask(scenes: Sequence[world.Scene], settings: StudySettings, unit: Unit) -> list[bool]:
+    """Which of ``scenes`` get closed-loop episodes: all, unless ``closed_loop`` is off or
+    ``closed_loop_scenes`` keeps only the first N scenes the study takes from the unit's split."""
+    if not settings.closed_loop:
+        return [False] * len(scenes)
+    if settings.closed_loop_scenes is None:
+        return [True] * len(scenes)
+    first = world.SPLITS[unit.split].start + (settings.start if unit.split == settings.split else 0)
+    return [s.seed - first < settings.closed_loop_scenes for s in scenes]
+
+
+def paired(first: pd.Series, second: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Two per-scene series (indexed by scene) restricted to the scenes both measured."""
+    both = pd.concat([first.rename("first"), second.rename("second")], axis=1).dropna()
+    return both["first"], both["second"]
+
+
+def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame(rows)
+
+
+def model_keys(records: pd.DataFrame) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
+    """(model columns as a dict, that model's records) for each model, in order of appearance."""
+    for name in dict.fromkeys(records["model"]):
+        part = records[records["model"] == name]
+        first = part.iloc[0]
+        yield {c: _plain(first[c]) for c in MODEL_COLUMNS}, part
+
+
+def _plain(value: Any) -> Any:
+    if pd.isna(value):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+
+def _unit_records(study: Study, loaded: list[tuple[ModelSpec, VLAAdapter]], unit: Unit,
+                  settings: StudySettings) -> pd.DataFrame:
+    frames = []
+    for spec, model in loaded:
+        config = world.WorldConfig(image_size=model.config.vision.image_size, chunk=model.config.robot.chunk)
+        scenes = [world.sample_scene(seed, config) for seed in unit.seeds]
+        with torch.inference_mode():
+            part = study.records(model, spec, scenes, settings, unit)
+        kinds = {s.seed: s.kind for s in scenes}
+        part.insert(0, "kind", [kinds[int(s)] for s in part["scene"]])
+        part.insert(0, "split", unit.split)
+        scene = part.pop("scene")
+        part.insert(1, "scene", scene.astype("int64"))
+        for i, column in enumerate(MODEL_COLUMNS):
+            value = {"model": spec.name, "trained_with": spec.trained_with, "model_seed": spec.seed,
+                     "recipe": spec.recipe, "random_init": spec.random_init}[column]
+            part.insert(i, column, value)
+        frames.append(part)
+    records = pd.concat(frames, ignore_index=True)
+    records["model_seed"] = records["model_seed"].astype("Int64")
+    return records
+
+
+def _claim(directory: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> None:
+    """Check that ``directory`` may hold this run, then prepare it (parts kept only when resuming)."""
+    resuming = files.check_run_dir(directory, settings, settings_file=STUDY_FILE, markers=MARKERS, resume=resume,
+                                   overwrite=overwrite, free=FREE_SETTINGS)
+    if not resuming:
+        files.clear_run_dir(directory, MARKERS)
+    files.remove_temporaries(directory)
+    (directory / PARTS_DIR).mkdir(exist_ok=True)
+    files.write_json(directory / STUDY_FILE, settings)
+
+
+def _load_part(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def _write_part(path: Path, records: pd.DataFrame) -> None:
+    files.write_atomic(path, lambda temporary: records.to_parquet(temporary, index=False))
+
+
+def run_study(
+    settings: StudySettings,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    world_info: parallel.World | None = None,
+    on_unit: Callable[[Unit], None] | None = None,
+) -> StudyResult:
+    """Run ``settings.study``; with ``out`` write the run directory described in the module docstring.
+
+    ``world_info``: this process's place under torchrun (default: from the environment, no process group
+    needed for one process). ``on_unit`` is called after each unit this process finished.
+    """
+    study = STUDIES[settings.study]
+    place = world_info or parallel.world_from_env()
+    directory = Path(out) if out is not None else None
+    specs = study.model_specs(study_models.resolve(settings.models))
+    stored = settings.to_dict()
+    if directory is not None:
+        parallel.run_on_main(lambda: _claim(directory, stored, resume, overwrite), place)
+    threads = torch.get_num_threads()
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
+    try:
+        return _run(study, settings, specs, directory, progress, place, on_unit)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], directory: Path | None, progress: bool,
+         place: parallel.World, on_unit: Callable[[Unit], None] | None) -> StudyResult:
+    stored = settings.to_dict()
+    device = str(resolve_device(parallel.device_for(settings.device, place), "--device"))
+    loaded = [(spec, study_models.load(spec, device)) for spec in specs]
+    units = study.units(settings)
+    mine = [u for u in units if u.index in set(parallel.shard([u.index for u in units], place))]
+    bar = None
+    if progress and place.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc=f"study {settings.study}", unit="unit")
+    done: dict[int, pd.DataFrame] = {}
+    try:
+        for unit in mine:
+            path = directory / PARTS_DIR / f"{unit.name}.parquet" if directory is not None else None
+            if path is not None and path.exists():
+                done[unit.index] = _load_part(path)
+            else:
+                done[unit.index] = _unit_records(study, loaded, unit, settings)
+                if path is not None:
+                    _write_part(path, done[unit.index])
+            if on_unit is not None:
+                on_unit(unit)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    gathered: dict[int, pd.DataFrame] = {}
+    for part in parallel.gather(done, place):
+        gathered.update(part)
+    records = pd.concat([gathered[u.index] for u in units], ignore_index=True)
+    summary, tests = study.summarize(records, settings)
+    result = StudyResult(settings.study, records, summary, tests, directory)
+    if directory is not None and place.is_main:
+        _write_part(directory / RECORDS_FILE, records)
+        files.write_json(directory / SUMMARY_FILE, {**result.to_json(), "settings": stored})
+    parallel.barrier(place)
+    return result
+
+
+def load_result(out: str | Path) -> StudyResult:
+    """A finished run directory's records and summary."""
+    directory = Path(out)
+    records = pd.read_parquet(directory / RECORDS_FILE)
+    data = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
+    return StudyResult(data["study"], records, pd.DataFrame(data["summary"]), pd.DataFrame(data["tests"]), directory)
+
+
+def summary_table(result: StudyResult, digits: int = 3) -> pd.DataFrame:
+    """The summary with ``value [lo, hi]`` as text, for display."""
+    df = result.summary.copy()
+    if df.empty:
+        return df
+
+    def show(row: pd.Series) -> str:
+        low, high = row["ci95"]
+        return f"{row['value']:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+    df["estimate"] = df.apply(show, axis=1)
+    return df
+
+
+def conditions_of(records: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(records["condition"]))
+
+
+def require_columns(records: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in records.columns]
+    if missing:
+        raise InputError(f"records: missing column(s) {missing}")

@@ -1,0 +1,185 @@
+"""``knockout``: block one path of information in the LLM and measure what the actions lose.
+
+Conditions, each on top of the model's own mask (the baseline ``none``):
+
+* ``vision->queries`` / ``text->queries``: the action queries may not read the image patches / the prompt;
+* ``queries->vision`` / ``queries->text``: the patches / the prompt may not read the queries (already
+  closed by the causal mask: such a condition changes nothing and is marked ``changes_mask`` False);
+* ``prefix-lm``: the prefix-LM mask instead of the model's own (prompt and images see each other fully,
+  queries and STOP causal);
+* ``random-keys:vision->queries`` / ``random-keys:text->queries``: the control of equal size -- the queries
+  lose as many keys as the segment has, drawn at random (per scene, seeded) from every key they may read
+  except their own positions.
+
+Per model, condition and scene: ``delta_action`` (mean |normalised actions - baseline's| of the chunk at the
+start observation) and, closed loop, success, outcome, steps. Summaries: mean delta (bootstrap) and success
+(Wilson); tests: exact McNemar of success against ``none``, Wilcoxon of each path's delta against its
+random-key control.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vla_lab.config import AttentionSpec
+from vla_lab.experiments.study.engine import (
+    Study,
+    StudySettings,
+    Unit,
+    closed_loop_mask,
+    frame,
+    mean_row,
+    model_keys,
+    paired,
+    rate_row,
+    register_study,
+    test_row,
+)
+from vla_lab.experiments.study.models import ModelSpec
+from vla_lab.experiments.study.policies import observation_inputs, run_closed_loop
+from vla_lab.model import VLAAdapter
+from vla_lab.model.sequence import SequenceLayout
+from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
+from vla_lab.tabletop import world
+
+#: Path knockouts: condition -> (query segment, key segment) blocked.
+PATHS: dict[str, tuple[str, str]] = {
+    "vision->queries": ("action_queries", "vision"),
+    "text->queries": ("action_queries", "text"),
+    "queries->vision": ("vision", "action_queries"),
+    "queries->text": ("text", "action_queries"),
+}
+CONTROLS = ("vision->queries", "text->queries")
+CONDITIONS = ("none", *PATHS, "prefix-lm", *(f"random-keys:{p}" for p in CONTROLS))
+
+
+def random_keys(layout: SequenceLayout, allowed: torch.Tensor, path: str, rng: np.random.Generator) -> tuple[
+        list[int], list[int]]:
+    """(query positions, key positions to block) of the random-key control of ``path`` for one sample."""
+    query_segment, key_segment = PATHS[path]
+    queries = list(layout.span(query_segment).positions())
+    visible = allowed[queries].any(dim=0).nonzero().flatten().tolist()
+    candidates = [k for k in visible if k not in set(queries)]
+    count = min(len(layout.span(key_segment)), len(candidates))
+    chosen = sorted(int(k) for k in rng.choice(candidates, size=count, replace=False))
+    return queries, chosen
+
+
+def _length(model: VLAAdapter, inputs: dict[str, torch.Tensor]) -> int:
+    """Sequence length of a batch (patches, padded prompt, queries, STOP)."""
+    return model.plan(inputs["attention_mask"].sum(dim=1).tolist(), inputs["input_ids"].shape[1]).length
+
+
+def _block_tensor(chosen: Sequence[tuple[list[int], list[int]]], size: int) -> torch.Tensor:
+    block = torch.zeros(len(chosen), size, size, dtype=torch.bool)
+    for b, (queries, keys) in enumerate(chosen):
+        block[b, torch.tensor(queries)[:, None], torch.tensor(keys)[None, :]] = True
+    return block
+
+
+@register_study
+class Knockout(Study):
+    name = "knockout"
+    description = "block vision/text -> queries, queries -> vision/text, prefix-lm, random-key controls"
+
+    def records(self, model: VLAAdapter, spec: ModelSpec, scenes: list[world.Scene], settings: StudySettings,
+                unit: Unit) -> pd.DataFrame:
+        base = model.attention
+        start = [world.render(s) for s in scenes]
+        inputs = observation_inputs(model, start)
+        baseline = model(**inputs)
+        base_actions = baseline.normalized_actions.float().cpu().numpy()
+        allowed = baseline.allowed.cpu()
+        chosen: dict[str, list[tuple[list[int], list[int]]]] = {}
+        for path in CONTROLS:
+            chosen[path] = [
+                random_keys(layout, allowed[b], path,
+                            np.random.default_rng([settings.seed, scenes[b].seed, CONTROLS.index(path)]))
+                for b, layout in enumerate(baseline.layouts)
+            ]
+        rows: list[dict[str, Any]] = []
+        closed: dict[str, dict[int, dict[str, Any]]] = {}
+        looped = [b for b, keep in enumerate(closed_loop_mask(scenes, settings, unit)) if keep]
+        for condition in CONDITIONS:
+            options, per_scene, changes = self._options(condition, base, allowed, baseline.layouts, chosen)
+            out = model(**inputs, **options(list(range(len(scenes))), _length(model, inputs)))
+            delta = np.abs(out.normalized_actions.float().cpu().numpy() - base_actions).mean(axis=(1, 2))
+            if looped and (changes or condition == "none"):
+                closed[condition] = self._episodes(model, scenes, looped, options, settings)
+            episodes = closed.get(condition) or closed.get("none") or {}
+            for b, scene in enumerate(scenes):
+                episode = episodes.get(b)
+                rows.append({"scene": scene.seed, "condition": condition, "changes_mask": changes,
+                             "blocked_keys": per_scene[b], "delta_action": float(delta[b]),
+                             "success": pd.NA if episode is None else episode["success"],
+                             "outcome": pd.NA if episode is None else episode["outcome"],
+                             "steps": pd.NA if episode is None else episode["steps"]})
+        records = pd.DataFrame(rows)
+        return records.astype({"success": "boolean", "outcome": "string", "steps": "Int64"})
+
+    @staticmethod
+    def _options(condition: str, base: AttentionSpec, allowed: torch.Tensor, layouts: Sequence[SequenceLayout],
+                 chosen: dict[str, list[tuple[list[int], list[int]]]]) -> tuple[Any, list[int], bool]:
+        """(episodes, padded length -> forward options, keys blocked per scene, whether the mask changes)."""
+        if condition == "none":
+            return (lambda rows, size: {}), [0] * len(layouts), False
+        if condition == "prefix-lm":
+            spec = AttentionSpec.parse("prefix-lm")
+            changes = spec != base
+            return (lambda rows, size: {"attention": spec}), [0] * len(layouts), changes
+        if condition in PATHS:
+            q, k = PATHS[condition]
+            spec = base.with_blocked((q, k))
+            counts = []
+            for b, layout in enumerate(layouts):
+                queries = list(layout.span(q).positions())
+                keys = list(layout.span(k).positions())
+                counts.append(int(allowed[b][queries][:, keys].sum()))
+            return (lambda rows, size: {"attention": spec}), counts, any(counts)
+        path = condition.split(":", 1)[1]
+        picks = chosen[path]
+        counts = [len(queries) * len(keys) for queries, keys in picks]
+
+        def options(rows: list[int], size: int) -> dict[str, Any]:
+            return {"block": _block_tensor([picks[r] for r in rows], size)}
+
+        return options, counts, any(counts)
+
+    @staticmethod
+    def _episodes(model: VLAAdapter, scenes: list[world.Scene], looped: list[int], options: Any,
+                  settings: StudySettings) -> dict[int, dict[str, Any]]:
+        """Closed-loop records of the scenes ``looped`` (indices into ``scenes``), by index."""
+        def act(observations: Sequence[world.Observation], episodes: Sequence[int],
+                states: Sequence[world.State]) -> np.ndarray:
+            inputs = observation_inputs(model, observations)
+            out = model(**inputs, **options([looped[e] for e in episodes], _length(model, inputs)))
+            return out.normalized_actions.float().cpu().numpy()
+
+        records = run_closed_loop(model, [scenes[b] for b in looped], act, settings.execute, settings.max_steps)
+        return dict(zip(looped, records))
+
+    def summarize(self, records: pd.DataFrame, settings: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+        rows, tests = [], []
+        has_success = bool(records["success"].notna().any())
+        for keys, part in model_keys(records):
+            by = {c: sub.set_index("scene").sort_index() for c, sub in part.groupby("condition", sort=False)}
+            for condition, sub in by.items():
+                label = {**keys, "condition": condition, "changes_mask": bool(sub["changes_mask"].iloc[0])}
+                rows.append(mean_row(sub["delta_action"], seed=settings.seed, **label, metric="delta_action"))
+                if has_success:
+                    rows.append(rate_row(sub["success"], **label, metric="success"))
+                    if condition != "none":
+                        tests.append(test_row(mcnemar_exact(*paired(by["none"]["success"], sub["success"])), **keys,
+                                              comparison=f"none vs {condition}", metric="success"))
+            for path in CONTROLS:
+                control = f"random-keys:{path}"
+                if path in by and control in by:
+                    deltas = paired(by[path]["delta_action"], by[control]["delta_action"])
+                    tests.append(test_row(wilcoxon_signed_rank(*deltas),
+                                          **keys, comparison=f"{path} vs {control}", metric="delta_action"))
+        return frame(rows), frame(tests)

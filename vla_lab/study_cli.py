@@ -1,0 +1,97 @@
+"""``vla-lab study NAME``: the parser and the handler (registered by :mod:`vla_lab.cli`).
+
+Everything cheap is checked before any model is loaded: the options, the models named, and that ``--out``
+can hold this run (a run directory is never reused without ``--resume`` or ``--overwrite``). Under
+``torchrun --nproc-per-node N -m vla_lab study ...`` the scenes are sharded over the processes and rank 0
+writes and prints what one process would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from vla_lab import files, parallel
+from vla_lab.errors import InputError
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``study`` to the subparsers ``sub`` of the ``vla-lab`` parser."""
+    from vla_lab.experiments.study import STUDIES
+
+    p = sub.add_parser("study", help="a study over many scenes: per-scene records, intervals, paired tests "
+                                     "(sharded under torchrun)")
+    p.add_argument("name", choices=sorted(STUDIES), help="; ".join(f"{k}: {v.description}"
+                                                                  for k, v in sorted(STUDIES.items())))
+    p.add_argument("--model", dest="models", action="append",
+                   help="a shipped model name (e.g. tabletop-causal), random-init:<name> or a checkpoint "
+                        "directory (repeat; default: every shipped tabletop model)")
+    p.add_argument("--scenes", type=int, default=200, help="test scenes (default 200)")
+    p.add_argument("--start", type=int, default=0, help="first test scene (default 0)")
+    p.add_argument("--validation-scenes", dest="validation_scenes", type=int, default=50,
+                   help="validation scenes for selections (default 50)")
+    p.add_argument("--closed-loop-scenes", dest="closed_loop_scenes", type=int,
+                   help="closed-loop episodes only on the first N scenes (default: every scene)")
+    p.add_argument("--no-closed-loop", dest="closed_loop", action="store_false",
+                   help="open-loop measures only (where the study has both)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=20, help="scenes per unit (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of random controls and bootstraps (default 0)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)")
+    p.add_argument("--num-threads", dest="num_threads", type=int, default=1,
+                   help="torch CPU threads per process (default 1, as under torchrun; 0: torch's default)")
+    p.add_argument("--out", help="run directory (default: ./vla_lab_study/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished units")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--json", action="store_true",
+                   help='print {"study", "records", "num_records", "summary", "tests"} as JSON')
+
+
+def run(args: argparse.Namespace) -> int:
+    """The handler of ``vla-lab study``."""
+    from vla_lab.experiments.study import StudySettings, run_study
+    from vla_lab.experiments.study import models as study_models
+
+    settings = StudySettings(
+        study=args.name, models=list(args.models or []), scenes=args.scenes, start=args.start,
+        validation_scenes=args.validation_scenes, closed_loop_scenes=args.closed_loop_scenes,
+        closed_loop=args.closed_loop, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        num_threads=args.num_threads,
+    )
+    study_models.resolve(settings.models)
+    out = Path(args.out or Path("vla_lab_study") / args.name)
+    with parallel.process_group(args.device) as place:
+        existed = out.exists()
+        try:
+            result = run_study(settings, out, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
+                               world_info=place)
+        except BaseException:
+            if place.is_main and not existed and out.is_dir() and files.is_empty_dir(out):
+                out.rmdir()  # a start that failed leaves no empty run directory behind
+            raise
+    if not place.is_main:
+        return 0
+    if args.json:
+        print(files.dumps(result.to_json()))
+        return 0
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result: Any) -> None:
+    summary = result.summary
+    print(f"study {result.study}: {len(result.records)} records in {result.out / 'records.parquet'}")
+    if summary.empty:
+        raise InputError("study: got no summary rows, expected at least one (no scene was measured)")
+    keys = [c for c in summary.columns if c not in ("n", "value", "ci95", "interval", "statistic", "trained_with",
+                                                    "model_seed", "recipe", "random_init")]
+    for row in summary.to_dict(orient="records"):
+        label = " ".join(str(row[k]) for k in keys if row.get(k) is not None and str(row[k]) not in ("nan", "<NA>"))
+        low, high = row["ci95"]
+        print(f"  {label}: {row['value']:.4g} [{low:.4g}, {high:.4g}] n={row['n']}")
+    for row in result.tests.to_dict(orient="records"):
+        print(f"  test {row['model']} {row.get('comparison', '')} ({row['metric']}): {row['name']} "
+              f"statistic {row['statistic']:.4g}, p = {row['p']:.3g}, n={row['n']}")
+    print(f"summary in {result.out / 'summary.json'}", file=sys.stdout)
