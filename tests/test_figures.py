@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -16,7 +17,7 @@ from conftest import randomize
 from matplotlib.figure import Figure
 
 import vla_lab
-from vla_lab import VLAAdapter, VLAConfig, interp, viz
+from vla_lab import VLAAdapter, VLAConfig, interp, tabletop, viz
 from vla_lab.errors import ExportError, InputError
 from vla_lab.interp import run_with_cache
 from vla_lab.tabletop import example_inputs, example_outlines, world
@@ -220,6 +221,59 @@ def test_export_validates(tmp_path):
         viz.export_figure(fig, "x", tmp_path, formats=("jpg",))
     with pytest.raises(InputError, match="name"):
         viz.export_figure(fig, "../x", tmp_path)
-    paths = viz.export_figure(fig, "blank", tmp_path / "new" / "dir", formats=("png",))
+    paths = viz.export_figure(fig, "blank", tmp_path / "new" / "dir", data={"x": [1]}, formats=("png",))
     assert [p.name for p in paths] == ["blank.png", "blank.json"]
-    assert json.loads(paths[1].read_text())["data"] is None
+    assert json.loads(paths[1].read_text())["data"] == {"x": [1]}
+
+
+def test_export_refuses_a_figure_without_data(tmp_path):
+    """A sidecar always holds the plotted numbers: a figure not made by vla_lab.viz needs data=."""
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [2, 3])
+    for data in (None, float("nan")):
+        with pytest.raises(ExportError, match="no data"):
+            viz.export_figure(fig, "bare", tmp_path, data=data)
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
+    paths = viz.export_figure(fig, "bare", tmp_path, data=pd.DataFrame({"x": [0, 1], "y": [2, 3]}))
+    assert json.loads(paths[-1].read_text())["data"] == [{"x": 0, "y": 2}, {"x": 1, "y": 3}]
+
+
+def test_sidecar_paths_are_relative_to_the_repository(setup, tmp_path):
+    """No sidecar holds an absolute path: inside the repository they become repository-relative, outside it
+    relative paths that leave it; another system's absolute path is refused."""
+    model, *_, cache, _ = setup
+    root = viz.export.REPOSITORY_ROOT
+    assert (root / "vla_lab" / "viz" / "export.py").is_file()
+    assert viz.sidecar_path(root / "figures" / "x.png") == "figures/x.png"
+    assert viz.sidecar_path(str(root / "vla_lab")) == "vla_lab"
+    assert viz.sidecar_path("figures/x.png") == "figures/x.png"
+    outside = viz.sidecar_path(tmp_path / "run")
+    assert not outside.startswith("/") and outside.startswith("..")
+    assert (root / outside).resolve() == (tmp_path / "run").resolve()
+    with pytest.raises(ExportError, match="sidecar"):
+        viz.sidecar_path("C:\\Users\\me\\checkpoint")
+    shipped = tabletop.load_shipped("causal")
+    assert viz.provenance(shipped, None, "x")["model"] == "vla_lab/tabletop/checkpoints/tabletop-causal"
+    fig = viz.segment_heatmap(cache, layer=0)
+    meta = viz.provenance(model, "causal", f"images {root / 'tests' / 'data' / 'a.png'}", checkpoint=root / "ckpt",
+                          out_dir=str(tmp_path), runs=[str(root / "runs" / "a")], cwd=Path.cwd())
+    assert meta["input"] == "images tests/data/a.png" and meta["checkpoint"] == "ckpt"
+    data = {"files": [str(root / "figures" / "a.png")], "values": [1.0]}
+    sidecar = json.loads(viz.export_figure(fig, "paths", tmp_path, data=data,
+                                           provenance={**meta, "raw": str(root / "figures")})[-1].read_text())
+    assert sidecar["data"]["files"] == ["figures/a.png"]
+    prov = sidecar["provenance"]
+    assert prov["raw"] == "figures" and prov["runs"] == ["runs/a"] and prov["out_dir"] == outside[: -len("/run")]
+    strings = []
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            obj = list(obj.values())
+        if isinstance(obj, list):
+            for v in obj:
+                walk(v)
+        elif isinstance(obj, str):
+            strings.append(obj)
+
+    walk(sidecar)
+    assert strings and not [s for s in strings if viz.export.is_absolute_path(s) or str(root) in s]
