@@ -145,6 +145,29 @@ def test_patch_overlay_of_head_blocks(setup):
         viz.patch_overlay(images, patches, layer=1)
 
 
+def test_patch_overlay_hatches_a_patch_never_read(setup):
+    """The patch the head never reads has no value (NaN): hatched and named in the legend, not left untinted."""
+    _, _, images, _, cache, _ = setup
+    patches = interp.head_task_patch_attention(cache)
+    fig = viz.patch_overlay(images, patches, block=1)
+    grid = interp.patch_grid(patches, block=1, image=1)
+    (row,), (col,) = np.nonzero(np.isnan(grid))
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.images]
+    assert [p for p in axes[0].patches if p.get_hatch()] == []
+    (hatched,) = [p for p in axes[1].patches if p.get_hatch()]
+    height, width = images[1].shape[:2]
+    cell_h, cell_w = height / grid.shape[0], width / grid.shape[1]
+    assert hatched.get_xy() == (col * cell_w, row * cell_h)
+    assert (hatched.get_width(), hatched.get_height()) == (cell_w, cell_h)
+    assert hatched.get_facecolor()[3] > 0  # covers the image: the patch does not look like a measured value
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["never read"]
+    assert fig.legends[0].legend_handles[0].get_hatch() == hatched.get_hatch()
+    shown = viz.plotted_data(fig)
+    assert shown[shown.image == 1]["value"].isna().sum() == 1  # the data says NaN, the sidecar null
+    llm = viz.patch_overlay(images, interp.query_patch_attention(cache), layer=1)
+    assert not any(p.get_hatch() for ax in llm.axes for p in ax.patches) and not llm.legends
+
+
 def test_head_gates(setup):
     *_, cache, _ = setup
     head_df = interp.head_attention(cache)
