@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib
 
@@ -16,7 +17,7 @@ from conftest import randomize
 from matplotlib.figure import Figure
 
 import vla_lab
-from vla_lab import VLAAdapter, VLAConfig, interp, viz
+from vla_lab import VLAAdapter, VLAConfig, interp, tabletop, viz
 from vla_lab.errors import ExportError, InputError
 from vla_lab.interp import run_with_cache
 from vla_lab.tabletop import example_inputs, example_outlines, world
@@ -144,6 +145,29 @@ def test_patch_overlay_of_head_blocks(setup):
         viz.patch_overlay(images, patches, layer=1)
 
 
+def test_patch_overlay_hatches_a_patch_never_read(setup):
+    """The patch the head never reads has no value (NaN): hatched and named in the legend, not left untinted."""
+    _, _, images, _, cache, _ = setup
+    patches = interp.head_task_patch_attention(cache)
+    fig = viz.patch_overlay(images, patches, block=1)
+    grid = interp.patch_grid(patches, block=1, image=1)
+    (row,), (col,) = np.nonzero(np.isnan(grid))
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.images]
+    assert [p for p in axes[0].patches if p.get_hatch()] == []
+    (hatched,) = [p for p in axes[1].patches if p.get_hatch()]
+    height, width = images[1].shape[:2]
+    cell_h, cell_w = height / grid.shape[0], width / grid.shape[1]
+    assert hatched.get_xy() == (col * cell_w, row * cell_h)
+    assert (hatched.get_width(), hatched.get_height()) == (cell_w, cell_h)
+    assert hatched.get_facecolor()[3] > 0  # covers the image: the patch does not look like a measured value
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["never read"]
+    assert fig.legends[0].legend_handles[0].get_hatch() == hatched.get_hatch()
+    shown = viz.plotted_data(fig)
+    assert shown[shown.image == 1]["value"].isna().sum() == 1  # the data says NaN, the sidecar null
+    llm = viz.patch_overlay(images, interp.query_patch_attention(cache), layer=1)
+    assert not any(p.get_hatch() for ax in llm.axes for p in ax.patches) and not llm.legends
+
+
 def test_head_gates(setup):
     *_, cache, _ = setup
     head_df = interp.head_attention(cache)
@@ -220,6 +244,59 @@ def test_export_validates(tmp_path):
         viz.export_figure(fig, "x", tmp_path, formats=("jpg",))
     with pytest.raises(InputError, match="name"):
         viz.export_figure(fig, "../x", tmp_path)
-    paths = viz.export_figure(fig, "blank", tmp_path / "new" / "dir", formats=("png",))
+    paths = viz.export_figure(fig, "blank", tmp_path / "new" / "dir", data={"x": [1]}, formats=("png",))
     assert [p.name for p in paths] == ["blank.png", "blank.json"]
-    assert json.loads(paths[1].read_text())["data"] is None
+    assert json.loads(paths[1].read_text())["data"] == {"x": [1]}
+
+
+def test_export_refuses_a_figure_without_data(tmp_path):
+    """A sidecar always holds the plotted numbers: a figure not made by vla_lab.viz needs data=."""
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [2, 3])
+    for data in (None, float("nan")):
+        with pytest.raises(ExportError, match="no data"):
+            viz.export_figure(fig, "bare", tmp_path, data=data)
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
+    paths = viz.export_figure(fig, "bare", tmp_path, data=pd.DataFrame({"x": [0, 1], "y": [2, 3]}))
+    assert json.loads(paths[-1].read_text())["data"] == [{"x": 0, "y": 2}, {"x": 1, "y": 3}]
+
+
+def test_sidecar_paths_are_relative_to_the_repository(setup, tmp_path):
+    """No sidecar holds an absolute path: inside the repository they become repository-relative, outside it
+    relative paths that leave it; another system's absolute path is refused."""
+    model, *_, cache, _ = setup
+    root = viz.export.REPOSITORY_ROOT
+    assert (root / "vla_lab" / "viz" / "export.py").is_file()
+    assert viz.sidecar_path(root / "figures" / "x.png") == "figures/x.png"
+    assert viz.sidecar_path(str(root / "vla_lab")) == "vla_lab"
+    assert viz.sidecar_path("figures/x.png") == "figures/x.png"
+    outside = viz.sidecar_path(tmp_path / "run")
+    assert not outside.startswith("/") and outside.startswith("..")
+    assert (root / outside).resolve() == (tmp_path / "run").resolve()
+    with pytest.raises(ExportError, match="sidecar"):
+        viz.sidecar_path("C:\\Users\\me\\checkpoint")
+    shipped = tabletop.load_shipped("causal")
+    assert viz.provenance(shipped, None, "x")["model"] == "vla_lab/tabletop/checkpoints/tabletop-causal"
+    fig = viz.segment_heatmap(cache, layer=0)
+    meta = viz.provenance(model, "causal", f"images {root / 'tests' / 'data' / 'a.png'}", checkpoint=root / "ckpt",
+                          out_dir=str(tmp_path), runs=[str(root / "runs" / "a")], cwd=Path.cwd())
+    assert meta["input"] == "images tests/data/a.png" and meta["checkpoint"] == "ckpt"
+    data = {"files": [str(root / "figures" / "a.png")], "values": [1.0]}
+    sidecar = json.loads(viz.export_figure(fig, "paths", tmp_path, data=data,
+                                           provenance={**meta, "raw": str(root / "figures")})[-1].read_text())
+    assert sidecar["data"]["files"] == ["figures/a.png"]
+    prov = sidecar["provenance"]
+    assert prov["raw"] == "figures" and prov["runs"] == ["runs/a"] and prov["out_dir"] == outside[: -len("/run")]
+    strings = []
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            obj = list(obj.values())
+        if isinstance(obj, list):
+            for v in obj:
+                walk(v)
+        elif isinstance(obj, str):
+            strings.append(obj)
+
+    walk(sidecar)
+    assert strings and not [s for s in strings if viz.export.is_absolute_path(s) or str(root) in s]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
 
 from vla_lab.errors import InputError
 from vla_lab.experiments import gpu_check
@@ -61,7 +62,8 @@ def test_every_injected_name_is_a_notebook_parameter():
             (path,) = (REPO / "notebooks").glob(f"{number}_*.ipynb")
             nb = nbformat.read(path, as_version=4)
             (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-            names = {t.id for node in ast.walk(ast.parse(cell.source)) if isinstance(node, ast.Assign)
+            source = TransformerManager().transform_cell(cell.source)  # the cell starts with %matplotlib inline
+            names = {t.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Assign)
                      for t in node.targets if isinstance(t, ast.Name)}
             assert set(parameters) <= names, (path.name, set(parameters) - names)
 

@@ -20,7 +20,7 @@ class CheckpointError(VLALabError, ValueError):
 
 
 class ExportError(VLALabError, FileExistsError):
-    """An export would overwrite an existing file."""
+    """An export would overwrite an existing file, or write a record without its data or with an unusable path."""
 
 
 class InterruptError(VLALabError):

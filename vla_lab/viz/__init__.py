@@ -13,6 +13,8 @@ from vla_lab.viz.export import (
     export_paths,
     plotted_data,
     provenance,
+    relative_paths,
+    sidecar_path,
     to_jsonable,
     write_atomic,
 )
@@ -42,9 +44,11 @@ __all__ = [
     "patch_overlay",
     "plotted_data",
     "provenance",
+    "relative_paths",
     "report_paths",
     "segment_heatmap",
     "segment_heatmap_grid",
+    "sidecar_path",
     "to_jsonable",
     "write_atomic",
 ]

@@ -1,9 +1,10 @@
 """Reproducible export of figures: PNG, SVG and PDF plus a JSON sidecar with the plotted numbers and provenance.
 
-    viz.export_figure(fig, "segment_mass_layer3", "figures", provenance=viz.provenance(model, "causal", "..."))
+    viz.export_figure(fig, "segment_mass_layer3", out_dir, provenance=viz.provenance(model, "causal", "..."))
 
-Files are written atomically, never replaced silently, and carry no dates or versions, so a re-export
-of the same figure is byte-identical.
+Files are written atomically, never replaced silently, and the images carry no dates or versions, so a
+re-export of the same figure is byte-identical. A sidecar always holds the plotted numbers (``data``), and
+every path in it is relative to the repository root (:func:`sidecar_path`), never absolute.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -34,6 +36,9 @@ DATA_ATTR = "vla_lab_data"
 #: Figure attribute naming the function that made it.
 FUNCTION_ATTR = "vla_lab_function"
 EXPORT_FORMATS = ("png", "svg", "pdf")
+#: The repository: the directory holding the ``vla_lab`` package. Paths in sidecars are relative to it.
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+_FOREIGN_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|[\\/]{2})")  # a drive letter or a UNC share
 # Metadata that would change between runs (dates, software versions) is left out.
 _SAVE_METADATA: dict[str, dict[str, Any]] = {
     "png": {"Software": None},
@@ -57,15 +62,62 @@ def _now_utc() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
+def is_absolute_path(text: str) -> bool:
+    """Whether ``text`` is an absolute path on any system: ``/...``, a drive letter (``C:\\...``) or a UNC share."""
+    return "\n" not in text and (text.startswith("/") or bool(_FOREIGN_ABSOLUTE.match(text)))
+
+
+def sidecar_path(path: str | Path, root: str | Path = REPOSITORY_ROOT) -> str:
+    """``path`` as a sidecar records it: relative to the repository ``root``, with ``/`` separators.
+
+    A path inside the repository becomes e.g. ``vla_lab/tabletop/checkpoints/tabletop-causal``; one outside it a
+    relative path that leaves it (``../data/checkpoint``), so ``root / result`` is the same file. A relative
+    ``path`` is taken as relative to ``root`` already. An absolute path with no relative form here (another
+    drive, or another system's path) raises :class:`ExportError`.
+    """
+    text = os.fspath(path)
+    if not is_absolute_path(text):
+        return Path(text).as_posix()
+    if not Path(text).is_absolute():
+        raise ExportError(f"sidecar: got the path {text!r}, expected one this system can make relative to {root}")
+    try:
+        relative = os.path.relpath(Path(text).resolve(), Path(root).resolve())
+    except ValueError as error:  # another drive
+        raise ExportError(f"sidecar: got the path {text!r}, expected one with a path relative to {root}") from error
+    return Path(relative).as_posix()
+
+
+def relative_paths(obj: Any, root: str | Path = REPOSITORY_ROOT) -> Any:
+    """``obj`` with every path in it made relative to the repository ``root`` (:func:`sidecar_path`).
+
+    Path objects and strings that are absolute paths are converted; inside longer text, the repository's
+    own absolute prefix is removed. Dicts, lists and tuples are copied, other values returned as they are.
+    """
+    prefix = str(Path(root).resolve()) + os.sep
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, Path):
+            return sidecar_path(value, root)
+        if isinstance(value, str):
+            return sidecar_path(value, root) if is_absolute_path(value) else value.replace(prefix, "")
+        if isinstance(value, Mapping):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list) or type(value) is tuple:
+            return type(value)(convert(v) for v in value)
+        return value
+
+    return convert(obj)
+
+
 def provenance(
     model: VLAAdapter | str | Path | None, mode: AttentionLike | None, input_description: str, **extra: Any
 ) -> dict[str, Any]:
-    """Where a figure's numbers came from: model (:attr:`VLAAdapter.source`) or its name, attention mask, input,
-    version, time."""
+    """Where a figure's numbers came from: model (its checkpoint directory, or its configuration's name) or its
+    name, attention mask, input, version, time. Paths are made relative to the repository (:func:`relative_paths`)."""
     if isinstance(model, VLAAdapter):
-        name: str | None = model.source
+        name: str | None = sidecar_path(model.checkpoint_path) if model.checkpoint_path else model.config.name
     else:
-        name = None if model is None else str(model)
+        name = None if model is None else sidecar_path(model) if isinstance(model, Path) else str(model)
     if mode is not None and not isinstance(mode, str):
         mode = AttentionSpec.parse(mode).label
     out = {
@@ -76,7 +128,7 @@ def provenance(
         "created_utc": _now_utc(),
     }
     out.update(extra)
-    return out
+    return relative_paths(out)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -152,7 +204,9 @@ def export_figure(
     """Write ``{name}.png/.svg/.pdf`` and a ``{name}.json`` sidecar; return the paths written.
 
     The sidecar holds ``provenance`` (completed with the vla_lab version, the figure's function and
-    the UTC time) and ``data``, the plotted numbers (default: the figure's own, :func:`plotted_data`).
+    the UTC time) and ``data``, the plotted numbers (default: the figure's own, :func:`plotted_data`);
+    a figure with neither raises :class:`ExportError`, as does a path in either that cannot be made
+    relative to the repository (every path is recorded relative to it, :func:`relative_paths`).
     Existing files are never replaced silently: unless ``overwrite``, :class:`ExportError` is raised
     before anything is written. Images carry no dates or versions, and the figure's layout is fixed
     at its first export, so re-exports are byte-identical (after changing an exported figure, call
@@ -163,6 +217,10 @@ def export_figure(
         check_free(paths)
     if data is None:
         data = plotted_data(fig)
+    numbers = to_jsonable(data)
+    if numbers is None:
+        raise ExportError(f"export: {name} has no data, expected data= the plotted numbers (the figure carries "
+                          "none: it was not made by vla_lab.viz)")
     meta: dict[str, Any] = {
         "vla_lab_version": __version__,
         "function": getattr(fig, FUNCTION_ATTR, None),
@@ -172,8 +230,8 @@ def export_figure(
     sidecar = {
         "name": name,
         "files": [p.name for p in paths[:-1]],
-        "provenance": to_jsonable(meta),
-        "data": to_jsonable(data),
+        "provenance": relative_paths(to_jsonable(meta)),
+        "data": relative_paths(numbers),
     }
     text = json.dumps(sidecar, indent=2, allow_nan=False) + "\n"
     paths[0].parent.mkdir(parents=True, exist_ok=True)

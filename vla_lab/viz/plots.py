@@ -34,6 +34,8 @@ _SEGMENT_ORDER = ("tok0", "vision", *FINE_SEGMENTS[1:-1])
 _OUTLINE_COLORS = {"target": "#00e5ff", "distractors": "#ff2bd6", "anchor": "#ffd400", "gripper": "#ffffff"}
 _EXTRA_COLORS = ("#7cfc00", "#ff8c00", "#1e90ff", "#ff4500", "#9acd32")
 _GROUP_COLORS = {"self": "#8da0cb", "action_queries": "#fc8d62", "proprio": "#e78ac3", "task": "#66c2a5"}
+#: How a patch without a value (NaN: never read) is drawn, so that it is not mistaken for a measured one.
+_NEVER_READ: dict[str, Any] = {"facecolor": "#d9d9d9", "edgecolor": "#4d4d4d", "hatch": "////", "label": "never read"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +349,8 @@ def patch_overlay(
     :func:`vla_lab.interp.patch_grid` (mean over heads, or one ``head``; over every depth unless ``layer``
     or ``block`` picks one). ``images``: uint8 (H, W, 3) arrays, one per image of the sample.
     ``outlines``: name -> boolean patch mask (rows, cols) for image 0, or a sequence with one mask (or None)
-    per image; drawn as patch rectangles with a legend.
+    per image; drawn as patch rectangles with a legend. A patch without a value (NaN, e.g. the one the head's
+    released offset never reads) is hatched grey and listed as "never read" in the legend.
     """
     depth = depth_column(patch_df)
     if (depth == "layer" and block is not None) or (depth == "block" and layer is not None):
@@ -367,7 +370,7 @@ def patch_overlay(
     fig = _new_figure(3.6 * len(arrays) + 1.0, 3.9)
     axes = np.atleast_1d(fig.subplots(1, len(arrays), squeeze=False)).ravel()
     handles: dict[str, Patch] = {}
-    frames, overlay = [], None
+    frames, overlay, never_read = [], None, False
     for i, (ax, image, grid) in enumerate(zip(axes, arrays, grids)):
         height, width = image.shape[:2]
         ax.imshow(image, extent=(0, width, height, 0), interpolation="nearest")
@@ -375,6 +378,9 @@ def patch_overlay(
                             interpolation="nearest")
         rows, cols = grid.shape
         cell_h, cell_w = height / rows, width / cols
+        for r, c in zip(*np.nonzero(np.isnan(grid))):
+            ax.add_patch(Rectangle((c * cell_w, r * cell_h), cell_w, cell_h, linewidth=0, **_NEVER_READ))
+            never_read = True
         for k, (name, mask) in enumerate(outlines_for_image(outlines, i, len(arrays)).items()):
             if mask.shape != grid.shape:
                 raise InputError(f"outlines[{name!r}]: got shape {mask.shape}, expected the patch grid {grid.shape}")
@@ -393,6 +399,8 @@ def patch_overlay(
         frames.append(pd.DataFrame({"image": i, "row": r_idx.ravel(), "col": c_idx.ravel(), "value": grid.ravel()}))
     if overlay is not None:
         fig.colorbar(overlay, ax=axes.tolist(), label="attention on patch (mean over query tokens)", shrink=0.85)
+    if never_read:
+        handles[_NEVER_READ["label"]] = Patch(linewidth=0.6, **_NEVER_READ)
     if handles:
         fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=len(handles), fontsize=8)
     where = {"layer": "LLM layer", "block": "head block"}[depth]
