@@ -18,7 +18,7 @@ from conftest import assert_one_line_error, run_cli, snapshot
 
 from vla_lab import files, stats, tabletop
 from vla_lab.errors import InputError
-from vla_lab.experiments.study import STUDIES, StudySettings, load_result, run_study
+from vla_lab.experiments.study import STUDIES, StudySettings, load_result, run_study, verify_records
 from vla_lab.experiments.study import knockout, patching
 from vla_lab.experiments.study import models as study_models
 from vla_lab.experiments.study.policies import observation_inputs
@@ -135,6 +135,13 @@ def test_mask_swap_records_summary_and_resume(tmp_path: Path) -> None:
     assert set(result.tests["name"]) == {"exact McNemar", "Wilcoxon signed-rank"}
     saved = load_result(out)
     pd.testing.assert_frame_equal(saved.records, records)
+    assert len(verify_records(out)) == 2 * 2  # the first unit, recomputed, equals the stored records
+    tampered = records.copy()
+    tampered.loc[0, "action_l1"] += 1e-9
+    tampered.to_parquet(out / "records.parquet", index=False)
+    with pytest.raises(InputError, match="differs from a recomputation"):
+        verify_records(out)
+    records.to_parquet(out / "records.parquet", index=False)
     data = json.loads((out / "summary.json").read_text())
     assert set(data) >= {"study", "records", "summary", "tests", "settings"}
 

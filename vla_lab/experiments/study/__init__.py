@@ -12,9 +12,11 @@ from vla_lab.experiments.study.engine import (
     StudySettings,
     Unit,
     load_result,
+    load_results,
     register_study,
     run_study,
     summary_table,
+    verify_records,
 )
 from vla_lab.experiments.study.models import ModelSpec, random_init_of, shipped_specs
 
@@ -27,6 +29,7 @@ __all__ = [
     "Unit",
     "knockout",
     "load_result",
+    "load_results",
     "mask_swap",
     "patching",
     "random_init_of",
@@ -35,4 +38,5 @@ __all__ = [
     "shipped_specs",
     "summary_table",
     "target_attention",
+    "verify_records",
 ]

@@ -418,3 +418,39 @@ def require_columns(records: pd.DataFrame, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in records.columns]
     if missing:
         raise InputError(f"records: missing column(s) {missing}")
+
+
+def load_results(root: str | Path, study: str) -> StudyResult:
+    """Every finished run of ``study`` under ``root/<study>/<model>/``, records, summaries and tests
+    concatenated (one directory per model, as ``notebooks/records/make_records.sh`` writes them)."""
+    directories = sorted(p.parent for p in (Path(root) / study).glob(f"*/{SUMMARY_FILE}"))
+    if not directories:
+        raise InputError(f"records: got no finished {study} run under {Path(root) / study}, expected "
+                         "<model>/summary.json (see notebooks/records/make_records.sh)")
+    results = [load_result(d) for d in directories]
+    return StudyResult(
+        study,
+        pd.concat([r.records for r in results], ignore_index=True),
+        pd.concat([r.summary for r in results], ignore_index=True),
+        pd.concat([r.tests for r in results], ignore_index=True),
+        Path(root) / study,
+    )
+
+
+def verify_records(out: str | Path, units: int = 1) -> pd.DataFrame:
+    """Recompute the first ``units`` test units of a finished run with its stored settings and compare them
+    with its records; returns the recomputed records (raises InputError naming the first difference)."""
+    directory = Path(out)
+    stored = json.loads((directory / STUDY_FILE).read_text(encoding="utf-8"))
+    settings = StudySettings(**{**stored, "scenes": min(stored["scenes"], units * stored["batch_size"]),
+                                "validation_scenes": 0})
+    fresh = run_study(settings, progress=False).records
+    saved = pd.read_parquet(directory / RECORDS_FILE)
+    saved = saved[(saved["split"] == settings.split) & saved["scene"].isin(set(fresh["scene"]))]
+    try:
+        pd.testing.assert_frame_equal(fresh.reset_index(drop=True), saved.reset_index(drop=True))
+    except AssertionError as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise InputError(f"records: {directory} differs from a recomputation of its first {units} unit(s): "
+                         f"{first}") from None
+    return fresh
