@@ -448,7 +448,7 @@ def verify_records(out: str | Path, units: int = 1) -> pd.DataFrame:
     saved = pd.read_parquet(directory / RECORDS_FILE)
     saved = saved[(saved["split"] == settings.split) & saved["scene"].isin(set(fresh["scene"]))]
     try:
-        pd.testing.assert_frame_equal(fresh.reset_index(drop=True), saved.reset_index(drop=True))
+        pd.testing.assert_frame_equal(fresh.reset_index(drop=True), saved.reset_index(drop=True), check_exact=True)
     except AssertionError as exc:
         first = " ".join(str(exc).split())[:300]
         raise InputError(f"records: {directory} differs from a recomputation of its first {units} unit(s): "
