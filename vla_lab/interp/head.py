@@ -26,7 +26,8 @@ from vla_lab.errors import InputError
 from vla_lab.interp.capture import ActivationCache
 from vla_lab.interp.hooks import head_hook
 from vla_lab.model.action_head import DROP_MODES, L1RegressionActionHead, key_group_columns
-from vla_lab.model.vla import VLAAdapter, forward_inputs
+from vla_lab.model.inputs import forward_inputs
+from vla_lab.model.vla import VLAAdapter
 
 HOW = DROP_MODES
 

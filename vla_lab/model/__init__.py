@@ -2,19 +2,19 @@
 
 pixels -> patches (:mod:`.vision`) -> embeddings (:mod:`.projector`) -> sequence (:mod:`.sequence`)
 -> LLM (:mod:`.llm`) -> bridge-attention head (:mod:`.action_head`) -> actions, wired in :mod:`.vla`;
-:mod:`.checkpoint` reads and writes the released files, :mod:`.fast` is the same computation for speed.
+:mod:`.checkpoint` reads and writes the released files, :mod:`.inputs` checks what ``forward`` takes,
+:mod:`.fast` is the same computation for speed.
 """
 
 from vla_lab.model.fast import FastVLA
+from vla_lab.model.inputs import FORWARD_KEYS, forward_inputs
 from vla_lab.model.sequence import AssemblyPlan, SequenceLayout, Span
 from vla_lab.model.vla import (
-    FORWARD_KEYS,
     ActionPrediction,
     VLAAdapter,
     VLAOutput,
     build_on_meta,
     build_random,
-    forward_inputs,
     load_pretrained,
     save_pretrained,
 )

@@ -31,9 +31,10 @@ import torch
 from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import InputError
 from vla_lab.model.action_head import L1RegressionActionHead, apply_rope, bridge_attention, rope_tables
+from vla_lab.model.inputs import forward_inputs
 from vla_lab.model.llm import rotary_embeddings, run_decoder
 from vla_lab.model.sequence import AssemblyPlan, mask_for_kernel, stack_head_inputs
-from vla_lab.model.vla import ActionPrediction, VLAAdapter, forward_inputs
+from vla_lab.model.vla import ActionPrediction, VLAAdapter
 
 
 class FastHead:

@@ -17,6 +17,7 @@ from vla_lab.config import AttentionLike, AttentionSpec, VLAConfig, resolve_devi
 from vla_lab.errors import CheckpointError, InputError
 from vla_lab.model import checkpoint
 from vla_lab.model.action_head import L1RegressionActionHead, UpstreamRoPE
+from vla_lab.model.inputs import check_ids, check_proprio, forward_inputs
 from vla_lab.model.llm import build_language_model, check_kernel, count_parameters, run_decoder, set_attention_kernel
 from vla_lab.model.projector import ProprioProjector, build_projector
 from vla_lab.model.sequence import (
@@ -34,20 +35,8 @@ from vla_lab.processing.normalization import (
     finite_numbers,
     normalize_proprio,
     resolve_unnorm_key,
-    show_values,
     unnormalize_actions,
 )
-
-#: The keyword arguments of :meth:`VLAAdapter.forward` that carry data (as :meth:`prepare_inputs` returns them).
-FORWARD_KEYS = ("pixel_values", "input_ids", "attention_mask", "proprio")
-
-
-def forward_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """The :meth:`VLAAdapter.forward` keyword arguments of a :meth:`VLAAdapter.prepare_inputs` result."""
-    missing = [k for k in ("pixel_values", "input_ids") if k not in inputs]
-    if missing:
-        raise InputError(f"inputs: missing {missing}, expected the output of model.prepare_inputs(...)")
-    return {k: inputs[k] for k in FORWARD_KEYS if k in inputs}
 
 
 class ForwardRecorder(Protocol):
@@ -393,50 +382,12 @@ class VLAAdapter(nn.Module):
     # --- checks --------------------------------------------------------------------------------
     def check_ids(self, input_ids: Any, attention_mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids (lists or tensors) and mask -> (B, L) long tensors; one-line errors when malformed."""
-        if not isinstance(input_ids, torch.Tensor):
-            nested = len(input_ids) > 0 and isinstance(input_ids[0], (list, tuple))
-            rows = [list(r) for r in input_ids] if nested else [list(input_ids)]
-            width = max((len(r) for r in rows), default=0)
-            if attention_mask is None:
-                attention_mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
-            input_ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
-        if input_ids.ndim == 1:
-            input_ids = input_ids[None]
-        if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-            raise InputError(f"input_ids: got shape {tuple(input_ids.shape)}, expected (B, L) with L >= 1")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = torch.as_tensor(attention_mask, device=input_ids.device).long().reshape(input_ids.shape)
-        lengths = attention_mask.sum(dim=1)
-        expected = (torch.arange(input_ids.shape[1], device=input_ids.device)[None] < lengths[:, None]).long()
-        if not torch.equal(attention_mask, expected):
-            raise InputError("attention_mask: got a mask that is not right-padded, expected ones then zeros per row")
-        if int(lengths.min()) < 1:
-            raise InputError("input_ids: got an empty prompt, expected at least one token per sample")
-        vocab = self.config.llm["vocab_size"]
-        if int(input_ids.max()) >= vocab or int(input_ids.min()) < 0:
-            raise InputError(f"input_ids: got ids up to {int(input_ids.max())}, expected 0 <= id < vocab_size {vocab}")
-        return input_ids, attention_mask
+        return check_ids(input_ids, attention_mask, self.config.llm["vocab_size"])
 
     def check_proprio(self, proprio: Any, batch: int) -> torch.Tensor | None:
         """Normalised proprio -> (B, proprio_dim) in the model's dtype; one-line errors when it does not fit."""
-        dim = self.config.robot.proprio_dim
-        if proprio is None:
-            if self.proprio_projector is not None:
-                raise InputError(f"proprio: got None, expected ({batch}, {dim}) values (config.use_proprio is True)")
-            return None
-        if self.proprio_projector is None:
-            raise InputError("proprio: got values, expected None (config.use_proprio is False)")
-        if not isinstance(proprio, torch.Tensor):
-            proprio = finite_numbers(proprio, "proprio")
-        proprio = torch.as_tensor(proprio, device=self.device)
-        if not proprio.is_floating_point() or not bool(torch.isfinite(proprio).all()):
-            raise InputError(f"proprio: got {show_values(proprio)}, expected finite numbers")
-        if proprio.ndim == 1:
-            proprio = proprio[None]
-        if tuple(proprio.shape) != (batch, dim):
-            raise InputError(f"proprio: got shape {tuple(proprio.shape)}, expected ({batch}, {dim})")
-        return proprio.to(self.dtype)
+        return check_proprio(proprio, batch, self.config.robot.proprio_dim, self.proprio_projector is not None,
+                             self.device, self.dtype)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, **options: Any) -> Path:
