@@ -100,11 +100,12 @@ def run(args: argparse.Namespace, load_model: LoadModel) -> int:
     settings = {"suite": suite, "model": model_name(args), "dtype": args.dtype, "max_steps": args.max_steps,
                 "seed": args.env_seed}
     existed = out.exists()
-    libero_eval.check_run_dir(out, settings, resume=args.resume, overwrite=args.overwrite)
+    if parallel.world_from_env().is_main:  # the other ranks learn rank 0's verdict when the run starts
+        libero_eval.check_run_dir(out, settings, resume=args.resume, overwrite=args.overwrite)
     try:
         return _evaluate(args, load_model, suite, keys, out, settings)
     except BaseException:
-        if not existed and files.is_empty_dir(out) and out.is_dir():
+        if parallel.world_from_env().is_main and not existed and files.is_empty_dir(out) and out.is_dir():
             out.rmdir()  # a start that failed leaves no empty run directory behind
         raise
 

@@ -64,10 +64,13 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 2, sort_keys: bo
     write_text(path, dumps(obj, indent=indent, sort_keys=sort_keys) + "\n")
 
 
+_PROBE = ".vla-lab-probe-"
+
+
 def _probe(directory: Path, field: str, given: str) -> None:
     """Create and remove a file in ``directory``; one-line InputError when that is impossible."""
     try:
-        fd, name = tempfile.mkstemp(prefix=".vla-lab-probe-", dir=directory)
+        fd, name = tempfile.mkstemp(prefix=_PROBE, dir=directory)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
@@ -105,8 +108,9 @@ def check_output_file(path: str | Path, field: str = "out", overwrite: bool = Fa
 
 
 def is_empty_dir(path: Path) -> bool:
-    """True when ``path`` does not exist or is a directory without entries."""
-    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+    """True when ``path`` does not exist or is a directory without entries (another process's writability
+    probe, which lives for an instant, does not count)."""
+    return not path.exists() or (path.is_dir() and all(p.name.startswith(_PROBE) for p in path.iterdir()))
 
 
 def replace_dir(source: Path, target: Path) -> None:
@@ -148,13 +152,14 @@ def remove_temporaries(directory: Path) -> list[Path]:
 
 def check_run_dir(
     out: str | Path, settings: Mapping[str, Any], *, settings_file: str, markers: Sequence[str], resume: bool,
-    overwrite: bool, field: str = "--out", free: Sequence[str] = (),
+    overwrite: bool, field: str = "--out", free: Sequence[str] = (), compare: Sequence[str] | None = None,
 ) -> bool:
     """Check that ``out`` may hold this run, before any work; changes nothing but creating ``out``.
 
     A run directory is recognised by any of ``markers`` (``settings_file`` among them). New or empty:
     accepted. Holding a run: refused unless ``resume`` (the stored settings must equal ``settings``
-    except the keys in ``free``; every difference is named) or ``overwrite``. Holding other files:
+    except the keys in ``free``, or only the keys in ``compare`` when given; every difference is named)
+    or ``overwrite``. Holding other files:
     always refused. Returns True when an earlier run is to be resumed.
     """
     directory = Path(out)
@@ -180,8 +185,9 @@ def check_run_dir(
     if not isinstance(stored, dict):
         raise InputError(f"--resume: {stored_path} holds {type(stored).__name__}, expected a JSON object")
     given = json.loads(dumps(dict(settings)))
+    keys = sorted(set(stored) | set(given)) if compare is None else list(compare)
     differences = [f"{key} stored {stored.get(key)!r}, given {given.get(key)!r}"
-                   for key in sorted(set(stored) | set(given)) if key not in free and stored.get(key) != given.get(key)]
+                   for key in keys if key not in free and stored.get(key) != given.get(key)]
     if differences:
         shown = "; ".join(differences[:4]) + (f" ({len(differences)} in all)" if len(differences) > 4 else "")
         raise InputError(f"--resume: the run in {str(out)!r} was started with other settings: {shown}")

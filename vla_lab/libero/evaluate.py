@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -183,44 +182,31 @@ def summarize(records: Sequence[dict[str, Any]], suite: str) -> dict[str, Any]:
     return {"suite": suite, **rate(records), "by_task": by_task, "episodes": list(records)}
 
 
-def check_run_dir(out: Path, settings: dict[str, Any] | None = None, *, resume: bool, overwrite: bool) -> None:
+#: What marks a directory as an evaluation run.
+MARKERS = (RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR)
+
+
+def check_run_dir(out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
     """Refuse ``out`` unless it is new or empty, or holds an earlier run and ``resume`` (with the same
-    :data:`RESUME_SETTINGS`) or ``overwrite`` is given; it is created and checked writable. Changes nothing else."""
-    if resume and overwrite:
-        raise InputError("--resume/--overwrite: got both, expected at most one")
-    ours = [name for name in (RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR) if (out / name).exists()]
-    if out.is_dir() and not ours and not files.is_empty_dir(out) and not overwrite:
-        raise InputError(f"--out: got {str(out)!r}, a directory with other files, expected a new or empty directory")
-    if ours and not (resume or overwrite):
-        raise InputError(f"--out: got {str(out)!r}, which holds an earlier run ({ours[0]}), "
-                         "expected a new directory, --resume or --overwrite")
-    files.check_output_dir(out, "--out")
-    if settings is not None and resume and (out / RUN_FILE).exists():
-        stored = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-        for name in RESUME_SETTINGS:
-            if stored.get(name) != settings.get(name):
-                raise InputError(f"--resume: got {name} {settings.get(name)!r}, but the run in {str(out)!r} has "
-                                 f"{stored.get(name)!r}; expected the same")
+    :data:`RESUME_SETTINGS`) or ``overwrite`` is given (:func:`vla_lab.files.check_run_dir`)."""
+    files.check_run_dir(out, settings, settings_file=RUN_FILE, markers=MARKERS, resume=resume, overwrite=overwrite,
+                        compare=RESUME_SETTINGS)
 
 
 def prepare_run_dir(
     out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool, world: parallel.World
 ) -> list[dict[str, Any]]:
-    """Claim ``out`` for this run (:func:`check_run_dir`, then rank 0 clears it with ``overwrite`` and
-    writes ``run.json``); the records already there when resuming."""
-    check_run_dir(out, settings, resume=resume, overwrite=overwrite)
-    parallel.barrier(world)  # every rank has checked before rank 0 changes anything
-    if world.is_main:
+    """Claim ``out`` for this run on rank 0 (:func:`check_run_dir`; with ``overwrite`` the earlier run is
+    deleted; ``run.json`` is written); the records already there when resuming."""
+
+    def claim() -> None:
+        check_run_dir(out, settings, resume=resume, overwrite=overwrite)
         if overwrite:
-            for name in (RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR):
-                path = out / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+            files.clear_run_dir(out, MARKERS)
         files.remove_temporaries(out)
         files.write_json(out / RUN_FILE, settings)
-    parallel.barrier(world)
+
+    parallel.run_on_main(claim, world)
     return read_records(out / EPISODES_FILE) if resume else []
 
 
