@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from vla_lab import VLAConfig, tabletop
+from vla_lab.errors import InputError
 from vla_lab.processing import PROMPT_TEMPLATE, build_prompt
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
 from vla_lab.processing.tokenizer import bytes_to_unicode, load_tokenizer_from_files
@@ -301,3 +302,14 @@ def test_load_shipped_names_the_model_first_and_overrides_the_mask_with_attentio
     assert tabletop.load_shipped("bidirectional").attention.label == "bidirectional"
     with pytest.raises(TypeError):
         tabletop.load_shipped("causal", mask="bidirectional")  # the old, inverted keyword is gone
+
+
+def test_shipped_names_for_seeds_and_recipes() -> None:
+    assert tabletop.shipped_name("causal") == "tabletop-causal"
+    assert tabletop.shipped_name("bidirectional", seed=2) == "tabletop-bidirectional-seed2"
+    assert tabletop.shipped_name("causal", recipe="no-target-aux") == "tabletop-causal-no-target-aux"
+    for bad in ({"trained_with": "prefix"}, {"seed": -1}, {"seed": True}, {"recipe": "magic"}):
+        with pytest.raises(InputError):
+            tabletop.shipped_name(**{"trained_with": "causal", **bad})
+    with pytest.raises(InputError, match="tabletop-causal"):
+        tabletop.load_shipped("causal", seed=99)

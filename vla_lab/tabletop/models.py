@@ -155,26 +155,49 @@ def build_model(
 # ---------------------------------------------------------------------------------------------
 
 
-def shipped_path(trained_with: str = "causal") -> Path:
-    """Directory of the shipped model trained with the ``causal`` or the ``bidirectional`` mask."""
+#: Recipes of shipped models besides the documented one: the directory suffix says what differs.
+RECIPES = ("shipped", "no-target-aux")
+
+
+def shipped_name(trained_with: str = "causal", seed: int = 0, recipe: str = "shipped") -> str:
+    """``tabletop-<mask>`` (seed 0 of the documented recipe), ``tabletop-<mask>-seed<N>`` (another seed)
+    or ``tabletop-<mask>-no-target-aux`` (the recipe without the target-position loss, seed 0)."""
     if trained_with not in MASKS:
         raise InputError(f"trained_with: got {trained_with!r}, expected one of {MASKS}")
-    return Path(str(resources.files("vla_lab.tabletop") / "checkpoints" / f"tabletop-{trained_with}"))
+    if recipe not in RECIPES:
+        raise InputError(f"recipe: got {recipe!r}, expected one of {RECIPES}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed: got {seed!r}, expected a non-negative integer")
+    name = f"tabletop-{trained_with}"
+    if recipe != "shipped":
+        name += f"-{recipe}"
+    return name + (f"-seed{seed}" if seed else "")
+
+
+def shipped_path(trained_with: str = "causal", seed: int = 0, recipe: str = "shipped") -> Path:
+    """Directory of the shipped model trained with the ``causal`` or the ``bidirectional`` mask (training
+    ``seed``, ``recipe``; see :func:`shipped_name`)."""
+    name = shipped_name(trained_with, seed, recipe)
+    return Path(str(resources.files("vla_lab.tabletop") / "checkpoints" / name))
 
 
 def load_shipped(
     trained_with: str = "causal",
     *,
+    seed: int = 0,
+    recipe: str = "shipped",
     attention: AttentionLike | None = None,
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     **kwargs: Any,
 ) -> VLAAdapter:
-    """Load the shipped model trained with ``trained_with``; ``attention`` overrides its LLM mask, as in
-    :func:`vla_lab.load_pretrained` (which gets the other ``kwargs``)."""
-    path = shipped_path(trained_with)
+    """Load the shipped model trained with ``trained_with`` (training ``seed``, ``recipe``: see
+    :func:`shipped_name`); ``attention`` overrides its LLM mask, as in :func:`vla_lab.load_pretrained`
+    (which gets the other ``kwargs``)."""
+    path = shipped_path(trained_with, seed, recipe)
     if not (path / "config.json").exists():
-        raise InputError(f"trained_with: no shipped model at {path}; expected vla_lab/tabletop/checkpoints/")
+        available = sorted(p.name for p in path.parent.iterdir() if (p / "config.json").exists())
+        raise InputError(f"shipped model: got {path.name}, expected one of {available}")
     return load_pretrained(path, attention=attention, dtype=dtype, device=device, **kwargs)
 
 
