@@ -18,8 +18,7 @@ from conftest import assert_one_line_error, run_cli, snapshot
 
 from vla_lab import files, stats, tabletop
 from vla_lab.errors import InputError
-from vla_lab.experiments.study import STUDIES, StudySettings, load_result, run_study, verify_records
-from vla_lab.experiments.study import knockout, patching
+from vla_lab.experiments.study import STUDIES, StudySettings, knockout, load_result, patching, run_study, verify_records
 from vla_lab.experiments.study import models as study_models
 from vla_lab.experiments.study.policies import observation_inputs
 from vla_lab.tabletop import world
