@@ -155,3 +155,17 @@ def test_segment_mass_per_key_token_divides_by_the_key_segment_length(tiny_model
     np.testing.assert_allclose(per_token.to_numpy(), expected.to_numpy())
     assert per_token.xs("tok0", level="key_segment").equals(mass.xs("tok0", level="key_segment"))
     assert len({len(layout.text) for layout in cache.layouts}) == 2  # samples differ in prompt length
+
+
+def test_compare_modes_counts_identical_zero_states_as_unchanged(tiny_model, inputs):
+    """A token whose states are identical zero vectors under both masks (e.g. an untrained action query's
+    embedding) has not drifted: cosine 1, not torch's 0 for zero vectors."""
+    with torch.no_grad():
+        saved = tiny_model.action_queries.weight[-1].clone()
+        tiny_model.action_queries.weight[-1].zero_()
+        try:
+            cos = interp.compare_modes(tiny_model, inputs).hidden_cosine
+        finally:
+            tiny_model.action_queries.weight[-1].copy_(saved)
+    first = cos[cos.hidden_index == 0]
+    assert np.allclose(first["cosine"], 1.0)
