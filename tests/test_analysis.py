@@ -142,3 +142,30 @@ def test_head_task_patch_attention_maps_released_offset(tiny_model, inputs):
     last = df[(df.image == df.image.max()) & (df.row == df.row.max()) & (df.col == df.col.max())]["value"]
     assert last.isna().all()
     assert df.drop(last.index)["value"].notna().all()
+
+
+def test_segment_mass_per_key_token_divides_by_the_key_segment_length(tiny_model, inputs):
+    _, cache = run_with_cache(tiny_model, **inputs, attention="bidirectional")
+    keys = ["sample", "layer", "head", "query_segment", "key_segment"]
+    mass = interp.segment_mass(cache).set_index(keys)["value"]
+    per_token = interp.segment_mass(cache, per_key_token=True).set_index(keys)["value"]
+    sizes = {(s, name): len(layout.span(name)) for s, layout in enumerate(cache.layouts)
+             for name in ("tok0", "vision", "text", "action_queries", "stop")}
+    expected = mass / [sizes[(s, k)] for s, *_, k in mass.index]
+    np.testing.assert_allclose(per_token.to_numpy(), expected.to_numpy())
+    assert per_token.xs("tok0", level="key_segment").equals(mass.xs("tok0", level="key_segment"))
+    assert len({len(layout.text) for layout in cache.layouts}) == 2  # samples differ in prompt length
+
+
+def test_compare_modes_counts_identical_zero_states_as_unchanged(tiny_model, inputs):
+    """A token whose states are identical zero vectors under both masks (e.g. an untrained action query's
+    embedding) has not drifted: cosine 1, not torch's 0 for zero vectors."""
+    with torch.no_grad():
+        saved = tiny_model.action_queries.weight[-1].clone()
+        tiny_model.action_queries.weight[-1].zero_()
+        try:
+            cos = interp.compare_modes(tiny_model, inputs).hidden_cosine
+        finally:
+            tiny_model.action_queries.weight[-1].copy_(saved)
+    first = cos[cos.hidden_index == 0]
+    assert np.allclose(first["cosine"], 1.0)

@@ -300,3 +300,44 @@ def test_sidecar_paths_are_relative_to_the_repository(setup, tmp_path):
 
     walk(sidecar)
     assert strings and not [s for s in strings if viz.export.is_absolute_path(s) or str(root) in s]
+
+
+def test_segment_map_grid_shares_one_scale_and_hatches_closed_paths(setup):
+    model, inputs, *_ = setup
+    frames = []
+    for mask in ("causal", "bidirectional"):
+        _, cache = run_with_cache(model, **inputs, attention=mask)
+        df = interp.segment_mass(cache).groupby(["layer", "query_segment", "key_segment"], as_index=False)["value"]
+        frames.append(df.agg(["mean", "std"]).assign(condition=mask))
+    summary = pd.concat(frames, ignore_index=True)
+    for log in (False, True):
+        fig = viz.segment_map_grid(summary, row="condition", value="mean", spread="std", log=log, title="maps")
+        _check_labels(fig, colorbar=True)
+        colorbars = {id(m.colorbar) for ax in fig.axes for m in ax.images if m.colorbar is not None}
+        assert len(colorbars) == 1
+        shown = viz.plotted_data(fig)
+        assert len(shown) == len(summary) and set(shown["condition"]) == {"causal", "bidirectional"}
+    causal_panel = fig.axes[0]
+    hatched = [p for p in causal_panel.patches if p.get_hatch()]
+    closed = summary[(summary.condition == "causal") & (summary.layer == 0) & (summary["mean"] == 0)]
+    assert len(hatched) == len(closed) > 0
+    with pytest.raises(InputError, match="lacks"):
+        viz.segment_map_grid(summary, row="mask")
+
+
+def test_token_attention_map_draws_the_full_map_and_its_boundaries(setup):
+    model, inputs, *_ = setup
+    _, full = run_with_cache(model, **inputs, mode="full", attention="causal")
+    fig = viz.token_attention_map(full, layer=1)
+    _check_labels(fig, colorbar=True)
+    layout = full.layouts[0]
+    data = viz.plotted_data(fig)
+    assert len(data) == layout.num_tokens ** 2
+    expected = full["llm.blocks.1.attn.hook_pattern"][0].double().mean(0)[: layout.num_tokens, : layout.num_tokens]
+    np.testing.assert_allclose(data["value"].to_numpy(), expected.numpy().ravel())
+    upper = data[data.key_position > data.query_position]
+    assert (upper["value"] == 0).all()  # causal: nothing above the diagonal
+    spans = [s for n, s in layout.segments(fine=True).items() if n != "padding" and len(s)]
+    assert len(fig.axes[0].lines) == 2 * (len(spans) - 1)
+    with pytest.raises(InputError, match="mode='full'"):
+        viz.token_attention_map(run_with_cache(model, **inputs)[1], layer=0)

@@ -62,16 +62,21 @@ def _merge_segment_pattern(pattern: np.ndarray, layout: SequenceLayout, fine: bo
     return names, merged
 
 
-def segment_mass(cache: ActivationCache, fine: bool = False) -> pd.DataFrame:
+def segment_mass(cache: ActivationCache, fine: bool = False, per_key_token: bool = False) -> pd.DataFrame:
     """Segment -> segment attention mass per sample, layer and head (LLM).
 
-    Columns: sample, layer, head, query_segment, key_segment, value.
+    Columns: sample, layer, head, query_segment, key_segment, value. With ``per_key_token`` the value is the
+    mass divided by the number of tokens of the key segment in that sample (the mean attention per key
+    token), so that a segment of one token (``tok0``) and one of many (``vision``) can be compared; the
+    masses of a query segment then no longer sum to 1.
     """
     rows = []
     patterns = cache.stack(llm_hook("segment_pattern", "*")).cpu().double().numpy()  # (L, B, H, G, G)
     for b, layout in enumerate(cache.layouts):
         for layer in range(patterns.shape[0]):
             names, merged = _merge_segment_pattern(patterns[layer, b], layout, fine)
+            if per_key_token:
+                merged = merged / np.array([len(layout.span(k)) for k in names], dtype=np.float64)[None, None, :]
             for head in range(merged.shape[0]):
                 for qi, q in enumerate(names):
                     for ki, k in enumerate(names):

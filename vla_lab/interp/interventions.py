@@ -44,7 +44,8 @@ def compare_modes(
 
     ``attention``: segment mass per layer/head under each mode and the difference (b - a).
     ``hidden_cosine``: per sample, hidden_index (0 = embeddings) and segment, the mean cosine similarity
-    of the tokens' hidden states between the modes. ``actions``: normalised actions of both modes.
+    of the tokens' hidden states between the modes (1 for a token whose states are identical, zero vectors
+    included). ``actions``: normalised actions of both modes.
     """
     if len(modes) != 2:
         raise InputError(f"modes: got {len(modes)} modes, expected 2")
@@ -65,7 +66,10 @@ def compare_modes(
     for s, layout in enumerate(caches[0].layouts):
         for name, positions in segment_positions(layout).items():
             for index, (ha, hb) in enumerate(zip(hidden_a, hidden_b)):
-                cos = torch.nn.functional.cosine_similarity(ha[s, positions].float(), hb[s, positions].float(), dim=-1)
+                a_states, b_states = ha[s, positions].float(), hb[s, positions].float()
+                cos = torch.nn.functional.cosine_similarity(a_states, b_states, dim=-1)
+                # identical states are unchanged (cosine 1), also where they are zero vectors (cosine_similarity: 0)
+                cos = torch.where((a_states == b_states).all(dim=-1), torch.ones_like(cos), cos)
                 rows.append((s, index, name, float(cos.mean())))
     cosine = pd.DataFrame(rows, columns=["sample", "hidden_index", "segment", "cosine"])
 

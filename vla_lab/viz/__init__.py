@@ -27,6 +27,8 @@ from vla_lab.viz.plots import (
     patch_overlay,
     segment_heatmap,
     segment_heatmap_grid,
+    segment_map_grid,
+    token_attention_map,
 )
 from vla_lab.viz.report import attention_report, report_paths
 
@@ -48,7 +50,9 @@ __all__ = [
     "report_paths",
     "segment_heatmap",
     "segment_heatmap_grid",
+    "segment_map_grid",
     "sidecar_path",
     "to_jsonable",
+    "token_attention_map",
     "write_atomic",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.colors import Normalize, TwoSlopeNorm
+from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
@@ -26,7 +26,15 @@ from matplotlib.ticker import MaxNLocator
 
 from vla_lab.config import FINE_SEGMENTS
 from vla_lab.errors import InputError
-from vla_lab.interp import ActivationCache, ModeComparison, depth_column, head_attention, patch_grid, segment_mass
+from vla_lab.interp import (
+    ActivationCache,
+    ModeComparison,
+    depth_column,
+    head_attention,
+    llm_hook,
+    patch_grid,
+    segment_mass,
+)
 from vla_lab.viz.export import DATA_ATTR, FUNCTION_ATTR
 
 #: Segments in sequence order, coarse ``vision`` before its images (padding is never plotted).
@@ -240,6 +248,125 @@ def segment_heatmap_grid(
     data.insert(0, "sample", sample)
     data.insert(2, "head", "mean" if head is None else head)
     return _finish(fig, data, "segment_heatmap_grid")
+
+
+def segment_map_grid(
+    df: pd.DataFrame,
+    row: str,
+    value: str = "value",
+    spread: str | None = None,
+    layers: Sequence[int] | None = None,
+    log: bool = False,
+    title: str | None = None,
+    label: str = "attention mass",
+    cmap: str = "viridis",
+) -> Figure:
+    """Segment maps of several conditions: one row of panels per value of ``row`` (in order of appearance), one
+    column per layer, all on one colour scale (logarithmic with ``log``) with one colourbar.
+
+    ``df`` holds one row per (``row``, layer, query_segment, key_segment) with the number ``value`` (e.g. a
+    mean over scenes) and, optionally, ``spread`` (e.g. its standard deviation over scenes), annotated as
+    ``value ± spread``. A cell whose value is exactly 0 (a path the mask closes) is hatched grey, not coloured.
+    """
+    columns = [row, "layer", "query_segment", "key_segment", value] + ([spread] if spread else [])
+    _require(df, columns, "segment_map_grid")
+    layers = sorted(df["layer"].unique().tolist()) if layers is None else list(layers)
+    rows = list(dict.fromkeys(df[row]))
+    if not layers or not rows:
+        raise InputError("segment_map_grid: got no layers or no rows, expected at least one of each")
+    positive = df.loc[df[value] > 0, value]
+    high = float(positive.max()) if len(positive) else 1.0
+    norm = LogNorm(float(positive.min()), high) if log and len(positive) else Normalize(0.0, max(high, 1e-12))
+    fig = _new_figure(2.55 * len(layers) + 1.6, 2.35 * len(rows) + 0.9)
+    axes = fig.subplots(len(rows), len(layers), squeeze=False)
+    colormap = matplotlib.colormaps[cmap]
+    image = None
+    frames = []
+    for i, name in enumerate(rows):
+        for j, layer in enumerate(layers):
+            ax = axes[i, j]
+            sel = df[(df[row] == name) & (df["layer"] == layer)]
+            tidy, matrix, queries, keys = _matrix(sel, value)
+            shown = np.where(matrix > 0, matrix, np.nan)
+            image = ax.imshow(shown, cmap=cmap, norm=norm, aspect="auto")
+            for (qi, ki), v in np.ndenumerate(matrix):
+                if v == 0:
+                    ax.add_patch(Rectangle((ki - 0.5, qi - 0.5), 1, 1, facecolor="#d9d9d9", edgecolor="#8c8c8c",
+                                           hatch="////", lw=0))
+                    continue
+                if np.isnan(v):
+                    continue
+                r, g, b, _ = colormap(norm(v))
+                color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+                text = f"{v:.2g}"
+                if spread:
+                    sd = sel[(sel["query_segment"] == queries[qi]) & (sel["key_segment"] == keys[ki])][spread]
+                    text += f"\n±{float(sd.mean()):.1g}"
+                ax.text(ki, qi, text, ha="center", va="center", color=color, fontsize=5)
+            ax.set_xticks(range(len(keys)), keys if i == len(rows) - 1 else [], rotation=40, ha="right", fontsize=6)
+            ax.set_yticks(range(len(queries)), queries if j == 0 else [], fontsize=6)
+            if i == 0:
+                ax.set_title(f"layer {layer}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(str(name), fontsize=7)
+            frames.append(sel[columns])
+    fig.supxlabel("key segment")
+    fig.supylabel("query segment (rows of panels: " + row + ")")
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), label=label + (" (log scale)" if log else ""), shrink=0.6)
+    fig.legend(handles=[Patch(facecolor="#d9d9d9", edgecolor="#8c8c8c", hatch="////", label="0: closed by the mask")],
+               loc="outside lower right", fontsize=7, frameon=False)
+    fig.suptitle(title or f"{label} per layer")
+    return _finish(fig, pd.concat(frames, ignore_index=True), "segment_map_grid")
+
+
+def token_attention_map(
+    cache: ActivationCache,
+    layer: int,
+    sample: int = 0,
+    head: int | None = None,
+    title: str | None = None,
+    ax: Any = None,
+    log: bool = True,
+    vmin: float = 1e-4,
+) -> Figure:
+    """The full query position x key position attention of one LLM layer (mean over heads unless ``head``),
+    with every segment boundary drawn and labelled (a capture with ``mode="full"``; padding left out).
+
+    On the ``log`` scale values below ``vmin`` are clipped to it; exact zeros (closed by the mask) are grey.
+    """
+    name = llm_hook("pattern", layer)
+    if name not in cache:
+        raise InputError(f"token_attention_map: the cache holds no {name}, expected a capture with mode='full'")
+    layout = cache.layouts[sample]
+    pattern = cache[name][sample].double()  # (H, S, S)
+    maps = pattern.mean(0) if head is None else pattern[head]
+    size = layout.num_tokens
+    matrix = maps[:size, :size].cpu().numpy()
+    fig, ax = _figure_and_axes(ax, 7.4, 6.4)
+    norm: Normalize = LogNorm(vmin, 1.0, clip=True) if log else Normalize(0.0, float(matrix.max()) or 1.0)
+    colormap = matplotlib.colormaps["magma"].with_extremes(bad="#d9d9d9")
+    image = ax.imshow(np.where(matrix > 0, matrix, np.nan), cmap=colormap, norm=norm, interpolation="nearest")
+    spans = [(n, s) for n, s in layout.segments(fine=True).items() if n != "padding" and len(s)]
+    for _, s in spans[1:]:
+        for line in (ax.axhline, ax.axvline):
+            line(s.start - 0.5, color="#00e5ff", lw=0.7)
+    middles = [(s.start + s.stop - 1) / 2 for _, s in spans]
+    names = [n for n, _ in spans]
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(middles, names, rotation=40, ha="left", fontsize=7)
+    right = ax.secondary_yaxis("right")
+    right.set_yticks(middles, names, fontsize=7)
+    ax.set_xlabel("key position")
+    ax.set_ylabel("query position")
+    fig.colorbar(image, ax=ax, label="attention probability" + (" (log scale)" if log else ""), pad=0.12, shrink=0.8)
+    ax.set_title(title or f"LLM layer {layer}, {_head_label(head)}, sample {sample}", fontsize=10)
+    q, k = np.indices(matrix.shape)
+    data = pd.DataFrame({"layer": layer, "head": "mean" if head is None else head, "query_position": q.ravel(),
+                         "key_position": k.ravel(), "value": matrix.ravel()})
+    data["query_segment"] = [layout.segment_of(int(p)) for p in data["query_position"]]
+    data["key_segment"] = [layout.segment_of(int(p)) for p in data["key_position"]]
+    return _finish(fig, data, "token_attention_map")
 
 
 def layer_curves(
