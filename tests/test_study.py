@@ -196,8 +196,14 @@ def test_knockout_conditions_and_equal_size_controls() -> None:
         assert records.loc[(condition, first), "delta_action"] == 0.0
     assert records.loc[("vision->queries", first), "delta_action"] > 0
     for path in knockout.CONTROLS:
-        assert records.loc[(f"random-keys:{path}", first), "blocked_keys"] == records.loc[(path, first),
-                                                                                          "blocked_keys"]
+        control, real = records.loc[(f"random-keys:{path}", first)], records.loc[(path, first)]
+        assert control["blocked_keys"] == real["blocked_keys"]
+        closed = ["keys_vision", "keys_text", "keys_other"]
+        assert sum(control[closed]) == sum(real[closed]) > 0
+    assert records.loc[("vision->queries", first), "keys_text"] == 0
+    assert records.loc[("text->queries", first), "keys_vision"] == 0
+    assert {"vision->queries vs random-keys:vision->queries"} <= set(
+        result.tests[result.tests["metric"] == "success"]["comparison"])
     assert records.loc[("none", first), "delta_action"] == 0.0
     # closed_loop_scenes=1: only the first scene has an episode.
     assert records.loc[("none", first), "success"] in (True, False)

@@ -9,12 +9,14 @@ Conditions, each on top of the model's own mask (the baseline ``none``):
   queries and STOP causal);
 * ``random-keys:vision->queries`` / ``random-keys:text->queries``: the control of equal size -- the queries
   lose as many keys as the segment has, drawn at random (per scene, seeded) from every key they may read
-  except their own positions.
+  except their own positions. The draw is not restricted to other segments (the patches outnumber all
+  other keys), so ``keys_vision`` / ``keys_text`` / ``keys_other`` record where each condition's closed
+  keys lie.
 
 Per model, condition and scene: ``delta_action`` (mean |normalised actions - baseline's| of the chunk at the
 start observation) and, closed loop, success, outcome, steps. Summaries: mean delta (bootstrap) and success
-(Wilson); tests: exact McNemar of success against ``none``, Wilcoxon of each path's delta against its
-random-key control.
+(Wilson); tests: exact McNemar of success against ``none`` and of each path against its random-key control,
+Wilcoxon of each path's delta against its control.
 """
 
 from __future__ import annotations
@@ -70,6 +72,28 @@ def random_keys(layout: SequenceLayout, allowed: torch.Tensor, path: str, rng: n
     return queries, chosen
 
 
+#: The segments :func:`_blocked_segments` counts keys in (``other``: tok0, the queries' own segment, STOP).
+KEY_SEGMENTS = ("vision", "text")
+
+
+def _blocked_segments(condition: str, layouts: Sequence[SequenceLayout],
+                      chosen: dict[str, list[tuple[list[int], list[int]]]]) -> list[dict[str, int]]:
+    """Per scene: how many key positions of each segment the condition closes for its query segment
+    (``keys_vision``, ``keys_text``, ``keys_other``); zeros for ``none`` and ``prefix-lm``."""
+    out = []
+    for b, layout in enumerate(layouts):
+        if condition in PATHS:
+            keys = list(layout.span(PATHS[condition][1]).positions())
+        elif condition.startswith("random-keys:"):
+            keys = chosen[condition.split(":", 1)[1]][b][1]
+        else:
+            keys = []
+        segments = [layout.segment_of(k).split(".")[0] for k in keys]
+        counts = {f"keys_{name}": sum(s == name for s in segments) for name in KEY_SEGMENTS}
+        out.append({**counts, "keys_other": len(keys) - sum(counts.values())})
+    return out
+
+
 def _length(model: VLAAdapter, inputs: dict[str, torch.Tensor]) -> int:
     """Sequence length of a batch (patches, padded prompt, queries, STOP)."""
     return model.plan(inputs["attention_mask"].sum(dim=1).tolist(), inputs["input_ids"].shape[1]).length
@@ -107,6 +131,7 @@ class Knockout(Study):
         looped = [b for b, keep in enumerate(closed_loop_mask(scenes, settings, unit)) if keep]
         for condition in CONDITIONS:
             options, per_scene, changes = self._options(condition, base, allowed, baseline.layouts, chosen)
+            where = _blocked_segments(condition, baseline.layouts, chosen)
             out = model(**inputs, **options(list(range(len(scenes))), _length(model, inputs)))
             delta = np.abs(out.normalized_actions.float().cpu().numpy() - base_actions).mean(axis=(1, 2))
             if looped and (changes or condition == "none"):
@@ -115,7 +140,7 @@ class Knockout(Study):
             for b, scene in enumerate(scenes):
                 episode = episodes.get(b)
                 rows.append({"scene": scene.seed, "condition": condition, "changes_mask": changes,
-                             "blocked_keys": per_scene[b], "delta_action": float(delta[b]),
+                             "blocked_keys": per_scene[b], **where[b], "delta_action": float(delta[b]),
                              "success": pd.NA if episode is None else episode["success"],
                              "outcome": pd.NA if episode is None else episode["outcome"],
                              "steps": pd.NA if episode is None else episode["steps"]})
@@ -178,6 +203,9 @@ class Knockout(Study):
                                               comparison=f"none vs {condition}", metric="success"))
             for path in CONTROLS:
                 control = f"random-keys:{path}"
+                if has_success and path in by and control in by:
+                    tests.append(test_row(mcnemar_exact(*paired(by[path]["success"], by[control]["success"])),
+                                          **keys, comparison=f"{path} vs {control}", metric="success"))
                 if path in by and control in by:
                     deltas = paired(by[path]["delta_action"], by[control]["delta_action"])
                     tests.append(test_row(wilcoxon_signed_rank(*deltas),
