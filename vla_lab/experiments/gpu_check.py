@@ -218,12 +218,12 @@ def notebook_parameters(device: str, dry_run: bool = False) -> dict[str, dict[st
         return {
             "01": {"DEVICE": device, "DTYPE": "float32", "LATENCY_PRESET": "tiny", "NUM_SCENES": 1,
                    "NUM_EPISODES": 1, "TIMING_WARMUP": 1, "TIMING_REPEATS": 3},
-            "02": {"DEVICE": device, "N_SCENES": 4, "N_EPISODES": 2},
+            "02": {"DEVICE": device, "N_MAP_SCENES": 4, "BATCH": 4, "VERIFY": ()},
             "03": {"device": device, "on_gpu": False, "design": "reduced", "train_steps": 4, "batch_size": 4,
                    "train_examples": 16, "val_examples": 8, "eval_episodes": 2, "evaluate_init": False,
                    "seeds": [0], "cost_scale": "small", "cost_dtype": "float32", "cost_batch_sizes": [1],
                    "cost_repeats": 2},
-            "04": {"DEVICE": device, "COMPARE_PRESET": None, "COMPARE_DTYPE": "float32", "NUM_SCENES": 4},
+            "04": {"DEVICE": device, "NUM_SCENES": 4, "NUM_VALIDATION": 4},
         }
     return {
         "01": {"DEVICE": device, "DTYPE": "bfloat16", "LATENCY_PRESET": FULL_PRESET},
@@ -231,7 +231,7 @@ def notebook_parameters(device: str, dry_run: bool = False) -> dict[str, dict[st
         "03": {"device": device, "on_gpu": True, "design": "reduced", "seeds": [0], "train_steps": 100,
                "train_examples": 512, "val_examples": 64, "eval_episodes": 10, "evaluate_init": False,
                "cost_scale": "real", "cost_dtype": "bfloat16"},
-        "04": {"DEVICE": device, "COMPARE_PRESET": FULL_PRESET, "COMPARE_DTYPE": "bfloat16"},
+        "04": {"DEVICE": device},
     }
 
 

@@ -28,7 +28,7 @@ from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import InputError
 from vla_lab.files import write_atomic, write_text
 from vla_lab.model import VLAAdapter, forward_inputs
-from vla_lab.viz import plots
+from vla_lab.viz import overlays, plots
 from vla_lab.viz.export import EXPORT_FORMATS, check_free, export_figure, export_paths, provenance, to_jsonable
 
 TABLES = ("segment_mass.csv", "query_patch_attention.csv", "entropy.csv", "head_attention.csv", "rollout.csv")
@@ -157,7 +157,7 @@ def attention_report(
                                                "by layer\n(line: mean over heads, band: range over heads)"),
                           "action_query_layer_curves")
         for layer in _layer_picks(num_layers):
-            fig = plots.patch_overlay(images, patches, layer=layer, outlines=outlines,
+            fig = overlays.patch_overlay(images, patches, layer=layer, outlines=outlines,
                                         title=f"{label}: action queries → image patches, layer {layer} (head mean)")
             written += export(fig, f"action_query_patches_layer{layer}")
         written += export(plots.head_gates(heads, title=f"{label}: bridge-attention head"), "head_gates")

@@ -21,7 +21,7 @@ from vla_lab.errors import InputError
 from vla_lab.interp import ActivationCache, capture
 from vla_lab.interp.hooks import llm_hook
 from vla_lab.model import VLAAdapter, forward_inputs
-from vla_lab.viz import plots
+from vla_lab.viz import overlays, plots
 from vla_lab.viz.export import plotted_data
 
 
@@ -44,7 +44,7 @@ class AttentionExplorer:
     ``output``: the segment heatmap of that layer/head and the patch overlay of that query segment
     on that image. ``last_data`` / ``last_patch_data`` hold the numbers last drawn and
     ``last_figures`` the plots. ``inputs``: :meth:`VLAAdapter.prepare_inputs` output (sample 0 is
-    shown); ``images``: that sample's uint8 images; ``outlines``: as in :func:`plots.patch_overlay`.
+    shown); ``images``: that sample's uint8 images; ``outlines``: as in :func:`overlays.patch_overlay`.
     """
 
     def __init__(
@@ -140,8 +140,8 @@ class AttentionExplorer:
         heat = plots.segment_heatmap(self.segment_frames[mode], layer, head=head, title=title)
         patches = self.patch_frame(mode, query)
         patches = patches[(patches["image"] == image) & (patches["layer"] == layer)].assign(image=0)
-        outlines = plots.outlines_for_image(self.outlines, image, len(self.images))
-        overlay = plots.patch_overlay(
+        outlines = overlays.outlines_for_image(self.outlines, image, len(self.images))
+        overlay = overlays.patch_overlay(
             [self.images[image]], patches, layer=layer, head=head, outlines=outlines or None,
             title=f"{mode}: {query} → image {image} patches, layer {layer}", image_names=[f"image {image}"],
         )
