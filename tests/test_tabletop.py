@@ -313,3 +313,14 @@ def test_shipped_names_for_seeds_and_recipes() -> None:
             tabletop.shipped_name(**{"trained_with": "causal", **bad})
     with pytest.raises(InputError, match="tabletop-causal"):
         tabletop.load_shipped("causal", seed=99)
+
+
+def test_the_seed_1_models_are_shipped_in_the_released_layout() -> None:
+    for mask in tabletop.MASKS:
+        path = tabletop.shipped_path(mask, seed=1)
+        stored = json.loads((path / "train_config.json").read_text())
+        assert stored["seed"] == 1 and stored["attention"] == mask and stored["steps"] == 16000
+        model = tabletop.load_shipped(mask, seed=1)
+        assert model.attention.label == mask
+        other = tabletop.load_shipped(mask)
+        assert not torch.equal(model.action_queries.weight, other.action_queries.weight)
