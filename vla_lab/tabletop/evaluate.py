@@ -30,6 +30,19 @@ def predict(model: VLAAdapter, observations: Sequence[world.Observation]) -> tup
     return np.asarray(pred.actions), pred.normalized_actions
 
 
+def observation_inputs(model: VLAAdapter, observations: Sequence[world.Observation]) -> dict[str, torch.Tensor]:
+    """Forward keyword arguments for a batch of observations (raw proprio normalised with the model's statistics)."""
+    return forward_inputs(model.prepare_inputs(*_observation_batch(model, observations)))
+
+
+def expert_l1(model: VLAAdapter, scene: world.Scene, state: world.State, normalized: np.ndarray) -> float:
+    """Mean |normalised chunk - normalised expert chunk| at ``state``."""
+    stats = (model.config.norm_stats or {})[stats_key(model.config)]
+    expert = world.expert_chunk(scene, state, model.config.robot.chunk)
+    target = normalize_actions(expert, stats["action"], model.config.robot.normalization)
+    return float(np.abs(normalized - target).mean())
+
+
 def scene_inputs(
     model: VLAAdapter, split: str = "test", n: int = 32, start: int = 0
 ) -> tuple[dict[str, torch.Tensor], list[world.Scene], list[world.Observation]]:
@@ -42,8 +55,7 @@ def scene_inputs(
     config = world_config(model.config)
     scenes = [world.sample_scene(s, config) for s in world.split_seeds(split, n, start)]
     observations = [world.render(scene) for scene in scenes]
-    inputs = model.prepare_inputs(*_observation_batch(model, observations))
-    return forward_inputs(inputs), scenes, observations
+    return observation_inputs(model, observations), scenes, observations
 
 
 def policy_for(model: VLAAdapter) -> world.Policy:
@@ -61,7 +73,6 @@ def evaluate_scenes(
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """Closed-loop episodes of ``scenes`` in lockstep (one forward pass per round, the model's own mask):
     the episode records and the action L1 of each episode's first chunk against the expert's."""
-    stats = (model.config.norm_stats or {})[stats_key(model.config)]
     last: dict[str, np.ndarray] = {}
     first = [float("nan")] * len(scenes)
 
@@ -71,9 +82,7 @@ def evaluate_scenes(
 
     def on_query(episode: int, row: int, query: int, state: world.State) -> None:
         if query == 0:
-            expert = world.expert_chunk(scenes[episode], state, model.config.robot.chunk)
-            target = normalize_actions(expert, stats["action"], model.config.robot.normalization)
-            first[episode] = float(np.abs(last["normalized"][row] - target).mean())
+            first[episode] = expert_l1(model, scenes[episode], state, last["normalized"][row])
 
     results = world.run_episodes(scenes, policy, max_steps=max_steps, execute=execute, on_query=on_query)
     return [result.record(scene) for scene, result in zip(scenes, results)], first

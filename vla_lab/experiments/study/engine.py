@@ -410,16 +410,6 @@ def summary_table(result: StudyResult, digits: int = 3) -> pd.DataFrame:
     return df
 
 
-def conditions_of(records: pd.DataFrame) -> list[str]:
-    return list(dict.fromkeys(records["condition"]))
-
-
-def require_columns(records: pd.DataFrame, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in records.columns]
-    if missing:
-        raise InputError(f"records: missing column(s) {missing}")
-
-
 def load_results(root: str | Path, study: str) -> StudyResult:
     """Every finished run of ``study`` under ``root/<study>/<model>/``, records, summaries and tests
     concatenated (one directory per model, as ``notebooks/records/make_records.sh`` writes them)."""

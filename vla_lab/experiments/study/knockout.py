@@ -43,11 +43,12 @@ from vla_lab.experiments.study.engine import (
     test_row,
 )
 from vla_lab.experiments.study.models import ModelSpec
-from vla_lab.experiments.study.policies import observation_inputs, run_closed_loop
+from vla_lab.experiments.study.policies import run_closed_loop
 from vla_lab.model import VLAAdapter
 from vla_lab.model.sequence import SequenceLayout
 from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
 from vla_lab.tabletop import world
+from vla_lab.tabletop.evaluate import observation_inputs
 
 #: Path knockouts: condition -> (query segment, key segment) blocked.
 PATHS: dict[str, tuple[str, str]] = {

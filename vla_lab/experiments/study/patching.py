@@ -47,12 +47,13 @@ from vla_lab.experiments.study.engine import (
     test_row,
 )
 from vla_lab.experiments.study.models import ModelSpec
-from vla_lab.experiments.study.policies import observation_inputs, run_closed_loop, unnormalize
+from vla_lab.experiments.study.policies import run_closed_loop, unnormalize
 from vla_lab.interp.hooks import llm_hook
 from vla_lab.model import VLAAdapter
 from vla_lab.model.sequence import SequenceLayout
 from vla_lab.stats import wilcoxon_signed_rank
 from vla_lab.tabletop import world
+from vla_lab.tabletop.evaluate import observation_inputs
 
 COUNTERFACTUALS = ("instruction", "scene")
 SEGMENTS = ("vision", "text", "action_queries")
