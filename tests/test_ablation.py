@@ -348,3 +348,35 @@ def test_figures_have_titles_labels_and_colourbars(base, tokenizer, pools) -> No
     matrix = ablation_plots.attention_matrix(runs.attention, "vision", "trained", "ratio")
     assert list(matrix.index) == ["dinov2 | linear | causal", "dinov2 | linear | bidirectional"]
     assert isinstance(matrix, pd.DataFrame) and matrix.shape[1] == base.num_llm_layers
+
+
+def test_deepened_config_matches_the_parameters_of_a_fused_reference(base) -> None:
+    target = ablation.parameter_counts(ablation.variant_config(base, Variant("dinov2+siglip", "gelu-mlp")))["total"]
+    config, depth = ablation.deepened_config(base, Variant("dinov2", "gelu-mlp"), target)
+    assert [k["depth"] for k in config.vision.timm_kwargs] == [depth]
+    total = ablation.parameter_counts(config)["total"]
+    neighbours = []
+    for d in (depth - 1, depth + 1):
+        vision = ablation.stand_in_vision(base, "dinov2")
+        vision["timm_kwargs"] = [{**vision["timm_kwargs"][0], "depth": d}]
+        neighbours.append(ablation.parameter_counts(config.replace(vision=vision))["total"])
+    assert depth > base.vision.timm_kwargs[0]["depth"]
+    assert all(abs(total - target) <= abs(n - target) for n in neighbours)
+    same, same_depth = ablation.deepened_config(base, Variant("dinov2+siglip", "gelu-mlp"), target)
+    assert same_depth == base.vision.timm_kwargs[0]["depth"] and ablation.parameter_counts(same)["total"] == target
+    with pytest.raises(ConfigError, match="total"):
+        ablation.deepened_config(base, Variant("dinov2", "gelu-mlp"), 0)
+
+
+def test_equal_parameter_cost_rows(base) -> None:
+    reference = Variant("dinov2+siglip", "gelu-mlp")
+    table = ablation.equal_parameter_cost(base, [Variant("clip", "gelu-mlp"), Variant("clip", "fused-gelu-mlp")],
+                                          reference, batch_sizes=(1,), warmup=0, repeats=1)
+    ok = table[table["status"] == "ok"]
+    assert list(dict.fromkeys(ok["variant"])) == [reference.name, "clip | gelu-mlp | causal"]
+    assert (ok["reference_parameters"] == ok[ok["variant"] == reference.name]["parameters"].iloc[0]).all()
+    clip = ok[ok["variant"] == "clip | gelu-mlp | causal"].iloc[0]
+    assert clip["depth"] > base.vision.timm_kwargs[0]["depth"]
+    assert abs(clip["parameters"] / clip["reference_parameters"] - 1) < 0.1
+    assert set(ok["metric"]) == {"latency_ms", "peak_activation_bytes", "weight_bytes"}
+    assert table[table["status"] == "skipped"]["variant"].tolist() == ["clip | fused-gelu-mlp | causal"]

@@ -8,7 +8,13 @@
 * :mod:`.plots` -- figures of those tables (import it explicitly; the rest does not need matplotlib).
 """
 
-from vla_lab.experiments.ablation.cost import PeakMemory, cost_table, forward_peak_bytes, measure_cost
+from vla_lab.experiments.ablation.cost import (
+    PeakMemory,
+    cost_table,
+    equal_parameter_cost,
+    forward_peak_bytes,
+    measure_cost,
+)
 from vla_lab.experiments.ablation.grid import (
     BACKBONES,
     DESIGNS,
@@ -17,6 +23,7 @@ from vla_lab.experiments.ablation.grid import (
     PIVOT_PROJECTOR,
     SCALES,
     Variant,
+    deepened_config,
     is_fused,
     parameter_counts,
     parameter_table,
@@ -58,6 +65,8 @@ __all__ = [
     "constant_l1",
     "cost_table",
     "data_for",
+    "deepened_config",
+    "equal_parameter_cost",
     "evaluate_variant",
     "forward_peak_bytes",
     "is_fused",

@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from vla_lab.config import VLAConfig
-from vla_lab.experiments.ablation.grid import Variant, variant_config
+from vla_lab.experiments.ablation.grid import Variant, deepened_config, parameter_counts, variant_config
 from vla_lab.experiments.bench import synthetic_batch, time_callable
 from vla_lab.model import VLAAdapter, build_random
 
@@ -152,6 +152,45 @@ def cost_table(
                 model = build_random(variant_config(base, v, scale), dtype=dtype, device=device).eval()
             model.set_attention(v.attention)
             rows.extend({**key, "status": "ok", "reason": "", **row} for row in _measure(model, **kwargs))
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return pd.DataFrame(rows)
+
+
+def equal_parameter_cost(
+    base: VLAConfig,
+    variants: Iterable[Variant],
+    reference: Variant,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    **kwargs: Any,
+) -> pd.DataFrame:
+    """:func:`measure_cost` at small scale with every variant deepened to the parameters of ``reference``.
+
+    ``reference`` keeps its own configuration; every other valid variant gets the ViT depth whose total
+    parameter count comes closest to it (:func:`deepened_config`). Tidy rows as :func:`cost_table`, plus
+    ``depth`` (each ViT's), ``parameters`` and ``reference_parameters``; skipped variants get one row
+    with their reason.
+    """
+    device = torch.device(device)
+    target = parameter_counts(variant_config(base, reference, "small"))["total"]
+    rows = []
+    for v in dict.fromkeys([reference, *variants]):
+        key = {"variant": v.name, "backbone": v.backbone, "projector": v.projector, "attention": v.attention,
+               "scale": "small", "reference": reference.name, "reference_parameters": float(target)}
+        if not v.valid:
+            rows.append({**key, "status": "skipped", "reason": v.skip_reason, "metric": "latency_ms",
+                         "value": np.nan})
+            continue
+        if v == reference:
+            config = variant_config(base, v, "small")
+            depth = int(config.vision.timm_kwargs[0]["depth"])
+        else:
+            config, depth = deepened_config(base, v, target)
+        key.update(depth=depth, parameters=float(parameter_counts(config)["total"]))
+        model = build_random(config, dtype=dtype, device=device).eval()
+        rows.extend({**key, "status": "ok", "reason": "", **row} for row in _measure(model, **kwargs))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

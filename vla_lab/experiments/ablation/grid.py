@@ -13,6 +13,7 @@ Every table is tidy (long format): one row per (variant, metric).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +160,32 @@ def variant_config(base: VLAConfig, variant: Variant, scale: str = "small") -> V
         vision = {"backbone_id": BACKBONES[variant.backbone]}
     name = f"{base.name}[{variant.backbone}|{variant.projector}|{scale}]"
     return base.replace(vision=vision, projector=variant.projector, attention=variant.attention, name=name)
+
+
+def deepened_config(base: VLAConfig, variant: Variant, total: int, max_depth: int = 64) -> tuple[VLAConfig, int]:
+    """The variant's small-scale configuration with its ViTs' depth set so its parameters come closest to ``total``.
+
+    Every ViT of the stand-in gets the same depth (at least 2: features come from the second-to-last
+    block, at most ``max_depth``). Parameters grow linearly with the depth: two counts give the line, and
+    the depths either side of its solution are counted to pick the closer one. Returns the configuration
+    and the chosen depth.
+    """
+    if total <= 0:
+        raise ConfigError(f"total: got {total!r}, expected a positive number of parameters")
+
+    config = variant_config(base, variant, "small")
+
+    def at(depth: int) -> VLAConfig:
+        vision = stand_in_vision(base, variant.backbone)
+        vision["timm_kwargs"] = [{**k, "depth": depth} for k in vision["timm_kwargs"]]
+        return config.replace(vision=vision, name=f"{config.name}[depth={depth}]")
+
+    two, three = (parameter_counts(at(d))["total"] for d in (2, 3))
+    solution = 2 + (total - two) / (three - two)
+    candidates = {min(max(d, 2), max_depth) for d in (math.floor(solution), math.ceil(solution))}
+    counts = {d: parameter_counts(at(d))["total"] for d in candidates}
+    depth = min(counts, key=lambda d: (abs(counts[d] - total), d))
+    return at(depth), depth
 
 
 # ---------------------------------------------------------------------------------------------

@@ -85,8 +85,11 @@ def plot_parameters(params: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_cost(cost: pd.DataFrame, batch: int) -> Figure:
-    """Forward latency (median, min-max bars) and peak activation memory per variant at ``batch``."""
+def plot_cost(cost: pd.DataFrame, batch: int, note: str = "") -> Figure:
+    """Forward latency (median, min-max bars) and peak activation memory per variant at ``batch``.
+
+    ``note`` is added to both titles (e.g. "equal total parameters").
+    """
     ok = cost[(cost["status"] == "ok") & (cost["batch"] == batch)]
     latency = ok[ok["metric"] == "latency_ms"]
     memory = ok[ok["metric"] == "peak_activation_bytes"].assign(value=lambda d: d["value"] / 2**20)
@@ -99,8 +102,9 @@ def plot_cost(cost: pd.DataFrame, batch: int) -> Figure:
     ax_lat.set_xlabel("forward latency (ms, median; bars min-max)")
     ax_mem.set_xlabel("peak memory allocated in the forward (MiB)")
     ax_lat.set_ylabel("backbone | projector")
-    ax_lat.set_title(f"forward latency, batch {batch}, {device}")
-    ax_mem.set_title(f"forward memory beyond the weights, batch {batch}")
+    suffix = f"\n{note}" if note else ""
+    ax_lat.set_title(f"forward latency, batch {batch}, {device}{suffix}")
+    ax_mem.set_title(f"forward memory beyond the weights, batch {batch}{suffix}")
     ax_lat.legend(title="LLM mask", loc="lower right", fontsize=8)
     return fig
 
