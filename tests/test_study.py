@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,22 @@ def test_shipped_models_and_random_init_baseline() -> None:
     assert not torch.equal(initial.action_queries.weight, trained.action_queries.weight)
     with pytest.raises(InputError, match="--model"):
         study_models.resolve(["nope"])
+
+
+def test_a_model_of_another_architecture_is_not_a_seed_of_the_recipe(tmp_path: Path) -> None:
+    shipped = study_models.shipped_specs()[0]
+    assert shipped.recipe == "shipped" and study_models.architecture_of(shipped.path, shipped.trained_with) == ""
+    copy = tmp_path / "v1"
+    shutil.copytree(shipped.path, copy)
+    stored = json.loads((copy / "vla_lab_config.json").read_text())
+    stored["head_version"] = "v1"
+    (copy / "vla_lab_config.json").write_text(json.dumps(stored))
+    assert study_models.spec_for_path(copy).recipe == "shipped; head_version=v1"
+    stored["vision"]["timm_kwargs"][0]["depth"] = 5
+    (copy / "vla_lab_config.json").write_text(json.dumps(stored))
+    assert study_models.spec_for_path(copy).recipe == "shipped; head_version=v1,vision"
+    (copy / "vla_lab_config.json").unlink()
+    assert study_models.spec_for_path(copy).recipe == "shipped; released"
 
 
 def test_mask_swap_records_summary_and_resume(tmp_path: Path) -> None:

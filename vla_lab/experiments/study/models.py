@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vla_lab.errors import InputError
+from vla_lab.config import VLAConfig
+from vla_lab.errors import ConfigError, InputError
 from vla_lab.model import VLAAdapter, load_pretrained
-from vla_lab.tabletop import build_model, shipped_path
+from vla_lab.tabletop import build_model, shipped_path, tabletop_config
 
 RANDOM_PREFIX = "random-init:"
 #: Recipes of the shipped models, from their ``train_config.json``.
@@ -28,7 +29,11 @@ RECIPES = ("shipped", "no-target-aux", "no-aux", "other")
 class ModelSpec:
     """One model of a study: ``name``, the mask it was ``trained_with``, its training ``seed`` (None when
     unknown), its ``recipe`` and where its weights come from (``path``; ``random_init`` builds the
-    initial weights of the run stored there instead of loading the trained ones)."""
+    initial weights of the run stored there instead of loading the trained ones).
+
+    ``recipe`` is :func:`recipe_of` its training configuration; a model whose architecture is not the
+    tabletop preset of its mask adds how it differs (``"shipped; head_version=v1"``,
+    :func:`architecture_of`), so it never counts as another seed of a tabletop recipe."""
 
     name: str
     trained_with: str
@@ -65,6 +70,30 @@ def recipe_of(train_config: dict[str, Any]) -> str:
     return "no-aux"
 
 
+def architecture_of(path: str | Path, mask: str) -> str:
+    """How a checkpoint's architecture differs from the tabletop preset of its mask ("" when it does not).
+
+    The differing top-level fields of its ``vla_lab_config.json``, e.g. ``head_version=v1`` or ``vision``
+    (a nested field is named, not spelled out). A checkpoint without that file (a released one) is not a
+    tabletop model: ``released``.
+    """
+    try:
+        stored = VLAConfig.from_json(Path(path) / "vla_lab_config.json").to_dict()
+    except (OSError, ValueError, ConfigError):
+        return "released"
+    try:
+        preset = tabletop_config(mask).to_dict()
+    except ConfigError:
+        return "custom"
+    differences = []
+    for key in sorted(set(stored) | set(preset)):
+        mine, theirs = stored.get(key), preset.get(key)
+        if mine != theirs:
+            nested = isinstance(mine, dict | list) or isinstance(theirs, dict | list)
+            differences.append(key if nested else f"{key}={mine}")
+    return ",".join(differences)
+
+
 def _mask_of(path: Path, train_config: dict[str, Any]) -> str:
     if "attention" in train_config:
         return str(train_config["attention"])
@@ -84,8 +113,11 @@ def spec_for_path(path: str | Path, name: str | None = None) -> ModelSpec:
                          "holding config.json")
     train_config = _train_config(directory)
     seed = train_config.get("seed")
-    return ModelSpec(name or directory.name, _mask_of(directory, train_config),
-                     int(seed) if isinstance(seed, int) else None, recipe_of(train_config), str(directory))
+    mask = _mask_of(directory, train_config)
+    recipe = recipe_of(train_config)
+    architecture = architecture_of(directory, mask)
+    return ModelSpec(name or directory.name, mask, int(seed) if isinstance(seed, int) else None,
+                     f"{recipe}; {architecture}" if architecture else recipe, str(directory))
 
 
 def shipped_specs() -> list[ModelSpec]:
