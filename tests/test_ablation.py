@@ -380,3 +380,40 @@ def test_equal_parameter_cost_rows(base) -> None:
     assert abs(clip["parameters"] / clip["reference_parameters"] - 1) < 0.1
     assert set(ok["metric"]) == {"latency_ms", "peak_activation_bytes", "weight_bytes"}
     assert table[table["status"] == "skipped"]["variant"].tolist() == ["clip | fused-gelu-mlp | causal"]
+
+
+def _swap_records(models: dict[str, tuple[str, int, list[bool]]]) -> pd.DataFrame:
+    rows = []
+    for model, (recipe, seed, successes) in models.items():
+        for scene, ok in enumerate(successes):
+            for own in (True, False):
+                rows.append({"model": model, "trained_with": "causal", "model_seed": seed, "recipe": recipe,
+                             "random_init": False, "split": "test", "scene": scene, "own_mask": own,
+                             "success": ok if own else False, "action_l1": 0.1 if ok else 0.3})
+    return pd.DataFrame(rows)
+
+
+def test_trained_architectures_are_compared_with_the_preset_seed_by_seed() -> None:
+    assert ablation.architecture_of_recipe("shipped") == ablation.PRESET
+    assert ablation.architecture_of_recipe("shipped; projector=linear") == "projector=linear"
+    assert ablation.architecture_of_recipe("no-target-aux") is None
+    good, bad = [True] * 30, [False] * 28 + [True] * 2
+    records = _swap_records({
+        "p0": ("shipped", 0, good), "p1": ("shipped", 1, good),
+        "lin0": ("shipped; projector=linear", 0, bad), "lin1": ("shipped; projector=linear", 1, bad),
+        "gelu0": ("shipped; projector=gelu-mlp", 0, good), "gelu1": ("shipped; projector=gelu-mlp", 1, bad),
+        "v1": ("shipped; head_version=v1", 0, good), "other": ("no-target-aux", 0, bad)})
+    summary = ablation.trained_summary(records)
+    pooled = summary[summary["model_seed"] == "pooled"].set_index("architecture")
+    assert set(pooled.index) == {"preset", "projector=linear", "projector=gelu-mlp", "head_version=v1"}
+    assert pooled.loc["projector=linear", "n"] == 60 and pooled.loc["projector=linear", "successes"] == 4
+    low, high = pooled.loc["preset", "success_ci95"]
+    assert (low, high) == wilson_interval(60, 60)
+    table = ablation.compare_to_preset(records)
+    verdict = table.groupby("architecture")["verdict"].first()
+    assert verdict.to_dict() == {"head_version=v1": "one seed", "projector=gelu-mlp": "not separated",
+                                 "projector=linear": "worse"}
+    lin = table[table["architecture"] == "projector=linear"]
+    assert (lin["n"] == 30).all() and (lin["mcnemar_p"] < 1e-6).all() and (lin["wilcoxon_p"] < 1e-4).all()
+    with pytest.raises(InputError, match="records"):
+        ablation.trained_summary(records.drop(columns=["action_l1"]))

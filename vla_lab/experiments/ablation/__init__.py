@@ -5,6 +5,8 @@
 * :mod:`.cost` -- forward latency and the memory a forward needs (:class:`PeakMemory`);
 * :mod:`.runs` -- short training runs from scratch on the tabletop world, closed-loop evaluation and
   where the action queries attend;
+* :mod:`.trained` -- architectures trained with the full recipe, compared with the preset from their
+  ``mask-swap`` study records (paired per seed);
 * :mod:`.plots` -- figures of those tables (import it explicitly; the rest does not need matplotlib).
 """
 
@@ -49,6 +51,7 @@ from vla_lab.experiments.ablation.runs import (
     trainer_config,
     uniform_mass,
 )
+from vla_lab.experiments.ablation.trained import PRESET, architecture_of_recipe, compare_to_preset, trained_summary
 
 __all__ = [
     "BACKBONES",
@@ -56,12 +59,15 @@ __all__ = [
     "MASKS",
     "PIVOT_BACKBONE",
     "PIVOT_PROJECTOR",
+    "PRESET",
     "SCALES",
     "PeakMemory",
     "TrainResult",
     "Variant",
     "VariantRun",
     "action_query_attention",
+    "architecture_of_recipe",
+    "compare_to_preset",
     "constant_l1",
     "cost_table",
     "data_for",
@@ -81,6 +87,7 @@ __all__ = [
     "stand_in_vision",
     "summarize_runs",
     "train_variant",
+    "trained_summary",
     "trainer_config",
     "uniform_mass",
     "unused_vision_parameters",

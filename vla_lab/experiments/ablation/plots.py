@@ -234,3 +234,34 @@ def plot_attention_segments(attention: pd.DataFrame, stage: str = "trained") -> 
     ax.set_ylabel("backbone | projector | mask")
     ax.set_title(f"where the action queries attend ({stage})")
     return fig
+
+
+def plot_trained(summary: pd.DataFrame, preset_label: str = "preset") -> Figure:
+    """Own-mask success (Wilson 95 %) and action L1 (95 % bootstrap) per trained architecture: one marker per
+    training seed, a bar for the seeds pooled (:func:`vla_lab.experiments.ablation.trained_summary`)."""
+    architectures = list(dict.fromkeys(summary["architecture"]))
+    labels = [preset_label if a == "preset" else a for a in architectures]
+    fig = Figure(figsize=(10, 0.55 * len(architectures) + 1.9), layout="constrained")
+    ax_s, ax_l = fig.subplots(1, 2, sharey=True)
+    pooled = summary[summary["model_seed"] == "pooled"].set_index("architecture").reindex(architectures)
+    ys = np.arange(len(architectures))
+    ax_s.barh(ys, pooled["success"], color="#c7d9e8", label="seeds pooled")
+    ax_s.errorbar(pooled["success"], ys, xerr=[pooled["success"] - pooled["success_ci95"].str[0],
+                                               pooled["success_ci95"].str[1] - pooled["success"]],
+                  fmt="none", ecolor="black", capsize=3)
+    seeds = summary[summary["model_seed"] != "pooled"]
+    markers = {s: "osD^v"[i % 5] for i, s in enumerate(sorted(set(seeds["model_seed"])))}
+    for j, (seed, part) in enumerate(seeds.groupby("model_seed")):
+        y = [architectures.index(a) + 0.15 * (j - (len(markers) - 1) / 2) for a in part["architecture"]]
+        ax_s.scatter(part["success"], y, marker=markers[seed], color="#1f77b4", zorder=3, label=f"seed {seed}")
+        ax_l.errorbar(part["action_l1"], y, xerr=[part["action_l1"] - part["action_l1_ci95"].str[0],
+                                                   part["action_l1_ci95"].str[1] - part["action_l1"]],
+                      fmt=markers[seed], color="#1f77b4", capsize=3, label=f"seed {seed}")
+    ax_s.set_yticks(ys, labels)
+    ax_s.invert_yaxis()
+    n = int(seeds["n"].max()) if len(seeds) else 0
+    ax_s.set(xlim=(0, 1.02), xlabel="closed-loop success, own mask (95% Wilson CI)", ylabel="architecture",
+             title=f"Success on {n} test scenes per seed")
+    ax_l.set(xlim=(0, None), xlabel="first-chunk action L1 (95% bootstrap CI)", title="Action L1 per seed")
+    fig.legend(*ax_s.get_legend_handles_labels(), loc="outside lower center", ncol=len(markers) + 1, fontsize=7)
+    return fig
