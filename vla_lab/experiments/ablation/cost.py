@@ -168,8 +168,8 @@ def equal_parameter_cost(
 ) -> pd.DataFrame:
     """:func:`measure_cost` at small scale with every variant deepened to the parameters of ``reference``.
 
-    ``reference`` keeps its own configuration; every other valid variant gets the ViT depth whose total
-    parameter count comes closest to it (:func:`deepened_config`). Tidy rows as :func:`cost_table`, plus
+    Every valid variant gets the ViT depth whose total parameter count comes closest to the reference's
+    (:func:`deepened_config`; the reference itself keeps its depth). Tidy rows as :func:`cost_table`, plus
     ``depth`` (each ViT's), ``parameters`` and ``reference_parameters``; skipped variants get one row
     with their reason.
     """
@@ -183,11 +183,7 @@ def equal_parameter_cost(
             rows.append({**key, "status": "skipped", "reason": v.skip_reason, "metric": "latency_ms",
                          "value": np.nan})
             continue
-        if v == reference:
-            config = variant_config(base, v, "small")
-            depth = int(config.vision.timm_kwargs[0]["depth"])
-        else:
-            config, depth = deepened_config(base, v, target)
+        config, depth = deepened_config(base, v, target)  # the reference keeps its own depth
         key.update(depth=depth, parameters=float(parameter_counts(config)["total"]))
         model = build_random(config, dtype=dtype, device=device).eval()
         rows.extend({**key, "status": "ok", "reason": "", **row} for row in _measure(model, **kwargs))

@@ -180,10 +180,10 @@ def deepened_config(base: VLAConfig, variant: Variant, total: int, max_depth: in
         vision["timm_kwargs"] = [{**k, "depth": depth} for k in vision["timm_kwargs"]]
         return config.replace(vision=vision, name=f"{config.name}[depth={depth}]")
 
-    two, three = (parameter_counts(at(d))["total"] for d in (2, 3))
-    solution = 2 + (total - two) / (three - two)
+    counts = {d: parameter_counts(at(d))["total"] for d in (2, 3)}
+    solution = 2 + (total - counts[2]) / (counts[3] - counts[2])
     candidates = {min(max(d, 2), max_depth) for d in (math.floor(solution), math.ceil(solution))}
-    counts = {d: parameter_counts(at(d))["total"] for d in candidates}
+    counts = {d: counts[d] if d in counts else parameter_counts(at(d))["total"] for d in candidates}
     depth = min(counts, key=lambda d: (abs(counts[d] - total), d))
     return at(depth), depth
 
