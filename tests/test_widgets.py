@@ -48,11 +48,13 @@ def _shown(explorer):
 
 
 def test_ipywidgets_is_imported_lazily():
+    import vla_lab.viz.masks
     import vla_lab.viz.plots
     import vla_lab.viz.report
     import vla_lab.viz.widgets
 
-    for module in (vla_lab.viz.widgets, vla_lab.viz.report, vla_lab.viz.plots, vla_lab.viz, vla_lab):
+    for module in (vla_lab.viz.widgets, vla_lab.viz.report, vla_lab.viz.plots, vla_lab.viz.masks, vla_lab.viz,
+                   vla_lab):
         tree = ast.parse(Path(module.__file__).read_text())
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         names = [a.name for n in top for a in n.names] + [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]

@@ -1,6 +1,7 @@
 """Figures of the analyses, their reproducible export, the standard attention report and an explorer.
 
-* :mod:`.plots` -- matplotlib Figures (segment maps, token maps, layer curves, head gates, two masks);
+* :mod:`.plots` -- matplotlib Figures (segment maps, token maps, layer curves, head gates);
+* :mod:`.masks` -- one input under two masks (segment-mass difference, hidden-state cosine);
 * :mod:`.overlays` -- attention on image patches drawn over the images, with object outlines;
 * :mod:`.export` -- PNG + SVG + PDF with a JSON sidecar of the plotted numbers and their provenance;
 * :mod:`.report` -- the standard attention report of one input under one or two masks;
@@ -19,12 +20,11 @@ from vla_lab.viz.export import (
     to_jsonable,
     write_atomic,
 )
+from vla_lab.viz.masks import hidden_cosine_curves, mode_difference_heatmap
 from vla_lab.viz.overlays import outlines_for_image, patch_overlay
 from vla_lab.viz.plots import (
     head_gates,
-    hidden_cosine_curves,
     layer_curves,
-    mode_difference_heatmap,
     segment_heatmap,
     segment_heatmap_grid,
     segment_map_grid,
