@@ -131,6 +131,9 @@ def test_a_model_of_another_architecture_is_not_a_seed_of_the_recipe(tmp_path: P
     stored["vision"]["timm_kwargs"][0]["depth"] = 5
     (copy / "vla_lab_config.json").write_text(json.dumps(stored))
     assert study_models.spec_for_path(copy).recipe == "shipped; head_version=v1,vision"
+    (copy / "vla_lab_config.json").write_text("{not json")
+    with pytest.raises(InputError, match="vla_lab_config.json cannot be read"):
+        study_models.spec_for_path(copy)
     (copy / "vla_lab_config.json").unlink()
     assert study_models.spec_for_path(copy).recipe == "shipped; released"
 

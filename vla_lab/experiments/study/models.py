@@ -75,12 +75,16 @@ def architecture_of(path: str | Path, mask: str) -> str:
 
     The differing top-level fields of its ``vla_lab_config.json``, e.g. ``head_version=v1`` or ``vision``
     (a nested field is named, not spelled out). A checkpoint without that file (a released one) is not a
-    tabletop model: ``released``.
+    tabletop model: ``released``; an unreadable one raises :class:`InputError`.
     """
-    try:
-        stored = VLAConfig.from_json(Path(path) / "vla_lab_config.json").to_dict()
-    except (OSError, ValueError, ConfigError):
+    config_path = Path(path) / "vla_lab_config.json"
+    if not config_path.is_file():
         return "released"
+    try:
+        stored = VLAConfig.from_json(config_path).to_dict()
+    except (OSError, ValueError, ConfigError) as error:
+        raise InputError(f"--model: got {str(path)!r} whose vla_lab_config.json cannot be read ({error}), "
+                         "expected a valid vla-lab configuration") from error
     try:
         preset = tabletop_config(mask).to_dict()
     except ConfigError:
