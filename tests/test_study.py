@@ -106,6 +106,9 @@ def test_shipped_models_and_random_init_baseline() -> None:
     specs = {s.name: s for s in study_models.shipped_specs()}
     assert {"tabletop-causal", "tabletop-bidirectional"} <= set(specs)
     assert specs["tabletop-causal"].trained_with == "causal" and specs["tabletop-causal"].seed == 0
+    for mask in ("causal", "bidirectional"):
+        control = specs[f"tabletop-{mask}-no-target-aux"]
+        assert (control.recipe, control.seed, control.trained_with) == ("no-target-aux", 0, mask)
     baseline = study_models.resolve(["random-init:tabletop-causal"])[0]
     assert baseline.random_init and baseline.trained_with == "causal"
     initial = study_models.load(baseline)

@@ -324,3 +324,14 @@ def test_the_seed_1_models_are_shipped_in_the_released_layout() -> None:
         assert model.attention.label == mask
         other = tabletop.load_shipped(mask)
         assert not torch.equal(model.action_queries.weight, other.action_queries.weight)
+
+
+def test_the_no_target_aux_models_are_the_seed_0_recipe_without_the_target_loss() -> None:
+    for mask in tabletop.MASKS:
+        path = tabletop.shipped_path(mask, recipe="no-target-aux")
+        stored = json.loads((path / "train_config.json").read_text())
+        shipped = json.loads((tabletop.shipped_path(mask) / "train_config.json").read_text())
+        differing = {k for k in stored.keys() | shipped.keys() if stored.get(k) != shipped.get(k)}
+        assert differing == {"aux_target_weight"} and stored["aux_target_weight"] == 0.0
+        model = tabletop.load_shipped(mask, recipe="no-target-aux")
+        assert model.attention.label == mask
