@@ -28,7 +28,7 @@ from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import InputError
 from vla_lab.files import write_atomic, write_text
 from vla_lab.model import VLAAdapter, forward_inputs
-from vla_lab.viz import overlays, plots
+from vla_lab.viz import masks, overlays, plots
 from vla_lab.viz.export import EXPORT_FORMATS, check_free, export_figure, export_paths, provenance, to_jsonable
 
 TABLES = ("segment_mass.csv", "query_patch_attention.csv", "entropy.csv", "head_attention.csv", "rollout.csv")
@@ -203,8 +203,8 @@ def _comparison(
     def export(fig: Any, name: str) -> list[Path]:
         return export_figure(fig, name, directory, provenance=meta, formats=formats, overwrite=True, dpi=dpi)
 
-    written = export(plots.mode_difference_heatmap(comparison), "mode_difference")
-    written += export(plots.hidden_cosine_curves(comparison), "hidden_cosine")
+    written = export(masks.mode_difference_heatmap(comparison), "mode_difference")
+    written += export(masks.hidden_cosine_curves(comparison), "hidden_cosine")
     written += export(plots.layer_curves(comparison, title=f"Attention mass of the action queries by layer: "
                                            f"{first} vs {second}\n(line: mean over heads, band: range over heads)"),
                       "action_query_layer_curves")
