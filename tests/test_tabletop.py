@@ -315,12 +315,15 @@ def test_shipped_names_for_seeds_and_recipes() -> None:
         tabletop.load_shipped("causal", seed=99)
 
 
-def test_the_seed_1_models_are_shipped_in_the_released_layout() -> None:
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_other_seeds_are_shipped_in_the_released_layout(seed: int) -> None:
     for mask in tabletop.MASKS:
-        path = tabletop.shipped_path(mask, seed=1)
+        path = tabletop.shipped_path(mask, seed=seed)
         stored = json.loads((path / "train_config.json").read_text())
-        assert stored["seed"] == 1 and stored["attention"] == mask and stored["steps"] == 16000
-        model = tabletop.load_shipped(mask, seed=1)
+        shipped = json.loads((tabletop.shipped_path(mask) / "train_config.json").read_text())
+        assert {k for k in stored.keys() | shipped.keys() if stored.get(k) != shipped.get(k)} == {"seed"}
+        assert stored["seed"] == seed and stored["attention"] == mask and stored["steps"] == 16000
+        model = tabletop.load_shipped(mask, seed=seed)
         assert model.attention.label == mask
         other = tabletop.load_shipped(mask)
         assert not torch.equal(model.action_queries.weight, other.action_queries.weight)
