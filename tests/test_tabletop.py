@@ -315,13 +315,18 @@ def test_shipped_names_for_seeds_and_recipes() -> None:
         tabletop.load_shipped("causal", seed=99)
 
 
+def _train_config_against_seed_0(mask: str, path: Path) -> tuple[dict, set[str]]:
+    """A shipped model's training configuration and the fields in which it differs from seed 0's."""
+    stored = json.loads((path / "train_config.json").read_text())
+    shipped = json.loads((tabletop.shipped_path(mask) / "train_config.json").read_text())
+    return stored, {k for k in stored.keys() | shipped.keys() if stored.get(k) != shipped.get(k)}
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_other_seeds_are_shipped_in_the_released_layout(seed: int) -> None:
     for mask in tabletop.MASKS:
-        path = tabletop.shipped_path(mask, seed=seed)
-        stored = json.loads((path / "train_config.json").read_text())
-        shipped = json.loads((tabletop.shipped_path(mask) / "train_config.json").read_text())
-        assert {k for k in stored.keys() | shipped.keys() if stored.get(k) != shipped.get(k)} == {"seed"}
+        stored, differing = _train_config_against_seed_0(mask, tabletop.shipped_path(mask, seed=seed))
+        assert differing == {"seed"}
         assert stored["seed"] == seed and stored["attention"] == mask and stored["steps"] == 16000
         model = tabletop.load_shipped(mask, seed=seed)
         assert model.attention.label == mask
@@ -331,10 +336,7 @@ def test_the_other_seeds_are_shipped_in_the_released_layout(seed: int) -> None:
 
 def test_the_no_target_aux_models_are_the_seed_0_recipe_without_the_target_loss() -> None:
     for mask in tabletop.MASKS:
-        path = tabletop.shipped_path(mask, recipe="no-target-aux")
-        stored = json.loads((path / "train_config.json").read_text())
-        shipped = json.loads((tabletop.shipped_path(mask) / "train_config.json").read_text())
-        differing = {k for k in stored.keys() | shipped.keys() if stored.get(k) != shipped.get(k)}
+        stored, differing = _train_config_against_seed_0(mask, tabletop.shipped_path(mask, recipe="no-target-aux"))
         assert differing == {"aux_target_weight"} and stored["aux_target_weight"] == 0.0
         model = tabletop.load_shipped(mask, recipe="no-target-aux")
         assert model.attention.label == mask

@@ -90,5 +90,3 @@ def hidden_cosine_curves(comparison: Any, sample: int | None = 0, title: str | N
     ax.legend(title="segment", fontsize=7, title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(title or f"Hidden states under {modes[0]} vs {modes[1]} attention", fontsize=10)
     return _finish(fig, data, "hidden_cosine_curves")
-
-
