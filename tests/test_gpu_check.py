@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,21 @@ def test_every_injected_name_is_a_notebook_parameter():
             names = {t.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Assign)
                      for t in node.targets if isinstance(t, ast.Name)}
             assert set(parameters) <= names, (path.name, set(parameters) - names)
+
+
+def test_workdir_resolves_every_relative_path_a_notebook_reads(tmp_path):
+    # The GPU check of 2026-11-30 ran notebooks 02-04 from a scratch root without notebooks/records: each
+    # failed on its first load_results. Every RECORDS path the notebooks name must resolve from that root.
+    gpu_check.prepare_workdir(tmp_path)
+    assert (tmp_path / "vla_lab" / "__init__.py").is_file() and (tmp_path / "tests" / "data").is_dir()
+    found = set()
+    for path in (REPO / "notebooks").glob("0*.ipynb"):
+        for cell in nbformat.read(path, as_version=4).cells:
+            found |= set(re.findall(r'^RECORDS = "([^"]+)"', cell.source, flags=re.M))
+    assert found == {"notebooks/records"}
+    for relative in found:
+        assert sorted(p.name for p in (tmp_path / relative).iterdir()) == sorted(
+            p.name for p in (REPO / relative).iterdir())
 
 
 @pytest.mark.slow

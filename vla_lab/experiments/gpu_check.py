@@ -250,13 +250,15 @@ def inject_parameters(nb: Any, parameters: dict[str, Any]) -> Any:
 
 def prepare_workdir(workdir: Path, repo: Path = REPO) -> dict[str, str]:
     """A scratch root for notebooks: ``notebooks/`` (their start directory), ``figures/`` (what they write),
-    links to the repository's ``tests/`` and ``vla_lab/`` and a kernel spec running this interpreter. Returns the
+    links to the repository's ``tests/``, ``vla_lab/`` and ``notebooks/records/`` (the committed study records
+    the notebooks read by that relative path) and a kernel spec running this interpreter. Returns the
     environment variables the kernels need (the repository on ``PYTHONPATH``, Jupyter's paths)."""
     for sub in ("notebooks", "figures", "runtime", "ipython"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
-    for name in ("tests", "vla_lab"):  # fixtures; notebook 03 moves to the root only where vla_lab/ is
+    # fixtures; the notebooks move to the root only where vla_lab/ is, then read notebooks/records
+    for name in ("tests", "vla_lab", "notebooks/records"):
         link = workdir / name
-        if not link.exists():
+        if not link.exists() and (repo / name).is_dir():
             link.symlink_to(repo / name, target_is_directory=True)
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": "vla-lab check", "language": "python"}
