@@ -69,6 +69,18 @@ def test_every_injected_name_is_a_notebook_parameter():
             assert set(parameters) <= names, (path.name, set(parameters) - names)
 
 
+def test_environment_report_prefers_the_commit_the_caller_names(monkeypatch):
+    # On the H200 the copy's .git named an older commit than the tree it came with.
+    monkeypatch.setenv("GPU_CHECK_COMMIT", "f" * 40)
+    report = gpu_check.environment_report()
+    assert report["git_commit"] == "f" * 40 and report["git_commit_from"] == "GPU_CHECK_COMMIT"
+    assert report["git_head_in_copy"] == subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                                        text=True).stdout.strip()
+    monkeypatch.delenv("GPU_CHECK_COMMIT")
+    report = gpu_check.environment_report()
+    assert report["git_commit"] == report["git_head_in_copy"] and report["git_commit_from"] == "git"
+
+
 def test_workdir_resolves_every_relative_path_a_notebook_reads(tmp_path):
     # The GPU check of 2026-11-30 ran notebooks 02-04 from a scratch root without notebooks/records: each
     # failed on its first load_results. Every RECORDS path the notebooks name must resolve from that root.

@@ -105,6 +105,7 @@ def environment_report(repo: Path = REPO) -> dict[str, Any]:
                             "total_memory_bytes": int(props.total_memory),
                             "multiprocessors": int(props.multi_processor_count)})
     commit = _command(["git", "rev-parse", "HEAD"], cwd=repo)
+    given = os.environ.get("GPU_CHECK_COMMIT")
     status = _command(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo) if commit else None
     return {
         "check": "environment",
@@ -124,8 +125,10 @@ def environment_report(repo: Path = REPO) -> dict[str, Any]:
                        "cudnn": bool(torch.backends.cudnn.allow_tf32)},
         "cpu": device_name(torch.device("cpu")),
         "cpu_count": os.cpu_count(),
-        "git_commit": commit or os.environ.get("GPU_CHECK_COMMIT") or None,
-        "git_commit_from": "git" if commit else ("GPU_CHECK_COMMIT" if os.environ.get("GPU_CHECK_COMMIT") else None),
+        # The caller's GPU_CHECK_COMMIT wins: the device's copy of .git can lag the tree it was sent with.
+        "git_commit": given or commit or None,
+        "git_commit_from": "GPU_CHECK_COMMIT" if given else ("git" if commit else None),
+        "git_head_in_copy": commit or None,
         "git_dirty": bool(status) if commit else None,
         "source_sha256": source_fingerprint(repo),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
