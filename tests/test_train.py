@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from tests.test_tabletop import tiny_tabletop_config
 from vla_lab import tabletop
-from vla_lab.cli import build_parser, train_configs
+from vla_lab.cli import build_parser
 from vla_lab.errors import ConfigError
 from vla_lab.experiments.train import (
     TRAINER_STATE,
@@ -22,6 +22,7 @@ from vla_lab.experiments.train import (
 )
 from vla_lab.model import load_pretrained
 from vla_lab.tabletop import world
+from vla_lab.train_cli import train_configs
 
 
 def tiny_train_config(**changes) -> TrainConfig:

@@ -1,0 +1,111 @@
+"""``vla-lab train``: the parser, the configurations its options describe, and the handler (registered by
+:mod:`vla_lab.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vla_lab import files
+from vla_lab.config import VLAConfig, resolve_device
+from vla_lab.errors import ConfigError, InterruptError
+
+if TYPE_CHECKING:
+    from vla_lab.experiments.train import TrainConfig
+
+
+def add_parser(sub: Any, masks: tuple[str, ...]) -> None:
+    """Add ``train`` to the subparsers ``sub`` of the ``vla-lab`` parser (``masks``: the LLM masks offered)."""
+    p = sub.add_parser("train", help="train a model on the synthetic tabletop world")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--attention", choices=(*masks, "prefix-lm"), default=None, help="LLM mask (default: causal)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    p.add_argument("--seed", type=int, default=None, help="seed of weights, data order and noise")
+    p.add_argument("--config", default=None, help="TrainConfig as a JSON file or string")
+    p.add_argument("--model-config", dest="model_config", default=None,
+                   help="VLAConfig JSON (default: vla_lab.tabletop.tabletop_config())")
+    p.add_argument("--device", default=None, help="cpu or cuda")
+    p.add_argument("--num-threads", dest="num_threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--test-episodes", dest="test_episodes", type=int, default=None,
+                   help="test-split episodes evaluated after training (0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint (its settings must match)")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
+    """The configurations ``vla-lab train`` options describe: explicit options override ``--config``, which
+    overrides :class:`TrainConfig`'s defaults; the model is ``--model-config`` or the tabletop architecture."""
+    from vla_lab import tabletop
+    from vla_lab.experiments.run_dir import MODEL_CONFIG, TRAIN_CONFIG
+    from vla_lab.experiments.train import TrainConfig
+
+    stored = Path(args.out) if getattr(args, "resume", False) else None
+    with _option("--config"):
+        if args.config:
+            data = TrainConfig.from_json(args.config).to_dict()
+        elif stored is not None and (stored / TRAIN_CONFIG).is_file():  # --resume continues the stored run
+            data = TrainConfig.from_json(stored / TRAIN_CONFIG).to_dict()
+        else:
+            data = TrainConfig().to_dict()
+    for name in ("attention", "steps", "seed", "device", "num_threads", "test_episodes"):
+        value = getattr(args, name, None)
+        if value is not None:
+            data[name] = value
+    with _option("--config"):
+        config = TrainConfig.from_dict(data)
+    with _option("--model-config"):
+        if args.model_config:
+            model_config = VLAConfig.from_json(args.model_config)
+        elif stored is not None and (stored / MODEL_CONFIG).is_file():
+            model_config = VLAConfig.from_json(stored / MODEL_CONFIG)
+        else:
+            model_config = tabletop.tabletop_config()
+    return config, model_config
+
+
+class _option:  # noqa: N801 - used as a context manager, like contextlib's
+    """Prefix a ConfigError raised while reading an option's value with the option's name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, ConfigError) and not str(exc).startswith("--"):
+            raise ConfigError(f"{self.name}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """The handler of ``vla-lab train``: train, then print the checkpoint and its test evaluation as JSON."""
+    from vla_lab.experiments.run_dir import latest_checkpoint
+    from vla_lab.experiments.train import train
+
+    config, model_config = train_configs(args)
+    resolve_device(config.device, "--device")
+    if config.num_threads:
+        os.environ.setdefault("OMP_NUM_THREADS", str(config.num_threads))
+    out = Path(args.out)
+    try:  # train() claims (or refuses) the directory before any data is generated
+        final = train(config, model_config, out, resume=args.resume, overwrite=args.overwrite, out_field="--out",
+                      progress=args.progress)
+    except KeyboardInterrupt:
+        latest = latest_checkpoint(out)
+        kept = f"--resume continues from {latest.name}" if latest else "no checkpoint yet; --resume starts at step 0"
+        raise InterruptError(f"interrupted; {kept} (in {out})") from None
+    report: dict[str, Any] = {"checkpoint": str(final)}
+    result_path = final / "eval_test.json"
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        report["test_success_rate"] = result["success_rate"]
+        report["test_success_ci95"] = result.get("success_ci95")
+        report["test_by_kind"] = {k: v["success_rate"] for k, v in result["by_kind"].items()}
+        report["test_action_l1"] = result.get("action_l1")
+    print(files.dumps(report))
+    return 0
