@@ -308,6 +308,8 @@ def test_shipped_names_for_seeds_and_recipes() -> None:
     assert tabletop.shipped_name("causal") == "tabletop-causal"
     assert tabletop.shipped_name("bidirectional", seed=2) == "tabletop-bidirectional-seed2"
     assert tabletop.shipped_name("causal", recipe="no-target-aux") == "tabletop-causal-no-target-aux"
+    linear = tabletop.shipped_name("causal", seed=1, recipe="linear-projector")
+    assert linear == "tabletop-causal-linear-projector-seed1"
     for bad in ({"trained_with": "prefix"}, {"seed": -1}, {"seed": True}, {"recipe": "magic"}):
         with pytest.raises(InputError):
             tabletop.shipped_name(**{"trained_with": "causal", **bad})
@@ -332,6 +334,21 @@ def test_the_other_seeds_are_shipped_in_the_released_layout(seed: int) -> None:
         assert model.attention.label == mask
         other = tabletop.load_shipped(mask)
         assert not torch.equal(model.action_queries.weight, other.action_queries.weight)
+
+
+@pytest.mark.parametrize(("recipe", "seed", "field", "value"), [
+    ("linear-projector", 0, "projector", "linear"), ("linear-projector", 1, "projector", "linear")])
+def test_the_architecture_variants_are_the_recipe_on_another_architecture(recipe: str, seed: int, field: str,
+                                                                          value: str) -> None:
+    path = tabletop.shipped_path("causal", seed=seed, recipe=recipe)
+    stored, differing = _train_config_against_seed_0("causal", path)
+    assert differing == ({"seed"} if seed else set()) and stored["seed"] == seed
+    config = json.loads((path / "vla_lab_config.json").read_text())
+    preset = json.loads((tabletop.shipped_path("causal") / "vla_lab_config.json").read_text())
+    assert {k for k in config.keys() | preset.keys() if config.get(k) != preset.get(k)} == {field}
+    assert config[field] == value
+    model = tabletop.load_shipped("causal", seed=seed, recipe=recipe)
+    assert getattr(model.config, field) == value and model.attention.label == "causal"
 
 
 def test_the_no_target_aux_models_are_the_seed_0_recipe_without_the_target_loss() -> None:

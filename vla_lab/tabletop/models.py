@@ -155,13 +155,16 @@ def build_model(
 # ---------------------------------------------------------------------------------------------
 
 
-#: Recipes of shipped models besides the documented one: the directory suffix says what differs.
-RECIPES = ("shipped", "no-target-aux")
+#: Recipes of shipped models besides the documented one: the directory suffix says what differs (a
+#: training setting, or the architecture: the v1 head, the linear projector).
+RECIPES = ("shipped", "no-target-aux", "v1-head", "linear-projector")
 
 
 def shipped_name(trained_with: str = "causal", seed: int = 0, recipe: str = "shipped") -> str:
-    """``tabletop-<mask>`` (seed 0 of the documented recipe), ``tabletop-<mask>-seed<N>`` (another seed)
-    or ``tabletop-<mask>-no-target-aux`` (the recipe without the target-position loss, seed 0)."""
+    """``tabletop-<mask>`` (seed 0 of the documented recipe), ``tabletop-<mask>-seed<N>`` (another seed),
+    ``tabletop-<mask>-no-target-aux`` (the recipe without the target-position loss) or
+    ``tabletop-<mask>-v1-head`` / ``tabletop-<mask>-linear-projector`` (the recipe on that architecture),
+    with ``-seed<N>`` after the recipe for seeds other than 0."""
     if trained_with not in MASKS:
         raise InputError(f"trained_with: got {trained_with!r}, expected one of {MASKS}")
     if recipe not in RECIPES:
