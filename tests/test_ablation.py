@@ -417,3 +417,19 @@ def test_trained_architectures_are_compared_with_the_preset_seed_by_seed() -> No
     assert (lin["n"] == 30).all() and (lin["mcnemar_p"] < 1e-6).all() and (lin["wilcoxon_p"] < 1e-4).all()
     with pytest.raises(InputError, match="records"):
         ablation.trained_summary(records.drop(columns=["action_l1"]))
+
+
+def test_the_trained_figure_draws_every_seed_with_its_interval() -> None:
+    from vla_lab.experiments.ablation import plots
+
+    good, mixed = [True] * 30, [True] * 24 + [False] * 6
+    records = _swap_records({"p0": ("shipped", 0, good), "p1": ("shipped", 1, mixed),
+                             "lin0": ("shipped; projector=linear", 0, mixed)})
+    summary = ablation.trained_summary(records)
+    fig = plots.plot_trained(summary, "preset (fused-gelu-mlp)")
+    ax_s, ax_l = fig.axes[:2]
+    # one interval per seed and one for the pooled seeds of each architecture, none clipped by the axis
+    assert len(ax_s.containers) == 1 + 2 and len(ax_l.containers) == 2
+    lows = [low for low, _ in summary["success_ci95"]]
+    assert ax_s.get_xlim()[0] <= min(lows) and ax_s.get_xlim()[1] >= 1.0
+    assert [t.get_text() for t in ax_s.get_yticklabels()] == ["preset (fused-gelu-mlp)", "projector=linear"]

@@ -236,32 +236,39 @@ def plot_attention_segments(attention: pd.DataFrame, stage: str = "trained") -> 
     return fig
 
 
+def _interval_err(value: pd.Series, ci95: pd.Series) -> np.ndarray:
+    """Error-bar lengths (2, n) of intervals around ``value``; an end that rounding puts a hair inside the
+    value (a Wilson bound of 30/30 is 1 - 1e-16) draws as zero length."""
+    v = value.to_numpy(dtype=float)
+    return np.clip(np.stack([v - ci95.str[0].to_numpy(dtype=float), ci95.str[1].to_numpy(dtype=float) - v]), 0, None)
+
+
 def plot_trained(summary: pd.DataFrame, preset_label: str = "preset") -> Figure:
-    """Own-mask success (Wilson 95 %) and action L1 (95 % bootstrap) per trained architecture: one marker per
-    training seed, a bar for the seeds pooled (:func:`vla_lab.experiments.ablation.trained_summary`)."""
+    """Own-mask success (Wilson 95 %) and action L1 (95 % bootstrap) per trained architecture: one marker with its
+    interval per training seed, a black bar for the seeds pooled (:func:`vla_lab.experiments.ablation.
+    trained_summary`). The success axis is cut to the range the intervals span (a dot plot, no bars from 0)."""
     architectures = list(dict.fromkeys(summary["architecture"]))
     labels = [preset_label if a == "preset" else a for a in architectures]
-    fig = Figure(figsize=(10, 0.55 * len(architectures) + 1.9), layout="constrained")
+    fig = Figure(figsize=(10, 0.7 * len(architectures) + 1.9), layout="constrained")
     ax_s, ax_l = fig.subplots(1, 2, sharey=True)
     pooled = summary[summary["model_seed"] == "pooled"].set_index("architecture").reindex(architectures)
     ys = np.arange(len(architectures))
-    ax_s.barh(ys, pooled["success"], color="#c7d9e8", label="seeds pooled")
-    ax_s.errorbar(pooled["success"], ys, xerr=[pooled["success"] - pooled["success_ci95"].str[0],
-                                               pooled["success_ci95"].str[1] - pooled["success"]],
-                  fmt="none", ecolor="black", capsize=3)
+    ax_s.errorbar(pooled["success"], ys, xerr=_interval_err(pooled["success"], pooled["success_ci95"]),
+                  fmt="|", markersize=14, color="black", capsize=4, label="seeds pooled")
     seeds = summary[summary["model_seed"] != "pooled"]
     markers = {s: "osD^v"[i % 5] for i, s in enumerate(sorted(set(seeds["model_seed"])))}
     for j, (seed, part) in enumerate(seeds.groupby("model_seed")):
-        y = [architectures.index(a) + 0.15 * (j - (len(markers) - 1) / 2) for a in part["architecture"]]
-        ax_s.scatter(part["success"], y, marker=markers[seed], color="#1f77b4", zorder=3, label=f"seed {seed}")
-        ax_l.errorbar(part["action_l1"], y, xerr=[part["action_l1"] - part["action_l1_ci95"].str[0],
-                                                   part["action_l1_ci95"].str[1] - part["action_l1"]],
+        y = [architectures.index(a) + 0.17 * (j + 1) for a in part["architecture"]]
+        ax_s.errorbar(part["success"], y, xerr=_interval_err(part["success"], part["success_ci95"]),
+                      fmt=markers[seed], color="#1f77b4", capsize=3, label=f"seed {seed}")
+        ax_l.errorbar(part["action_l1"], y, xerr=_interval_err(part["action_l1"], part["action_l1_ci95"]),
                       fmt=markers[seed], color="#1f77b4", capsize=3, label=f"seed {seed}")
     ax_s.set_yticks(ys, labels)
     ax_s.invert_yaxis()
     n = int(seeds["n"].max()) if len(seeds) else 0
-    ax_s.set(xlim=(0, 1.02), xlabel="closed-loop success, own mask (95% Wilson CI)", ylabel="architecture",
-             title=f"Success on {n} test scenes per seed")
+    low = float(summary["success_ci95"].str[0].min()) if len(summary) else 0.0
+    ax_s.set(xlim=(max(0.0, low - 0.03), 1.005), xlabel="closed-loop success, own mask (95% Wilson CI)",
+             ylabel="architecture", title=f"Success on {n} test scenes per seed")
     ax_l.set(xlim=(0, None), xlabel="first-chunk action L1 (95% bootstrap CI)", title="Action L1 per seed")
     fig.legend(*ax_s.get_legend_handles_labels(), loc="outside lower center", ncol=len(markers) + 1, fontsize=7)
     return fig
