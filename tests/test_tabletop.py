@@ -338,7 +338,8 @@ def test_the_other_seeds_are_shipped_in_the_released_layout(seed: int) -> None:
 
 
 @pytest.mark.parametrize(("recipe", "seed", "field", "value"), [
-    ("linear-projector", 0, "projector", "linear"), ("linear-projector", 1, "projector", "linear")])
+    ("linear-projector", 0, "projector", "linear"), ("linear-projector", 1, "projector", "linear"),
+    ("v1-head", 0, "head_version", "v1")])
 def test_the_architecture_variants_are_the_recipe_on_another_architecture(recipe: str, seed: int, field: str,
                                                                           value: str) -> None:
     path = tabletop.shipped_path("causal", seed=seed, recipe=recipe)
