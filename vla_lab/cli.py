@@ -308,6 +308,11 @@ def _eval(args: argparse.Namespace) -> int:
     return eval_cli.run(args, load_model)
 
 
+@_handler("libero")
+def _libero(args: argparse.Namespace) -> int:
+    return eval_cli.run_expert(args)
+
+
 @_handler("study")
 def _study(args: argparse.Namespace) -> int:
     return study_cli.run(args)
@@ -376,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     eval_cli.add_parser(sub, add_model_arguments)
+    eval_cli.add_libero_parser(sub)
     study_cli.add_parser(sub)
     return parser
 

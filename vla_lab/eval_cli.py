@@ -1,4 +1,4 @@
-"""``vla-lab eval libero``: the parser and the handler (registered by :mod:`vla_lab.cli`).
+"""``vla-lab eval libero`` and ``vla-lab libero expert``: parsers and handlers (registered by :mod:`vla_lab.cli`).
 
 The model options are those of the other commands, plus ``--shipped`` (a shipped tabletop model); the
 model itself is loaded by the function :mod:`vla_lab.cli` passes in, so this module does not import it.
@@ -20,6 +20,8 @@ from vla_lab.libero import env as libero_env
 from vla_lab.libero import evaluate as libero_eval
 
 LoadModel = Callable[[argparse.Namespace], Any]
+#: The suite the scripted expert (:mod:`vla_lab.libero.expert`) is built for.
+EXPERT_SUITE = "libero_spatial"
 
 
 def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
@@ -39,6 +41,24 @@ def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
     q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0, as upstream)")
     q.add_argument("--out", help="run directory (default: ./vla_lab_eval/<suite>)")
     q.add_argument("--video", action="store_true", help="an MP4 per episode in <out>/videos")
+    q.add_argument("--resume", action="store_true", help="continue the run in --out, skipping recorded episodes")
+    q.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+    q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def add_libero_parser(sub: Any) -> None:
+    """Add ``libero`` (its ``expert`` command) to the subparsers ``sub`` of the ``vla-lab`` parser."""
+    p = sub.add_parser("libero", help="LIBERO tools: the scripted expert (pip install -e '.[libero]')")
+    tools = p.add_subparsers(dest="tool", required=True, parser_class=type(p))
+    q = tools.add_parser("expert", help="run the scripted expert (physics only) and record its success")
+    q.add_argument("--suite", default="libero_spatial", help="the suite (only libero_spatial has an expert)")
+    q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
+    q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50)")
+    q.add_argument("--init-states", dest="init_states", help="init states A:B (A included, B not)")
+    q.add_argument("--max-steps", dest="max_steps", type=int, help="steps per episode (default: the suite's)")
+    q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0)")
+    q.add_argument("--out", help="run directory (default: ./vla_lab_expert/<suite>)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out, skipping recorded episodes")
     q.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
     q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -84,8 +104,8 @@ def model_name(args: argparse.Namespace) -> str:
     return f"preset {args.preset} (random weights, seed {args.seed})"
 
 
-def run(args: argparse.Namespace, load_model: LoadModel) -> int:
-    """The handler of ``vla-lab eval libero``."""
+def _plan(args: argparse.Namespace) -> tuple[str, Any]:
+    """The suite and the episode keys that the options name, checked (LIBERO must be installed)."""
     suite = libero_env.check_suite(args.suite, "--suite")
     tasks = parse_tasks(args.tasks)
     init_states = parse_init_states(args.trials, args.init_states)
@@ -95,19 +115,80 @@ def run(args: argparse.Namespace, load_model: LoadModel) -> int:
     n = libero_env.num_tasks(suite)
     if tasks is not None and any(t >= n for t in tasks):
         raise InputError(f"--tasks: got {args.tasks!r}, expected task ids of {suite} in 0..{n - 1}")
-    keys = libero_eval.plan(suite, tasks, init_states)
-    out = Path(args.out or Path("vla_lab_eval") / suite)
-    settings = {"suite": suite, "model": model_name(args), "dtype": args.dtype, "max_steps": args.max_steps,
-                "seed": args.env_seed}
+    return suite, libero_eval.plan(suite, tasks, init_states)
+
+
+def _claim(out: Path, settings: dict[str, Any], args: argparse.Namespace, work: Callable[[], int]) -> int:
+    """Check ``out`` on rank 0 and run ``work``; a start that fails leaves no new empty directory behind."""
     existed = out.exists()
     if parallel.world_from_env().is_main:  # the other ranks learn rank 0's verdict when the run starts
         libero_eval.check_run_dir(out, settings, resume=args.resume, overwrite=args.overwrite)
     try:
-        return _evaluate(args, load_model, suite, keys, out, settings)
+        return work()
     except BaseException:
         if parallel.world_from_env().is_main and not existed and files.is_empty_dir(out) and out.is_dir():
-            out.rmdir()  # a start that failed leaves no empty run directory behind
+            out.rmdir()
         raise
+
+
+def _report(summary: dict[str, Any], suite: str, out: Path, world: parallel.World, as_json: bool,
+            command: str) -> None:
+    """The summary on stdout (a table, or JSON); on stderr a warning when episodes failed with an error."""
+    if as_json:
+        result = {"suite": suite, "episodes": summary["episodes"], "success_rate": summary["success_rate"],
+                  "success_ci95": summary["success_ci95"], "by_task": summary["by_task"],
+                  "num_episodes": summary["num_episodes"], "errors": summary["errors"], "out": str(out),
+                  "world_size": world.size}
+        print(files.dumps(result))
+    else:
+        low, high = summary["success_ci95"]
+        print(f"{suite}: success {summary['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
+              f"{summary['num_episodes']} episodes ({world.size} process(es))")
+        for task, row in summary["by_task"].items():
+            lo, hi = row["success_ci95"]
+            print(f"  task {task:>2} {row['success_rate']:6.1%} [{lo:.1%}, {hi:.1%}] n={row['num_episodes']:<3} "
+                  f"{row['instruction']}")
+        print(f"records in {out / libero_eval.EPISODES_FILE}, summary in {out / libero_eval.RESULTS_FILE}")
+    if summary["errors"]:
+        first = next(e["error"] for e in summary["episodes"] if e.get("error"))
+        print(f"vla-lab {command}: warning: {summary['errors']} episode(s) failed with an error, e.g. {first}",
+              file=sys.stderr)
+
+
+def run_expert(args: argparse.Namespace) -> int:
+    """The handler of ``vla-lab libero expert``."""
+    if args.suite != EXPERT_SUITE:
+        raise InputError(f"--suite: got {args.suite!r}, expected {EXPERT_SUITE!r} (the expert is built for its "
+                         "pick-a-bowl-and-place-it-on-the-plate tasks)")
+    suite, keys = _plan(args)
+    out = Path(args.out or Path("vla_lab_expert") / suite)
+    settings = {"suite": suite, "model": "scripted expert", "max_steps": args.max_steps, "seed": args.env_seed}
+
+    def work() -> int:
+        from vla_lab.libero.expert import FAILED, expert_record
+
+        def episode(env: Any, init_state: int, frames: Any) -> dict[str, Any]:
+            return expert_record(env, init_state, max_steps=args.max_steps)
+
+        with parallel.process_group("cpu") as world:
+            summary = libero_eval.run_episodes(
+                episode, keys, out, {"model": settings["model"], "max_steps": args.max_steps}, failed=FAILED,
+                seed=args.env_seed, render=False, resume=args.resume, overwrite=args.overwrite,
+                progress=args.progress, world=world)
+        if world.is_main:
+            _report(summary, suite, out, world, args.json, "libero")
+        return 0
+
+    return _claim(out, settings, args, work)
+
+
+def run(args: argparse.Namespace, load_model: LoadModel) -> int:
+    """The handler of ``vla-lab eval libero``."""
+    suite, keys = _plan(args)
+    out = Path(args.out or Path("vla_lab_eval") / suite)
+    settings = {"suite": suite, "model": model_name(args), "dtype": args.dtype, "max_steps": args.max_steps,
+                "seed": args.env_seed}
+    return _claim(out, settings, args, lambda: _evaluate(args, load_model, suite, keys, out, settings))
 
 
 def _evaluate(args: argparse.Namespace, load_model: LoadModel, suite: str, keys: Any, out: Path,
@@ -129,23 +210,5 @@ def _evaluate(args: argparse.Namespace, load_model: LoadModel, suite: str, keys:
         )
     if not world.is_main:
         return 0
-    if args.json:
-        result = {"suite": suite, "episodes": summary["episodes"], "success_rate": summary["success_rate"],
-                  "success_ci95": summary["success_ci95"], "by_task": summary["by_task"],
-                  "num_episodes": summary["num_episodes"], "errors": summary["errors"], "out": str(out),
-                  "world_size": world.size}
-        print(files.dumps(result))
-    else:
-        low, high = summary["success_ci95"]
-        print(f"{suite}: success {summary['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
-              f"{summary['num_episodes']} episodes ({world.size} process(es))")
-        for task, row in summary["by_task"].items():
-            lo, hi = row["success_ci95"]
-            print(f"  task {task:>2} {row['success_rate']:6.1%} [{lo:.1%}, {hi:.1%}] n={row['num_episodes']:<3} "
-                  f"{row['instruction']}")
-        print(f"records in {out / libero_eval.EPISODES_FILE}, summary in {out / libero_eval.RESULTS_FILE}")
-    if summary["errors"]:
-        first = next(e["error"] for e in summary["episodes"] if e.get("error"))
-        print(f"vla-lab eval: warning: {summary['errors']} episode(s) failed with an error, e.g. {first}",
-              file=sys.stderr)
+    _report(summary, suite, out, world, args.json, "eval")
     return 0

@@ -3,7 +3,8 @@
 * :mod:`.observation` -- upstream's observation and action processing (180-degree rotation, TF's JPEG round
   trip and antialiased Lanczos-3 resize, the 8-d state, gripper post-processing) restated in numpy;
 * :mod:`.env` -- one task's simulator as upstream drives it, object masks, observations without a policy;
-* :mod:`.evaluate` -- upstream's closed-loop protocol, resumable and sharded (``vla-lab eval libero``).
+* :mod:`.evaluate` -- upstream's closed-loop protocol, resumable and sharded (``vla-lab eval libero``);
+* :mod:`.expert` -- a scripted pick-and-place expert on privileged state (``vla-lab libero expert``).
 
 The simulator itself is imported on first use only. (The run function is ``vla_lab.libero.evaluate.evaluate``;
 it is not re-exported here, where its name would hide its module.)

@@ -5,9 +5,15 @@ use, never at import time, so the rest of vla_lab works without it. :class:`Libe
 suite: ``reset(init_state=i)`` puts the scene in the suite's init state ``i`` and lets the objects settle
 for :data:`NUM_STEPS_WAIT` steps of :data:`DUMMY_ACTION`, as upstream does before the first policy query.
 
-Every episode starts by re-seeding the simulator with ``seed`` (upstream seeds once per task, so its
-trial ``i`` also depends on the ``i`` resets before it; here trial ``i`` is the same whatever ran before,
-which is what makes sharded and resumed runs equal to a single run; trial 0 is upstream's trial 0).
+Every episode starts from the same simulator: re-seeded with ``seed``, and with LIBERO's list of
+"object property" samplers (a drawer's opening, a stove's knob) cut back to its length after construction,
+because LIBERO appends another copy of them on every reset. Each copy draws from the global random stream
+before the fixtures (cabinet, stove, ...) are placed, so without the cut, and in upstream's evaluation
+(seeded once per task), the fixtures of trial ``i`` move with the number of resets before it (by up to
+1.3 cm in libero_spatial task 4). Here trial ``i`` has the fixtures of upstream's trial 0, whatever ran
+before, which is what makes sharded, resumed and replayed runs equal to a single run; trial 0 is upstream's
+trial 0 exactly. ``render=False`` builds the same scene without cameras (physics only, ~10x faster steps);
+:meth:`LiberoEnv.render` draws the cameras for any saved simulator state afterwards.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ SUITES = tuple(MAX_STEPS)
 NUM_STEPS_WAIT = 10
 DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 CAMERA = "agentview"
+CAMERAS = ("agentview", "robot0_eye_in_hand")
 INSTALL = "pip install -e '.[libero]'"
 
 
@@ -104,7 +111,7 @@ def _check_task(suite: str, task_id: int, field: str = "task") -> Any:
 class LiberoEnv:
     """One LIBERO task, rendered at ``resolution`` (both cameras), as upstream's evaluation builds it."""
 
-    def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 0) -> None:
+    def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 0, render: bool = True) -> None:
         libero = require_libero()
         bench = _check_task(suite, task_id)
         if resolution < 16:
@@ -116,10 +123,12 @@ class LiberoEnv:
         self.max_steps = MAX_STEPS[suite]
         self.init_states = np.asarray(bench.get_task_init_states(task_id))
         bddl = os.path.join(libero.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        self.render_cameras = bool(render)
         with _quiet():
             self.env = libero.OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution,
-                                                 camera_widths=resolution)
+                                                 camera_widths=resolution, use_camera_obs=self.render_cameras)
             self.env.seed(self.seed)
+        self._num_property_samplers = len(self.env.env.object_property_initializers)
 
     @property
     def num_init_states(self) -> int:
@@ -140,12 +149,29 @@ class LiberoEnv:
         if not 0 <= init_state < self.num_init_states:
             raise InputError(f"init_state: got {init_state}, expected 0..{self.num_init_states - 1}")
         with _quiet():
+            del self.env.env.object_property_initializers[self._num_property_samplers:]
             self.env.seed(self.seed)
             self.env.reset()
             obs = self.env.set_init_state(self.init_states[init_state])
             for _ in range(NUM_STEPS_WAIT):
                 obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
         return obs
+
+    def sim_state(self) -> np.ndarray:
+        """The simulator's state (time, joint positions and velocities), as LIBERO's demo files store it."""
+        return np.asarray(self.env.get_sim_state(), dtype=np.float64).copy()
+
+    def set_sim_state(self, state: np.ndarray) -> dict[str, Any]:
+        """Put the simulator in ``state`` (from :meth:`sim_state` of this task after a reset); the observation."""
+        with _quiet():
+            return self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64))
+
+    def camera_images(self) -> dict[str, np.ndarray]:
+        """Both cameras at ``resolution`` for the current state, as the observation's image keys hold them
+        (upside down: MuJoCo's convention, which the policy's 180-degree rotation undoes)."""
+        sim = self.env.sim
+        return {f"{camera}_image": sim.render(camera_name=camera, width=self.resolution, height=self.resolution)
+                for camera in CAMERAS}
 
     def step(self, action: Any) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
         """One simulator step with a 7-d action (LIBERO units: gripper -1 opens, +1 closes)."""

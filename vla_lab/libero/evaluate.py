@@ -43,6 +43,8 @@ VIDEO_FPS = 30
 #: (prepared observation, instruction) -> a (chunk, 7) action chunk in robot units, before post-processing.
 Policy = Callable[[dict[str, Any], str], np.ndarray]
 EpisodeKey = tuple[str, int, int]
+#: (simulator, init state, frames or None) -> the result fields of one episode (success, steps, error, ...).
+Episode = Callable[[LiberoEnv, int, "list[np.ndarray] | None"], dict[str, Any]]
 
 
 def unnorm_key_for(model: Any, suite: str) -> str | None:
@@ -239,10 +241,42 @@ def evaluate(
     progress: bool = True,
     world: parallel.World | None = None,
 ) -> dict[str, Any]:
-    """Run the episodes ``keys`` in the run directory ``out``; the summary (:func:`summarize`).
+    """Run the policy on the episodes ``keys`` in the run directory ``out``; the summary (:func:`summarize`).
 
-    ``settings`` (suite, model, max_steps, seed, ...) are written to ``run.json``. Each rank of ``world``
-    runs its share of the episodes not yet recorded, with its own simulator; every rank returns the summary.
+    ``settings`` (model, dtype, ...) are written to ``run.json`` with the suite, max_steps and seed. Each
+    rank of ``world`` runs its share of the episodes not yet recorded, with its own simulator; every rank
+    returns the summary.
+    """
+
+    def episode(env: LiberoEnv, init_state: int, frames: list[np.ndarray] | None) -> dict[str, Any]:
+        return run_episode(env, policy, init_state, max_steps, frames)
+
+    failed = {"success": False, "steps": 0, "queries": 0, "error": None, **dict.fromkeys(TIMING_FIELDS, 0.0)}
+    return run_episodes(episode, keys, out, {**settings, "max_steps": max_steps}, failed=failed, seed=seed,
+                        video=video, resume=resume, overwrite=overwrite, progress=progress, world=world)
+
+
+def run_episodes(
+    episode: Episode,
+    keys: Sequence[EpisodeKey],
+    out: str | Path,
+    settings: dict[str, Any],
+    *,
+    failed: dict[str, Any],
+    seed: int = 0,
+    render: bool = True,
+    video: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    world: parallel.World | None = None,
+) -> dict[str, Any]:
+    """Run ``episode`` on each of ``keys`` (one suite) in the run directory ``out``, sharded over ``world``;
+    the summary (:func:`summarize`) of every record, on every rank.
+
+    ``failed`` is the result of an episode whose simulator could not be built (its ``error`` is added);
+    ``render=False`` builds the simulators without cameras. ``settings`` go to ``run.json`` with the suite
+    and the seed.
     """
     world = parallel.World() if world is None else world
     out = Path(out)
@@ -250,7 +284,7 @@ def evaluate(
     if len(suites) != 1:
         raise InputError(f"keys: got suites {sorted(suites)}, expected episodes of one suite")
     suite = suites.pop()
-    settings = {**settings, "suite": suite, "max_steps": max_steps, "seed": seed}
+    settings = {**settings, "suite": suite, "seed": seed}
     done = prepare_run_dir(out, settings, resume=resume, overwrite=overwrite, world=world)
     finished = {record_key(r) for r in done}
     mine = parallel.shard([k for k in keys if k not in finished], world)
@@ -272,12 +306,10 @@ def evaluate(
                     if env is not None:
                         env.close()
                     env = None
-                    env = LiberoEnv(suite, task, seed=seed)
-                result = run_episode(env, policy, init_state, max_steps, frames)
+                    env = LiberoEnv(suite, task, seed=seed, render=render)
+                result = episode(env, init_state, frames)
             except Exception as exc:  # the simulator could not be built: a failed episode, as any other
-                result = {"success": False, "steps": 0, "queries": 0,
-                          "error": " ".join(f"{type(exc).__name__}: {exc}".split()),
-                          **dict.fromkeys(TIMING_FIELDS, 0.0)}
+                result = {**failed, "error": " ".join(f"{type(exc).__name__}: {exc}".split())}
             record = {"suite": suite, "task": task, "task_name": info["task_name"],
                       "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
             if frames:
