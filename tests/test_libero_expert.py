@@ -119,3 +119,17 @@ def test_grasp_geometry_without_the_simulator():
     assert _clearance(np.array([0.15, 0.0]), radial, 0.10, 0.01, (0.0, 0.1), [box]) < 0
     # a box entirely above or below the height range does not count
     assert _clearance(np.zeros(2), radial, 0.01, 0.01, (0.3, 0.4), [box]) == 1.0
+
+
+def test_the_committed_expert_records_are_every_init_state_and_match_their_summary():
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parents[1] / "notebooks" / "records" / "libero-expert" / SUITE
+    records = libero_eval.read_records(run / libero_eval.EPISODES_FILE)
+    assert [(r["task"], r["init_state"]) for r in records] == [(t, i) for t in range(10) for i in range(50)]
+    stored = json.loads((run / libero_eval.RESULTS_FILE).read_text())
+    summary = libero_eval.summarize(records, SUITE)
+    assert stored["successes"] == summary["successes"] and stored["success_ci95"] == summary["success_ci95"]
+    assert stored["by_task"] == summary["by_task"] and stored["errors"] == 0
+    assert summary["success_rate"] >= 0.95  # the goal for the expert
+    assert json.loads((run / libero_eval.RUN_FILE).read_text())["model"] == "scripted expert"
