@@ -76,7 +76,22 @@ def simulator(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
             times.append(time.perf_counter() - start)
         result["object_masks"] = _ms(times)
         prepared = prepare_observation(obs)
-    return result, {"obs": prepared, "instruction": env.instruction}
+        instruction = env.instruction
+    with LiberoEnv(SUITE, 0, render=False) as physics:  # the scripted expert's simulator: no cameras
+        physics.reset(0)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            physics.step(DUMMY_ACTION)
+            times.append(time.perf_counter() - start)
+        result["step_physics_only"] = _ms(times)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            physics.camera_images()
+            times.append(time.perf_counter() - start)
+        result["camera_images_both_256"] = _ms(times)
+    return result, {"obs": prepared, "instruction": instruction}
 
 
 def policy_query(preset: str, sample: dict[str, Any], repeats: int) -> dict[str, Any]:

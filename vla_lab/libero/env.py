@@ -13,7 +13,7 @@ before the fixtures (cabinet, stove, ...) are placed, so without the cut, and in
 1.3 cm in libero_spatial task 4). Here trial ``i`` has the fixtures of upstream's trial 0, whatever ran
 before, which is what makes sharded, resumed and replayed runs equal to a single run; trial 0 is upstream's
 trial 0 exactly. ``render=False`` builds the same scene without cameras (physics only, ~10x faster steps);
-:meth:`LiberoEnv.render` draws the cameras for any saved simulator state afterwards.
+:meth:`LiberoEnv.camera_images` draws both cameras for any saved simulator state afterwards.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def _check_task(suite: str, task_id: int, field: str = "task") -> Any:
 
 
 class LiberoEnv:
-    """One LIBERO task, rendered at ``resolution`` (both cameras), as upstream's evaluation builds it."""
+    """One LIBERO task, rendered at ``resolution`` (both cameras), as upstream's evaluation builds it;
+    ``render=False``: the same scene with no camera in its observations."""
 
     def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 0, render: bool = True) -> None:
         libero = require_libero()
