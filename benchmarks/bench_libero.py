@@ -41,6 +41,16 @@ def _ms(values: list[float]) -> dict[str, float]:
             "max_ms": round(max(values) * 1e3, 1), "n": len(values)}
 
 
+def _timed(call: Any, repeats: int) -> tuple[dict[str, float], Any]:
+    """``call()`` ``repeats`` times: the timings (:func:`_ms`) and the last call's result."""
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = call()
+        times.append(time.perf_counter() - start)
+    return _ms(times), out
+
+
 def simulator(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
     result: dict[str, Any] = {}
     start = time.perf_counter()
@@ -50,47 +60,18 @@ def simulator(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
         start = time.perf_counter()
         obs = env.reset(0)
         result["reset_with_settle_steps_s"] = round(time.perf_counter() - start, 2)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            obs, *_ = env.step(DUMMY_ACTION)
-            times.append(time.perf_counter() - start)
-        result["step_two_cameras_256"] = _ms(times)
+        result["step_two_cameras_256"], stepped = _timed(lambda: env.step(DUMMY_ACTION), steps)
+        obs = obs if stepped is None else stepped[0]
         sim = env.env.sim
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            sim.render(256, 256, camera_name=CAMERA)
-            times.append(time.perf_counter() - start)
-        result["render_one_camera_256"] = _ms(times)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            sim.step()
-            times.append(time.perf_counter() - start)
-        result["physics_substep"] = _ms(times)
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            object_masks(env)
-            times.append(time.perf_counter() - start)
-        result["object_masks"] = _ms(times)
+        result["render_one_camera_256"] = _timed(lambda: sim.render(256, 256, camera_name=CAMERA), 5)[0]
+        result["physics_substep"] = _timed(sim.step, 5)[0]
+        result["object_masks"] = _timed(lambda: object_masks(env), 3)[0]
         prepared = prepare_observation(obs)
         instruction = env.instruction
     with LiberoEnv(SUITE, 0, render=False) as physics:  # the scripted expert's simulator: no cameras
         physics.reset(0)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            physics.step(DUMMY_ACTION)
-            times.append(time.perf_counter() - start)
-        result["step_physics_only"] = _ms(times)
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            physics.camera_images()
-            times.append(time.perf_counter() - start)
-        result["camera_images_both_256"] = _ms(times)
+        result["step_physics_only"] = _timed(lambda: physics.step(DUMMY_ACTION), steps)[0]
+        result["camera_images_both_256"] = _timed(physics.camera_images, 5)[0]
     return result, {"obs": prepared, "instruction": instruction}
 
 
@@ -98,12 +79,7 @@ def policy_query(preset: str, sample: dict[str, Any], repeats: int) -> dict[str,
     model = build_random(VLAConfig.preset(preset), seed=0)
     policy = model_policy(model, SUITE)
     policy(sample["obs"], sample["instruction"])  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        policy(sample["obs"], sample["instruction"])
-        times.append(time.perf_counter() - start)
-    return {"preset": preset, **_ms(times)}
+    return {"preset": preset, **_timed(lambda: policy(sample["obs"], sample["instruction"]), repeats)[0]}
 
 
 def episodes(processes: int, tasks: str, max_steps: int) -> dict[str, Any]:

@@ -34,17 +34,8 @@ def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
     source = add_model_arguments(q, attention=None)
     source.add_argument("--shipped", choices=MASKS, help="a shipped tabletop model (trained with this mask)")
     q.add_argument("--suite", required=True, help=f"one of {', '.join(libero_env.SUITES)}")
-    q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
-    q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50, as upstream)")
-    q.add_argument("--init-states", dest="init_states", help="init states A:B (A included, B not)")
-    q.add_argument("--max-steps", dest="max_steps", type=int, help="policy steps per episode (default: the suite's)")
-    q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0, as upstream)")
-    q.add_argument("--out", help="run directory (default: ./vla_lab_eval/<suite>)")
+    _add_episode_arguments(q, "vla_lab_eval")
     q.add_argument("--video", action="store_true", help="an MP4 per episode in <out>/videos")
-    q.add_argument("--resume", action="store_true", help="continue the run in --out, skipping recorded episodes")
-    q.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
-    q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    q.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def add_libero_parser(sub: Any) -> None:
@@ -52,13 +43,18 @@ def add_libero_parser(sub: Any) -> None:
     p = sub.add_parser("libero", help="LIBERO tools: the scripted expert (pip install -e '.[libero]')")
     tools = p.add_subparsers(dest="tool", required=True, parser_class=type(p))
     q = tools.add_parser("expert", help="run the scripted expert (physics only) and record its success")
-    q.add_argument("--suite", default="libero_spatial", help="the suite (only libero_spatial has an expert)")
+    q.add_argument("--suite", default=EXPERT_SUITE, help="the suite (only libero_spatial has an expert)")
+    _add_episode_arguments(q, "vla_lab_expert")
+
+
+def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str) -> None:
+    """The options of a run of LIBERO episodes: which episodes, the simulator, the run directory, output."""
     q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
-    q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50)")
+    q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50, as upstream)")
     q.add_argument("--init-states", dest="init_states", help="init states A:B (A included, B not)")
     q.add_argument("--max-steps", dest="max_steps", type=int, help="steps per episode (default: the suite's)")
-    q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0)")
-    q.add_argument("--out", help="run directory (default: ./vla_lab_expert/<suite>)")
+    q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0, as upstream)")
+    q.add_argument("--out", help=f"run directory (default: ./{out_root}/<suite>)")
     q.add_argument("--resume", action="store_true", help="continue the run in --out, skipping recorded episodes")
     q.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
     q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

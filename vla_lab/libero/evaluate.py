@@ -47,6 +47,11 @@ EpisodeKey = tuple[str, int, int]
 Episode = Callable[[LiberoEnv, int, "list[np.ndarray] | None"], dict[str, Any]]
 
 
+def error_text(exc: BaseException) -> str:
+    """An exception as an episode record's ``error``: its type and message on one line."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
 def unnorm_key_for(model: Any, suite: str) -> str | None:
     """Upstream's choice of statistics: ``suite``, else ``<suite>_no_noops``; None for a model without any."""
     stats = model.config.norm_stats
@@ -117,7 +122,7 @@ def run_episode(
                 break
     except Exception as exc:  # upstream counts a crashed episode as a failure and goes on
         result["success"] = False
-        result["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())
+        result["error"] = error_text(exc)
     for name in TIMING_FIELDS:
         result[name] = round(result[name], 1)
     return result
@@ -309,7 +314,7 @@ def run_episodes(
                     env = LiberoEnv(suite, task, seed=seed, render=render)
                 result = episode(env, init_state, frames)
             except Exception as exc:  # the simulator could not be built: a failed episode, as any other
-                result = {**failed, "error": " ".join(f"{type(exc).__name__}: {exc}".split())}
+                result = {**failed, "error": error_text(exc)}
             record = {"suite": suite, "task": task, "task_name": info["task_name"],
                       "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
             if frames:

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from vla_lab.errors import InputError
+from vla_lab.libero.evaluate import error_text
 
 PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
 OPEN, CLOSE = -1.0, 1.0
@@ -249,5 +250,5 @@ def expert_record(env: Any, init_state: int, frames: list[np.ndarray] | None = N
     try:
         result = run_expert_episode(env, init_state, max_steps)
     except Exception as exc:
-        return {**FAILED, "error": " ".join(f"{type(exc).__name__}: {exc}".split())}
+        return {**FAILED, "error": error_text(exc)}
     return {**{k: v for k, v in result.items() if k not in ("actions", "states")}, "error": None}
