@@ -257,9 +257,9 @@ def test_the_world_tokenizer_ships_as_files_the_generator_reproduces(tmp_path, m
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         assert (written / name).read_bytes() == (shipped / name).read_bytes(), name
     # Building the tokenizer reads the files: no BPE training at run time.
-    from vla_lab.tabletop import tokenizer as world_tokenizer
+    from vla_lab.processing import word_tokenizer
 
-    monkeypatch.setattr(world_tokenizer, "_train_bpe", lambda: pytest.fail("the tokenizer was re-trained"))
+    monkeypatch.setattr(word_tokenizer, "train_word_bpe", lambda words: pytest.fail("the tokenizer was re-trained"))
     built = tabletop.build_world_tokenizer()
     assert built.vocab_size == VLAConfig.preset("tabletop").llm["vocab_size"] == 381
     assert built.eos_token_id == 380

@@ -462,6 +462,32 @@ class ImageProcessor:
         return torch.stack(batch, dim=0)
 
 
+def _fast_pixels(image_processor: ImageProcessor, image_size: int) -> bool:
+    """Whether images of ``image_size`` pass the processor unresized (then pixels are computed in bulk)."""
+    cfg = image_processor.config
+    return cfg.image_size == image_size and cfg.resize_strategy in ("resize-naive", "resize-crop")
+
+
+def pixel_values(images: np.ndarray, image_processor: ImageProcessor) -> torch.Tensor:
+    """uint8 (B, N, H, W, 3) -> float32 (B, N * 3 * featurizers, H, W), equal to the ``ImageProcessor``'s.
+
+    Square images at the processor's size take a vectorised path (PIL's resize to the same size is the
+    identity); anything else goes through the processor image by image.
+    """
+    batch, n, height, width, _ = images.shape
+    if height != width or not _fast_pixels(image_processor, height):
+        observations = [[images[b, i] for i in range(n)] for b in range(batch)]
+        return image_processor(observations)
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 1, 4, 2, 3).float().div(255)
+    parts = []
+    for mean, std in zip(image_processor.config.means, image_processor.config.stds):
+        m = torch.tensor(mean, dtype=torch.float32)[None, None, :, None, None]
+        s = torch.tensor(std, dtype=torch.float32)[None, None, :, None, None]
+        parts.append((x - m) / s)
+    # Per image: the featurizers' 3-channel results, then the next image.
+    return torch.cat(parts, dim=2).reshape(batch, -1, height, width)
+
+
 def _nonempty_seq(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and len(x) > 0
 
@@ -478,6 +504,7 @@ def _describe(x: Any) -> str:
 __all__ = [
     "RESIZE_STRATEGIES",
     "ImageProcessor",
+    "pixel_values",
     "ImageProcessorConfig",
     "center_crop_image",
     "load_image",

@@ -71,6 +71,20 @@ def normalize_actions(actions: Any, stats: dict[str, Any], normalization: str = 
     return np.clip(np.where(mask, scaled, a), -1.0, 1.0)
 
 
+def array_statistics(values: np.ndarray, mask: list[bool]) -> dict[str, list[Any]]:
+    """One entry of a ``dataset_statistics.json`` (``action`` or ``proprio``) for rows ``values`` (N, D):
+    mean, std, max, min, q01, q99 per dimension, and ``mask`` (False: the dimension is not normalised)."""
+    return {
+        "mean": [float(v) for v in values.mean(axis=0)],
+        "std": [float(v) for v in values.std(axis=0)],
+        "max": [float(v) for v in values.max(axis=0)],
+        "min": [float(v) for v in values.min(axis=0)],
+        "q01": [float(v) for v in np.quantile(values, 0.01, axis=0)],
+        "q99": [float(v) for v in np.quantile(values, 0.99, axis=0)],
+        "mask": list(mask),
+    }
+
+
 def show_values(values: Any) -> str:
     """The first values of an array or tensor, for an error message."""
     if hasattr(values, "detach"):

@@ -19,37 +19,11 @@ from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.model import build_on_meta
 from vla_lab.processing import ImageProcessor, QwenTokenizer, build_prompt
+from vla_lab.processing.images import pixel_values
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
 from vla_lab.tabletop import world
 from vla_lab.tabletop.models import check_config, stats_key, world_config, world_processor
 from vla_lab.tabletop.tokenizer import build_world_tokenizer
-
-
-def _fast_pixels(image_processor: ImageProcessor, image_size: int) -> bool:
-    """Whether images of ``image_size`` pass the processor unresized (then pixels are computed in bulk)."""
-    cfg = image_processor.config
-    return cfg.image_size == image_size and cfg.resize_strategy in ("resize-naive", "resize-crop")
-
-
-def pixel_values(images: np.ndarray, image_processor: ImageProcessor) -> torch.Tensor:
-    """uint8 (B, N, H, W, 3) -> float32 (B, N * 3 * featurizers, H, W), equal to the ``ImageProcessor``'s.
-
-    Square images at the processor's size take a vectorised path (PIL's resize to the same size is the
-    identity); anything else goes through the processor image by image.
-    """
-    batch, n, height, width, _ = images.shape
-    if height != width or not _fast_pixels(image_processor, height):
-        observations = [[images[b, i] for i in range(n)] for b in range(batch)]
-        return image_processor(observations)
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 1, 4, 2, 3).float().div(255)
-    parts = []
-    for mean, std in zip(image_processor.config.means, image_processor.config.stds):
-        m = torch.tensor(mean, dtype=torch.float32)[None, None, :, None, None]
-        s = torch.tensor(std, dtype=torch.float32)[None, None, :, None, None]
-        parts.append((x - m) / s)
-    # Per image: the featurizers' 3-channel results, then the next image.
-    return torch.cat(parts, dim=2).reshape(batch, -1, height, width)
-
 
 #: A patch shows an object when at least this many of its pixels do (in :func:`patch_labels`).
 MIN_LABEL_PIXELS = 6
@@ -209,10 +183,12 @@ class TabletopData:
         return len(self.seeds)
 
     def batch(
-        self, indices: Sequence[int] | np.ndarray | torch.Tensor, labels: bool = False
+        self, indices: Sequence[int] | np.ndarray | torch.Tensor, labels: bool = False,
+        generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
         """Model inputs and ``actions`` of the examples at ``indices``; with ``labels`` also
-        ``patch_labels`` (B, patches, 2) and ``targets`` (B, 2) (data generated with ``labels=True``)."""
+        ``patch_labels`` (B, patches, 2) and ``targets`` (B, 2) (data generated with ``labels=True``).
+        ``generator`` is unused: the world's examples are not augmented."""
         idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
         rows = [self.token_ids[i] for i in idx]
         width = max(len(r) for r in rows)

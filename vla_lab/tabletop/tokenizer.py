@@ -9,87 +9,17 @@ changing the world's vocabulary; a test checks that it still reproduces the ship
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from vla_lab import files
-from vla_lab.processing import QwenTokenizer, build_prompt, builtin_tokenizer
-from vla_lab.processing.bpe import QWEN2_PRETOKENIZE_PATTERN, bytes_to_unicode
+from vla_lab.processing import QwenTokenizer, builtin_tokenizer
+from vla_lab.processing.word_tokenizer import write_word_tokenizer_files
 from vla_lab.tabletop.world import VOCABULARY
-
-EOS_TOKEN = "<|endoftext|>"
-
-
-def _tokenizer_corpus() -> list[str]:
-    words = list(VOCABULARY)
-    prompt = build_prompt(" ".join(words))
-    # Bare words too, so that a word is one token with or without its leading space.
-    return [prompt, *words, " ".join(words)]
-
-
-def _train_bpe() -> tuple[list[str], list[tuple[str, str]]]:
-    """Merges learnt by ``tokenizers``' BpeTrainer with Qwen2's normaliser and pre-tokeniser."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    # A vocabulary budget far above what the corpus can use: merging runs until every word is one token.
-    trainer = trainers.BpeTrainer(
-        vocab_size=4096,
-        min_frequency=1,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return list(bytes_to_unicode().values()), merges  # type: ignore[return-value]
 
 
 def write_world_tokenizer_files(directory: str | Path) -> Path:
-    """Write the world tokenizer's vocab.json, merges.txt and tokenizer_config.json into ``directory``.
-
-    Ids 0-255 are the byte tokens in GPT-2's byte-to-unicode order (as in Qwen's vocabulary, so id 2
-    is ``#``), then one id per merge in merge order, then ``<|endoftext|>`` (eos and pad).
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    alphabet, merges = _train_bpe()
-    vocab = {token: i for i, token in enumerate(alphabet)}
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    eos_id = len(vocab)
-    config = {
-        "add_bos_token": False,
-        "added_tokens_decoder": {
-            str(eos_id): {
-                "content": EOS_TOKEN,
-                "lstrip": False,
-                "normalized": False,
-                "rstrip": False,
-                "single_word": False,
-                "special": True,
-            }
-        },
-        "bos_token": None,
-        "eos_token": EOS_TOKEN,
-        "pad_token": EOS_TOKEN,
-        "model_max_length": 4096,
-        "tokenizer_class": "Qwen2Tokenizer",
-    }
-    files.write_text(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-    files.write_text(directory / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    files.write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-    return directory
-
-
+    """Write the world tokenizer's vocab.json, merges.txt and tokenizer_config.json into ``directory``
+    (:func:`vla_lab.processing.word_tokenizer.write_word_tokenizer_files` of the world's vocabulary)."""
+    return write_word_tokenizer_files(directory, list(VOCABULARY))
 
 
 def build_world_tokenizer() -> QwenTokenizer:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from vla_lab.errors import InputError
+from vla_lab.processing.normalization import array_statistics
 from vla_lab.tabletop.world.render import Observation, proprio, render
 from vla_lab.tabletop.world.scenes import Scene, State, WorldConfig, initial_state, sample_scene
 
@@ -161,18 +162,6 @@ def sample_training_example(seed: int, config: WorldConfig = WorldConfig()) -> E
     )
 
 
-def _stats(values: np.ndarray, mask: list[bool]) -> dict[str, list]:
-    return {
-        "mean": [float(v) for v in values.mean(axis=0)],
-        "std": [float(v) for v in values.std(axis=0)],
-        "max": [float(v) for v in values.max(axis=0)],
-        "min": [float(v) for v in values.min(axis=0)],
-        "q01": [float(v) for v in np.quantile(values, 0.01, axis=0)],
-        "q99": [float(v) for v in np.quantile(values, 0.99, axis=0)],
-        "mask": mask,
-    }
-
-
 def dataset_statistics(
     num_examples: int = 10_000, seed: int = 0, config: WorldConfig = WorldConfig()
 ) -> dict[str, Any]:
@@ -194,8 +183,8 @@ def dataset_statistics(
     proprio_rows = np.stack(proprios).astype(np.float64)
     return {
         "tabletop": {
-            "action": _stats(action_rows, [True] * 6 + [False]),
-            "proprio": _stats(proprio_rows, [True] * proprio_rows.shape[1]),
+            "action": array_statistics(action_rows, [True] * 6 + [False]),
+            "proprio": array_statistics(proprio_rows, [True] * proprio_rows.shape[1]),
             "num_transitions": int(action_rows.shape[0]),
             "num_trajectories": int(num_examples),
         }
