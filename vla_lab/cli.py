@@ -310,7 +310,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 @_handler("libero")
 def _libero(args: argparse.Namespace) -> int:
-    return eval_cli.run_expert(args)
+    return eval_cli.run_demos(args) if args.tool == "demos" else eval_cli.run_expert(args)
 
 
 @_handler("study")

@@ -1,4 +1,5 @@
-"""``vla-lab eval libero`` and ``vla-lab libero expert``: parsers and handlers (registered by :mod:`vla_lab.cli`).
+"""``vla-lab eval libero``, ``vla-lab libero expert`` and ``vla-lab libero demos``: parsers and handlers
+(registered by :mod:`vla_lab.cli`).
 
 The model options are those of the other commands, plus ``--shipped`` (a shipped tabletop model); the
 model itself is loaded by the function :mod:`vla_lab.cli` passes in, so this module does not import it.
@@ -35,22 +36,36 @@ def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
     source.add_argument("--shipped", choices=MASKS, help="a shipped tabletop model (trained with this mask)")
     q.add_argument("--suite", required=True, help=f"one of {', '.join(libero_env.SUITES)}")
     _add_episode_arguments(q, "vla_lab_eval")
+    q.add_argument("--resolution", type=int, default=libero_eval.RESOLUTION,
+                   help=f"camera resolution (default {libero_eval.RESOLUTION}, as upstream; a model trained on "
+                        "vla-lab demos is evaluated at its demos' resolution)")
     q.add_argument("--video", action="store_true", help="an MP4 per episode in <out>/videos")
 
 
 def add_libero_parser(sub: Any) -> None:
-    """Add ``libero`` (its ``expert`` command) to the subparsers ``sub`` of the ``vla-lab`` parser."""
-    p = sub.add_parser("libero", help="LIBERO tools: the scripted expert (pip install -e '.[libero]')")
+    """Add ``libero`` (its ``expert`` and ``demos`` commands) to the subparsers ``sub`` of the ``vla-lab`` parser."""
+    from vla_lab.libero.demos import DEMO_RESOLUTION
+
+    p = sub.add_parser("libero", help="LIBERO tools: the scripted expert, demonstrations (pip install -e '.[libero]')")
     tools = p.add_subparsers(dest="tool", required=True, parser_class=type(p))
     q = tools.add_parser("expert", help="run the scripted expert (physics only) and record its success")
     q.add_argument("--suite", default=EXPERT_SUITE, help="the suite (only libero_spatial has an expert)")
     _add_episode_arguments(q, "vla_lab_expert")
+    q = tools.add_parser("demos", help="expert demonstrations in LIBERO's HDF5 layout (successful episodes only)")
+    q.add_argument("--suite", default=EXPERT_SUITE, help="the suite (only libero_spatial has an expert)")
+    q.add_argument("--episodes-per-task", dest="trials", type=int,
+                   help="run init states 0..N-1 of each task, keep the successes (default: all 50)")
+    q.add_argument("--resolution", type=int, default=DEMO_RESOLUTION,
+                   help=f"camera resolution of the stored images (default {DEMO_RESOLUTION}, LIBERO's own)")
+    _add_episode_arguments(q, "vla_lab_demos", trials=False)
+    q.set_defaults(trials_flag="--episodes-per-task")
 
 
-def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str) -> None:
+def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str, trials: bool = True) -> None:
     """The options of a run of LIBERO episodes: which episodes, the simulator, the run directory, output."""
     q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
-    q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50, as upstream)")
+    if trials:
+        q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50, as upstream)")
     q.add_argument("--init-states", dest="init_states", help="init states A:B (A included, B not)")
     q.add_argument("--max-steps", dest="max_steps", type=int, help="steps per episode (default: the suite's)")
     q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0, as upstream)")
@@ -73,13 +88,13 @@ def parse_tasks(text: str | None) -> list[int] | None:
     return tasks
 
 
-def parse_init_states(trials: int | None, text: str | None) -> range | None:
+def parse_init_states(trials: int | None, text: str | None, trials_flag: str = "--trials") -> range | None:
     """``--trials N`` -> 0..N-1, ``--init-states A:B`` -> A..B-1; None (all) when neither is given."""
     if trials is not None and text is not None:
-        raise InputError("--trials/--init-states: got both, expected one")
+        raise InputError(f"{trials_flag}/--init-states: got both, expected one")
     if trials is not None:
         if trials < 1:
-            raise InputError(f"--trials: got {trials}, expected a positive integer")
+            raise InputError(f"{trials_flag}: got {trials}, expected a positive integer")
         return range(trials)
     if text is None:
         return None
@@ -104,9 +119,12 @@ def _plan(args: argparse.Namespace) -> tuple[str, Any]:
     """The suite and the episode keys that the options name, checked (LIBERO must be installed)."""
     suite = libero_env.check_suite(args.suite, "--suite")
     tasks = parse_tasks(args.tasks)
-    init_states = parse_init_states(args.trials, args.init_states)
+    init_states = parse_init_states(args.trials, args.init_states, getattr(args, "trials_flag", "--trials"))
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps: got {args.max_steps}, expected a positive integer")
+    resolution = getattr(args, "resolution", None)
+    if resolution is not None and not 16 <= resolution <= 1024:
+        raise InputError(f"--resolution: got {resolution}, expected a camera size in pixels, 16..1024")
     libero_env.require_libero()
     n = libero_env.num_tasks(suite)
     if tasks is not None and any(t >= n for t in tasks):
@@ -151,11 +169,50 @@ def _report(summary: dict[str, Any], suite: str, out: Path, world: parallel.Worl
               file=sys.stderr)
 
 
-def run_expert(args: argparse.Namespace) -> int:
-    """The handler of ``vla-lab libero expert``."""
+def _check_expert_suite(args: argparse.Namespace) -> None:
     if args.suite != EXPERT_SUITE:
         raise InputError(f"--suite: got {args.suite!r}, expected {EXPERT_SUITE!r} (the expert is built for its "
                          "pick-a-bowl-and-place-it-on-the-plate tasks)")
+
+
+def run_demos(args: argparse.Namespace) -> int:
+    """The handler of ``vla-lab libero demos``."""
+    _check_expert_suite(args)
+    suite, keys = _plan(args)
+    from vla_lab.libero.demos import _require_h5py
+
+    _require_h5py()
+    out = Path(args.out or Path("vla_lab_demos") / suite)
+    settings = {"suite": suite, "model": "scripted expert", "max_steps": args.max_steps, "seed": args.env_seed,
+                "resolution": args.resolution}
+
+    def work() -> int:
+        from vla_lab.libero.demos import generate
+
+        with parallel.process_group("cpu") as world:
+            manifest = generate(suite, keys, out, resolution=args.resolution, max_steps=args.max_steps,
+                                seed=args.env_seed, resume=args.resume, overwrite=args.overwrite,
+                                progress=args.progress, world=world)
+        if world.is_main:
+            if args.json:
+                print(files.dumps({**manifest, "out": str(out), "world_size": world.size}))
+            else:
+                run = manifest["run"]
+                low, high = run["success_ci95"]
+                print(f"{suite}: {manifest['num_demos']} demonstrations ({manifest['total']} steps) kept of "
+                      f"{run['num_episodes']} expert episodes, success {run['success_rate']:.1%} "
+                      f"[{low:.1%}, {high:.1%}], {args.resolution} px ({world.size} process(es))")
+                for task, row in manifest["tasks"].items():
+                    print(f"  task {task:>2} {row['num_demos']:>3} demos  {row['file']}")
+                print(f"manifest in {out / 'demos.json'}")
+        return 0
+
+    return _claim(out, settings, args, work)
+
+
+def run_expert(args: argparse.Namespace) -> int:
+    """The handler of ``vla-lab libero expert``."""
+    _check_expert_suite(args)
     suite, keys = _plan(args)
     out = Path(args.out or Path("vla_lab_expert") / suite)
     settings = {"suite": suite, "model": "scripted expert", "max_steps": args.max_steps, "seed": args.env_seed}
@@ -183,7 +240,7 @@ def run(args: argparse.Namespace, load_model: LoadModel) -> int:
     suite, keys = _plan(args)
     out = Path(args.out or Path("vla_lab_eval") / suite)
     settings = {"suite": suite, "model": model_name(args), "dtype": args.dtype, "max_steps": args.max_steps,
-                "seed": args.env_seed}
+                "seed": args.env_seed, "resolution": args.resolution}
     return _claim(out, settings, args, lambda: _evaluate(args, load_model, suite, keys, out, settings))
 
 
@@ -201,8 +258,8 @@ def _evaluate(args: argparse.Namespace, load_model: LoadModel, suite: str, keys:
         policy = libero_eval.model_policy(model, suite)
         summary = libero_eval.evaluate(
             policy, keys, out, {"model": settings["model"], "dtype": args.dtype, "device": args.device},
-            max_steps=args.max_steps, seed=args.env_seed, video=args.video, resume=args.resume,
-            overwrite=args.overwrite, progress=args.progress, world=world,
+            max_steps=args.max_steps, seed=args.env_seed, resolution=args.resolution, video=args.video,
+            resume=args.resume, overwrite=args.overwrite, progress=args.progress, world=world,
         )
     if not world.is_main:
         return 0

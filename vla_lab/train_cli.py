@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 
 def add_parser(sub: Any, masks: tuple[str, ...]) -> None:
     """Add ``train`` to the subparsers ``sub`` of the ``vla-lab`` parser (``masks``: the LLM masks offered)."""
-    p = sub.add_parser("train", help="train a model on the synthetic tabletop world")
+    p = sub.add_parser("train", help="train a model on the synthetic tabletop world or on LIBERO demonstrations")
     p.add_argument("--out", required=True, help="output directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--data", default=None,
+                   help="a 'vla-lab libero demos' directory: train the LIBERO recipe (preset libero-small) on it "
+                        "(default: the tabletop world)")
     p.add_argument("--attention", choices=(*masks, "prefix-lm"), default=None, help="LLM mask (default: causal)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
     p.add_argument("--seed", type=int, default=None, help="seed of weights, data order and noise")
@@ -31,6 +34,8 @@ def add_parser(sub: Any, masks: tuple[str, ...]) -> None:
     p.add_argument("--num-threads", dest="num_threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--test-episodes", dest="test_episodes", type=int, default=None,
                    help="test-split episodes evaluated after training (0: none)")
+    p.add_argument("--stop-at", dest="stop_at", type=int, default=None,
+                   help="end after this many steps with the schedule unchanged (a checkpoint is written there)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint (its settings must match)")
     p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
@@ -39,20 +44,27 @@ def add_parser(sub: Any, masks: tuple[str, ...]) -> None:
 
 def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
     """The configurations ``vla-lab train`` options describe: explicit options override ``--config``, which
-    overrides :class:`TrainConfig`'s defaults; the model is ``--model-config`` or the tabletop architecture."""
+    overrides :class:`TrainConfig`'s defaults (with ``--data``: :meth:`TrainConfig.libero_recipe`); the model is
+    ``--model-config``, else the tabletop architecture or, with ``--data``, the preset ``libero-small``."""
     from vla_lab import tabletop
     from vla_lab.experiments.run_dir import MODEL_CONFIG, TRAIN_CONFIG
     from vla_lab.experiments.train import TrainConfig
 
     stored = Path(args.out) if getattr(args, "resume", False) else None
+    demos = getattr(args, "data", None)
+    if demos is not None and not (Path(demos) / "demos.json").is_file():
+        raise ConfigError(f"--data: got {demos!r}, expected a directory written by 'vla-lab libero demos' "
+                          "(with demos.json)")
     with _option("--config"):
         if args.config:
             data = TrainConfig.from_json(args.config).to_dict()
         elif stored is not None and (stored / TRAIN_CONFIG).is_file():  # --resume continues the stored run
             data = TrainConfig.from_json(stored / TRAIN_CONFIG).to_dict()
+        elif demos is not None:
+            data = TrainConfig.libero_recipe(demos).to_dict()
         else:
             data = TrainConfig().to_dict()
-    for name in ("attention", "steps", "seed", "device", "num_threads", "test_episodes"):
+    for name in ("data", "attention", "steps", "seed", "device", "num_threads", "test_episodes"):
         value = getattr(args, name, None)
         if value is not None:
             data[name] = value
@@ -63,6 +75,8 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
             model_config = VLAConfig.from_json(args.model_config)
         elif stored is not None and (stored / MODEL_CONFIG).is_file():
             model_config = VLAConfig.from_json(stored / MODEL_CONFIG)
+        elif config.libero:
+            model_config = VLAConfig.preset("libero-small")
         else:
             model_config = tabletop.tabletop_config()
     return config, model_config
@@ -89,12 +103,14 @@ def run(args: argparse.Namespace) -> int:
 
     config, model_config = train_configs(args)
     resolve_device(config.device, "--device")
+    if args.stop_at is not None and args.stop_at < 1:
+        raise ConfigError(f"--stop-at: got {args.stop_at}, expected a positive number of steps")
     if config.num_threads:
         os.environ.setdefault("OMP_NUM_THREADS", str(config.num_threads))
     out = Path(args.out)
     try:  # train() claims (or refuses) the directory before any data is generated
         final = train(config, model_config, out, resume=args.resume, overwrite=args.overwrite, out_field="--out",
-                      progress=args.progress)
+                      progress=args.progress, stop_at=args.stop_at)
     except KeyboardInterrupt:
         latest = latest_checkpoint(out)
         kept = f"--resume continues from {latest.name}" if latest else "no checkpoint yet; --resume starts at step 0"

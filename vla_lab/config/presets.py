@@ -102,4 +102,42 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attention": "causal",
         "tokenizer": "tabletop",
     },
+    # The models vla-lab trains on its own LIBERO demonstrations on a CPU (vla_lab.libero): the tabletop
+    # model's widths and depths at 96 px (6x6 patches of 16 px per image and ViT), LIBERO's 8-step chunks,
+    # and the LIBERO tokenizer (every word of the 130 LIBERO instructions is one token).
+    "libero-small": {
+        "vision": {
+            "backbone_id": CUSTOM_BACKBONE,
+            "timm_model_ids": list(VISION_BACKBONES["dinosiglip-vit-so-224px"]["timm_model_ids"]),
+            "image_sizes": [96, 96],
+            "act_layers": [None, None],
+            "timm_kwargs": [
+                {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 16},
+                {"embed_dim": 64, "depth": 4, "num_heads": 4, "patch_size": 16},
+            ],
+            "fused": True,
+        },
+        "num_images": 2,
+        "projector": "fused-gelu-mlp",
+        "llm": {
+            **QWEN25_05B_TEXT_CONFIG,
+            "hidden_size": 64,
+            "intermediate_size": 256,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_window_layers": 4,
+            "max_position_embeddings": 1024,
+            "vocab_size": 588,  # vla_lab.libero.build_libero_tokenizer(); <|endoftext|> = 587
+            "bos_token_id": 587,
+            "eos_token_id": 587,
+        },
+        "num_action_queries": 16,
+        "robot": "libero",
+        "use_proprio": True,
+        "head_version": "pro",
+        "head_num_heads": 8,
+        "attention": "causal",
+        "tokenizer": "libero",
+    },
 }

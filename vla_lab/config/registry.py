@@ -108,7 +108,7 @@ ROBOT_PRESETS: dict[str, dict[str, Any]] = {
 HEAD_VERSIONS = ("v1", "pro")
 ATTENTION_KERNELS = ("sdpa", "eager")
 HIDDEN_OFFSETS = ("released", "aligned")
-TOKENIZERS = ("qwen2.5", "tabletop")
+TOKENIZERS = ("qwen2.5", "tabletop", "libero")
 
 # The Qwen2.5-0.5B text config of the released checkpoints (SPEC section 5).
 QWEN25_05B_TEXT_CONFIG: dict[str, Any] = {

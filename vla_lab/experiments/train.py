@@ -1,4 +1,10 @@
-"""Train a VLA-Adapter model on the synthetic tabletop world.
+"""Train a VLA-Adapter model on the synthetic tabletop world or on vla-lab's LIBERO demonstrations.
+
+The data is a dataset object with ``len(data)`` and ``data.batch(indices, labels=..., generator=...)``
+(:class:`TrainingData`): :class:`vla_lab.tabletop.TabletopData` (``TrainConfig.data = "tabletop"``, the
+default) or :class:`vla_lab.libero.data.LiberoDemoData` (``data`` = a ``vla-lab libero demos`` directory;
+the model's action and proprio statistics are then computed from those demonstrations, and ``augment``
+turns on upstream's random crop).
 
 The action objective is upstream's: ``torch.nn.L1Loss()`` between the predicted and the expert action
 chunk, both normalised to [-1, 1] (optionally MSE for the first ``mse_warmup_steps``). AdamW, linear
@@ -15,7 +21,7 @@ and discarded, so the saved model is a plain VLA-Adapter:
   the queries), a linear probe regresses the target object's table position (MSE).
 
 Neither touches any attention map. Without them, from-scratch training on this world stays at the
-L1 median (no movement) for thousands of steps; see ``vla_lab/models/README.md``.
+L1 median (no movement) for thousands of steps; see ``vla_lab/tabletop/checkpoints/README.md``.
 
 Checkpoints are written in the released layout (:meth:`vla_lab.VLAAdapter.save_pretrained`) into
 ``out_dir/step-XXXXX`` and ``out_dir/final``; each step directory also holds ``trainer_state.pt``
@@ -24,11 +30,13 @@ Checkpoints are written in the released layout (:meth:`vla_lab.VLAAdapter.save_p
 rate, validation success and action L1.
 
 Every random draw comes from ``TrainConfig.seed``: the initial weights (``torch.manual_seed``), the
-order of the examples (one ``torch.Generator`` permutation per epoch) and the head's noise (the torch
-RNG, saved in ``trainer_state.pt``). Examples come from fixed seeds of the world's ``train`` split.
+order of the examples (one ``torch.Generator`` permutation per epoch), the random crops of LIBERO frames
+(one generator per step, :func:`augmentation_seed`) and the head's noise (the torch RNG, saved in
+``trainer_state.pt``). World examples come from fixed seeds of the world's ``train`` split.
 
-Reproduce a shipped model: ``vla-lab train --attention causal --out DIR`` (or ``bidirectional``) with
-the defaults of :class:`TrainConfig` and :func:`vla_lab.tabletop.tabletop_config`.
+Reproduce a shipped tabletop model: ``vla-lab train --attention causal --out DIR`` (or ``bidirectional``)
+with the defaults of :class:`TrainConfig` and :func:`vla_lab.tabletop.tabletop_config`; the LIBERO models'
+commands are in the README's LIBERO section.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -57,9 +65,21 @@ from vla_lab.experiments.run_dir import (
     step_of,
 )
 from vla_lab.model import VLAAdapter, load_pretrained, save_pretrained
+from vla_lab.processing import builtin_tokenizer
 from vla_lab.tabletop import world
 
 MIXED_PRECISION = ("no", "bf16")
+#: ``TrainConfig.data`` of the synthetic world; anything else names a LIBERO demonstrations directory.
+TABLETOP = "tabletop"
+
+
+class TrainingData(Protocol):
+    """What the trainer needs of a dataset: its size and batches of model inputs plus ``actions``."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: Any, labels: bool = False,
+              generator: torch.Generator | None = None) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass
@@ -101,6 +121,8 @@ class TrainConfig(JSONConfig):
             (:func:`vla_lab.tabletop.relabeled_scenes`): same images, another instruction and chunk.
         aux_patch_weight: weight of the patch-description loss (0: off); see the module docstring.
         aux_target_weight: weight of the target-position loss (0: off).
+        data: ``tabletop`` (the world) or the directory of ``vla-lab libero demos`` output to train on.
+        augment: upstream's random crop (90 % of the area) of LIBERO frames; evaluation centre-crops.
     """
 
     steps: int = 16000
@@ -132,6 +154,13 @@ class TrainConfig(JSONConfig):
     relabel: bool = True
     aux_patch_weight: float = 1.0
     aux_target_weight: float = 1.0
+    data: str = TABLETOP
+    augment: bool = False
+
+    @property
+    def libero(self) -> bool:
+        """Whether the data are LIBERO demonstrations (``data`` names their directory)."""
+        return self.data != TABLETOP
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -163,6 +192,29 @@ class TrainConfig(JSONConfig):
             raise ConfigError(f"betas: got {self.betas!r}, expected two numbers")
         if self.data_start + self.num_examples > len(world.SPLITS["train"]):
             raise ConfigError("num_examples: data_start + num_examples exceeds the train split")
+        if not isinstance(self.data, str) or not self.data:
+            raise ConfigError(f"data: got {self.data!r}, expected {TABLETOP!r} or a LIBERO demonstrations directory")
+        if self.libero:
+            # The world's patch labels, relabelled scenes and closed-loop episodes do not exist for LIBERO
+            # (its closed-loop evaluation is 'vla-lab eval libero').
+            for name, off in (("aux_patch_weight", 0), ("relabel", False), ("val_examples", 0),
+                              ("eval_episodes", 0), ("test_episodes", 0)):
+                if getattr(self, name) != off:
+                    raise ConfigError(f"{name}: got {getattr(self, name)!r} with LIBERO data, expected {off!r}")
+        elif self.augment:
+            raise ConfigError("augment: got true with the tabletop world, expected false (LIBERO frames only)")
+
+    @classmethod
+    def libero_recipe(cls, data: str, **changes: Any) -> TrainConfig:
+        """The recipe of the shipped LIBERO models on the demonstrations in ``data`` (``changes`` on top):
+        upstream's random crop, the target-position loss (no patch labels exist), no world episodes, one
+        thread (bit-exact reruns; two models train side by side on two cores)."""
+        recipe: dict[str, Any] = {
+            "data": str(data), "augment": True, "steps": 15000, "relabel": False, "aux_patch_weight": 0.0,
+            "aux_target_weight": 1.0, "val_examples": 0, "eval_episodes": 0, "test_episodes": 0,
+            "checkpoint_interval": 1000, "num_threads": 1,
+        }
+        return cls(**{**recipe, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -199,23 +251,58 @@ class AuxiliaryLosses(torch.nn.Module):
             self._handle.remove()
 
     def forward(
-        self, query_states: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor
+        self, query_states: torch.Tensor, labels: torch.Tensor | None, targets: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Losses of the last forward pass: ``patch``, ``target`` and their weighted ``total``."""
         projected, self._projected = self._projected, None
         if projected is None:
             raise RuntimeError("AuxiliaryLosses: no projector output recorded; run the model first")
-        out = self.patch_probe(projected.float())
-        nc, ns = self.num_colors, self.num_shapes
-        ce = torch.nn.functional.cross_entropy
-        patch = (
-            ce(out[..., :nc].reshape(-1, nc), labels[..., 0].reshape(-1))
-            + ce(out[..., nc : nc + ns].reshape(-1, ns), labels[..., 1].reshape(-1))
-            + (out[..., nc + ns :] - self.patch_positions).abs().mean()
-        )
+        patch = torch.zeros((), device=query_states.device)
+        if labels is not None:  # data without patch labels (LIBERO) train with aux_patch_weight 0
+            out = self.patch_probe(projected.float())
+            nc, ns = self.num_colors, self.num_shapes
+            ce = torch.nn.functional.cross_entropy
+            patch = (
+                ce(out[..., :nc].reshape(-1, nc), labels[..., 0].reshape(-1))
+                + ce(out[..., nc : nc + ns].reshape(-1, ns), labels[..., 1].reshape(-1))
+                + (out[..., nc + ns :] - self.patch_positions).abs().mean()
+            )
         predicted = self.target_probe(query_states[:, -1].float().mean(dim=1))
         target = torch.nn.functional.mse_loss(predicted, targets)
         return {"patch": patch, "target": target, "total": self.patch_weight * patch + self.target_weight * target}
+
+
+def libero_statistics(directory: str) -> dict[str, Any]:
+    """Action and proprio statistics of the LIBERO demonstrations in ``directory``, under the suite's name."""
+    from vla_lab.libero.data import demo_statistics, read_demonstrations, read_manifest
+
+    return demo_statistics(read_demonstrations(directory), read_manifest(directory)["suite"])
+
+
+def training_data(
+    config: TrainConfig, model_config: VLAConfig, tokenizer: Any, *, labels: bool, progress: bool
+) -> tuple[TrainingData, Any]:
+    """The training data of ``config`` (and the tabletop validation examples, or None)."""
+    if config.libero:
+        from vla_lab.libero.data import LiberoDemoData
+
+        data = LiberoDemoData.load(config.data, model_config, tokenizer, augment=config.augment, progress=progress)
+        return data, None
+    train_seeds = world.split_seeds("train", config.num_examples, config.data_start)
+    tabletop_data = tabletop.TabletopData.generate(
+        model_config, train_seeds, tokenizer, progress=progress, relabel=config.relabel, labels=labels
+    )
+    val_data = (
+        tabletop.TabletopData.generate(model_config, world.split_seeds("validation", config.val_examples), tokenizer)
+        if config.val_examples
+        else None
+    )
+    return tabletop_data, val_data
+
+
+def augmentation_seed(seed: int, step: int) -> int:
+    """Seed of the augmentation draws of optimizer step ``step`` (a function of the step: resumable)."""
+    return (seed + 1) * 2_147_483_647 + step
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -308,6 +395,8 @@ def train(
     out_dir = Path(out_dir)
     device = resolve_device(config.device)
     model_config = model_config.replace(attention=config.attention)
+    if config.libero:
+        model_config = model_config.replace(norm_stats=libero_statistics(config.data))
     tabletop.check_config(model_config)
     latest = prepare_run_dir(out_dir, config, model_config, resume=resume, overwrite=overwrite, field=out_field)
     if resume and latest is None:
@@ -316,7 +405,7 @@ def train(
         return out_dir / "final"  # the run is complete: nothing to do, nothing rewritten
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    tokenizer = tabletop.build_world_tokenizer()
+    tokenizer = builtin_tokenizer(model_config.tokenizer) if config.libero else tabletop.build_world_tokenizer()
 
     start_step = 0
     trainer_state = None
@@ -346,15 +435,7 @@ def train(
         if trainer_state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(trainer_state["rng"]["cuda"])
 
-    train_seeds = world.split_seeds("train", config.num_examples, config.data_start)
-    data = tabletop.TabletopData.generate(
-        model_config, train_seeds, tokenizer, progress=progress, relabel=config.relabel, labels=auxiliary.active
-    )
-    val_data = (
-        tabletop.TabletopData.generate(model_config, world.split_seeds("validation", config.val_examples), tokenizer)
-        if config.val_examples
-        else None
-    )
+    data, val_data = training_data(config, model_config, tokenizer, labels=auxiliary.active, progress=progress)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     amp = config.mixed_precision == "bf16"
     l1_loss, mse_loss = torch.nn.L1Loss(), torch.nn.MSELoss()
@@ -375,7 +456,8 @@ def train(
             lr = learning_rate(step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = data.batch(batch_indices(step, config.batch_size, len(data), config.seed), labels=auxiliary.active)
+            batch = data.batch(batch_indices(step, config.batch_size, len(data), config.seed), labels=auxiliary.active,
+                               generator=torch.Generator().manual_seed(augmentation_seed(config.seed, step)))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             target = batch.pop("actions")
             patch_labels, targets = batch.pop("patch_labels", None), batch.pop("targets", None)
@@ -412,7 +494,7 @@ def train(
                 running.clear()
                 running_aux.clear()
             evaluate_now = (config.eval_interval and step % config.eval_interval == 0) or step == config.steps
-            if evaluate_now:
+            if evaluate_now and (val_data is not None or config.eval_episodes):
                 record = {"step": step, **validate(model, config, val_data)}
                 log_metrics(out_dir, record)
                 if bar is not None:

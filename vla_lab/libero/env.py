@@ -124,6 +124,7 @@ class LiberoEnv:
         self.max_steps = MAX_STEPS[suite]
         self.init_states = np.asarray(bench.get_task_init_states(task_id))
         bddl = os.path.join(libero.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        self.bddl_file: str = bddl
         self.render_cameras = bool(render)
         with _quiet():
             self.env = libero.OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution,

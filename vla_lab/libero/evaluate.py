@@ -37,8 +37,10 @@ RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR = "run.json", "episodes.jsonl",
 #: Record fields that measure time; everything else is the same on every run of the same episodes.
 TIMING_FIELDS = ("policy_ms", "sim_ms", "reset_ms")
 #: Settings of ``run.json`` that ``resume`` requires to be unchanged.
-RESUME_SETTINGS = ("suite", "model", "max_steps", "seed")
+RESUME_SETTINGS = ("suite", "model", "max_steps", "seed", "resolution")
 VIDEO_FPS = 30
+#: Camera resolution of upstream's evaluation.
+RESOLUTION = 256
 
 #: (prepared observation, instruction) -> a (chunk, 7) action chunk in robot units, before post-processing.
 Policy = Callable[[dict[str, Any], str], np.ndarray]
@@ -240,6 +242,7 @@ def evaluate(
     *,
     max_steps: int | None = None,
     seed: int = 0,
+    resolution: int = RESOLUTION,
     video: bool = False,
     resume: bool = False,
     overwrite: bool = False,
@@ -248,7 +251,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the policy on the episodes ``keys`` in the run directory ``out``; the summary (:func:`summarize`).
 
-    ``settings`` (model, dtype, ...) are written to ``run.json`` with the suite, max_steps and seed. Each
+    ``settings`` (model, dtype, ...) are written to ``run.json`` with the suite, max_steps, seed and the
+    cameras' ``resolution`` (upstream's 256 by default; the policy's images are 224² whatever it is). Each
     rank of ``world`` runs its share of the episodes not yet recorded, with its own simulator; every rank
     returns the summary.
     """
@@ -257,8 +261,9 @@ def evaluate(
         return run_episode(env, policy, init_state, max_steps, frames)
 
     failed = {"success": False, "steps": 0, "queries": 0, "error": None, **dict.fromkeys(TIMING_FIELDS, 0.0)}
-    return run_episodes(episode, keys, out, {**settings, "max_steps": max_steps}, failed=failed, seed=seed,
-                        video=video, resume=resume, overwrite=overwrite, progress=progress, world=world)
+    return run_episodes(episode, keys, out, {**settings, "max_steps": max_steps, "resolution": resolution},
+                        failed=failed, seed=seed, resolution=resolution, video=video, resume=resume,
+                        overwrite=overwrite, progress=progress, world=world)
 
 
 def run_episodes(
@@ -270,6 +275,7 @@ def run_episodes(
     failed: dict[str, Any],
     seed: int = 0,
     render: bool = True,
+    resolution: int = RESOLUTION,
     video: bool = False,
     resume: bool = False,
     overwrite: bool = False,
@@ -280,8 +286,8 @@ def run_episodes(
     the summary (:func:`summarize`) of every record, on every rank.
 
     ``failed`` is the result of an episode whose simulator could not be built (its ``error`` is added);
-    ``render=False`` builds the simulators without cameras. ``settings`` go to ``run.json`` with the suite
-    and the seed.
+    ``render=False`` builds the simulators without cameras, else they render at ``resolution``. ``settings``
+    go to ``run.json`` with the suite and the seed.
     """
     world = parallel.World() if world is None else world
     out = Path(out)
@@ -311,7 +317,7 @@ def run_episodes(
                     if env is not None:
                         env.close()
                     env = None
-                    env = LiberoEnv(suite, task, seed=seed, render=render)
+                    env = LiberoEnv(suite, task, resolution=resolution, seed=seed, render=render)
                 result = episode(env, init_state, frames)
             except Exception as exc:  # the simulator could not be built: a failed episode, as any other
                 result = {**failed, "error": error_text(exc)}

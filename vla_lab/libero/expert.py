@@ -214,10 +214,12 @@ class PickPlaceExpert:
 
 
 def run_expert_episode(env: Any, init_state: int, max_steps: int | None = None,
-                       config: ExpertConfig | None = None) -> dict[str, Any]:
+                       config: ExpertConfig | None = None,
+                       observations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One expert episode from init state ``init_state``: ``{"success", "steps", "phase", "grasp_angle",
     "grasp_clearance", "actions", "states"}`` (``actions`` (steps, 7); ``states`` (steps + 1, ...) the
-    simulator states before each action and after the last)."""
+    simulator states before each action and after the last). ``observations`` (if given) receives the
+    observation each action was chosen on."""
     limit = env.max_steps if max_steps is None else max_steps
     obs = env.reset(init_state)
     expert = PickPlaceExpert(env, obs, config)
@@ -225,6 +227,8 @@ def run_expert_episode(env: Any, init_state: int, max_steps: int | None = None,
     states = [env.sim_state()]
     success = False
     while len(actions) < limit:
+        if observations is not None:
+            observations.append(obs)
         action = expert.act(obs)
         obs, _, done, _ = env.step(action)
         actions.append(action)

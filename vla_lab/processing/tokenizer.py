@@ -510,8 +510,9 @@ def load_tokenizer_from_files(directory: str | Path) -> QwenTokenizer:
 
 
 def builtin_tokenizer(name: str) -> QwenTokenizer:
-    """A tokenizer named by ``VLAConfig.tokenizer``: ``qwen2.5`` (offline Qwen2.5) or ``tabletop`` (the
-    synthetic world's small vocabulary, read from the files shipped in this package)."""
+    """A tokenizer named by ``VLAConfig.tokenizer``: ``qwen2.5`` (offline Qwen2.5), ``tabletop`` (the
+    synthetic world's small vocabulary) or ``libero`` (the words of LIBERO's instructions); the small ones
+    are read from the files shipped in this package."""
     if name not in TOKENIZERS:
         raise ConfigError(f"tokenizer: got {name!r}, expected one of {TOKENIZERS}")
     if name == "qwen2.5":

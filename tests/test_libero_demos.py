@@ -1,0 +1,132 @@
+"""``vla-lab libero demos``: expert demonstrations in LIBERO's HDF5 layout, sharded and resumable.
+
+Needs the ``libero`` extra and h5py; an episode with cameras costs ~40 s here, so the runs are two episodes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import conftest
+import numpy as np
+import pytest
+
+HAVE_LIBERO = importlib.util.find_spec("libero") is not None and importlib.util.find_spec("h5py") is not None
+needs_libero = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
+SUITE = "libero_spatial"
+COMMON = ["libero", "demos", "--tasks", "0", "--episodes-per-task", "2", "--no-progress", "--json"]
+LIBERO_DATASETS = ("actions", "states", "robot_states", "rewards", "dones", "obs/agentview_rgb", "obs/eye_in_hand_rgb",
+                   "obs/ee_pos", "obs/ee_ori", "obs/ee_states", "obs/gripper_states", "obs/joint_states")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--suite", "libero_goal"], "--suite: got 'libero_goal'"),
+    (["--episodes-per-task", "0"], "--episodes-per-task: got 0, expected a positive integer"),
+    (["--resolution", "8"], "--resolution: got 8"),
+])
+def test_bad_options_get_one_line(tmp_path, argv, message):
+    status, stdout, err = conftest.run_cli(["libero", "demos", *argv, "--out", tmp_path / "x"])
+    line = conftest.assert_one_line_error(status, err, "libero")
+    assert message in line and stdout == ""
+    assert not (tmp_path / "x").exists()
+
+
+def test_eval_checks_the_camera_resolution_before_building_anything(tmp_path):
+    status, stdout, err = conftest.run_cli(["eval", "libero", "--suite", SUITE, "--preset", "tiny", "--resolution",
+                                            "4", "--out", tmp_path / "x"])
+    assert "--resolution: got 4" in conftest.assert_one_line_error(status, err, "eval")
+    assert not (tmp_path / "x").exists()
+
+
+def read_file(path) -> dict:
+    import h5py
+
+    out: dict = {}
+    with h5py.File(path, "r") as f:
+        out["attrs"] = dict(f["data"].attrs)
+        for name in f["data"]:
+            demo = f["data"][name]
+            out[name] = {key: demo[key][()] for key in (*LIBERO_DATASETS, "target_pos")}
+            out[name]["attrs"] = dict(demo.attrs)
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos") / "one"
+    status, stdout, err = conftest.run_cli([*COMMON, "--out", out])
+    assert status == 0, err
+    return out, json.loads(stdout)
+
+
+@needs_libero
+def test_demonstrations_are_written_in_libero_layout(one_process):
+    out, manifest = one_process
+    assert manifest["num_demos"] == 2 and manifest["run"]["successes"] == 2 and manifest["resolution"] == 128
+    task = manifest["tasks"]["0"]
+    assert task["init_states"] == [0, 1] and task["file"] == f"{task['task_name']}_demo.hdf5"
+    content = read_file(out / task["file"])
+    attrs = content["attrs"]
+    assert attrs["num_demos"] == 2 and attrs["total"] == manifest["total"] == task["total"]
+    assert attrs["macros_image_convention"] == "opengl"
+    assert json.loads(attrs["problem_info"])["problem_name"] == json.loads(attrs["env_args"])["problem_name"]
+    assert attrs["bddl_file_content"].startswith("(define")
+    for k in (0, 1):
+        demo = content[f"demo_{k}"]
+        steps = int(demo["attrs"]["num_samples"])
+        assert demo["attrs"]["init_state_index"] == k
+        assert demo["actions"].shape == (steps, 7) and demo["robot_states"].shape == (steps, 9)
+        assert demo["obs/agentview_rgb"].shape == (steps, 128, 128, 3) and demo["obs/agentview_rgb"].dtype == np.uint8
+        assert np.array_equal(demo["obs/ee_states"], np.concatenate([demo["obs/ee_pos"], demo["obs/ee_ori"]], 1))
+        assert demo["dones"].tolist() == [0] * (steps - 1) + [1] == demo["rewards"].tolist()
+        assert np.array_equal(demo["attrs"]["init_state"], demo["states"][0])
+        assert "<mujoco" in demo["attrs"]["model_file"]
+
+
+@needs_libero
+def test_the_stored_actions_replay_to_the_stored_states(one_process):
+    """As LIBERO's own dataset script checks: the actions from the init state lead through the states."""
+    from vla_lab.libero.env import LiberoEnv
+
+    out, manifest = one_process
+    demo = read_file(out / manifest["tasks"]["0"]["file"])["demo_1"]
+    with LiberoEnv(SUITE, 0, render=False) as env:
+        env.reset(1)
+        assert np.array_equal(env.sim_state(), demo["states"][0])
+        done = False
+        for t, action in enumerate(demo["actions"]):
+            if t:
+                assert np.array_equal(env.sim_state(), demo["states"][t]), t
+            done = env.step(action)[2]
+    assert done  # the last action finishes the task
+
+
+@needs_libero
+def test_resume_runs_nothing_again_and_two_ranks_write_the_same_files(one_process, tmp_path):
+    out, manifest = one_process
+    before = (out / manifest["tasks"]["0"]["file"]).read_bytes()
+    status, stdout, err = conftest.run_cli([*COMMON, "--out", out, "--resume"])
+    assert status == 0, err
+    again = json.loads(stdout)
+    assert again["tasks"] == manifest["tasks"] and again["run"]["num_episodes"] == 2
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 2
+    assert read_file(out / manifest["tasks"]["0"]["file"]).keys() == {"attrs", "demo_0", "demo_1"}
+    assert len(before) > 0
+    status, _, err = conftest.run_cli([*COMMON, "--out", out])
+    assert "--resume or --overwrite" in conftest.assert_one_line_error(status, err, "libero")
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "vla_lab", *COMMON, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads(proc.stdout)
+    assert two["world_size"] == 2 and two["tasks"] == manifest["tasks"]
+    one_file, two_file = (read_file(d / manifest["tasks"]["0"]["file"]) for d in (out, tmp_path / "two"))
+    for name in ("demo_0", "demo_1"):
+        for key in (*LIBERO_DATASETS, "target_pos"):
+            assert np.array_equal(one_file[name][key], two_file[name][key]), (name, key)
