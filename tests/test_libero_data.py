@@ -206,9 +206,21 @@ def test_training_on_demonstrations_resumes_bit_exactly(demos, tmp_path) -> None
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     model = load_pretrained(straight)
     assert model.config.tokenizer == "libero" and "libero_spatial" in model.config.norm_stats
+    # The checkpoint names its demonstrations; the evaluation renders at their resolution by default.
+    import argparse
+
+    from vla_lab.eval_cli import camera_resolution
+    from vla_lab.libero.models import demos_manifest
+
+    assert demos_manifest(straight) == json.loads((demos / "demos.json").read_text())
+    assert demos_manifest(tmp_path / "resumed" / "step-00003")["resolution"] == 128
+    options = {"resolution": None, "shipped": None, "checkpoint": str(straight)}
+    assert camera_resolution(argparse.Namespace(**options)) == 128
+    assert camera_resolution(argparse.Namespace(**{**options, "resolution": 200})) == 200
+    assert camera_resolution(argparse.Namespace(**{**options, "checkpoint": None, "preset": "tiny"})) == 256
     metrics = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
-    assert all("aux_target_loss" in m for m in metrics if "loss" in m)
+    assert all("aux_target_loss" in m and "aux_patch_loss" not in m for m in metrics if "loss" in m)
     # The saved model acts on a LIBERO observation with the suite's statistics.
     from vla_lab.libero import model_policy
 
@@ -242,3 +254,16 @@ def test_world_only_settings_are_refused_with_libero_data(demos, change) -> None
         TrainConfig.libero_recipe(str(demos), **change)
     with pytest.raises(ConfigError, match="augment"):
         TrainConfig(augment=True)
+
+
+# --- shipped LIBERO models -----------------------------------------------------------------------
+
+
+def test_shipped_libero_models_are_named_by_suite_and_mask() -> None:
+    from vla_lab.libero import models
+
+    assert models.SHIPPED == ("libero-spatial-causal", "libero-spatial-bidirectional")
+    assert models.shipped_path("bidirectional").name == "libero-spatial-bidirectional"
+    with pytest.raises(InputError, match="trained_with"):
+        models.shipped_name("prefix-lm")
+    assert models.demos_manifest(DATA) is None

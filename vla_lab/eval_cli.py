@@ -33,12 +33,15 @@ def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
     benchmarks = p.add_subparsers(dest="benchmark", required=True, parser_class=type(p))
     q = benchmarks.add_parser("libero", help="LIBERO with upstream's protocol (pip install -e '.[libero]')")
     source = add_model_arguments(q, attention=None)
-    source.add_argument("--shipped", choices=MASKS, help="a shipped tabletop model (trained with this mask)")
+    from vla_lab.libero.models import SHIPPED
+
+    source.add_argument("--shipped", choices=(*MASKS, *SHIPPED),
+                        help="a shipped model: tabletop (the mask it was trained with) or LIBERO (its name)")
     q.add_argument("--suite", required=True, help=f"one of {', '.join(libero_env.SUITES)}")
     _add_episode_arguments(q, "vla_lab_eval")
-    q.add_argument("--resolution", type=int, default=libero_eval.RESOLUTION,
-                   help=f"camera resolution (default {libero_eval.RESOLUTION}, as upstream; a model trained on "
-                        "vla-lab demos is evaluated at its demos' resolution)")
+    q.add_argument("--resolution", type=int, default=None,
+                   help=f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution of the "
+                        "demonstrations a vla-lab LIBERO model was trained on)")
     q.add_argument("--video", action="store_true", help="an MP4 per episode in <out>/videos")
 
 
@@ -111,8 +114,28 @@ def model_name(args: argparse.Namespace) -> str:
     if args.checkpoint:
         return str(Path(args.checkpoint).resolve())
     if args.shipped:
-        return f"shipped tabletop-{args.shipped}"
+        return f"shipped {args.shipped}" if args.shipped.startswith("libero") else f"shipped tabletop-{args.shipped}"
     return f"preset {args.preset} (random weights, seed {args.seed})"
+
+
+def _libero_shipped(args: argparse.Namespace) -> str | None:
+    """The mask of a shipped LIBERO model named by ``--shipped`` (None for anything else)."""
+    from vla_lab.libero.models import MASKS as LIBERO_MASKS
+    from vla_lab.libero.models import shipped_name
+
+    return next((m for m in LIBERO_MASKS if args.shipped == shipped_name(m)), None)
+
+
+def camera_resolution(args: argparse.Namespace) -> int:
+    """``--resolution``, else that of the demonstrations the model was trained on, else upstream's 256."""
+    from vla_lab.libero.models import demos_manifest, shipped_path
+
+    if args.resolution is not None:
+        return int(args.resolution)
+    mask = _libero_shipped(args) if args.shipped else None
+    directory = args.checkpoint or (shipped_path(mask) if mask else None)
+    manifest = demos_manifest(directory) if directory else None
+    return int(manifest["resolution"]) if manifest else libero_eval.RESOLUTION
 
 
 def _plan(args: argparse.Namespace) -> tuple[str, Any]:
@@ -238,6 +261,7 @@ def run_expert(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace, load_model: LoadModel) -> int:
     """The handler of ``vla-lab eval libero``."""
     suite, keys = _plan(args)
+    args.resolution = camera_resolution(args)
     out = Path(args.out or Path("vla_lab_eval") / suite)
     settings = {"suite": suite, "model": model_name(args), "dtype": args.dtype, "max_steps": args.max_steps,
                 "seed": args.env_seed, "resolution": args.resolution}
@@ -250,9 +274,13 @@ def _evaluate(args: argparse.Namespace, load_model: LoadModel, suite: str, keys:
         args.device = parallel.device_for(args.device, world)
         if args.shipped:
             from vla_lab.config import resolve_device
+            from vla_lab.libero.models import load_shipped as load_libero
             from vla_lab.tabletop import load_shipped
 
-            model = load_shipped(args.shipped, dtype=args.dtype, device=resolve_device(args.device, "--device"))
+            device = resolve_device(args.device, "--device")
+            mask = _libero_shipped(args)
+            model = (load_libero(mask, dtype=args.dtype, device=device) if mask
+                     else load_shipped(args.shipped, dtype=args.dtype, device=device))
         else:
             model = load_model(args)
         policy = libero_eval.model_policy(model, suite)

@@ -327,6 +327,15 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> t
     return torch.tensor(out, dtype=torch.long)
 
 
+def _write_provenance(directory: Path, config: TrainConfig) -> None:
+    """A LIBERO checkpoint carries the manifest of its demonstrations (suite, resolution, init states)."""
+    if config.libero:
+        from vla_lab.libero.data import read_manifest
+        from vla_lab.libero.models import DEMOS_MANIFEST
+
+        files.write_json(directory / DEMOS_MANIFEST, read_manifest(config.data))
+
+
 def _save(
     model: VLAAdapter, optimizer: torch.optim.Optimizer, step: int, directory: Path, config: TrainConfig,
     auxiliary: AuxiliaryLosses,
@@ -335,6 +344,7 @@ def _save(
     temp = files.temporary_dir_for(directory)
     try:
         save_pretrained(model, temp, step=step, overwrite=True)
+        _write_provenance(temp, config)
         state = {
             "step": int(step),
             "optimizer": optimizer.state_dict(),
@@ -488,7 +498,8 @@ def train(
                 record = {"step": step, "loss": sum(running) / len(running), "lr": lr, "grad_norm": grad_norm,
                           "train_time_s": round(train_time, 2)}
                 if running_aux:
-                    record["aux_patch_loss"] = sum(a for a, _ in running_aux) / len(running_aux)
+                    if not config.libero:  # LIBERO frames have no patch labels
+                        record["aux_patch_loss"] = sum(a for a, _ in running_aux) / len(running_aux)
                     record["aux_target_loss"] = sum(b for _, b in running_aux) / len(running_aux)
                 log_metrics(out_dir, record)
                 running.clear()
@@ -512,6 +523,7 @@ def train(
     temp = files.temporary_dir_for(final)
     try:
         save_pretrained(model, temp, step=step, overwrite=True)
+        _write_provenance(temp, config)
         config.to_json(temp / TRAIN_CONFIG)
         result = None
         if config.test_episodes:
