@@ -90,3 +90,35 @@ def test_the_reported_depth_is_chosen_on_the_selection_set(model) -> None:
     assert given["rule"] == "given" and given["layer"] == 1 and given["selection_ratio_by_depth"] is None
     low, high = given["ci95"]
     assert low <= given["target_attention_ratio"] <= high
+
+
+def test_trained_models_are_measured_against_their_initial_weights(tmp_path) -> None:
+    """``vla-lab libero attention``'s measurement on real frames: a trained checkpoint and its random init."""
+    import conftest
+
+    from tests.test_libero_data import tiny_libero_recipe, write_demos
+    from vla_lab.experiments import libero_attention as la
+    from vla_lab.experiments.train import train
+
+    demos = write_demos(tmp_path / "demos")
+    checkpoint = train(tiny_libero_recipe(demos, steps=2), VLAConfig.preset("libero-small"), tmp_path / "run",
+                       progress=False)
+    models = la.load_models([str(checkpoint)])
+    assert list(models) == ["final", "random-init:final"]
+    initial = models["random-init:final"][0]
+    again = la.random_init(models["final"][0], checkpoint)
+    assert all(torch.equal(a, b) for a, b in zip(initial.state_dict().values(), again.state_dict().values()))
+    trained = models["final"][0]
+    assert not all(torch.equal(a, b) for a, b in zip(initial.state_dict().values(), trained.state_dict().values()))
+    records, summary = la.measure({k: m for k, (m, _) in models.items()}, observations()[:2], observations()[2:],
+                                  n_resamples=200)
+    assert set(records["split"]) == {"selection", "report"} and set(records["source"]) == {"llm", "head"}
+    assert {(r["model"], r["source"]) for r in summary["rows"]} == {
+        (m, s) for m in models for s in ("llm", "head")}
+    for row in summary["rows"]:
+        assert row["n"] == 2 and row["depth"] == max(row["selection_ratio_by_depth"],
+                                                     key=row["selection_ratio_by_depth"].get)
+    assert [(t["model"], t["source"]) for t in summary["tests"]] == [("final", "llm"), ("final", "head")]
+    status, _, err = conftest.run_cli(["libero", "attention", "--model", str(tmp_path / "nothing"), "--out",
+                                       tmp_path / "x", "--report-states", "40:60"])
+    assert status == 2 and err.startswith("vla-lab libero: error: --")

@@ -310,7 +310,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 @_handler("libero")
 def _libero(args: argparse.Namespace) -> int:
-    return eval_cli.run_demos(args) if args.tool == "demos" else eval_cli.run_expert(args)
+    handlers = {"demos": eval_cli.run_demos, "attention": eval_cli.run_attention, "expert": eval_cli.run_expert}
+    return handlers[args.tool](args)
 
 
 @_handler("study")

@@ -62,6 +62,18 @@ def add_libero_parser(sub: Any) -> None:
                    help=f"camera resolution of the stored images (default {DEMO_RESOLUTION}, LIBERO's own)")
     _add_episode_arguments(q, "vla_lab_demos", trials=False)
     q.set_defaults(trials_flag="--episodes-per-task")
+    q = tools.add_parser("attention", help="target attention of LIBERO models on real frames vs random init")
+    q.add_argument("--model", action="append", required=True,
+                   help="a shipped LIBERO model (libero-spatial-causal, ...) or a checkpoint directory; repeatable")
+    q.add_argument("--suite", default=EXPERT_SUITE, help="the suite whose scenes are shown (default libero_spatial)")
+    q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
+    q.add_argument("--selection-states", dest="selection_states", default="0:5",
+                   help="init states A:B that choose each model's layer (default 0:5, training init states)")
+    q.add_argument("--report-states", dest="report_states", default="40:50",
+                   help="init states A:B the ratio is reported on (default 40:50, held out)")
+    q.add_argument("--out", required=True, help="output directory (records.parquet, summary.json)")
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    q.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str, trials: bool = True) -> None:
@@ -231,6 +243,41 @@ def run_demos(args: argparse.Namespace) -> int:
         return 0
 
     return _claim(out, settings, args, work)
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    """The handler of ``vla-lab libero attention``."""
+    suite = libero_env.check_suite(args.suite, "--suite")
+    selection = parse_init_states(None, args.selection_states, "--selection-states")
+    report = parse_init_states(None, args.report_states, "--report-states")
+    tasks = parse_tasks(args.tasks)
+    libero_env.require_libero()
+    n = libero_env.num_tasks(suite)
+    if tasks is not None and any(t >= n for t in tasks):
+        raise InputError(f"--tasks: got {args.tasks!r}, expected task ids of {suite} in 0..{n - 1}")
+    available = libero_env.task_info(suite, 0)["num_init_states"]
+    for flag, states in (("--selection-states", selection), ("--report-states", report)):
+        if states is not None and states.stop > available:
+            raise InputError(f"{flag}: got {states.start}:{states.stop}, expected init states in 0..{available - 1}")
+    from vla_lab.experiments.libero_attention import run
+
+    out = Path(args.out)
+    with parallel.process_group("cpu") as world:
+        summary = run(args.model, out, suite=suite, tasks=tasks, selection_states=list(selection or []),
+                      report_states=list(report or []), overwrite=args.overwrite, world=world)
+    if summary is None:
+        return 0
+    if args.json:
+        print(files.dumps({**summary, "out": str(out)}))
+        return 0
+    for row in summary["rows"]:
+        low, high = row["ci95"]
+        print(f"{row['model']:<40} {row['source']:<4} {row['depth_name']} {row['depth']}: target-attention ratio "
+              f"{row['value']:.2f} [{low:.2f}, {high:.2f}] n={row['n']}")
+    for test in summary["tests"]:
+        print(f"{test['model']} ({test['source']}) vs random init: {test['test']} p={test['p']:.2g} n={test['n']}")
+    print(f"records in {out / 'records.parquet'}, summary in {out / 'summary.json'}")
+    return 0
 
 
 def run_expert(args: argparse.Namespace) -> int:

@@ -1,0 +1,154 @@
+"""``vla-lab libero attention``: target attention of LIBERO models on real frames, against random init.
+
+Observations come from the simulator (:func:`vla_lab.libero.observations`: the scene after the settle
+steps of an init state, with the object masks), two sets of them: ``selection`` (training init states) picks
+each model's depth, ``report`` (held-out init states) is where the ratio is reported. Every model is paired
+with its random-init baseline (the run's initial weights: ``build_model`` with the seed, ``init`` and
+``gate_init`` of its ``train_config.json``), measured on the same observations.
+
+Writes ``records.parquet`` (tidy: model, source, split, task, init_state, depth, region, value) and
+``summary.json``: per model and source the depth chosen on ``selection``, the ratio of means on ``report``
+with its 95 % bootstrap interval over scenes and ``n``, every depth's ratio, and per trained model and source
+a Wilcoxon signed-rank test of its per-scene ratios against its random-init baseline's (each at its own
+chosen depth). The simulator work is sharded over torchrun ranks by task; rank 0 measures and writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vla_lab import files, parallel
+from vla_lab.errors import InputError
+from vla_lab.libero import target_attention as ta
+from vla_lab.model import VLAAdapter, load_pretrained
+from vla_lab.stats import ratio_of_means_interval, wilcoxon_signed_rank
+
+RECORDS, SUMMARY, SETTINGS = "records.parquet", "summary.json", "settings.json"
+RANDOM_PREFIX = "random-init:"
+
+
+def random_init(model: VLAAdapter, directory: str | Path) -> VLAAdapter:
+    """The initial weights of the run that trained ``model`` (its ``train_config.json``), eval mode."""
+    from vla_lab.tabletop import build_model
+
+    path = Path(directory) / "train_config.json"
+    if not path.is_file():
+        raise InputError(f"model: got {str(directory)!r} without train_config.json, expected a vla-lab checkpoint "
+                         "(its seed rebuilds the initial weights)")
+    train = json.loads(path.read_text(encoding="utf-8"))
+    initial = build_model(copy.deepcopy(model.config), seed=int(train["seed"]), init=str(train.get("init", "sincos")),
+                          gate=float(train.get("gate_init", 1.0)))
+    initial.processor = model.processor
+    return initial.eval()
+
+
+def scene_ratios(values: pd.DataFrame, depth: int, column: str) -> pd.DataFrame:
+    """Per observation at ``depth``: target and distractor means and their ratio (scenes with both)."""
+    at = values[values[column] == depth].pivot_table(index=["task", "init_state"], columns="region", values="value")
+    at = at.dropna(subset=["target", "distractors"])
+    at["ratio"] = at["target"] / at["distractors"]
+    return at.reset_index()
+
+
+def measure(
+    models: Mapping[str, VLAAdapter], selection: Sequence[Mapping[str, Any]], report: Sequence[Mapping[str, Any]],
+    sources: Sequence[str] = ta.SOURCES, n_resamples: int = 9999,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Records and summary (see the module docstring) of ``models`` (name -> model; a name
+    ``random-init:<name>`` is compared with ``<name>``)."""
+    frames, rows, chosen = [], [], {}
+    for name, model in models.items():
+        for source in sources:
+            column = ta.DEPTH[source]
+            parts = {split: ta.target_attention(model, obs, source) for split, obs in
+                     (("selection", selection), ("report", report))}
+            for split, values in parts.items():
+                frames.append(values.rename(columns={column: "depth"}).assign(model=name, source=source, split=split))
+            depth = int(ta.ratio_by_depth(parts["selection"]).idxmax())
+            ratios = ta.ratio_by_depth(parts["report"])
+            per_scene = scene_ratios(parts["report"], depth, column)
+            low, high = ratio_of_means_interval(per_scene["target"], per_scene["distractors"], n_resamples=n_resamples)
+            chosen[(name, source)] = per_scene
+            rows.append({"model": name, "source": source, "depth_name": column, "depth": depth,
+                         "rule": f"argmax of the ratio on {len(selection)} selection observations",
+                         "value": float(ratios.loc[depth]), "ci95": [low, high], "n": int(len(per_scene)),
+                         "report_ratio_by_depth": {int(k): float(v) for k, v in ratios.items()},
+                         "selection_ratio_by_depth": {int(k): float(v) for k, v in
+                                                      ta.ratio_by_depth(parts["selection"]).items()}})
+    tests = []
+    for (name, source), trained in chosen.items():
+        baseline = chosen.get((RANDOM_PREFIX + name, source))
+        if name.startswith(RANDOM_PREFIX) or baseline is None:
+            continue
+        merged = trained.merge(baseline, on=["task", "init_state"], suffixes=("", "_random"))
+        result = wilcoxon_signed_rank(merged["ratio"], merged["ratio_random"])
+        tests.append({"model": name, "source": source, "test": result.name, "statistic": result.statistic,
+                      "p": result.p, "n": result.n, "note": result.note})
+    columns = ["model", "source", "split", "task", "init_state", "depth", "region", "value"]
+    records = pd.concat(frames, ignore_index=True)[columns]
+    return records, {"rows": rows, "tests": tests, "n_selection": len(selection), "n_report": len(report)}
+
+
+def load_models(names: Sequence[str]) -> dict[str, tuple[VLAAdapter, Path]]:
+    """Shipped LIBERO model names or checkpoint directories -> (model, directory), with random-init baselines."""
+    from vla_lab.libero.models import SHIPPED, shipped_path
+
+    out: dict[str, tuple[VLAAdapter, Path]] = {}
+    for name in names:
+        directory = shipped_path(name.rsplit("-", 1)[-1]) if name in SHIPPED else Path(name)
+        if not (directory / "config.json").is_file():
+            raise InputError(f"--model: got {name!r}, expected one of {list(SHIPPED)} or a checkpoint directory")
+        model = load_pretrained(directory).eval()
+        label = name if name in SHIPPED else directory.name
+        out[label] = (model, directory)
+        out[RANDOM_PREFIX + label] = (random_init(model, directory), directory)
+    return out
+
+
+def run(
+    names: Sequence[str], out: str | Path, *, suite: str = "libero_spatial", tasks: Sequence[int] | None = None,
+    selection_states: Sequence[int] = range(5), report_states: Sequence[int] = range(40, 50),
+    overwrite: bool = False, world: parallel.World | None = None,
+) -> dict[str, Any] | None:
+    """Observations (sharded by task), then on rank 0 :func:`measure` of the models; the summary (rank 0)."""
+    from vla_lab.libero.env import num_tasks, observations
+
+    world = parallel.World() if world is None else world
+    out = Path(out)
+    models = load_models(names)
+    tasks = list(range(num_tasks(suite))) if tasks is None else [int(t) for t in tasks]
+    settings = {"suite": suite, "models": list(names), "tasks": tasks, "selection_states": list(selection_states),
+                "report_states": list(report_states)}
+
+    def claim() -> None:
+        files.check_run_dir(out, settings, settings_file=SETTINGS, markers=(SETTINGS, RECORDS, SUMMARY),
+                            resume=False, overwrite=overwrite)
+        files.write_json(out / SETTINGS, settings)
+
+    parallel.run_on_main(claim, world)
+    states = sorted({*selection_states, *report_states})
+    mine = []
+    for task in parallel.shard(tasks, world):
+        mine += observations(suite, [task], states)
+    gathered = [o for part in parallel.gather(mine, world) for o in part]
+    if not world.is_main:
+        parallel.barrier(world)
+        return None
+    gathered.sort(key=lambda o: (o["task"], o["init_state"]))
+    selection = [o for o in gathered if o["init_state"] in set(selection_states)]
+    report = [o for o in gathered if o["init_state"] in set(report_states)]
+    records, summary = measure({k: m for k, (m, _) in models.items()}, selection, report)
+    files.write_atomic(out / RECORDS, lambda temporary: records.to_parquet(temporary, index=False))
+    summary = {"settings": settings, **summary}
+    files.write_json(out / SUMMARY, summary)
+    parallel.barrier(world)
+    return summary
+
+
+__all__ = ["measure", "random_init", "run", "scene_ratios"]
