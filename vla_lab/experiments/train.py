@@ -210,7 +210,7 @@ class TrainConfig(JSONConfig):
         upstream's random crop, the target-position loss (no patch labels exist), no world episodes, one
         thread (bit-exact reruns; two models train side by side on two cores)."""
         recipe: dict[str, Any] = {
-            "data": str(data), "augment": True, "steps": 15000, "relabel": False, "aux_patch_weight": 0.0,
+            "data": str(data), "augment": True, "steps": 12000, "relabel": False, "aux_patch_weight": 0.0,
             "aux_target_weight": 1.0, "val_examples": 0, "eval_episodes": 0, "test_episodes": 0,
             "checkpoint_interval": 1000, "num_threads": 1,
         }
