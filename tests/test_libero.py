@@ -236,6 +236,17 @@ def test_object_masks_on_a_spatial_task():
 
 
 @needs_libero
+def test_object_masks_skip_the_regions_among_the_objects_of_interest():
+    """libero_goal task 5 names a region of the table (the stove's front) among its objects of interest."""
+    from vla_lab.libero.env import observations
+
+    obs = observations("libero_goal", [5], [0])[0]
+    regions = [n for n in obs["target_objects"] if n.endswith("_region")]
+    assert regions and len(regions) < len(obs["target_objects"])
+    assert obs["masks"]["target"].any() and obs["masks"]["distractors"].any()
+
+
+@needs_libero
 def test_a_failed_start_leaves_no_run_directory(tmp_path):
     """The shipped tabletop models have no LIBERO statistics: one line, and --out is not left behind."""
     code, stdout, err = run_cli("eval", "libero", "--shipped", "causal", "--suite", SUITE, "--tasks", "0",

@@ -236,12 +236,19 @@ def object_segmentation(env: LiberoEnv, size: int = 224) -> tuple[np.ndarray, li
 
 def object_masks(env: LiberoEnv, names: Sequence[str] | None = None, size: int = 224) -> dict[str, np.ndarray]:
     """Pixel masks (size, size) bool: ``target`` (the objects ``names``, default the task's objects of
-    interest) and ``distractors`` (every other object and fixture), in the frame of the policy's full image.
+    interest that are objects or fixtures -- LIBERO also lists regions there) and ``distractors`` (every other
+    object and fixture), in the frame of the policy's full image.
 
     The region names are the tabletop world's, so :mod:`vla_lab.interp` region tools take them as they are.
     """
     labels, all_names = object_segmentation(env, size)
-    wanted = env.target_objects if names is None else list(names)
+    if names is None:  # LIBERO's objects of interest may include a region (e.g. a stove's front): not an object
+        wanted = [n for n in env.target_objects if n in all_names]
+        if not wanted:
+            raise InputError(f"task: got objects of interest {env.target_objects}, none of them an object of the "
+                             f"scene ({all_names}); pass names")
+    else:
+        wanted = list(names)
     unknown = [n for n in wanted if n not in all_names]
     if unknown or not wanted:
         raise InputError(f"names: got {unknown or wanted}, expected object names of the scene: {all_names}")
