@@ -4,7 +4,11 @@
   trip and antialiased Lanczos-3 resize, the 8-d state, gripper post-processing) restated in numpy;
 * :mod:`.env` -- one task's simulator as upstream drives it, object masks, observations without a policy;
 * :mod:`.evaluate` -- upstream's closed-loop protocol, resumable and sharded (``vla-lab eval libero``);
-* :mod:`.expert` -- a scripted pick-and-place expert on privileged state (``vla-lab libero expert``).
+* :mod:`.expert` -- a scripted pick-and-place expert on privileged state (``vla-lab libero expert``);
+* :mod:`.demos` -- its demonstrations in LIBERO's HDF5 layout (``vla-lab libero demos``);
+* :mod:`.data` -- training batches from them (the evaluation's image steps, upstream's random crop);
+* :mod:`.tokenizer`, :mod:`.models` -- the LIBERO tokenizer and vla-lab's LIBERO models (``libero-spatial-<mask>``);
+* :mod:`.target_attention` -- attention on the target object's patches in real frames.
 
 The simulator itself is imported on first use only. (The run function is ``vla_lab.libero.evaluate.evaluate``;
 it is not re-exported here, where its name would hide its module.)
