@@ -42,9 +42,20 @@ from vla_lab.interp.interventions import (
     intervene,
     patch_segments_from,
 )
-from vla_lab.interp.regions import depth_column, pooled_ratio, region_attention, region_values, scene_ratio
+from vla_lab.interp.regions import (
+    READER_DEPTH,
+    READERS,
+    depth_column,
+    pooled_ratio,
+    reader_patch_attention,
+    region_attention,
+    region_values,
+    scene_ratio,
+)
 
 __all__ = [
+    "READERS",
+    "READER_DEPTH",
     "ActivationCache",
     "InterventionResult",
     "MaskAudit",
@@ -71,6 +82,7 @@ __all__ = [
     "path_ablation",
     "pooled_ratio",
     "query_patch_attention",
+    "reader_patch_attention",
     "region_attention",
     "region_values",
     "rollout_maps",

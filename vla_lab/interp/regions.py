@@ -20,11 +20,30 @@ import numpy as np
 import pandas as pd
 
 from vla_lab.errors import InputError
+from vla_lab.interp.attention import query_patch_attention
+from vla_lab.interp.capture import ActivationCache
+from vla_lab.interp.head import head_task_patch_attention
 
 #: ``masks(sample, image, grid) -> {region: boolean (rows, cols) mask}`` for one image of one sample.
 RegionMasks = Callable[[int, int, tuple[int, int]], Mapping[str, np.ndarray]]
 #: The depth columns a region DataFrame may carry (one of them).
 DEPTHS = ("layer", "block", "hidden_index")
+
+
+#: Who reads the patches: the LLM's action queries (per ``layer``) or the bridge head's task attention (per ``block``).
+READERS = ("llm", "head")
+READER_DEPTH = {"llm": "layer", "head": "block"}
+
+
+def reader_patch_attention(cache: ActivationCache, reader: str, offset: str = "released") -> pd.DataFrame:
+    """Patch attention of a ``reader`` (:data:`READERS`): :func:`~vla_lab.interp.query_patch_attention` of the
+    action queries (``llm``) or :func:`~vla_lab.interp.head_task_patch_attention` with the model's hidden
+    ``offset`` (``head``; the capture must record the head)."""
+    if reader not in READERS:
+        raise InputError(f"source: got {reader!r}, expected one of {READERS}")
+    if reader == "llm":
+        return query_patch_attention(cache, "action_queries")
+    return head_task_patch_attention(cache, offset=offset)
 
 
 def region_attention(patch_df: pd.DataFrame, masks: RegionMasks, by: str = "layer") -> pd.DataFrame:
@@ -116,4 +135,7 @@ def pooled_ratio(values: pd.DataFrame, numerator: str = "target", denominator: s
     return (means[numerator] / means[denominator]).rename(f"{numerator}_{denominator}_ratio")
 
 
-__all__ = ["DEPTHS", "RegionMasks", "depth_column", "pooled_ratio", "region_attention", "region_values", "scene_ratio"]
+__all__ = [
+    "DEPTHS", "READERS", "READER_DEPTH", "RegionMasks", "depth_column", "pooled_ratio", "reader_patch_attention",
+    "region_attention", "region_values", "scene_ratio",
+]

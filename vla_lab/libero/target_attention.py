@@ -32,9 +32,9 @@ from vla_lab.libero.data import CROP_SCALE
 from vla_lab.model import VLAAdapter, forward_inputs
 from vla_lab.stats import ratio_of_means_interval
 
-SOURCES = ("llm", "head")
+SOURCES = interp.READERS
 REGIONS = ("target", "distractors")
-DEPTH = {"llm": "layer", "head": "block"}
+DEPTH = interp.READER_DEPTH
 
 
 def crop_mask(mask: np.ndarray, scale: float = CROP_SCALE) -> np.ndarray:
@@ -117,10 +117,7 @@ def target_attention(
             part = list(observations[lo : lo + batch_size])
             with interp.capture(model, "segments", hidden_states=False, head=source == "head") as cache:
                 model(**observation_inputs(model, part))
-            if source == "llm":
-                patch_df = interp.query_patch_attention(cache, "action_queries")
-            else:
-                patch_df = interp.head_task_patch_attention(cache, offset=model.config.hidden_offset)
+            patch_df = interp.reader_patch_attention(cache, source, model.config.hidden_offset)
             values = interp.region_values(interp.region_attention(patch_df, observation_masks(part), by=depth))
             values.insert(0, "init_state", [int(part[s]["init_state"]) for s in values["sample"]])
             values.insert(0, "task", [int(part[s]["task"]) for s in values["sample"]])

@@ -31,10 +31,10 @@ from vla_lab.model import VLAAdapter
 from vla_lab.tabletop import world
 from vla_lab.tabletop.evaluate import scene_inputs
 
-SOURCES = ("llm", "head")
+SOURCES = interp.READERS
 REGIONS = ("target", "distractors")
 #: The depth column of each source.
-DEPTH = {"llm": "layer", "head": "block"}
+DEPTH = interp.READER_DEPTH
 #: Validation scenes behind :func:`select_layer`.
 SELECTION_EPISODES = 50
 
@@ -82,12 +82,6 @@ def object_attention_ratio(
     return out
 
 
-def _patch_frame(model: VLAAdapter, cache: interp.ActivationCache, source: str) -> pd.DataFrame:
-    if source == "llm":
-        return interp.query_patch_attention(cache, "action_queries")
-    return interp.head_task_patch_attention(cache, offset=model.config.hidden_offset)
-
-
 @torch.inference_mode()
 def target_attention(
     model: VLAAdapter, split: str = "test", n: int = 200, *, start: int = 0, source: str = "llm", batch_size: int = 32
@@ -109,7 +103,8 @@ def target_attention(
             forward, scenes, _ = scene_inputs(model, split, min(batch_size, n - lo), start + lo)
             with interp.capture(model, "segments", hidden_states=False, head=source == "head") as cache:
                 model(**forward)
-            regions = interp.region_attention(_patch_frame(model, cache, source), scene_masks(scenes), by=depth)
+            regions = interp.region_attention(interp.reader_patch_attention(cache, source, model.config.hidden_offset),
+                                            scene_masks(scenes), by=depth)
             values = interp.region_values(regions)
             values.insert(0, "kind", [scenes[s].kind for s in values["sample"]])
             values.insert(0, "seed", [scenes[s].seed for s in values["sample"]])

@@ -37,8 +37,8 @@ from vla_lab.tabletop import world
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.tabletop.target_attention import scene_masks
 
-SOURCES = ("llm", "head")
-DEPTH = {"llm": "layer", "head": "block"}
+SOURCES = interp.READERS
+DEPTH = interp.READER_DEPTH
 
 
 def _region_rows(patch_df: pd.DataFrame, scenes: list[world.Scene], depth: str, head: int | None) -> pd.DataFrame:
@@ -72,10 +72,7 @@ class TargetAttention(Study):
         frames = []
         for source in SOURCES:
             depth = DEPTH[source]
-            if source == "llm":
-                patch_df = interp.query_patch_attention(cache, "action_queries")
-            else:
-                patch_df = interp.head_task_patch_attention(cache, offset=model.config.hidden_offset)
+            patch_df = interp.reader_patch_attention(cache, source, model.config.hidden_offset)
             per_source = [_region_rows(patch_df, scenes, depth, None)]
             for head, part in patch_df.groupby("head", sort=True):
                 per_source.append(_region_rows(part, scenes, depth, int(head)))
