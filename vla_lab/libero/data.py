@@ -40,6 +40,7 @@ from vla_lab.libero.observation import resize_image_for_policy
 from vla_lab.processing import ImageProcessor, QwenTokenizer, build_prompt
 from vla_lab.processing.images import pixel_values
 from vla_lab.processing.normalization import array_statistics, normalize_actions, normalize_proprio
+from vla_lab.processing.processor import right_pad
 
 #: Area fraction of the crop (upstream's random-resized-crop scale and the evaluation's centre crop).
 CROP_SCALE = 0.9
@@ -224,7 +225,8 @@ class LiberoDemoData:
             raise InputError(f"norm_stats: got datasets {sorted(config.norm_stats or {})}, expected {key!r} "
                              "(demo_statistics of the demonstrations)")
         all_demos = read_demonstrations(directory)
-        demos = read_demonstrations(directory, init_states)
+        keep = None if init_states is None else {int(i) for i in init_states}
+        demos = [d for d in all_demos if keep is None or d.init_state in keep]
         if not demos:
             raise InputError(f"init_states: got {init_states}, expected init states with demonstrations")
         image_size = config.vision.image_size
@@ -294,13 +296,7 @@ class LiberoDemoData:
     ) -> dict[str, torch.Tensor]:
         """Model inputs and ``actions`` of the examples at ``indices``; crops drawn from ``generator``."""
         idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
-        rows = [self.token_ids[i] for i in idx]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        ids, mask = right_pad([self.token_ids[i] for i in idx], self.pad_token_id)
         out = {
             "pixel_values": pixel_values(self.images(idx, generator), self.image_processor),
             "input_ids": ids,

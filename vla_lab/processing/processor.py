@@ -26,6 +26,17 @@ def build_prompt(instruction: str) -> str:
     return PROMPT_TEMPLATE.format(instruction=instruction.lower())
 
 
+def right_pad(rows: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows -> right-padded ``input_ids`` and ``attention_mask`` (B, longest row) int64."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), int(pad_token_id), dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
 @dataclass
 class VLAProcessor:
     """Images, instruction(s) -> ``pixel_values``, right-padded ``input_ids`` and ``attention_mask``."""

@@ -21,6 +21,7 @@ from vla_lab.model import build_on_meta
 from vla_lab.processing import ImageProcessor, QwenTokenizer, build_prompt
 from vla_lab.processing.images import pixel_values
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
+from vla_lab.processing.processor import right_pad
 from vla_lab.tabletop import world
 from vla_lab.tabletop.models import check_config, stats_key, world_config, world_processor
 from vla_lab.tabletop.tokenizer import build_world_tokenizer
@@ -190,13 +191,7 @@ class TabletopData:
         ``patch_labels`` (B, patches, 2) and ``targets`` (B, 2) (data generated with ``labels=True``).
         ``generator`` is unused: the world's examples are not augmented."""
         idx = np.asarray(indices.tolist() if isinstance(indices, torch.Tensor) else indices, dtype=np.int64)
-        rows = [self.token_ids[i] for i in idx]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        ids, mask = right_pad([self.token_ids[i] for i in idx], self.pad_token_id)
         out = {
             "pixel_values": pixel_values(self.images[self.image_index[idx]], self.image_processor),
             "input_ids": ids,
