@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +91,15 @@ def tiny_model(tiny_config: VLAConfig) -> VLAAdapter:
 
 
 ALL_BACKBONES = sorted(VISION_BACKBONES)
+
+
+def run_torchrun(argv: list, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``vla-lab argv`` under torchrun with ``nproc`` local processes (standalone rendezvous, without this
+    process's own torchrun variables); stdout and stderr captured as text."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               "-m", "vla_lab", *(str(a) for a in argv)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:

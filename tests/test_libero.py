@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 
 import conftest
@@ -202,10 +200,7 @@ def test_resume_after_a_crash_gives_the_same_records(reference, tmp_path, monkey
 def test_two_ranks_equal_one(reference, tmp_path):
     expected, _ = reference
     out = tmp_path / "two"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "vla_lab", *COMMON, "--tasks", "0,1", "--out", str(out), "--json"]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    proc = conftest.run_torchrun([*COMMON, "--tasks", "0,1", "--out", out, "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["world_size"] == 2

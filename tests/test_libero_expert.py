@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import conftest
 import numpy as np
@@ -93,10 +90,7 @@ def test_expert_runs_sharded_over_two_ranks_give_the_records_of_one(tmp_path):
     assert one["num_episodes"] == 2 and one["errors"] == 0
     assert [r["task"] for r in one["episodes"]] == [0, 4]
     assert all(r["success"] for r in one["episodes"])  # both scenes in the run above
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "vla_lab", *common, "--out", str(tmp_path / "two")]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    proc = conftest.run_torchrun([*common, "--out", tmp_path / "two"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout)
     assert two["world_size"] == 2
