@@ -160,11 +160,16 @@ def _plan(args: argparse.Namespace) -> tuple[str, Any]:
     resolution = getattr(args, "resolution", None)
     if resolution is not None and not 16 <= resolution <= 1024:
         raise InputError(f"--resolution: got {resolution}, expected a camera size in pixels, 16..1024")
+    _check_tasks(suite, tasks, args.tasks)
+    return suite, libero_eval.plan(suite, tasks, init_states)
+
+
+def _check_tasks(suite: str, tasks: list[int] | None, text: str | None) -> None:
+    """LIBERO is installed and ``--tasks`` names tasks of ``suite``."""
     libero_env.require_libero()
     n = libero_env.num_tasks(suite)
     if tasks is not None and any(t >= n for t in tasks):
-        raise InputError(f"--tasks: got {args.tasks!r}, expected task ids of {suite} in 0..{n - 1}")
-    return suite, libero_eval.plan(suite, tasks, init_states)
+        raise InputError(f"--tasks: got {text!r}, expected task ids of {suite} in 0..{n - 1}")
 
 
 def _claim(out: Path, settings: dict[str, Any], args: argparse.Namespace, work: Callable[[], int]) -> int:
@@ -251,10 +256,7 @@ def run_attention(args: argparse.Namespace) -> int:
     selection = parse_init_states(None, args.selection_states, "--selection-states")
     report = parse_init_states(None, args.report_states, "--report-states")
     tasks = parse_tasks(args.tasks)
-    libero_env.require_libero()
-    n = libero_env.num_tasks(suite)
-    if tasks is not None and any(t >= n for t in tasks):
-        raise InputError(f"--tasks: got {args.tasks!r}, expected task ids of {suite} in 0..{n - 1}")
+    _check_tasks(suite, tasks, args.tasks)
     available = libero_env.task_info(suite, 0)["num_init_states"]
     for flag, states in (("--selection-states", selection), ("--report-states", report)):
         if states is not None and states.stop > available:
