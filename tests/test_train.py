@@ -144,6 +144,12 @@ def test_resume_equals_straight_training(tmp_path) -> None:
     straight = train(config, model_config, tmp_path / "straight", progress=False)
     half = train(config, model_config, tmp_path / "resumed", stop_at=4, progress=False)
     assert half.name == "step-00004" and not (tmp_path / "resumed" / "final").exists()
+    # The resumed run counts its training time on from what the first half logged (marked here as 1000 s).
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert logged[-1]["step"] == 4
+    logged[-1]["train_time_s"] = 1000.0
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in logged))
     resumed = train(config, model_config, tmp_path / "resumed", resume=True, progress=False)
     for name in ("model.safetensors",):
         a, b = load_file(str(straight / name)), load_file(str(resumed / name))
@@ -154,6 +160,8 @@ def test_resume_equals_straight_training(tmp_path) -> None:
         b = torch.load(resumed / name, weights_only=True)
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert load_pretrained(resumed).config.attention == "bidirectional"
+    last = [r for r in read_metrics(tmp_path / "resumed") if "train_time_s" in r][-1]
+    assert last["step"] == 8 and 1000.0 < last["train_time_s"] < 1000.0 + 600
 
 
 def test_command_line_options(tmp_path) -> None:

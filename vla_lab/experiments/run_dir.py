@@ -135,6 +135,22 @@ def load_trainer_state(step_dir: Path) -> dict[str, Any]:
     return state
 
 
+def logged_train_time(out_dir: Path) -> float:
+    """The training time the run's metrics have logged so far (0 without any): a resumed run counts on from it."""
+    path = out_dir / METRICS
+    if not path.exists():
+        return 0.0
+    seconds = 0.0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("train_time_s"), int | float):
+            seconds = float(record["train_time_s"])
+    return seconds
+
+
 def log_metrics(out_dir: Path, record: dict[str, Any]) -> None:
     with open(out_dir / METRICS, "a") as f:
         f.write(files.dumps(record, indent=None) + "\n")

@@ -62,6 +62,7 @@ from vla_lab.experiments.run_dir import (
     TRAINER_STATE,
     load_trainer_state,
     log_metrics,
+    logged_train_time,
     prepare_run_dir,
     step_of,
 )
@@ -407,7 +408,7 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.steps, initial=start_step, desc="train", unit="step")
-    train_time = 0.0
+    train_time = logged_train_time(out_dir) if trainer_state is not None else 0.0
     running: list[float] = []
     running_aux: list[tuple[float, float]] = []
     step = start_step
