@@ -1,7 +1,7 @@
 """``vla-lab eval libero``, ``vla-lab libero expert`` and ``vla-lab libero demos``: parsers and handlers
 (registered by :mod:`vla_lab.cli`).
 
-The model options are those of the other commands, plus ``--shipped`` (a shipped tabletop model); the
+The model options are those of the other commands, plus ``--shipped`` (a shipped tabletop or LIBERO model); the
 model itself is loaded by the function :mod:`vla_lab.cli` passes in, so this module does not import it.
 Everything cheap is checked before the model is loaded or a simulator is built: the options, that LIBERO
 is installed, the tasks and init states, and that ``--out`` can hold this run.
