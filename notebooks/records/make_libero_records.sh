@@ -1,0 +1,46 @@
+#!/bin/bash
+# The LIBERO records of notebook 05 and the shipped LIBERO models, from a clean checkout with the libero extra
+# (pip install -e '.[libero]'). Run from the repository root. What each step cost on the project's 2-core CPU
+# machine is in vla_lab/libero/checkpoints/README.md (about 9 h in all).
+set -euo pipefail
+RUN=runs  # large intermediate files (demonstrations ~4.6 GB, training runs); not committed
+REC=notebooks/records
+DEMOS=$RUN/libero-demos/libero_spatial
+TORCHRUN="torchrun --standalone --nproc-per-node 2"
+export OMP_NUM_THREADS=1 MUJOCO_GL=egl
+
+# 1. The expert on all 500 init states (physics only), then its demonstrations of init states 0-39 (128 px)
+$TORCHRUN -m vla_lab libero expert --suite libero_spatial --out $REC/libero-expert/libero_spatial --no-progress
+$TORCHRUN -m vla_lab libero demos --suite libero_spatial --episodes-per-task 40 --out $DEMOS --no-progress
+mkdir -p $REC/libero-demos/libero_spatial
+cp $DEMOS/run.json $DEMOS/episodes.jsonl $DEMOS/results.json $DEMOS/demos.json $REC/libero-demos/libero_spatial/
+
+# 2. The two models (same recipe and seed, the mask differs), side by side, one thread each; the frame cache
+#    is built first by both cores (training would otherwise build it on one)
+python -c "from vla_lab.libero.data import frame_cache; frame_cache('$DEMOS', 102, workers=2)"
+for MASK in causal bidirectional; do
+  python -m vla_lab train --data $DEMOS --attention $MASK --out $RUN/train/libero-spatial-$MASK --no-progress &
+done
+wait
+for MASK in causal bidirectional; do
+  mkdir -p $REC/libero-train/libero-spatial-$MASK
+  cp $RUN/train/libero-spatial-$MASK/metrics.jsonl $REC/libero-train/libero-spatial-$MASK/
+  rm -rf vla_lab/libero/checkpoints/libero-spatial-$MASK
+  cp -r $RUN/train/libero-spatial-$MASK/final vla_lab/libero/checkpoints/libero-spatial-$MASK
+done
+
+# 3. The training command reproduces the step-1000 checkpoint bit for bit (repro-step-1000.json: sha256s)
+python -m vla_lab train --data $DEMOS --attention causal --out $RUN/train/repro-causal --stop-at 1000 --no-progress
+for FILE in model.safetensors action_head--1000_checkpoint.pt proprio_projector--1000_checkpoint.pt trainer_state.pt; do
+  cmp $RUN/train/repro-causal/step-01000/$FILE $RUN/train/libero-spatial-causal/step-01000/$FILE
+done
+
+# 4. Closed loop on the held-out init states 40-49 of every task (100 episodes per model)
+for MASK in causal bidirectional; do
+  $TORCHRUN -m vla_lab eval libero --shipped libero-spatial-$MASK --suite libero_spatial --init-states 40:50 \
+      --out $REC/libero-eval/libero-spatial-$MASK --no-progress
+done
+
+# 5. Target attention on real frames: layer chosen on init states 0-4, reported on 40-49, vs random init
+$TORCHRUN -m vla_lab libero attention --model libero-spatial-causal --model libero-spatial-bidirectional \
+    --out $REC/libero-attention/libero_spatial
