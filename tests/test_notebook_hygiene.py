@@ -82,7 +82,7 @@ def _strings(obj: Any) -> list[str]:
 
 
 def test_notebooks_are_found():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
