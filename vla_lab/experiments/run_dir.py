@@ -105,20 +105,29 @@ def step_of(step_dir: Path) -> int:
     return int(match.group(1)) if match else 0
 
 
-def truncate_metrics(out_dir: Path, step: int) -> None:
-    """Keep the metrics of steps up to ``step`` (what the resumed checkpoint had seen); drop torn lines."""
+def _metric_lines(out_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The run's metrics lines with their records, torn or non-object lines left out."""
     path = out_dir / METRICS
     if not path.exists():
-        return
-    kept = []
+        return []
+    found = []
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-    files.write_text(path, "".join(f"{line}\n" for line in kept))
+        if isinstance(record, dict):
+            found.append((line, record))
+    return found
+
+
+def truncate_metrics(out_dir: Path, step: int) -> None:
+    """Keep the metrics of steps up to ``step`` (what the resumed checkpoint had seen); drop torn lines."""
+    if not (out_dir / METRICS).exists():
+        return
+    kept = [line for line, record in _metric_lines(out_dir)
+            if isinstance(record.get("step"), int) and record["step"] <= step]
+    files.write_text(out_dir / METRICS, "".join(f"{line}\n" for line in kept))
 
 
 def load_trainer_state(step_dir: Path) -> dict[str, Any]:
@@ -137,18 +146,9 @@ def load_trainer_state(step_dir: Path) -> dict[str, Any]:
 
 def logged_train_time(out_dir: Path) -> float:
     """The training time the run's metrics have logged so far (0 without any): a resumed run counts on from it."""
-    path = out_dir / METRICS
-    if not path.exists():
-        return 0.0
-    seconds = 0.0
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("train_time_s"), int | float):
-            seconds = float(record["train_time_s"])
-    return seconds
+    times = [float(r["train_time_s"]) for _, r in _metric_lines(out_dir)
+             if isinstance(r.get("train_time_s"), int | float)]
+    return times[-1] if times else 0.0
 
 
 def log_metrics(out_dir: Path, record: dict[str, Any]) -> None:
