@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_inputs
+from testkit import make_inputs
 
 from vla_lab import interp
 from vla_lab.interp import run_with_cache

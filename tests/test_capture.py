@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_inputs
+from testkit import make_inputs
 
 from vla_lab import interp
 from vla_lab.config import FINE_SEGMENTS

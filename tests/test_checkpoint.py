@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DATA, data_path, make_inputs, randomize, shrink
 from safetensors.torch import load_file, save_file
+from testkit import DATA, data_path, make_inputs, randomize, shrink
 
 from vla_lab import VLAAdapter, VLAConfig
 from vla_lab.config import QWEN25_05B_TEXT_CONFIG

@@ -13,7 +13,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import randomize
+from testkit import randomize
 
 from vla_lab import VLAAdapter, VLAConfig
 from vla_lab.cli import main

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_inputs, randomize
+from testkit import make_inputs, randomize
 
 from vla_lab import VLAAdapter, VLAConfig, interp
 from vla_lab.errors import InputError

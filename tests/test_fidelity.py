@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_inputs, randomize
 from test_action_head import literal_block
+from testkit import make_inputs, randomize
 
 from vla_lab import VLAAdapter, VLAConfig
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import randomize
 from matplotlib.figure import Figure
+from testkit import randomize
 
 import vla_lab
 from vla_lab import VLAAdapter, VLAConfig, interp, tabletop, viz

@@ -18,10 +18,10 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import run_cli, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+from testkit import run_cli, snapshot
 
 from tests.test_tabletop import tiny_tabletop_config
 from tests.test_train import tiny_train_config

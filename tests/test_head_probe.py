@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_inputs, randomize
+from testkit import make_inputs, randomize
 
 from vla_lab import VLAAdapter, capture
 from vla_lab.errors import InputError

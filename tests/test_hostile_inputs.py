@@ -13,8 +13,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli, snapshot
 from safetensors.torch import load_file, save_file
+from testkit import assert_one_line_error, run_cli, snapshot
 
 from tests.test_tabletop import tiny_tabletop_config
 from tests.test_train import tiny_train_config

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli, snapshot
 from safetensors.torch import load_file
+from testkit import assert_one_line_error, run_cli, snapshot
 
 from tests.test_tabletop import tiny_tabletop_config
 from tests.test_train import read_metrics, tiny_train_config

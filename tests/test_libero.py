@@ -11,9 +11,9 @@ import importlib.util
 import json
 import sys
 
-import conftest
 import numpy as np
 import pytest
+import testkit
 
 from vla_lab import parallel
 from vla_lab.libero import evaluate as libero_eval
@@ -25,7 +25,7 @@ COMMON = ["eval", "libero", "--preset", "tiny", "--suite", SUITE, "--trials", "1
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
-    return conftest.run_cli(list(args))
+    return testkit.run_cli(list(args))
 
 
 def untimed(records: list[dict]) -> list[dict]:
@@ -200,7 +200,7 @@ def test_resume_after_a_crash_gives_the_same_records(reference, tmp_path, monkey
 def test_two_ranks_equal_one(reference, tmp_path):
     expected, _ = reference
     out = tmp_path / "two"
-    proc = conftest.run_torchrun([*COMMON, "--tasks", "0,1", "--out", out, "--json"])
+    proc = testkit.run_torchrun([*COMMON, "--tasks", "0,1", "--out", out, "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["world_size"] == 2

@@ -94,7 +94,7 @@ def test_the_reported_depth_is_chosen_on_the_selection_set(model) -> None:
 
 def test_trained_models_are_measured_against_their_initial_weights(tmp_path) -> None:
     """``vla-lab libero attention``'s measurement on real frames: a trained checkpoint and its random init."""
-    import conftest
+    import testkit
 
     from tests.test_libero_data import tiny_libero_recipe, write_demos
     from vla_lab.experiments import libero_attention as la
@@ -119,6 +119,6 @@ def test_trained_models_are_measured_against_their_initial_weights(tmp_path) -> 
         assert row["n"] == 2 and row["depth"] == max(row["selection_ratio_by_depth"],
                                                      key=row["selection_ratio_by_depth"].get)
     assert [(t["model"], t["source"]) for t in summary["tests"]] == [("final", "llm"), ("final", "head")]
-    status, _, err = conftest.run_cli(["libero", "attention", "--model", str(tmp_path / "nothing"), "--out",
+    status, _, err = testkit.run_cli(["libero", "attention", "--model", str(tmp_path / "nothing"), "--out",
                                        tmp_path / "x", "--report-states", "40:60"])
     assert status == 2 and err.startswith("vla-lab libero: error: --")

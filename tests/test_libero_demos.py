@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import conftest
 import numpy as np
 import pytest
+import testkit
 
 HAVE_LIBERO = importlib.util.find_spec("libero") is not None and importlib.util.find_spec("h5py") is not None
 needs_libero = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
@@ -26,16 +26,16 @@ LIBERO_DATASETS = ("actions", "states", "robot_states", "rewards", "dones", "obs
     (["--resolution", "8"], "--resolution: got 8"),
 ])
 def test_bad_options_get_one_line(tmp_path, argv, message):
-    status, stdout, err = conftest.run_cli(["libero", "demos", *argv, "--out", tmp_path / "x"])
-    line = conftest.assert_one_line_error(status, err, "libero")
+    status, stdout, err = testkit.run_cli(["libero", "demos", *argv, "--out", tmp_path / "x"])
+    line = testkit.assert_one_line_error(status, err, "libero")
     assert message in line and stdout == ""
     assert not (tmp_path / "x").exists()
 
 
 def test_eval_checks_the_camera_resolution_before_building_anything(tmp_path):
-    status, stdout, err = conftest.run_cli(["eval", "libero", "--suite", SUITE, "--preset", "tiny", "--resolution",
+    status, stdout, err = testkit.run_cli(["eval", "libero", "--suite", SUITE, "--preset", "tiny", "--resolution",
                                             "4", "--out", tmp_path / "x"])
-    assert "--resolution: got 4" in conftest.assert_one_line_error(status, err, "eval")
+    assert "--resolution: got 4" in testkit.assert_one_line_error(status, err, "eval")
     assert not (tmp_path / "x").exists()
 
 
@@ -55,7 +55,7 @@ def read_file(path) -> dict:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("demos") / "one"
-    status, stdout, err = conftest.run_cli([*COMMON, "--out", out])
+    status, stdout, err = testkit.run_cli([*COMMON, "--out", out])
     assert status == 0, err
     return out, json.loads(stdout)
 
@@ -106,7 +106,7 @@ def test_the_stored_actions_replay_to_the_stored_states(one_process):
 def test_resume_runs_nothing_again_and_two_ranks_write_the_same_files(one_process, tmp_path):
     out, manifest = one_process
     before = read_file(out / manifest["tasks"]["0"]["file"])
-    status, stdout, err = conftest.run_cli([*COMMON, "--out", out, "--resume"])
+    status, stdout, err = testkit.run_cli([*COMMON, "--out", out, "--resume"])
     assert status == 0, err
     again = json.loads(stdout)
     assert again["tasks"] == manifest["tasks"] and again["run"]["num_episodes"] == 2
@@ -116,10 +116,10 @@ def test_resume_runs_nothing_again_and_two_ranks_write_the_same_files(one_proces
     for name in ("demo_0", "demo_1"):  # gathered again from the same parts: the same datasets
         for key in (*LIBERO_DATASETS, "target_pos"):
             assert np.array_equal(after[name][key], before[name][key]), (name, key)
-    status, _, err = conftest.run_cli([*COMMON, "--out", out])
-    assert "--resume or --overwrite" in conftest.assert_one_line_error(status, err, "libero")
+    status, _, err = testkit.run_cli([*COMMON, "--out", out])
+    assert "--resume or --overwrite" in testkit.assert_one_line_error(status, err, "libero")
 
-    proc = conftest.run_torchrun([*COMMON, "--out", tmp_path / "two"])
+    proc = testkit.run_torchrun([*COMMON, "--out", tmp_path / "two"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout)
     assert two["world_size"] == 2 and two["tasks"] == manifest["tasks"]

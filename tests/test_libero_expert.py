@@ -8,9 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import conftest
 import numpy as np
 import pytest
+import testkit
 
 from vla_lab.libero import evaluate as libero_eval
 
@@ -25,7 +25,7 @@ def untimed(records: list[dict]) -> list[dict]:
 
 
 def test_expert_refuses_other_suites_in_one_line(tmp_path):
-    code, stdout, err = conftest.run_cli(["libero", "expert", "--suite", "libero_goal", "--out", tmp_path / "x"])
+    code, stdout, err = testkit.run_cli(["libero", "expert", "--suite", "libero_goal", "--out", tmp_path / "x"])
     assert code == 2 and stdout == ""
     assert err.splitlines() == [err.strip()] and err.startswith("vla-lab libero: error: --suite: got 'libero_goal'")
     assert not (tmp_path / "x").exists()
@@ -84,13 +84,13 @@ def test_the_expert_puts_the_bowl_on_the_plate_deterministically():
 @needs_libero
 def test_expert_runs_sharded_over_two_ranks_give_the_records_of_one(tmp_path):
     common = ["libero", "expert", "--tasks", "0,4", "--trials", "1", "--no-progress", "--json"]
-    code, stdout, err = conftest.run_cli([*common, "--out", tmp_path / "one"])
+    code, stdout, err = testkit.run_cli([*common, "--out", tmp_path / "one"])
     assert code == 0, err
     one = json.loads(stdout)
     assert one["num_episodes"] == 2 and one["errors"] == 0
     assert [r["task"] for r in one["episodes"]] == [0, 4]
     assert all(r["success"] for r in one["episodes"])  # both scenes in the run above
-    proc = conftest.run_torchrun([*common, "--out", tmp_path / "two"])
+    proc = testkit.run_torchrun([*common, "--out", tmp_path / "two"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout)
     assert two["world_size"] == 2

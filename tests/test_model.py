@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_BACKBONES, make_inputs, randomize, shrink
+from testkit import ALL_BACKBONES, make_inputs, randomize, shrink
 
 from vla_lab import AttentionSpec, VLAAdapter, VLAConfig
 from vla_lab.config import FINE_SEGMENTS, PRESETS

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -31,6 +34,16 @@ def test_readme_commands_install_everything_themselves():
     assert commands["main"].endswith("vla-lab demo")
     test = commands["test"]
     assert "'.[test,libero]'" in test and "--nbval-lax" in test and "notebooks" in test
+
+
+def test_readme_test_command_collects_tests_and_notebooks_together():
+    """The README's pytest arguments collect in one session without an error. Every ``conftest.py`` is imported
+    under the name ``conftest``, so a test that imported helpers from one would get whichever loaded last."""
+    pytest_args = shlex.split(readme_commands()["test"].split("-m pytest", 1)[1])
+    command = [sys.executable, "-m", "pytest", *pytest_args, "--collect-only", "-q", "-p", "no:cacheprovider"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "error" not in proc.stdout.splitlines()[-1].lower(), proc.stdout[-3000:]
 
 
 def _requirement_names(requirements: list[str]) -> dict[str, str]:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import LIBERO_IDS_PREFIX, data_path
+from testkit import LIBERO_IDS_PREFIX, data_path
 
 from vla_lab import VLAConfig
 from vla_lab.errors import InputError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_inputs
+from testkit import make_inputs
 
 from vla_lab import interp
 from vla_lab.errors import InputError

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import randomize
+from testkit import randomize
 
 from vla_lab import VLAAdapter, VLAConfig
 from vla_lab.cli import main

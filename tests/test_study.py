@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from conftest import assert_one_line_error, run_cli, snapshot
+from testkit import assert_one_line_error, run_cli, snapshot
 
 from vla_lab import files, stats, tabletop
 from vla_lab.errors import InputError

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import randomize
+from testkit import randomize
 
 from vla_lab import VLAAdapter, VLAConfig, interp
 from vla_lab.interp import run_with_cache
