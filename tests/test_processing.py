@@ -20,7 +20,8 @@ from vla_lab.processing.normalization import (
     resolve_unnorm_key,
     unnormalize_actions,
 )
-from vla_lab.processing.tokenizer import load_qwen25_tokenizer, load_tokenizer_from_files
+from vla_lab.processing.tokenizer import load_qwen25_tokenizer
+from vla_lab.processing.tokenizer_files import load_tokenizer_from_files
 
 LIBERO_PROMPT = (
     "In: What action should the robot take to pick up the black bowl between the plate and the ramekin "

@@ -15,7 +15,8 @@ from vla_lab.errors import InputError
 from vla_lab.experiments.study import models as study_models
 from vla_lab.processing import PROMPT_TEMPLATE, build_prompt
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
-from vla_lab.processing.tokenizer import bytes_to_unicode, load_tokenizer_from_files
+from vla_lab.processing.tokenizer import bytes_to_unicode
+from vla_lab.processing.tokenizer_files import load_tokenizer_from_files
 from vla_lab.tabletop import world
 
 

@@ -17,8 +17,8 @@ from vla_lab.processing.tokenizer import (
     QWEN25_ADDED_TOKENS,
     QwenTokenizer,
     load_qwen25_tokenizer,
-    load_tokenizer_from_files,
 )
+from vla_lab.processing.tokenizer_files import load_tokenizer_from_files
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "released_checkpoint"
 

@@ -1,18 +1,14 @@
 """Observation -> model inputs, and model outputs -> robot units.
 
 Images (:mod:`.images`, upstream's image processor), the released prompt and the tokenizers
-(:mod:`.tokenizer`, :mod:`.bpe`), dataset statistics (:mod:`.normalization`), and
+(:mod:`.tokenizer`, :mod:`.tokenizer_files`, :mod:`.bpe`), dataset statistics (:mod:`.normalization`), and
 :class:`VLAProcessor`, which puts them together (:mod:`.processor`).
 """
 
 from vla_lab.processing.images import ImageProcessor, ImageProcessorConfig
 from vla_lab.processing.processor import PROMPT_TEMPLATE, VLAProcessor, build_prompt
-from vla_lab.processing.tokenizer import (
-    QwenTokenizer,
-    builtin_tokenizer,
-    load_qwen25_tokenizer,
-    load_tokenizer_from_files,
-)
+from vla_lab.processing.tokenizer import QwenTokenizer, load_qwen25_tokenizer
+from vla_lab.processing.tokenizer_files import builtin_tokenizer, load_tokenizer_from_files
 
 __all__ = [
     "PROMPT_TEMPLATE",

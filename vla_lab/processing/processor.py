@@ -12,7 +12,8 @@ import torch
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.processing.images import ImageProcessor, ImageProcessorConfig
-from vla_lab.processing.tokenizer import QwenTokenizer, builtin_tokenizer, load_tokenizer_from_files
+from vla_lab.processing.tokenizer import QwenTokenizer
+from vla_lab.processing.tokenizer_files import builtin_tokenizer, load_tokenizer_from_files
 
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
 

