@@ -29,11 +29,30 @@ for MASK in causal bidirectional; do
   cp -r $RUN/train/libero-spatial-$MASK/final vla_lab/libero/checkpoints/libero-spatial-$MASK
 done
 
-# 3. The training command reproduces the step-1000 checkpoint bit for bit (repro-step-1000.json: sha256s)
+# 3. The training command reproduces the step-1000 checkpoint bit for bit: libero-train/repro-step-1000.json
+#    (sha256 of each file in both runs); fails if any file differs
 python -m vla_lab train --data $DEMOS --attention causal --out $RUN/train/repro-causal --stop-at 1000 --no-progress
-for FILE in model.safetensors action_head--1000_checkpoint.pt proprio_projector--1000_checkpoint.pt trainer_state.pt; do
-  cmp $RUN/train/repro-causal/step-01000/$FILE $RUN/train/libero-spatial-causal/step-01000/$FILE
-done
+python - "$RUN" "$DEMOS" "$REC/libero-train/repro-step-1000.json" <<'PY'
+import datetime, hashlib, json, pathlib, sys
+run, demos, out = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+names = ["model.safetensors", "action_head--1000_checkpoint.pt", "proprio_projector--1000_checkpoint.pt",
+         "trainer_state.pt"]
+digest = lambda path: hashlib.sha256(path.read_bytes()).hexdigest()
+files = {}
+for name in names:
+    original = digest(run / "train/libero-spatial-causal/step-01000" / name)
+    rerun = digest(run / "train/repro-causal/step-01000" / name)
+    files[name] = {"sha256_original": original, "sha256_rerun": rerun, "identical_bytes": original == rerun}
+record = {
+    "command": f"vla-lab train --data {demos} --attention causal --out {run}/train/repro-causal --stop-at 1000",
+    "compared_with": f"step-01000 of: vla-lab train --data {demos} --attention causal "
+                     f"--out {run}/train/libero-spatial-causal",
+    "date": datetime.date.today().isoformat(),
+    "files": files,
+}
+out.write_text(json.dumps(record, indent=2) + "\n")
+sys.exit(0 if all(f["identical_bytes"] for f in files.values()) else 1)
+PY
 
 # 4. Closed loop on the held-out init states 40-49 of every task (100 episodes per model)
 for MASK in causal bidirectional; do
