@@ -95,3 +95,38 @@ def test_bf16_casts_option_rounds_like_upstream():
         by_hand = head(exact.task_states, queries, proprio)
     torch.testing.assert_close(rounded.normalized_actions, by_hand, atol=0, rtol=0)
     assert not torch.equal(rounded.normalized_actions, exact.normalized_actions)
+
+
+@pytest.mark.parametrize("version", ["v1", "pro"])
+def test_released_directory_with_the_chat_prompt_matches_upstream(version, tmp_path):
+    """A released-layout directory (no vla_lab config: prompt qwen-chat) run on a real LIBERO instruction: our
+    forward equals the restatement fed transformers' Qwen2Tokenizer ids of upstream's chat template."""
+    import shutil
+
+    import transformers
+    from test_checkpoint import RAW_PROPRIO, random_images, released_test_config, write_released
+    from testkit import DATA
+
+    from vla_lab import load_pretrained
+    from vla_lab.processing.tokenizer import SAVED_FILES
+
+    torch.manual_seed(0)
+    source = randomize(VLAAdapter(released_test_config(version)), seed=5, scale=0.1).eval()
+    directory = write_released(tmp_path / "ckpt", source, dtype=torch.float32)
+    for name in SAVED_FILES:
+        shutil.copyfile(DATA / "released_checkpoint" / name, directory / name)
+    model = load_pretrained(directory)
+    instruction = "Pick up the black bowl between the plate and the ramekin and place it on the plate"
+    text = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+            f"<|im_start|>user\nWhat action should the robot take to {instruction.lower()}?<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    ids = transformers.Qwen2Tokenizer.from_pretrained(str(DATA / "released_checkpoint"))(text, return_tensors="pt")
+    batch = model.prepare_inputs(random_images(9), instruction, RAW_PROPRIO)
+    assert batch["prompt"] == "qwen-chat" and torch.equal(batch["input_ids"], ids["input_ids"])
+    assert batch["input_ids"].shape == (1, 56)
+    with torch.no_grad():
+        ours = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], batch["proprio"])
+        ref, ref_hidden = upstream_predict(model, batch["pixel_values"], ids["input_ids"], batch["proprio"])
+    for a, b in zip(ours.hidden_states, ref_hidden):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert (ours.normalized_actions - ref).abs().max() <= 1e-5

@@ -170,7 +170,7 @@ def test_object_attention_ratio_from_capture(tiny_config):
                                                           "patch_size": 16},
                                                          {"embed_dim": 48, "depth": 2, "num_heads": 2,
                                                           "patch_size": 16}]},
-                                 llm={**tiny_config.llm, "vocab_size": 381})
+                                 llm={**tiny_config.llm, "vocab_size": 381}, prompt="openvla")
     torch.manual_seed(0)
     model = randomize(VLAAdapter(config), seed=1).eval()
     model.processor = world_processor(config)

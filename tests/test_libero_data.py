@@ -140,7 +140,7 @@ def test_batches_have_the_model_shapes_and_normalised_targets(demos) -> None:
     assert batch["actions"].abs().max() <= 1.0 and batch["targets"].shape == (3, 2)
     assert set(batch["actions"][..., -1].unique().tolist()) <= {0.0, 1.0}  # the gripper is not normalised
     # The instruction of the example's task, tokenised as the processor does at inference.
-    expected = build_libero_tokenizer().encode(build_prompt(INSTRUCTIONS[1]))
+    expected = build_libero_tokenizer().encode(build_prompt(INSTRUCTIONS[1], "openvla"))
     assert batch["input_ids"][2, : len(expected)].tolist() == expected
 
 

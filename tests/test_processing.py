@@ -27,6 +27,13 @@ LIBERO_PROMPT = (
     "In: What action should the robot take to pick up the black bowl between the plate and the ramekin "
     "and place it on the plate?\nOut:"
 )
+LIBERO_CHAT_PROMPT = (
+    "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nWhat action should the robot take to pick up the black bowl between the plate and the "
+    "ramekin and place it on the plate?<|im_end|>\n<|im_start|>assistant\n"
+)
+#: The chat prompt's first ids: <|im_start|> system \n You are Qwen
+CHAT_IDS_PREFIX = [151644, 8948, 198, 2610, 525, 1207]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,28 +67,53 @@ def released_tokenizer():
 def test_fixture_prompt():
     _, state, instruction = fixture_observation()
     assert state.shape == (8,)
-    assert build_prompt(instruction) == LIBERO_PROMPT
+    assert build_prompt(instruction, "qwen-chat") == LIBERO_CHAT_PROMPT
+    assert build_prompt(instruction, "openvla") == LIBERO_PROMPT
 
 
 def test_prompt_lower_cases_and_rejects_empty():
-    assert build_prompt("Open The Drawer") == "In: What action should the robot take to open the drawer?\nOut:"
+    in_out = "In: What action should the robot take to open the drawer?\nOut:"
+    assert build_prompt("Open The Drawer", "openvla") == in_out
+    assert "user\nWhat action should the robot take to open the drawer?<|im_end|>" in build_prompt(
+        "Open The Drawer", "qwen-chat")
     for bad in ("", "   ", None, 3):
         with pytest.raises(InputError, match="^instruction: "):
-            build_prompt(bad)
+            build_prompt(bad, "qwen-chat")
+    with pytest.raises(InputError, match="^prompt: got 'chatml', expected one of"):
+        build_prompt("open the drawer", "chatml")
 
 
 @pytest.mark.parametrize("source", ["offline", "released files"])
-def test_fixture_prompt_token_ids(source, request):
+@pytest.mark.parametrize("prompt", ["qwen-chat", "openvla"])
+def test_fixture_prompt_token_ids(source, prompt, request):
     _, _, instruction = fixture_observation()
     tokenizer = load_qwen25_tokenizer() if source == "offline" else request.getfixturevalue("released_tokenizer")
-    processor = VLAProcessor(ImageProcessor(ImageProcessorConfig()), tokenizer, num_images=2)
+    processor = VLAProcessor(ImageProcessor(ImageProcessorConfig()), tokenizer, num_images=2, prompt=prompt)
     batch = processor.tokenize([instruction])
     ids = batch["input_ids"][0].tolist()
-    assert ids[:12] == LIBERO_IDS_PREFIX
-    assert ids == tokenizer(LIBERO_PROMPT)["input_ids"]
+    text = LIBERO_CHAT_PROMPT if prompt == "qwen-chat" else LIBERO_PROMPT
+    assert len(ids) == (56 if prompt == "qwen-chat" else 31)
+    assert ids[:6] == (CHAT_IDS_PREFIX if prompt == "qwen-chat" else LIBERO_IDS_PREFIX[:6])
+    assert ids == tokenizer(text)["input_ids"]
     assert batch["attention_mask"].tolist() == [[1] * len(ids)]
-    assert tokenizer.decode(ids) == LIBERO_PROMPT
-    assert tokenizer.bos_token_id is None  # no BOS: token 0 of the sequence is "In"
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.bos_token_id is None  # no BOS: token 0 of the sequence is the first prompt token
+    # A call's prompt= overrides the processor's.
+    other = "openvla" if prompt == "qwen-chat" else "qwen-chat"
+    assert processor.tokenize([instruction], other)["prompts"] == [build_prompt(instruction, other)]
+
+
+def test_a_tokenizer_without_chat_tokens_refuses_the_chat_prompt():
+    from vla_lab.processing import builtin_tokenizer
+
+    for name in ("tabletop", "libero"):
+        tokenizer = builtin_tokenizer(name)
+        refused = r"^prompt: got 'qwen-chat', expected one of \('openvla',\) .*<\|im_start\|>"
+        with pytest.raises(InputError, match=refused):
+            VLAProcessor(ImageProcessor(ImageProcessorConfig()), tokenizer, num_images=2)
+        processor = VLAProcessor(ImageProcessor(ImageProcessorConfig()), tokenizer, num_images=2, prompt="openvla")
+        with pytest.raises(InputError, match="^prompt: got 'qwen-chat'"):
+            processor.tokenize(["open the drawer"], "qwen-chat")
 
 
 def test_batch_is_right_padded():
@@ -109,8 +141,8 @@ def test_fixture_pixel_values_with_the_released_preprocessor():
     batch = processor(images, instruction)
     pixels = batch["pixel_values"]
     assert pixels.shape == (1, 12, 224, 224) and pixels.dtype == torch.float32
-    assert batch["input_ids"][0, :12].tolist() == LIBERO_IDS_PREFIX
-    assert batch["prompts"] == [LIBERO_PROMPT]
+    assert batch["input_ids"][0, :6].tolist() == CHAT_IDS_PREFIX
+    assert batch["prompts"] == [LIBERO_CHAT_PROMPT]
 
     # Per image: 3 channels normalised for DINOv2 (bf16-rounded constants), then 3 for SigLIP, of one image.
     dino, siglip = pre["tvf_normalize_params"]
@@ -131,9 +163,11 @@ def test_processor_from_the_released_directory():
     processor = VLAProcessor.from_directory(released_dir(), VLAConfig.preset("vla-adapter-pro-qwen2.5-0.5b"))
     assert processor.image_processor.config.image_size == 224 and processor.num_images == 2
     assert processor.image_processor.config.means[0] == [0.484375, 0.455078125, 0.40625]
+    assert processor.prompt == "qwen-chat"  # the released architecture's prompt, as upstream's evaluation builds it
     batch = processor(images, instruction)
     assert batch["pixel_values"].shape == (1, 12, 224, 224)
-    assert batch["input_ids"][0, :12].tolist() == LIBERO_IDS_PREFIX
+    assert batch["input_ids"][0, :6].tolist() == CHAT_IDS_PREFIX
+    assert processor(images, instruction, prompt="openvla")["input_ids"][0, :12].tolist() == LIBERO_IDS_PREFIX
 
 
 def test_processor_bad_input():

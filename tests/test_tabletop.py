@@ -53,7 +53,7 @@ def test_tokenizer_is_deterministic(tmp_path, tokenizer) -> None:
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
     other = tabletop.build_world_tokenizer()
-    text = build_prompt("pick up the object left of the purple triangle")
+    text = build_prompt("pick up the object left of the purple triangle", "openvla")
     assert other.encode(text) == tokenizer.encode(text)
     # The preset's vocabulary size is a constant because the build is deterministic.
     assert tokenizer.vocab_size == VLAConfig.preset("tabletop").llm["vocab_size"] == 381
@@ -77,7 +77,7 @@ def test_world_words_are_single_tokens(tokenizer) -> None:
     assert PROMPT_TEMPLATE.startswith("In: What action should the robot take to {instruction}?")
     for seed in world.split_seeds("train", 50):
         scene = world.sample_scene(seed)
-        prompt = build_prompt(scene.instruction)
+        prompt = build_prompt(scene.instruction, "openvla")
         ids = tokenizer.encode(prompt)
         assert tokenizer.decode(ids) == prompt
         words = ["Ġ" + w for w in scene.instruction.split()]
@@ -87,7 +87,7 @@ def test_world_words_are_single_tokens(tokenizer) -> None:
 def test_tokenizer_survives_save_and_load(tmp_path, tokenizer) -> None:
     tokenizer.save(tmp_path)
     loaded = load_tokenizer_from_files(tmp_path)
-    text = build_prompt("grasp the rightmost object")
+    text = build_prompt("grasp the rightmost object", "openvla")
     assert loaded.encode(text) == tokenizer.encode(text)
     assert loaded.vocab_size == tokenizer.vocab_size
     assert loaded.eos_token_id == tokenizer.eos_token_id
@@ -266,7 +266,7 @@ def test_the_world_tokenizer_ships_as_files_the_generator_reproduces(tmp_path, m
     assert built.eos_token_id == 380
     # ... and it is the tokenizer the shipped models carry.
     saved = load_tokenizer_from_files(tabletop.shipped_path("causal"))
-    text = build_prompt(" ".join(world.VOCABULARY))
+    text = build_prompt(" ".join(world.VOCABULARY), "openvla")
     assert built.encode(text) == saved.encode(text)
 
 

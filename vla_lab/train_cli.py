@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vla_lab import files
-from vla_lab.config import VLAConfig, resolve_device
+from vla_lab.config import PROMPTS, VLAConfig, resolve_device
 from vla_lab.errors import ConfigError, InterruptError
+from vla_lab.processing import builtin_tokenizer, check_prompt
 
 if TYPE_CHECKING:
     from vla_lab.experiments.train import TrainConfig
@@ -30,6 +31,10 @@ def add_parser(sub: Any, masks: tuple[str, ...]) -> None:
     p.add_argument("--config", default=None, help="TrainConfig as a JSON file or string")
     p.add_argument("--model-config", dest="model_config", default=None,
                    help="VLAConfig JSON (default: vla_lab.tabletop.tabletop_config())")
+    p.add_argument("--prompt", choices=PROMPTS, default=None,
+                   help="the prompt the model is trained with, saved in its configuration (default: the model "
+                        "configuration's; openvla for the tabletop and libero-small models, whose tokenizers have "
+                        "no chat tokens)")
     p.add_argument("--device", default=None, help="cpu or cuda")
     p.add_argument("--num-threads", dest="num_threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--test-episodes", dest="test_episodes", type=int, default=None,
@@ -74,11 +79,15 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
         if args.model_config:
             model_config = VLAConfig.from_json(args.model_config)
         elif stored is not None and (stored / MODEL_CONFIG).is_file():
-            model_config = VLAConfig.from_json(stored / MODEL_CONFIG)
+            model_config = VLAConfig.read(stored / MODEL_CONFIG)
         elif config.libero:
             model_config = VLAConfig.preset("libero-small")
         else:
             model_config = tabletop.tabletop_config()
+    with _option("--prompt"):
+        if getattr(args, "prompt", None):
+            model_config = model_config.replace(prompt=args.prompt)
+        check_prompt(builtin_tokenizer(model_config.tokenizer), model_config.prompt)
     return config, model_config
 
 

@@ -1,6 +1,7 @@
 """The vocabulary of the LLM sequence and of the head's keys, and which segment may attend to which.
 
-Segments, in sequence order (SPEC section 1): ``tok0`` (the first prompt token), ``vision.{i}`` (the
+Segments, in sequence order (SPEC section 1): ``tok0`` (the first prompt token: ``<|im_start|>`` with the chat
+prompt of released checkpoints, ``In`` with the In/Out prompt), ``vision.{i}`` (the
 patches of image i; ``vision`` stands for all of them), ``text`` (the rest of the prompt),
 ``action_queries``, ``stop`` and ``padding``. The action head's keys fall into :data:`KEY_GROUPS`.
 An :class:`AttentionSpec` is the configuration of an LLM mask; :mod:`vla_lab.model.sequence` turns it

@@ -44,6 +44,11 @@ class JSONConfig:
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> Self:
         """From JSON text or a file holding it."""
+        return cls.from_dict(cls.json_fields(text_or_path))
+
+    @classmethod
+    def json_fields(cls, text_or_path: str | Path) -> Any:
+        """The JSON value of ``text_or_path`` (JSON text or a file holding it), not yet checked."""
         text = str(text_or_path)
         source = "JSON text"
         if not text.lstrip().startswith("{"):
@@ -59,4 +64,4 @@ class JSONConfig:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{cls.__name__}: {source} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(data)
+        return data

@@ -72,6 +72,7 @@ def _small_trained(image_size: int, vocab_size: int, tokenizer: str) -> dict[str
         "head_num_heads": 8,
         "attention": "causal",
         "tokenizer": tokenizer,
+        "prompt": "openvla",  # what they were trained with; their tokenizers have no chat tokens
     }
 
 

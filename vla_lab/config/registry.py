@@ -110,6 +110,24 @@ ATTENTION_KERNELS = ("sdpa", "eager")
 HIDDEN_OFFSETS = ("released", "aligned")
 TOKENIZERS = ("qwen2.5", "tabletop", "libero")
 
+#: The prompts a model can be given, by name (SPEC section 1); ``{instruction}`` is the lower-cased task.
+#: ``qwen-chat``: Qwen's chat template, what upstream's LIBERO evaluation and training build with
+#: ``use_minivlm=True`` (their default, and every released checkpoint's); it ends in the assistant turn's
+#: opening, as upstream's training cuts it. ``openvla``: upstream's other branch, the In/Out prompt.
+PROMPT_TEMPLATES: dict[str, str] = {
+    "qwen-chat": (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nWhat action should the robot take to {instruction}?<|im_end|>\n<|im_start|>assistant\n"
+    ),
+    "openvla": "In: What action should the robot take to {instruction}?\nOut:",
+}
+PROMPTS = tuple(PROMPT_TEMPLATES)
+#: Special tokens a tokenizer must encode as single ids for each prompt.
+PROMPT_SPECIAL_TOKENS: dict[str, tuple[str, ...]] = {"qwen-chat": ("<|im_start|>", "<|im_end|>"), "openvla": ()}
+#: The prompt of a vla-lab configuration saved before :class:`~vla_lab.config.VLAConfig` had a ``prompt``
+#: field (vla-lab 0.1, before 0.2): every model of that version was trained and run with the In/Out prompt.
+LEGACY_PROMPT = "openvla"
+
 # The Qwen2.5-0.5B text config of the released checkpoints (SPEC section 5).
 QWEN25_05B_TEXT_CONFIG: dict[str, Any] = {
     "model_type": "qwen2",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vla_lab.config.attention import AttentionLike, AttentionSpec
@@ -18,7 +19,9 @@ from vla_lab.config.registry import (
     CUSTOM_BACKBONE,
     HEAD_VERSIONS,
     HIDDEN_OFFSETS,
+    LEGACY_PROMPT,
     NORMALIZATION_TYPES,
+    PROMPTS,
     QWEN25_05B_TEXT_CONFIG,
     ROBOT_PRESETS,
     TOKENIZERS,
@@ -171,7 +174,11 @@ class VLAConfig(JSONConfig):
             too (in bf16 it changes nothing). False keeps float32 inference exact.
         norm_stats: dataset statistics ``{dataset: {"action": {...}, "proprio": {...}}}``.
         tokenizer: the built-in tokenizer a model without tokenizer files uses: ``qwen2.5`` (offline
-            Qwen2.5) or ``tabletop`` (the synthetic world's small vocabulary).
+            Qwen2.5), ``tabletop`` (the synthetic world's small vocabulary) or ``libero`` (LIBERO's words).
+        prompt: the text the instruction is put in (:data:`~vla_lab.config.registry.PROMPT_TEMPLATES`):
+            ``qwen-chat``, Qwen's chat template as upstream builds it with ``use_minivlm=True`` (released
+            checkpoints were trained and are evaluated with it), or ``openvla``, the In/Out prompt of
+            upstream's other branch (vla-lab's small trained models use it).
     """
 
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -190,6 +197,7 @@ class VLAConfig(JSONConfig):
     upstream_bf16_casts: bool = False
     norm_stats: dict[str, Any] | None = None
     tokenizer: str = "qwen2.5"
+    prompt: str = "qwen-chat"
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -205,6 +213,8 @@ class VLAConfig(JSONConfig):
             raise ConfigError(f"attn_kernel: got {self.attn_kernel!r}, expected one of {ATTENTION_KERNELS}")
         if self.tokenizer not in TOKENIZERS:
             raise ConfigError(f"tokenizer: got {self.tokenizer!r}, expected one of {TOKENIZERS}")
+        if self.prompt not in PROMPTS:
+            raise ConfigError(f"prompt: got {self.prompt!r}, expected one of {PROMPTS}")
         if self.hidden_offset not in HIDDEN_OFFSETS:
             raise ConfigError(f"hidden_offset: got {self.hidden_offset!r}, expected one of {HIDDEN_OFFSETS}")
         if not isinstance(self.num_action_queries, int) or self.num_action_queries < 1:
@@ -306,6 +316,22 @@ class VLAConfig(JSONConfig):
         data["name"] = name
         data.update(overrides)
         return cls.from_dict(data)
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> VLAConfig:
+        """A configuration vla-lab saved (``vla_lab_config.json``, a training run's model configuration).
+
+        A field added since the file was written gets the value its version used: files without ``prompt``
+        come from vla-lab 0.1, which gave every model the In/Out prompt (:data:`LEGACY_PROMPT`).
+        """
+        if isinstance(data, dict) and "prompt" not in data:
+            data = {**data, "prompt": LEGACY_PROMPT}
+        return cls.from_dict(data)
+
+    @classmethod
+    def read(cls, text_or_path: str | Path) -> VLAConfig:
+        """:meth:`from_saved` of a JSON file (or JSON text)."""
+        return cls.from_saved(cls.json_fields(text_or_path))
 
     def replace(self, **changes: Any) -> VLAConfig:
         """A copy with some top-level fields changed (validated again)."""

@@ -89,7 +89,7 @@ def prepare_run_dir(
     problems = _differences({k: v for k, v in stored.items() if k not in run_settings},
                             {k: v for k, v in given.items() if k not in run_settings})
     if (out_dir / MODEL_CONFIG).is_file():
-        stored_model = VLAConfig.from_json(out_dir / MODEL_CONFIG).to_dict()
+        stored_model = VLAConfig.read(out_dir / MODEL_CONFIG).to_dict()
         problems += _differences(stored_model, model_config.to_dict(), "model.")
     if problems:
         shown = "; ".join(problems[:4]) + (f" ({len(problems)} in all)" if len(problems) > 4 else "")

@@ -37,7 +37,7 @@ from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.libero.demos import MANIFEST, _require_h5py
 from vla_lab.libero.observation import resize_image_for_policy
-from vla_lab.processing import ImageProcessor, QwenTokenizer, build_prompt
+from vla_lab.processing import ImageProcessor, QwenTokenizer
 from vla_lab.processing.images import pixel_values
 from vla_lab.processing.normalization import array_statistics, normalize_actions, normalize_proprio
 from vla_lab.processing.processor import right_pad
@@ -218,6 +218,7 @@ class LiberoDemoData:
         ``norm_stats[stats_key]``, default the manifest's suite, normalise actions and proprio)."""
         from vla_lab.processing import VLAProcessor
 
+        processor = VLAProcessor.for_config(config, tokenizer=tokenizer)  # refuses a prompt the tokenizer lacks
         manifest = read_manifest(directory)
         key = stats_key or manifest["suite"]
         stats = (config.norm_stats or {}).get(key)
@@ -240,7 +241,7 @@ class LiberoDemoData:
         frame_index, token_ids, proprio, actions, targets, tasks, states, steps = [], [], [], [], [], [], [], []
         for d in demos:
             if d.instruction not in prompts:
-                prompts[d.instruction] = tokenizer.encode(build_prompt(d.instruction))
+                prompts[d.instruction] = processor.encode(d.instruction)
             n = len(d.actions)
             frame_index.append(offsets[(d.task, d.init_state)] + np.arange(n))
             token_ids.extend([prompts[d.instruction]] * n)
@@ -252,7 +253,6 @@ class LiberoDemoData:
             steps.append(np.arange(n))
         target_rows = np.concatenate(targets).astype(np.float32)
         mean, std = target_rows.mean(axis=0), target_rows.std(axis=0) + 1e-6
-        processor = VLAProcessor.for_config(config, tokenizer=tokenizer)
         return cls(
             frames=frames, frame_index=np.concatenate(frame_index), token_ids=token_ids,
             proprio=normalize_proprio(np.concatenate(proprio), stats["proprio"], normalization).astype(np.float32),

@@ -6,6 +6,7 @@ pixels -> patches (:mod:`.vision`) -> embeddings (:mod:`.projector`) -> sequence
 :mod:`.fast` is the same computation for speed.
 """
 
+from vla_lab.model.checkpoint import default_dtype, stored_prompt
 from vla_lab.model.fast import FastVLA
 from vla_lab.model.inputs import FORWARD_KEYS, forward_inputs
 from vla_lab.model.sequence import AssemblyPlan, SequenceLayout, Span
@@ -30,7 +31,9 @@ __all__ = [
     "VLAOutput",
     "build_on_meta",
     "build_random",
+    "default_dtype",
     "forward_inputs",
     "load_pretrained",
     "save_pretrained",
+    "stored_prompt",
 ]

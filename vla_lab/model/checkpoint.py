@@ -60,6 +60,33 @@ def display_path(path: str | Path) -> str:
     return str(resolved)
 
 
+def default_dtype(directory: str | Path | None) -> str:
+    """The dtype a checkpoint directory runs in unless told otherwise: ``bfloat16`` for a released checkpoint
+    (no ``vla_lab_config.json``), as upstream's evaluation loads it (SPEC section 5); for one of vla-lab's,
+    the dtype its weights were saved in (``config.json``'s ``torch_dtype``: float32 or bfloat16); ``float32``
+    without a directory (random weights)."""
+    if directory is None:
+        return "float32"
+    directory = Path(directory)
+    if not (directory / VLA_LAB_CONFIG).is_file():
+        return "bfloat16"
+    try:
+        saved = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
+    except (OSError, ValueError, AttributeError):
+        saved = None  # loading the directory reports what is wrong with it
+    return "bfloat16" if saved == "bfloat16" else "float32"
+
+
+def stored_prompt(directory: str | Path) -> str:
+    """The prompt a checkpoint directory's model takes, read without loading it: its ``vla_lab_config.json``'s
+    (:meth:`VLAConfig.read`), else, for a released checkpoint, ``qwen-chat`` (upstream's)."""
+    path = Path(directory) / VLA_LAB_CONFIG
+    if not path.is_file():
+        return VLAConfig().prompt
+    with _config_errors(VLA_LAB_CONFIG):
+        return VLAConfig.read(path).prompt
+
+
 def _torch_dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -392,6 +419,7 @@ def read(
     step: int | str | None = None,
     num_images: int | None = None,
     robot: str | dict[str, Any] | None = None,
+    prompt: str | None = None,
 ) -> Found:
     """Read a checkpoint directory in the released layout (see :meth:`vla_lab.VLAAdapter.from_pretrained`)."""
     directory = Path(path)
@@ -410,7 +438,7 @@ def read(
     ours = directory / VLA_LAB_CONFIG
     if ours.exists():
         with _config_errors(VLA_LAB_CONFIG):
-            config = VLAConfig.from_dict(_read_json(ours))
+            config = VLAConfig.from_saved(_read_json(ours))
         check_configs_agree(config_json, config)
         if num_images is not None:
             config.num_images = num_images
@@ -426,6 +454,8 @@ def read(
         config.norm_stats = stats or config.norm_stats
     if attention is not None:
         config.attention = attention
+    if prompt is not None:
+        config.prompt = prompt
     config = VLAConfig.from_dict(config.to_dict())  # validate once more after the overrides
 
     head_dim = head.get("model.fc1.weight")

@@ -5,7 +5,9 @@ Released layout (SPEC section 1), for one sample with NP patches and an L-token 
     position  0      1 .. NP         NP+1 .. NP+L-1    NP+L .. NP+L+Q-1    NP+L+Q   ...
     segment   tok0   vision.0, ...   text              action_queries      stop     padding
 
-``tok0`` is the first prompt token (Qwen2.5 adds no BOS). Batches are right-padded: every sample
+``tok0`` is the first prompt token (Qwen2.5 adds no BOS): ``<|im_start|>`` with the ``qwen-chat`` prompt of
+released checkpoints (L = 56 for a libero_spatial instruction), ``In`` with the ``openvla`` prompt (L = 31);
+``text`` is the rest of the prompt, so a layout follows from the ids alone. Batches are right-padded: every sample
 keeps the positions it would have alone, and padding follows its STOP token. An :class:`AssemblyPlan`
 holds everything that depends only on a batch's prompt lengths: the layouts, where every embedding
 goes, and which positions the action head reads; both the model and its fast path use it.

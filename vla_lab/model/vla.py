@@ -73,7 +73,8 @@ class VLAOutput:
 
 @dataclass
 class ActionPrediction:
-    """Actions for a batch of observations: normalised (model output) and in robot units."""
+    """Actions for a batch of observations: normalised (model output) and in robot units; ``prompt`` names the
+    prompt the instructions were put in and ``prompts`` holds their texts (None when ids were given)."""
 
     normalized_actions: np.ndarray
     actions: np.ndarray | None
@@ -82,6 +83,7 @@ class ActionPrediction:
     attention: str
     input_ids: list[list[int]]
     prompts: list[str] | None = None
+    prompt: str | None = None
 
     @property
     def layout(self) -> SequenceLayout:
@@ -94,7 +96,8 @@ class VLAAdapter(nn.Module):
     Sub-modules carry the released names: ``vision_backbone.featurizer`` / ``.fused_featurizer``,
     ``projector``, ``language_model`` (transformers ``Qwen2ForCausalLM``), ``action_queries``,
     ``action_head`` (``L1RegressionActionHead``) and ``proprio_projector``. The model keeps its own copy
-    of ``config``: changing one model's mask never changes another's.
+    of ``config``: changing one model's mask never changes another's. Instructions are put in the prompt
+    ``config.prompt`` (``qwen-chat`` for released checkpoints, as upstream; ``prompt=`` overrides it per call).
     """
 
     def __init__(self, config: VLAConfig) -> None:
@@ -298,17 +301,21 @@ class VLAAdapter(nn.Module):
         attention_mask: Any = None,
         proprio_is_normalized: bool = False,
         center_crop: bool = False,
+        prompt: str | None = None,
     ) -> dict[str, Any]:
-        """Observation(s) -> the keyword arguments of :meth:`forward` (plus ``prompts`` and ``unnorm_key``).
+        """Observation(s) -> the keyword arguments of :meth:`forward` (plus ``prompt``, ``prompts`` and
+        ``unnorm_key``).
 
         Give either raw ``images`` (one observation's list of images, or a list of such lists) and
         ``instruction`` (a string or one per observation), or preprocessed ``pixel_values`` and
-        ``input_ids`` (+ ``attention_mask`` for right-padded batches). ``proprio`` is the raw robot
-        state, normalised with the dataset statistics of ``unnorm_key``; pass
+        ``input_ids`` (+ ``attention_mask`` for right-padded batches). The instruction is put in the
+        prompt ``prompt`` (default ``config.prompt``: ``qwen-chat`` for released checkpoints, as upstream).
+        ``proprio`` is the raw robot state, normalised with the dataset statistics of ``unnorm_key``; pass
         ``proprio_is_normalized=True`` if it is already in [-1, 1] (it is used as given when the model
         has no statistics).
         """
         prompts = None
+        prompt = self.config.prompt if prompt is None else prompt
         norm_stats = self.config.norm_stats
         stats_key = resolve_unnorm_key(norm_stats, unnorm_key) if norm_stats else None
         if unnorm_key is not None and stats_key is None:
@@ -316,9 +323,11 @@ class VLAAdapter(nn.Module):
         if pixel_values is None or input_ids is None:
             if images is None or instruction is None:
                 raise InputError("predict_action: expected images and instruction, or pixel_values and input_ids")
-            batch = self.processor(images, instruction, center_crop=center_crop)
+            batch = self.processor(images, instruction, center_crop=center_crop, prompt=prompt)
             pixel_values, input_ids, attention_mask = batch["pixel_values"], batch["input_ids"], batch["attention_mask"]
             prompts = batch["prompts"]
+        else:
+            prompt = None  # ids given: no prompt was built here
         input_ids, attention_mask = self.check_ids(input_ids, attention_mask)
         batch_size, dim = input_ids.shape[0], self.config.robot.proprio_dim
         proprio_t = None
@@ -338,6 +347,7 @@ class VLAAdapter(nn.Module):
             "input_ids": input_ids.to(device),
             "attention_mask": attention_mask.to(device),
             "proprio": proprio_t,
+            "prompt": prompt,
             "prompts": prompts,
             "unnorm_key": stats_key,
         }
@@ -358,7 +368,7 @@ class VLAAdapter(nn.Module):
         ids = [row[: int(n)] for row, n in zip(batch["input_ids"].tolist(), lengths)]
         key = batch["unnorm_key"]
         return ActionPrediction(values, self.unnormalize(values, key), list(layouts), key, attention, ids,
-                                batch["prompts"])
+                                batch["prompts"], batch.get("prompt"))
 
     @torch.inference_mode()
     def predict_action(
@@ -406,10 +416,12 @@ class VLAAdapter(nn.Module):
         step: int | str | None = None,
         num_images: int | None = None,
         robot: str | dict[str, Any] | None = None,
+        prompt: str | None = None,
     ) -> VLAAdapter:
         """Load a checkpoint directory in the released layout (released checkpoints or ours).
 
-        ``attention`` overrides the mask (``causal`` for released checkpoints). The caller's ``dtype``
+        ``attention`` overrides the mask (``causal`` for released checkpoints), ``prompt`` the prompt
+        (``qwen-chat`` for released checkpoints, as upstream; vla-lab's own keep theirs). The caller's ``dtype``
         wins over the files' (released ones are bf16). ``num_images`` defaults to the vla_lab config if
         present, else 2 (the released LIBERO/CALVIN inputs: third-person + wrist). ``robot`` overrides the
         robot preset inferred from the head and proprio shapes. Every missing, unexpected and mis-shaped
@@ -417,7 +429,8 @@ class VLAAdapter(nn.Module):
         """
         torch_dtype = resolve_dtype(dtype)
         device = resolve_device(device)
-        found = checkpoint.read(path, attention=attention, step=step, num_images=num_images, robot=robot)
+        found = checkpoint.read(path, attention=attention, step=step, num_images=num_images, robot=robot,
+                                prompt=prompt)
         model = build_on_meta(found.config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if found.config.llm.get("tie_word_embeddings", True):

@@ -1,7 +1,7 @@
 """Tiny deterministic byte-level BPE tokenizers in Qwen2's file layout, for closed vocabularies.
 
 :func:`write_word_tokenizer_files` trains ``tokenizers``' BPE with Qwen2's normaliser and pre-tokeniser on
-a list of words (and the released prompt around them) until every word is a single token, with or
+a list of words (and the In/Out prompt around them) until every word is a single token, with or
 without its leading space, and writes vocab.json, merges.txt and tokenizer_config.json. The built-in
 ``tabletop`` and ``libero`` tokenizers were made this way; they ship as files
 (:func:`vla_lab.processing.builtin_tokenizer`), so no install trains anything.
@@ -21,7 +21,7 @@ EOS_TOKEN = "<|endoftext|>"
 
 
 def _corpus(words: Sequence[str]) -> list[str]:
-    prompt = build_prompt(" ".join(words))
+    prompt = build_prompt(" ".join(words), "openvla")
     # Bare words too, so that a word is one token with or without its leading space.
     return [prompt, *words, " ".join(words)]
 

@@ -18,7 +18,7 @@ import torch
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.model import build_on_meta
-from vla_lab.processing import ImageProcessor, QwenTokenizer, build_prompt
+from vla_lab.processing import ImageProcessor, QwenTokenizer
 from vla_lab.processing.images import pixel_values
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
 from vla_lab.processing.processor import right_pad
@@ -146,7 +146,7 @@ class TabletopData:
         def add(instruction: str, chunk: np.ndarray, kind: str, seed: int, state: np.ndarray,
                 target: world.SceneObject) -> None:
             if instruction not in prompts:
-                prompts[instruction] = tokenizer.encode(build_prompt(instruction))
+                prompts[instruction] = processor.encode(instruction)
             token_ids.append(prompts[instruction])
             image_index.append(len(images) - 1)
             proprio.append(state)

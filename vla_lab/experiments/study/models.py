@@ -81,7 +81,7 @@ def architecture_of(path: str | Path, mask: str) -> str:
     if not config_path.is_file():
         return "released"
     try:
-        stored = VLAConfig.from_json(config_path).to_dict()
+        stored = VLAConfig.read(config_path).to_dict()
     except (OSError, ValueError, ConfigError) as error:
         raise InputError(f"--model: got {str(path)!r} whose vla_lab_config.json cannot be read ({error}), "
                          "expected a valid vla-lab configuration") from error
@@ -154,9 +154,10 @@ def resolve(names: list[str] | None) -> list[ModelSpec]:
     return specs
 
 
-def load(spec: ModelSpec, device: str = "cpu") -> VLAAdapter:
-    """The model of ``spec`` in eval mode (a random-init spec: the stored run's initial weights)."""
-    model = load_pretrained(spec.path, device=device)
+def load(spec: ModelSpec, device: str = "cpu", prompt: str | None = None) -> VLAAdapter:
+    """The model of ``spec`` in eval mode (a random-init spec: the stored run's initial weights); ``prompt``
+    overrides its prompt."""
+    model = load_pretrained(spec.path, device=device, prompt=prompt)
     if spec.random_init:
         train_config = _train_config(Path(spec.path))
         if spec.seed is None:
