@@ -129,12 +129,13 @@ class FastVLA:
         self.plans.clear()
 
     # --- plans ---------------------------------------------------------------------------------
-    def plan(self, lengths: tuple[int, ...], max_len: int, spec: AttentionSpec) -> Plan:
-        """The cached plan of a layout; the key holds every setting the plan depends on."""
+    def plan(self, lengths: tuple[int, ...], max_len: int, spec: AttentionSpec, proprio: bool = True) -> Plan:
+        """The cached plan of a layout; the key holds every setting the plan (and its graph) depends on,
+        ``proprio`` (whether the batch has proprio) included."""
         model, config = self.model, self.model.config
         kernel, offset = config.attn_kernel, config.hidden_offset
         key = (lengths, max_len, json.dumps(spec.to_config(), sort_keys=True), kernel, offset, str(model.dtype),
-               str(model.device))
+               str(model.device), bool(proprio))
         if key in self.plans:
             self.plans.move_to_end(key)
             return self.plans[key]
@@ -148,14 +149,26 @@ class FastVLA:
             self.plans.popitem(last=False)
         return plan
 
-    def plan_for(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, attention: Any) -> Plan:
-        """The plan of a batch: prompt lengths read from the (CPU) mask, the mask spec parsed."""
+    def plan_for(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, attention: Any,
+                 proprio: bool | None = None) -> Plan:
+        """The plan of a batch: prompt lengths read from the (CPU) mask, the mask spec parsed; ``proprio``
+        defaults to whether the model takes proprio."""
         if attention_mask is None:
             lengths = (input_ids.shape[1],) * input_ids.shape[0]
         else:
             lengths = tuple(int(n) for n in attention_mask.detach().cpu().sum(dim=1))
         spec = self.model.config.attention_spec(attention)
-        return self.plan(lengths, input_ids.shape[1], spec)
+        has_proprio = self.model.proprio_projector is not None if proprio is None else proprio
+        return self.plan(lengths, input_ids.shape[1], spec, has_proprio)
+
+    def _check_proprio(self, proprio: Any, batch: int) -> torch.Tensor | None:
+        """``proprio`` as :meth:`VLAAdapter.forward` takes it, with its one-line errors (missing, unexpected,
+        mis-shaped); a (B, proprio_dim) tensor passes without the finiteness check, which would synchronise."""
+        model = self.model
+        shape = (batch, model.config.robot.proprio_dim)
+        if isinstance(proprio, torch.Tensor) and tuple(proprio.shape) == shape and model.proprio_projector is not None:
+            return proprio
+        return model.check_proprio(proprio, batch)
 
     # --- the computation -------------------------------------------------------------------
     def _compute(
@@ -202,7 +215,8 @@ class FastVLA:
         own forward, never a graph.
         """
         model = self.model
-        plan = self.plan_for(input_ids, attention_mask, attention)
+        proprio = self._check_proprio(proprio, input_ids.shape[0])
+        plan = self.plan_for(input_ids, attention_mask, attention, proprio is not None)
         device, dtype = model.device, model.dtype
         pixel_values = pixel_values.to(device, dtype, non_blocking=True)
         input_ids = input_ids.to(device, non_blocking=True)
@@ -236,7 +250,7 @@ class FastVLA:
         forward = forward_inputs(batch)
         mask = forward["attention_mask"].cpu()
         normalized = self(forward["pixel_values"], forward["input_ids"], mask, forward["proprio"], attention)
-        plan = self.plan_for(forward["input_ids"], mask, attention)
+        plan = self.plan_for(forward["input_ids"], mask, attention, forward["proprio"] is not None)
         return model.prediction(normalized, batch, plan.layouts, plan.spec.label)
 
 
