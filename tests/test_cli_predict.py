@@ -100,11 +100,18 @@ def test_checkpoint_json_matches_predict_action(capsys, model_and_dirs, image_pa
     common = ["--checkpoint", str(one), *image_args(image_paths), "--instruction", INSTRUCTION]
     result = predict_json(capsys, *common, "--proprio", PROPRIO_ARG)  # a negative first value, as its own argument
     assert predict_json(capsys, *common, f"--proprio={PROPRIO_ARG}") == result
-    for key in ("actions", "normalized_actions", "prompt", "input_ids", "num_patches", "sequence_length", "attention"):
+    for key in ("actions", "normalized_actions", "prompt", "prompt_text", "input_ids", "num_patches",
+                "sequence_length", "attention"):
         assert key in result, key
     assert np.asarray(result["actions"]).shape == (8, 7)
     assert np.asarray(result["normalized_actions"]).shape == (8, 7)
-    assert result["prompt"] == f"In: What action should the robot take to {INSTRUCTION.lower()}?\nOut:"
+    assert result["prompt"] == "qwen-chat"  # the model's own (a Qwen2.5 tokenizer: the released prompt)
+    assert result["prompt_text"].startswith("<|im_start|>system\n")
+    assert f"user\nWhat action should the robot take to {INSTRUCTION.lower()}?<|im_end|>" in result["prompt_text"]
+    in_out = predict_json(capsys, *common, "--prompt", "openvla")
+    assert in_out["prompt"] == "openvla"
+    assert in_out["prompt_text"] == f"In: What action should the robot take to {INSTRUCTION.lower()}?\nOut:"
+    assert len(in_out["input_ids"]) < len(result["input_ids"]) and in_out["actions"] != result["actions"]
     assert result["unnormalized"] is True and result["unnorm_key"] == SPATIAL
     assert result["attention"] == "causal"
     assert result["num_patches"] == 2 * 16  # two 56-px images, 4 x 4 patches of 14 px

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from vla_lab import eval_cli, files, study_cli, train_cli
-from vla_lab.config import PRESETS, VLAConfig, resolve_device
+from vla_lab.config import PRESETS, PROMPTS, VLAConfig, resolve_device
 from vla_lab.errors import InputError, InterruptError, VLALabError
-from vla_lab.model import VLAAdapter, build_on_meta, build_random, forward_inputs, load_pretrained
+from vla_lab.model import VLAAdapter, build_on_meta, build_random, default_dtype, forward_inputs, load_pretrained
 from vla_lab.processing.normalization import finite_numbers
 
 Handler = Callable[[argparse.Namespace], int]
@@ -54,37 +54,57 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------------------------------------
 
 
+#: ``--prompt``'s help: what each choice is and the default.
+PROMPT_HELP = ("the prompt the instruction is put in: qwen-chat (Qwen's chat template, as upstream runs released "
+               "checkpoints) or openvla (In: ... Out:); default: the model's own (qwen-chat for a released "
+               "checkpoint, openvla for vla-lab's trained models)")
+
+
 def add_model_arguments(
     parser: argparse.ArgumentParser,
     attention: tuple[str, ...] | None = MASK_CHOICES,
     attention_default: str | None = None,
+    prompt: bool = True,
+    dtype_default: str | None = "float32",
 ) -> Any:
-    """``--checkpoint DIR | --preset NAME`` (random weights, ``--seed``), ``--dtype``, ``--device`` and,
-    unless ``attention`` is None, ``--attention`` with those choices. Returns the group of model sources."""
+    """``--checkpoint DIR | --preset NAME`` (random weights, ``--seed``), ``--dtype`` (``dtype_default``; None:
+    the model's own, :data:`DTYPE_HELP`), ``--device``, ``--prompt`` (when ``prompt``: commands that build
+    inputs from an instruction) and, unless ``attention`` is None, ``--attention`` with those choices. Returns
+    the group of model sources."""
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
     source.add_argument("--preset", choices=sorted(PRESETS), help="a preset with random weights")
     if attention is not None:
         parser.add_argument("--attention", choices=attention, default=attention_default,
                             help=f"LLM mask (default: {attention_default or 'the model' + chr(39) + 's'})")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    if prompt:
+        parser.add_argument("--prompt", choices=PROMPTS, default=None, help=PROMPT_HELP)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=dtype_default,
+                        help=f"weights and activations (default: {dtype_default or DTYPE_HELP})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0, help="seed for random preset weights")
     return source
+
+
+#: What ``--dtype`` defaults to where it follows the model (:func:`vla_lab.model.default_dtype`).
+DTYPE_HELP = ("bfloat16 for a released checkpoint, as upstream runs it; the dtype of its weights for a vla-lab "
+              "checkpoint; float32 for a preset")
 
 
 def load_model(args: argparse.Namespace) -> VLAAdapter:
     """The model named by ``--checkpoint`` or ``--preset`` (random weights) with the CLI's options."""
     import torch
 
+    args.dtype = args.dtype or default_dtype(args.checkpoint)
     dtype = getattr(torch, args.dtype)
     args.device = str(resolve_device(args.device, "--device"))
     attention = getattr(args, "attention", None)
     attention = None if attention == "both" else attention
+    prompt = getattr(args, "prompt", None)
     if args.checkpoint:
-        return load_pretrained(args.checkpoint, attention=attention, dtype=dtype, device=args.device)
-    config = VLAConfig.preset(args.preset, **({"attention": attention} if attention else {}))
-    return build_random(config, seed=args.seed, dtype=dtype, device=args.device)
+        return load_pretrained(args.checkpoint, attention=attention, dtype=dtype, device=args.device, prompt=prompt)
+    overrides = {k: v for k, v in (("attention", attention), ("prompt", prompt)) if v}
+    return build_random(VLAConfig.preset(args.preset, **overrides), seed=args.seed, dtype=dtype, device=args.device)
 
 
 def model_source(args: argparse.Namespace) -> str:
@@ -168,7 +188,8 @@ def _predict(args: argparse.Namespace) -> int:
         "normalized_actions": pred.normalized_actions[0].tolist(),
         "unnormalized": pred.actions is not None,
         "unnorm_key": pred.unnorm_key,
-        "prompt": pred.prompts[0] if pred.prompts else None,
+        "prompt": pred.prompt,
+        "prompt_text": pred.prompts[0] if pred.prompts else None,
         "input_ids": pred.input_ids[0],
         "num_patches": pred.layout.num_patches,
         "sequence_length": pred.layout.num_tokens,
@@ -181,7 +202,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result)
         return 0
-    print(f"prompt: {result['prompt']!r}  ({len(result['input_ids'])} tokens)")
+    print(f"prompt ({result['prompt']}): {result['prompt_text']!r}  ({len(result['input_ids'])} tokens)")
     print(f"sequence: {result['sequence_length']} tokens, {result['num_patches']} patches, attention {pred.attention}")
     print(("actions" if pred.actions is not None else "normalized actions (no dataset statistics)") + ":")
     for row in result["actions"]:
@@ -352,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("bench", help="latency of the straightforward and fast paths (JSON)")
-    add_model_arguments(p, attention=None)
+    add_model_arguments(p, attention=None, prompt=False)
     p.add_argument("--batch", type=int, nargs="+", default=[1])
     p.add_argument("--paths", nargs="+", default=["straightforward", "fast"], choices=("straightforward", "fast"))
     p.add_argument("--capture", nargs="*", default=[], choices=("segments", "full"), help="also time capture")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_lab import files, parallel
+from vla_lab.config import PROMPTS
 from vla_lab.errors import InputError
 from vla_lab.libero import env as libero_env
 from vla_lab.libero import evaluate as libero_eval
@@ -32,7 +33,7 @@ def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
     p = sub.add_parser("eval", help="closed-loop evaluation on a benchmark (LIBERO), sharded under torchrun")
     benchmarks = p.add_subparsers(dest="benchmark", required=True, parser_class=type(p))
     q = benchmarks.add_parser("libero", help="LIBERO with upstream's protocol (pip install -e '.[libero]')")
-    source = add_model_arguments(q, attention=None)
+    source = add_model_arguments(q, attention=None, dtype_default=None)
     from vla_lab.libero.models import SHIPPED
 
     source.add_argument("--shipped", choices=(*MASKS, *SHIPPED),
@@ -43,6 +44,8 @@ def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
                    help=f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution of the "
                         "demonstrations a vla-lab LIBERO model was trained on)")
     q.add_argument("--video", action="store_true", help="an MP4 per episode in <out>/videos")
+    q.add_argument("--num-threads", dest="num_threads", type=int, default=1,
+                   help="torch CPU threads per process (default 1; records depend on it, so it is recorded)")
 
 
 def add_libero_parser(sub: Any) -> None:
@@ -71,6 +74,8 @@ def add_libero_parser(sub: Any) -> None:
                    help="init states A:B that choose each model's layer (default 0:5, training init states)")
     q.add_argument("--report-states", dest="report_states", default="40:50",
                    help="init states A:B the ratio is reported on (default 40:50, held out)")
+    q.add_argument("--prompt", choices=PROMPTS, default=None,
+                   help="the prompt every model's instructions are put in (default: each model's own)")
     q.add_argument("--out", required=True, help="output directory (records.parquet, summary.json)")
     q.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     q.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -138,16 +143,42 @@ def _libero_shipped(args: argparse.Namespace) -> str | None:
     return next((m for m in LIBERO_MASKS if args.shipped == shipped_name(m)), None)
 
 
+def _model_directory(args: argparse.Namespace) -> Path | None:
+    """The checkpoint directory ``--checkpoint`` or ``--shipped`` names (None for a preset)."""
+    from vla_lab.libero.models import shipped_path
+    from vla_lab.tabletop import shipped_path as tabletop_path
+
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if args.shipped:
+        mask = _libero_shipped(args)
+        return shipped_path(mask) if mask else tabletop_path(args.shipped)
+    return None
+
+
 def camera_resolution(args: argparse.Namespace) -> int:
     """``--resolution``, else that of the demonstrations the model was trained on, else upstream's 256."""
-    from vla_lab.libero.models import demos_manifest, shipped_path
+    from vla_lab.libero.models import demos_manifest
 
     if args.resolution is not None:
         return int(args.resolution)
-    mask = _libero_shipped(args) if args.shipped else None
-    directory = args.checkpoint or (shipped_path(mask) if mask else None)
+    directory = _model_directory(args)
     manifest = demos_manifest(directory) if directory else None
     return int(manifest["resolution"]) if manifest else libero_eval.RESOLUTION
+
+
+def model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What the model is given, settled before it is loaded: ``dtype`` (``--dtype``, else the model's own:
+    bfloat16 for a released checkpoint as upstream, the saved dtype for vla-lab's) and ``prompt`` (``--prompt``,
+    else the model's own: qwen-chat for a released checkpoint as upstream, what vla-lab's were trained with)."""
+    from vla_lab.config import VLAConfig
+    from vla_lab.model import default_dtype, stored_prompt
+
+    directory = _model_directory(args)
+    args.dtype = args.dtype or default_dtype(directory)
+    if args.prompt is None:
+        args.prompt = stored_prompt(directory) if directory is not None else VLAConfig.preset(args.preset).prompt
+    return {"dtype": args.dtype, "prompt": args.prompt}
 
 
 def _plan(args: argparse.Namespace) -> tuple[str, Any]:
@@ -185,16 +216,24 @@ def _claim(out: Path, settings: dict[str, Any], args: argparse.Namespace, work: 
         raise
 
 
+#: The settings of a model's evaluation that its ``--json`` summary and table repeat.
+SHOWN_SETTINGS = ("model", "prompt", "dtype", "unnorm_key", "num_threads", "resolution", "device", "vla_lab")
+
+
 def _report(summary: dict[str, Any], suite: str, out: Path, world: parallel.World, as_json: bool,
-            command: str) -> None:
-    """The summary on stdout (a table, or JSON); on stderr a warning when episodes failed with an error."""
+            command: str, settings: dict[str, Any] | None = None) -> None:
+    """The summary on stdout (a table, or JSON), with the model's ``settings`` when given; on stderr a warning
+    when episodes failed with an error."""
+    shown = {k: settings[k] for k in SHOWN_SETTINGS if k in settings} if settings else {}
     if as_json:
-        result = {"suite": suite, "episodes": summary["episodes"], "success_rate": summary["success_rate"],
+        result = {"suite": suite, **shown, "episodes": summary["episodes"], "success_rate": summary["success_rate"],
                   "success_ci95": summary["success_ci95"], "by_task": summary["by_task"],
                   "num_episodes": summary["num_episodes"], "errors": summary["errors"], "out": str(out),
                   "world_size": world.size}
         print(files.dumps(result))
     else:
+        if shown:
+            print(", ".join(f"{k} {v}" for k, v in shown.items()))
         low, high = summary["success_ci95"]
         print(f"{suite}: success {summary['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
               f"{summary['num_episodes']} episodes ({world.size} process(es))")
@@ -266,7 +305,7 @@ def run_attention(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with parallel.process_group("cpu") as world:
         summary = run(args.model, out, suite=suite, tasks=tasks, selection_states=list(selection or []),
-                      report_states=list(report or []), overwrite=args.overwrite, world=world)
+                      report_states=list(report or []), overwrite=args.overwrite, world=world, prompt=args.prompt)
     if summary is None:
         return 0
     if args.json:
@@ -310,15 +349,34 @@ def run_expert(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace, load_model: LoadModel) -> int:
     """The handler of ``vla-lab eval libero``."""
     suite, keys = _plan(args)
+    if args.num_threads < 1:
+        raise InputError(f"--num-threads: got {args.num_threads}, expected a positive integer")
     args.resolution = camera_resolution(args)
     out = Path(args.out or Path("vla_lab_eval") / suite)
-    settings = {"suite": suite, "model": model_name(args), "dtype": args.dtype, "max_steps": args.max_steps,
-                "seed": args.env_seed, "resolution": args.resolution}
+    settings = {"suite": suite, "model": model_name(args), **model_settings(args), "num_threads": args.num_threads,
+                "max_steps": args.max_steps, "seed": args.env_seed, "resolution": args.resolution}
     return _claim(out, settings, args, lambda: _evaluate(args, load_model, suite, keys, out, settings))
 
 
 def _evaluate(args: argparse.Namespace, load_model: LoadModel, suite: str, keys: Any, out: Path,
               settings: dict[str, Any]) -> int:
+    """``--num-threads`` torch threads for the evaluation, the caller's afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.num_threads)
+    try:
+        return _evaluate_model(args, load_model, suite, keys, out, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate_model(args: argparse.Namespace, load_model: LoadModel, suite: str, keys: Any, out: Path,
+                    settings: dict[str, Any]) -> int:
+    import torch
+
+    from vla_lab.version import __version__
+
     with parallel.process_group(args.device) as world:
         args.device = parallel.device_for(args.device, world)
         if args.shipped:
@@ -328,17 +386,18 @@ def _evaluate(args: argparse.Namespace, load_model: LoadModel, suite: str, keys:
 
             device = resolve_device(args.device, "--device")
             mask = _libero_shipped(args)
-            model = (load_libero(mask, dtype=args.dtype, device=device) if mask
-                     else load_shipped(args.shipped, dtype=args.dtype, device=device))
+            options = {"dtype": args.dtype, "device": device, "prompt": args.prompt}
+            model = load_libero(mask, **options) if mask else load_shipped(args.shipped, **options)
         else:
             model = load_model(args)
         policy = libero_eval.model_policy(model, suite)
+        recorded = {**settings, "device": args.device, "unnorm_key": libero_eval.unnorm_key_for(model, suite),
+                    "torch": torch.__version__, "vla_lab": __version__}
         summary = libero_eval.evaluate(
-            policy, keys, out, {"model": settings["model"], "dtype": args.dtype, "device": args.device},
-            max_steps=args.max_steps, seed=args.env_seed, resolution=args.resolution, video=args.video,
-            resume=args.resume, overwrite=args.overwrite, progress=args.progress, world=world,
+            policy, keys, out, recorded, max_steps=args.max_steps, seed=args.env_seed, resolution=args.resolution,
+            video=args.video, resume=args.resume, overwrite=args.overwrite, progress=args.progress, world=world,
         )
     if not world.is_main:
         return 0
-    _report(summary, suite, out, world, args.json, "eval")
+    _report(summary, suite, out, world, args.json, "eval", recorded)
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vla_lab import files, parallel
+from vla_lab.config import PROMPTS
 from vla_lab.errors import InputError
 
 
@@ -41,6 +42,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)")
     p.add_argument("--num-threads", dest="num_threads", type=int, default=1,
                    help="torch CPU threads per process (default 1, as under torchrun; 0: torch's default)")
+    p.add_argument("--prompt", choices=PROMPTS, default=None,
+                   help="the prompt every model's instructions are put in (default: each model's own)")
     p.add_argument("--out", help="run directory (default: ./vla_lab_study/<name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished units")
     p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         study=args.name, models=list(args.models or []), scenes=args.scenes, start=args.start,
         validation_scenes=args.validation_scenes, closed_loop_scenes=args.closed_loop_scenes,
         closed_loop=args.closed_loop, batch_size=args.batch_size, seed=args.seed, device=args.device,
-        num_threads=args.num_threads,
+        num_threads=args.num_threads, prompt=args.prompt,
     )
     study_models.resolve(settings.models)
     out = Path(args.out or Path("vla_lab_study") / args.name)

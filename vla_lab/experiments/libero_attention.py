@@ -95,8 +95,9 @@ def measure(
     return records, {"rows": rows, "tests": tests, "n_selection": len(selection), "n_report": len(report)}
 
 
-def load_models(names: Sequence[str]) -> dict[str, tuple[VLAAdapter, Path]]:
-    """Shipped LIBERO model names or checkpoint directories -> (model, directory), with random-init baselines."""
+def load_models(names: Sequence[str], prompt: str | None = None) -> dict[str, tuple[VLAAdapter, Path]]:
+    """Shipped LIBERO model names or checkpoint directories -> (model, directory), with random-init baselines;
+    ``prompt`` overrides each model's prompt."""
     from vla_lab.libero.models import SHIPPED, shipped_path
 
     out: dict[str, tuple[VLAAdapter, Path]] = {}
@@ -104,7 +105,7 @@ def load_models(names: Sequence[str]) -> dict[str, tuple[VLAAdapter, Path]]:
         directory = shipped_path(name.rsplit("-", 1)[-1]) if name in SHIPPED else Path(name)
         if not (directory / "config.json").is_file():
             raise InputError(f"--model: got {name!r}, expected one of {list(SHIPPED)} or a checkpoint directory")
-        model = load_pretrained(directory).eval()
+        model = load_pretrained(directory, prompt=prompt).eval()
         label = name if name in SHIPPED else directory.name
         out[label] = (model, directory)
         out[RANDOM_PREFIX + label] = (random_init(model, directory), directory)
@@ -114,17 +115,19 @@ def load_models(names: Sequence[str]) -> dict[str, tuple[VLAAdapter, Path]]:
 def run(
     names: Sequence[str], out: str | Path, *, suite: str = "libero_spatial", tasks: Sequence[int] | None = None,
     selection_states: Sequence[int] = range(5), report_states: Sequence[int] = range(40, 50),
-    overwrite: bool = False, world: parallel.World | None = None,
+    overwrite: bool = False, world: parallel.World | None = None, prompt: str | None = None,
 ) -> dict[str, Any] | None:
-    """Observations (sharded by task), then on rank 0 :func:`measure` of the models; the summary (rank 0)."""
+    """Observations (sharded by task), then on rank 0 :func:`measure` of the models (``prompt`` overrides each
+    model's); the summary (rank 0)."""
     from vla_lab.libero.env import num_tasks, observations
 
     world = parallel.World() if world is None else world
     out = Path(out)
-    models = load_models(names)
+    models = load_models(names, prompt)
     tasks = list(range(num_tasks(suite))) if tasks is None else [int(t) for t in tasks]
     settings = {"suite": suite, "models": list(names), "tasks": tasks, "selection_states": list(selection_states),
-                "report_states": list(report_states)}
+                "report_states": list(report_states),
+                "prompts": {label: model.config.prompt for label, (model, _) in models.items()}}
 
     def claim() -> None:
         files.check_run_dir(out, settings, settings_file=SETTINGS, markers=(SETTINGS, RECORDS, SUMMARY),

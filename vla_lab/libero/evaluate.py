@@ -36,8 +36,8 @@ NUM_OPEN_LOOP_STEPS = 8
 RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR = "run.json", "episodes.jsonl", "results.json", "videos"
 #: Record fields that measure time; everything else is the same on every run of the same episodes.
 TIMING_FIELDS = ("policy_ms", "sim_ms", "reset_ms")
-#: Settings of ``run.json`` that ``resume`` requires to be unchanged.
-RESUME_SETTINGS = ("suite", "model", "max_steps", "seed", "resolution")
+#: Settings of ``run.json`` that ``resume`` requires to be unchanged (all change the records).
+RESUME_SETTINGS = ("suite", "model", "prompt", "dtype", "num_threads", "max_steps", "seed", "resolution")
 VIDEO_FPS = 30
 #: Camera resolution of upstream's evaluation.
 RESOLUTION = 256

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from vla_lab import files, parallel
-from vla_lab.config import AttentionLike, resolve_device
+from vla_lab.config import PROMPTS, AttentionLike, resolve_device
 from vla_lab.errors import InputError
 from vla_lab.experiments.study import models as study_models
 from vla_lab.experiments.study.models import ModelSpec
@@ -60,6 +60,7 @@ class StudySettings:
     ``seed`` seeds its random draws (random-key controls, bootstrap). ``num_threads`` torch CPU threads
     per process (0: torch's default): matrix products can round differently with another thread count,
     so the records of N processes equal those of one at the same count (torchrun's default is 1).
+    ``prompt`` overrides every model's prompt (None: each model's own).
     """
 
     study: str
@@ -76,10 +77,13 @@ class StudySettings:
     seed: int = 0
     device: str = "cpu"
     num_threads: int = 1
+    prompt: str | None = None
 
     def __post_init__(self) -> None:
         if self.study not in STUDIES:
             raise InputError(f"study: got {self.study!r}, expected one of {sorted(STUDIES)}")
+        if self.prompt is not None and self.prompt not in PROMPTS:
+            raise InputError(f"--prompt: got {self.prompt!r}, expected one of {PROMPTS}")
         for name in ("scenes", "batch_size", "execute"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -350,7 +354,7 @@ def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], director
          place: parallel.World, on_unit: Callable[[Unit], None] | None) -> StudyResult:
     stored = settings.to_dict()
     device = str(resolve_device(parallel.device_for(settings.device, place), "--device"))
-    loaded = [(spec, study_models.load(spec, device)) for spec in specs]
+    loaded = [(spec, study_models.load(spec, device, settings.prompt)) for spec in specs]
     units = study.units(settings)
     mine = [u for u in units if u.index in set(parallel.shard([u.index for u in units], place))]
     bar = None
