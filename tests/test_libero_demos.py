@@ -103,6 +103,58 @@ def test_the_stored_actions_replay_to_the_stored_states(one_process):
 
 
 @needs_libero
+def test_libero_dataset_script_builds_the_environment_from_env_args(one_process):
+    """``env_args`` as LIBERO's ``scripts/create_dataset.py`` uses it: ``TASK_MAPPING[problem_name](**env_kwargs)``
+    builds the raw environment the expert ran in. Run through the evaluation's protocol (seed, reset, the init
+    state, the settle steps), it reproduces a stored demonstration state for state; replayed as the script does
+    (the stored first state set into a fresh simulator) the actions still complete the task, though the states
+    drift: robosuite's controller caches the end effector's pose from before a state is set, which no simulator
+    state holds."""
+    from libero.libero.envs import TASK_MAPPING
+    from libero.libero.utils.utils import postprocess_model_xml
+
+    from vla_lab.libero.env import DUMMY_ACTION, NUM_STEPS_WAIT, LiberoEnv
+
+    out, manifest = one_process
+    content = read_file(out / manifest["tasks"]["0"]["file"])
+    env_args = json.loads(content["attrs"]["env_args"])
+    kwargs = env_args["env_kwargs"]
+    assert kwargs["controller_configs"]["type"] == "OSC_POSE" and "controller" not in kwargs
+    assert (kwargs["camera_heights"], kwargs["camera_widths"]) == (128, 128)
+    with LiberoEnv(SUITE, 0, render=False) as ours:
+        init_states = ours.init_states
+        samplers = len(ours.env.env.object_property_initializers)
+    env = TASK_MAPPING[env_args["problem_name"]](**kwargs)
+    try:
+        assert len(env.object_property_initializers) == samplers
+        demo = content["demo_1"]
+        env.seed(0)
+        env.reset()
+        env.sim.set_state_from_flattened(init_states[1])
+        env.sim.forward()
+        env._post_process()
+        env._update_observables(force=True)
+        for _ in range(NUM_STEPS_WAIT):
+            env.step(list(DUMMY_ACTION))
+        for t, action in enumerate(demo["actions"]):
+            assert np.array_equal(env.sim.get_state().flatten(), demo["states"][t]), t
+            obs, _, done, _ = env.step(action)
+        assert env._check_success()
+        assert obs["agentview_image"].shape == obs["robot0_eye_in_hand_image"].shape == (128, 128, 3)
+
+        env.reset()
+        env.reset_from_xml_string(postprocess_model_xml(demo["attrs"]["model_file"], {}))
+        env.sim.reset()
+        env.sim.set_state_from_flattened(demo["states"][0])
+        env.sim.forward()
+        for action in demo["actions"]:
+            env.step(action)
+        assert env._check_success()
+    finally:
+        env.close()
+
+
+@needs_libero
 def test_resume_runs_nothing_again_and_two_ranks_write_the_same_files(one_process, tmp_path):
     out, manifest = one_process
     before = read_file(out / manifest["tasks"]["0"]["file"])

@@ -9,7 +9,9 @@ complete); when every episode has run, rank 0 gathers them into one file per tas
 laid out as LIBERO's ``scripts/create_dataset.py`` writes it:
 
 * ``data`` attributes: ``env_name``, ``env_args`` (JSON: ``type``, ``env_name``, ``problem_name``,
-  ``bddl_file``, ``env_kwargs``), ``problem_info`` (JSON), ``bddl_file_name``, ``bddl_file_content``,
+  ``bddl_file``, ``env_kwargs``: the keyword arguments of ``TASK_MAPPING[problem_name]``, the raw
+  environment, with the controller's full ``controller_configs``), ``problem_info`` (JSON), ``bddl_file_name``,
+  ``bddl_file_content``,
   ``macros_image_convention`` (``"opengl"``: images are stored upside down, as MuJoCo renders them),
   ``num_demos``, ``total``;
 * ``data/demo_k`` (k = 0, 1, ... in init-state order): ``actions`` (T, 7), ``states`` (T, ...), ``robot_states``
@@ -127,12 +129,22 @@ def write_part(path: Path, demo: dict[str, Any], env: LiberoEnv, init_state: int
 
 def _data_attributes(env: LiberoEnv, resolution: int) -> dict[str, Any]:
     """The ``data`` group's attributes, as LIBERO's dataset script sets them."""
+    import robosuite
     from libero.libero.envs.bddl_utils import get_problem_info
 
     problem_info = get_problem_info(env.bddl_file)
-    env_kwargs = {"bddl_file_name": env.bddl_file, "camera_heights": resolution, "camera_widths": resolution,
-                  "camera_names": ["agentview", "robot0_eye_in_hand"], "control_freq": 20,
-                  "controller": "OSC_POSE", "robots": ["Panda"]}
+    # The raw environment's keyword arguments (TASK_MAPPING[problem_name](**env_kwargs), as LIBERO's dataset script
+    # builds it): those LIBERO's OffScreenRenderEnv passed when it built the simulator the expert ran in, with the
+    # controller as its full configuration rather than the wrapper's controller name.
+    controller = robosuite.load_controller_config(default_controller="OSC_POSE")
+    env_kwargs = {"bddl_file_name": env.bddl_file, "robots": ["Panda"], "controller_configs": controller,
+                  "gripper_types": "default", "initialization_noise": None, "use_camera_obs": True,
+                  "has_renderer": False, "has_offscreen_renderer": True, "render_camera": "frontview",
+                  "render_collision_mesh": False, "render_visual_mesh": True, "render_gpu_device_id": -1,
+                  "control_freq": 20, "horizon": 1000, "ignore_done": False, "hard_reset": True,
+                  "camera_names": ["agentview", "robot0_eye_in_hand"], "camera_heights": resolution,
+                  "camera_widths": resolution, "camera_depths": False, "camera_segmentations": None,
+                  "renderer": "mujoco", "renderer_config": None}
     env_name = type(env.env.env).__name__
     env_args = {"type": 1, "env_name": env_name, "problem_name": problem_info["problem_name"],
                 "bddl_file": env.bddl_file, "env_kwargs": env_kwargs}
