@@ -243,13 +243,7 @@ def assert_same_state(loaded: VLAAdapter, ref: VLAAdapter, dtype: torch.dtype) -
         assert torch.equal(got[key], value.to(dtype)), key
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a shared machine they only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

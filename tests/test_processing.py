@@ -36,12 +36,7 @@ LIBERO_CHAT_PROMPT = (
 CHAT_IDS_PREFIX = [151644, 8948, 198, 2610, 525, 1207]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixture_observation() -> tuple[list[np.ndarray], np.ndarray, str]:
