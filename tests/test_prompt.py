@@ -266,6 +266,7 @@ def test_eval_of_a_released_checkpoint_records_its_inputs(released_dir, tmp_path
         stored = stored.get("settings", stored)
         assert {k: stored[k] for k in want} == want, name
         assert stored["vla_lab"] == vla_lab.__version__ and stored["torch"] == torch.__version__
+        assert stored["cpu"] == result["cpu"] != ""  # records depend on the machine too
     # Another prompt, dtype or thread count changes the records: --resume names the difference.
     for extra, named in ((["--prompt", "openvla"], "prompt"), (["--dtype", "float32"], "dtype"),
                          (["--num-threads", "2"], "num_threads")):

@@ -217,7 +217,7 @@ def _claim(out: Path, settings: dict[str, Any], args: argparse.Namespace, work: 
 
 
 #: The settings of a model's evaluation that its ``--json`` summary and table repeat.
-SHOWN_SETTINGS = ("model", "prompt", "dtype", "unnorm_key", "num_threads", "resolution", "device", "vla_lab")
+SHOWN_SETTINGS = ("model", "prompt", "dtype", "unnorm_key", "num_threads", "resolution", "device", "cpu", "vla_lab")
 
 
 def _report(summary: dict[str, Any], suite: str, out: Path, world: parallel.World, as_json: bool,
@@ -375,6 +375,7 @@ def _evaluate_model(args: argparse.Namespace, load_model: LoadModel, suite: str,
                     settings: dict[str, Any]) -> int:
     import torch
 
+    from vla_lab.experiments.bench import cpu_model
     from vla_lab.version import __version__
 
     with parallel.process_group(args.device) as world:
@@ -392,7 +393,7 @@ def _evaluate_model(args: argparse.Namespace, load_model: LoadModel, suite: str,
             model = load_model(args)
         policy = libero_eval.model_policy(model, suite)
         recorded = {**settings, "device": args.device, "unnorm_key": libero_eval.unnorm_key_for(model, suite),
-                    "torch": torch.__version__, "vla_lab": __version__}
+                    "cpu": cpu_model(), "torch": torch.__version__, "vla_lab": __version__}
         summary = libero_eval.evaluate(
             policy, keys, out, recorded, max_steps=args.max_steps, seed=args.env_seed, resolution=args.resolution,
             video=args.video, resume=args.resume, overwrite=args.overwrite, progress=args.progress, world=world,

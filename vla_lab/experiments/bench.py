@@ -46,7 +46,8 @@ class Measurement:
         return asdict(self)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -61,7 +62,7 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model (``/proc/cpuinfo`` on Linux) with torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def synthetic_batch(model: VLAAdapter, batch: int, prompt_length: int = 34, seed: int = 0) -> dict[str, Any]:
