@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vla_lab.config import VLAConfig
+from vla_lab.errors import InputError
 from vla_lab.libero import target_attention as ta
 from vla_lab.model import VLAAdapter
 
@@ -105,6 +106,9 @@ def test_trained_models_are_measured_against_their_initial_weights(tmp_path) -> 
                        progress=False)
     models = la.load_models([str(checkpoint)])
     assert list(models) == ["final", "random-init:final"]
+    assert {m.config.prompt for m, _ in models.values()} == {"openvla"}  # the recipe's, baseline included
+    with pytest.raises(InputError, match="^prompt: got 'qwen-chat', expected one of \\('openvla',\\)"):
+        la.load_models([str(checkpoint)], prompt="qwen-chat")  # the LIBERO tokenizer has no chat tokens
     initial = models["random-init:final"][0]
     again = la.random_init(models["final"][0], checkpoint)
     assert all(torch.equal(a, b) for a, b in zip(initial.state_dict().values(), again.state_dict().values()))

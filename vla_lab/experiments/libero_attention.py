@@ -127,7 +127,7 @@ def run(
     tasks = list(range(num_tasks(suite))) if tasks is None else [int(t) for t in tasks]
     settings = {"suite": suite, "models": list(names), "tasks": tasks, "selection_states": list(selection_states),
                 "report_states": list(report_states),
-                "prompts": {label: model.config.prompt for label, (model, _) in models.items()}}
+                "prompt_by_model": {label: model.config.prompt for label, (model, _) in models.items()}}
 
     def claim() -> None:
         files.check_run_dir(out, settings, settings_file=SETTINGS, markers=(SETTINGS, RECORDS, SUMMARY),
