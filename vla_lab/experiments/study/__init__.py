@@ -7,6 +7,8 @@ Studies: ``mask-swap``, ``knockout``, ``target-attention`` and ``patching`` (see
 from vla_lab.experiments.study import knockout, mask_swap, patching, target_attention
 from vla_lab.experiments.study.engine import (
     STUDIES,
+    VERIFY_ATOL,
+    VERIFY_RTOL,
     Study,
     StudyResult,
     StudySettings,
@@ -22,6 +24,8 @@ from vla_lab.experiments.study.models import ModelSpec, random_init_of, shipped_
 
 __all__ = [
     "STUDIES",
+    "VERIFY_ATOL",
+    "VERIFY_RTOL",
     "ModelSpec",
     "Study",
     "StudyResult",
