@@ -126,3 +126,16 @@ def test_trained_models_are_measured_against_their_initial_weights(tmp_path) -> 
     status, _, err = testkit.run_cli(["libero", "attention", "--model", str(tmp_path / "nothing"), "--out",
                                        tmp_path / "x", "--report-states", "40:60"])
     assert status == 2 and err.startswith("vla-lab libero: error: --")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--selection-states", "5:1", "--selection-states: got '5:1', expected 0 <= A < B"),
+    ("--report-states", "abc", "--report-states: got 'abc', expected A:B such as 0:10"),
+])
+def test_state_range_errors_name_their_own_option(tmp_path, flag, value, message) -> None:
+    import testkit
+
+    status, _, err = testkit.run_cli(["libero", "attention", "--model", "libero-spatial-causal", "--out",
+                                       tmp_path / "x", flag, value])
+    assert message in testkit.assert_one_line_error(status, err, "libero")
+    assert not (tmp_path / "x").exists()

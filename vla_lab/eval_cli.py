@@ -108,10 +108,12 @@ def parse_tasks(text: str | None) -> list[int] | None:
     return tasks
 
 
-def parse_init_states(trials: int | None, text: str | None, trials_flag: str = "--trials") -> range | None:
-    """``--trials N`` -> 0..N-1, ``--init-states A:B`` -> A..B-1; None (all) when neither is given."""
+def parse_init_states(trials: int | None, text: str | None, trials_flag: str = "--trials",
+                      states_flag: str = "--init-states") -> range | None:
+    """``--trials N`` -> 0..N-1, ``--init-states A:B`` -> A..B-1; None (all) when neither is given. The flags
+    name the options in error messages (``states_flag``: the A:B option, e.g. ``--selection-states``)."""
     if trials is not None and text is not None:
-        raise InputError(f"{trials_flag}/--init-states: got both, expected one")
+        raise InputError(f"{trials_flag}/{states_flag}: got both, expected one")
     if trials is not None:
         if trials < 1:
             raise InputError(f"{trials_flag}: got {trials}, expected a positive integer")
@@ -121,9 +123,9 @@ def parse_init_states(trials: int | None, text: str | None, trials_flag: str = "
     try:
         low, high = (int(v) for v in text.split(":"))
     except ValueError:
-        raise InputError(f"--init-states: got {text!r}, expected A:B such as 0:10") from None
+        raise InputError(f"{states_flag}: got {text!r}, expected A:B such as 0:10") from None
     if not 0 <= low < high:
-        raise InputError(f"--init-states: got {text!r}, expected 0 <= A < B")
+        raise InputError(f"{states_flag}: got {text!r}, expected 0 <= A < B")
     return range(low, high)
 
 
@@ -292,8 +294,8 @@ def run_demos(args: argparse.Namespace) -> int:
 def run_attention(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab libero attention``."""
     suite = libero_env.check_suite(args.suite, "--suite")
-    selection = parse_init_states(None, args.selection_states, "--selection-states")
-    report = parse_init_states(None, args.report_states, "--report-states")
+    selection = parse_init_states(None, args.selection_states, states_flag="--selection-states")
+    report = parse_init_states(None, args.report_states, states_flag="--report-states")
     tasks = parse_tasks(args.tasks)
     _check_tasks(suite, tasks, args.tasks)
     available = libero_env.task_info(suite, 0)["num_init_states"]
