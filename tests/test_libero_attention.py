@@ -3,6 +3,7 @@ from tests/data with hand-made object masks."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,27 @@ def test_state_range_errors_name_their_own_option(tmp_path, flag, value, message
                                        tmp_path / "x", flag, value])
     assert message in testkit.assert_one_line_error(status, err, "libero")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="LIBERO is not installed")
+def test_overwrite_removes_the_earlier_runs_records_before_the_new_run(tmp_path, monkeypatch) -> None:
+    """An --overwrite run that fails after claiming the directory leaves no record of the earlier run beside its
+    own settings."""
+    import json
+
+    from vla_lab.experiments import libero_attention as la
+    from vla_lab.libero import env as libero_env
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name, text in ((la.SETTINGS, '{"suite": "earlier"}'), (la.RECORDS, "old"), (la.SUMMARY, "{}")):
+        (out / name).write_text(text)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulator down")
+
+    monkeypatch.setattr(libero_env, "observations", broken)
+    with pytest.raises(RuntimeError, match="simulator down"):
+        la.run(["libero-spatial-causal"], out, tasks=[0], selection_states=[0], report_states=[40], overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [la.SETTINGS]
+    assert json.loads((out / la.SETTINGS).read_text())["models"] == ["libero-spatial-causal"]

@@ -130,8 +130,10 @@ def run(
                 "prompt_by_model": {label: model.config.prompt for label, (model, _) in models.items()}}
 
     def claim() -> None:
-        files.check_run_dir(out, settings, settings_file=SETTINGS, markers=(SETTINGS, RECORDS, SUMMARY),
-                            resume=False, overwrite=overwrite)
+        markers = (SETTINGS, RECORDS, SUMMARY)
+        files.check_run_dir(out, settings, settings_file=SETTINGS, markers=markers, resume=False, overwrite=overwrite)
+        if overwrite:  # the earlier run's records must not outlive it beside these settings
+            files.clear_run_dir(out, markers)
         files.write_json(out / SETTINGS, settings)
 
     parallel.run_on_main(claim, world)
