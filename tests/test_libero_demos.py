@@ -202,3 +202,21 @@ def test_the_committed_demonstration_records_match_the_expert_run():
     expert = {libero_eval.record_key(r): (r["success"], r["steps"]) for r in expert_records}
     for r in records:  # the cameras do not change the physics
         assert (r["success"], r["steps"]) == expert[libero_eval.record_key(r)]
+
+
+def test_overwrite_deletes_nothing_before_the_directory_is_validated(tmp_path):
+    """generate(overwrite=True) on a directory that holds no earlier run (a user's files beside an old demo file)
+    is refused before anything is deleted."""
+    from vla_lab.errors import InputError
+    from vla_lab.libero.demos import generate
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    (out / "old_demo.hdf5").write_bytes(b"not ours to delete")
+    (out / "parts").mkdir()
+    (out / "parts" / "x.hdf5").write_bytes(b"nor this")
+    before = testkit.snapshot(out)
+    with pytest.raises(InputError, match="a directory with other files"):
+        generate(SUITE, [(SUITE, 0, 0)], out, overwrite=True, progress=False)
+    assert testkit.snapshot(out) == before

@@ -40,7 +40,7 @@ import numpy as np
 from vla_lab import files, parallel
 from vla_lab.errors import InputError
 from vla_lab.libero.env import LiberoEnv, task_info
-from vla_lab.libero.evaluate import EpisodeKey, error_text, run_episodes
+from vla_lab.libero.evaluate import EpisodeKey, check_run_dir, error_text, run_episodes
 from vla_lab.libero.expert import FAILED, run_expert_episode
 from vla_lab.libero.observation import quat2axisangle
 
@@ -210,11 +210,16 @@ def generate(
     world = parallel.World() if world is None else world
     out = Path(out)
     parts = out / PARTS_DIR
-    if overwrite and world.is_main:
-        shutil.rmtree(parts, ignore_errors=True)
-        for stale in [*out.glob("*_demo.hdf5"), out / MANIFEST]:
-            stale.unlink(missing_ok=True)
-    parallel.barrier(world)
+    settings = {"model": "scripted expert", "max_steps": max_steps, "resolution": int(resolution)}
+
+    def clear() -> None:  # only once the directory is known to hold an earlier run that may be replaced
+        check_run_dir(out, {**settings, "suite": suite, "seed": seed}, resume=resume, overwrite=overwrite)
+        if overwrite:
+            shutil.rmtree(parts, ignore_errors=True)
+            for stale in [*out.glob("*_demo.hdf5"), out / MANIFEST]:
+                stale.unlink(missing_ok=True)
+
+    parallel.run_on_main(clear, world)
 
     def episode(env: LiberoEnv, init_state: int, frames: Any) -> dict[str, Any]:
         try:
@@ -227,7 +232,6 @@ def generate(
         fields = {k: v for k, v in demo.items() if k not in ("actions", "states", "arrays", "target_object")}
         return {**fields, "kept": bool(demo["success"]), "error": None}
 
-    settings = {"model": "scripted expert", "max_steps": max_steps, "resolution": int(resolution)}
     summary = run_episodes(episode, keys, out, settings, failed={**FAILED, "kept": False}, seed=seed,
                            resolution=resolution, resume=resume, overwrite=overwrite, progress=progress,
                            world=world)
