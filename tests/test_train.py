@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -204,3 +205,33 @@ def test_auxiliary_losses_are_logged_and_learn(tmp_path) -> None:
     assert not any("aux_patch_loss" in r for r in read_metrics(tmp_path / "plain"))
     with pytest.raises(ConfigError, match="aux_target_weight"):
         tiny_train_config(aux_target_weight=-1.0)
+
+
+def test_the_world_split_bounds_apply_to_the_tabletop_world_only(tmp_path) -> None:
+    """num_examples / data_start choose tabletop training seeds; with LIBERO demonstrations they mean nothing and
+    are not checked against the world's train split."""
+    beyond = len(world.SPLITS["train"])
+    with pytest.raises(ConfigError, match="exceeds the train split"):
+        TrainConfig(data_start=beyond)
+    config = TrainConfig.libero_recipe(str(tmp_path / "demos"), data_start=beyond)
+    assert config.libero and config.data_start == beyond
+
+
+def test_train_command_leaves_the_environment_alone(tmp_path, monkeypatch) -> None:
+    """--num-threads reaches torch through the trainer; the command does not set OMP_NUM_THREADS in its own
+    environment (torch is imported long before, so it only leaked into later subprocesses)."""
+    from vla_lab.experiments import train as train_module
+    from vla_lab.train_cli import run
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = {}
+
+    def fake_train(config, model_config, out, **kwargs):
+        seen["num_threads"] = config.num_threads
+        (out / "final").mkdir(parents=True)
+        return out / "final"
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    args = build_parser().parse_args(["train", "--out", str(tmp_path / "run"), "--num-threads", "1"])
+    assert run(args) == 0
+    assert seen == {"num_threads": 1} and "OMP_NUM_THREADS" not in os.environ

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(config.device, "--device")
     if args.stop_at is not None and args.stop_at < 1:
         raise ConfigError(f"--stop-at: got {args.stop_at}, expected a positive number of steps")
-    if config.num_threads:
-        os.environ.setdefault("OMP_NUM_THREADS", str(config.num_threads))
     out = Path(args.out)
     try:  # train() claims (or refuses) the directory before any data is generated
         final = train(config, model_config, out, resume=args.resume, overwrite=args.overwrite, out_field="--out",

@@ -192,8 +192,6 @@ class TrainConfig(JSONConfig):
             raise ConfigError(f"init: got {self.init!r}, expected one of {tabletop.INITS}")
         if len(self.betas) != 2:
             raise ConfigError(f"betas: got {self.betas!r}, expected two numbers")
-        if self.data_start + self.num_examples > len(world.SPLITS["train"]):
-            raise ConfigError("num_examples: data_start + num_examples exceeds the train split")
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError(f"data: got {self.data!r}, expected {TABLETOP!r} or a LIBERO demonstrations directory")
         if self.libero:
@@ -203,8 +201,11 @@ class TrainConfig(JSONConfig):
                               ("eval_episodes", 0), ("test_episodes", 0)):
                 if getattr(self, name) != off:
                     raise ConfigError(f"{name}: got {getattr(self, name)!r} with LIBERO data, expected {off!r}")
-        elif self.augment:
-            raise ConfigError("augment: got true with the tabletop world, expected false (LIBERO frames only)")
+        else:
+            if self.augment:
+                raise ConfigError("augment: got true with the tabletop world, expected false (LIBERO frames only)")
+            if self.data_start + self.num_examples > len(world.SPLITS["train"]):
+                raise ConfigError("num_examples: data_start + num_examples exceeds the train split")
 
     @classmethod
     def libero_recipe(cls, data: str, **changes: Any) -> TrainConfig:
