@@ -4,10 +4,7 @@ torchrun sharding that gives exactly one process's records."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from testkit import assert_one_line_error, run_cli, snapshot
+from testkit import assert_one_line_error, run_cli, run_torchrun, snapshot
 
 from vla_lab import files, stats, tabletop
 from vla_lab.errors import InputError
@@ -340,11 +337,7 @@ def test_torchrun_two_processes_give_the_records_of_one(tmp_path: Path) -> None:
               "--no-progress", "--json"]
     status, single, stderr = run_cli([*common, "--out", tmp_path / "one"])
     assert status == 0, stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-                "-m", "vla_lab"]
-    done = subprocess.run([*torchrun, *common, "--out", str(tmp_path / "two")], capture_output=True, text=True,
-                          env=env, timeout=600)
+    done = run_torchrun([*common, "--out", tmp_path / "two"])  # a free port: standalone rendezvous
     assert done.returncode == 0, done.stderr[-2000:]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / "records.parquet"),
                                   pd.read_parquet(tmp_path / "two" / "records.parquet"))
