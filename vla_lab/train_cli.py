@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 from vla_lab import files
 from vla_lab.config import PROMPTS, VLAConfig, resolve_device
 from vla_lab.errors import ConfigError, InterruptError
-from vla_lab.processing import builtin_tokenizer, check_prompt
 
 if TYPE_CHECKING:
     from vla_lab.experiments.train import TrainConfig
@@ -83,10 +82,8 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
             model_config = VLAConfig.preset("libero-small")
         else:
             model_config = tabletop.tabletop_config()
-    with _option("--prompt"):
-        if getattr(args, "prompt", None):
-            model_config = model_config.replace(prompt=args.prompt)
-        check_prompt(builtin_tokenizer(model_config.tokenizer), model_config.prompt)
+    if getattr(args, "prompt", None):  # the trainer checks it against its tokenizer before claiming --out
+        model_config = model_config.replace(prompt=args.prompt)
     return config, model_config
 
 

@@ -67,7 +67,7 @@ from vla_lab.experiments.run_dir import (
     step_of,
 )
 from vla_lab.model import VLAAdapter, load_pretrained, save_pretrained
-from vla_lab.processing import builtin_tokenizer
+from vla_lab.processing import builtin_tokenizer, check_prompt
 from vla_lab.tabletop import world
 
 MIXED_PRECISION = ("no", "bf16")
@@ -361,6 +361,8 @@ def train(
     if config.libero:
         model_config = model_config.replace(norm_stats=libero_statistics(config.data))
     tabletop.check_config(model_config)
+    tokenizer = builtin_tokenizer(model_config.tokenizer) if config.libero else tabletop.build_world_tokenizer()
+    check_prompt(tokenizer, model_config.prompt)  # before the run directory is claimed
     latest = prepare_run_dir(out_dir, config, model_config, resume=resume, overwrite=overwrite, field=out_field)
     if resume and latest is None:
         warnings.warn(f"resume: {out_dir} holds no checkpoint yet; training starts again from step 0", stacklevel=2)
@@ -368,7 +370,6 @@ def train(
         return out_dir / "final"  # the run is complete: nothing to do, nothing rewritten
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    tokenizer = builtin_tokenizer(model_config.tokenizer) if config.libero else tabletop.build_world_tokenizer()
 
     start_step = 0
     trainer_state = None

@@ -93,16 +93,19 @@ class VLAProcessor:
 
     def encode(self, instruction: str, prompt: str | None = None) -> list[int]:
         """The token ids of one instruction's prompt."""
-        return self.tokenizer.encode(self._build(instruction, prompt))
+        return self.tokenizer.encode(build_prompt(instruction, self._prompt(prompt)))
 
-    def _build(self, instruction: str, prompt: str | None) -> str:
-        if prompt is not None and prompt != self.prompt:
-            check_prompt(self.tokenizer, prompt)
-        return build_prompt(instruction, self.prompt if prompt is None else prompt)
+    def _prompt(self, prompt: str | None) -> str:
+        """The prompt of a call: this processor's (checked when it was built), or ``prompt`` checked now."""
+        if prompt is None or prompt == self.prompt:
+            return self.prompt
+        check_prompt(self.tokenizer, prompt)
+        return prompt
 
     def tokenize(self, instructions: Sequence[str], prompt: str | None = None) -> dict[str, Any]:
         """Right-padded ``input_ids`` / ``attention_mask`` of the instructions' prompts (``prompts``: the texts)."""
-        texts = [self._build(text, prompt) for text in instructions]
+        name = self._prompt(prompt)
+        texts = [build_prompt(text, name) for text in instructions]
         rows = [self.tokenizer(t)["input_ids"] for t in texts]
         ids, mask = right_pad(rows, 0)
         return {"input_ids": ids, "attention_mask": mask, "prompts": texts}
