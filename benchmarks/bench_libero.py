@@ -27,10 +27,10 @@ import torch
 
 from vla_lab import files
 from vla_lab.config import VLAConfig
-from vla_lab.libero.env import CAMERA, DUMMY_ACTION, MAX_STEPS, LiberoEnv, object_masks
 from vla_lab.libero.evaluate import model_policy
-from vla_lab.libero.observation import prepare_observation
 from vla_lab.model import build_random
+from vla_lab.worlds.libero.env import CAMERA, DUMMY_ACTION, MAX_STEPS, LiberoEnv, object_masks
+from vla_lab.worlds.libero.observation import prepare_observation
 
 SUITE = "libero_spatial"
 SUITE_MAX = MAX_STEPS[SUITE]

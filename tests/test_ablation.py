@@ -19,7 +19,7 @@ from vla_lab.experiments.ablation import Variant
 from vla_lab.experiments.ablation import plots as ablation_plots
 from vla_lab.experiments.train import TrainConfig
 from vla_lab.stats import wilson_interval
-from vla_lab.tabletop import world
+from vla_lab.worlds import tabletop as world
 
 SINGLE = ("dinov2", "siglip", "clip")
 FUSED = ("dinov2+siglip", "dinov2+clip")
@@ -35,7 +35,7 @@ def base() -> VLAConfig:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tabletop.build_world_tokenizer()
+    return world.build_world_tokenizer()
 
 
 @pytest.fixture(scope="module")

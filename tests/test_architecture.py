@@ -30,16 +30,16 @@ def test_the_layers_contract_names_every_top_level_module():
     assert declared == present
     # the data path, in order, from the bottom up
     order = [name.strip() for layer in reversed(layers["layers"]) for name in re.split(r"[|:]", layer)]
-    path = ["config", "processing", "model", "interp", "viz", "tabletop", "experiments", "cli"]
+    path = ["config", "processing", "worlds", "model", "interp", "viz", "tabletop", "experiments", "cli"]
     assert [name for name in order if name in path] == path
 
 
-def _lint(tmp_path: Path, extra: str = "") -> subprocess.CompletedProcess:
-    """Run import-linter on a copy of the package, with ``extra`` appended to ``vla_lab/model/sequence.py``."""
+def _lint(tmp_path: Path, extra: str = "", module: str = "model/sequence.py") -> subprocess.CompletedProcess:
+    """Run import-linter on a copy of the package, with ``extra`` appended to ``vla_lab/<module>``."""
     source = tmp_path / "src"
     shutil.copytree(PACKAGE, source / "vla_lab", ignore=shutil.ignore_patterns("__pycache__", "checkpoints"))
     if extra:
-        target = source / "vla_lab" / "model" / "sequence.py"
+        target = source / "vla_lab" / module
         target.write_text(target.read_text() + extra)
     lint = Path(sys.executable).parent / "lint-imports"
     return subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=source,
@@ -49,9 +49,13 @@ def _lint(tmp_path: Path, extra: str = "") -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_import_linter_passes_and_sees_function_level_imports(tmp_path):
     assert _lint(tmp_path).returncode == 0
-    upward = "\n\ndef _probe() -> None:\n    from vla_lab.tabletop import world  # noqa: F401\n"
+    upward = "\n\ndef _probe() -> None:\n    from vla_lab.tabletop import evaluate  # noqa: F401\n"
     broken = _lint(tmp_path / "upward", upward)
     assert broken.returncode != 0 and "vla_lab.model.sequence -> vla_lab.tabletop" in broken.stdout
+    # worlds are model-free: below the model, not beside it
+    model_in_world = "\n\ndef _probe() -> None:\n    from vla_lab.model import VLAAdapter  # noqa: F401\n"
+    broken = _lint(tmp_path / "world", model_in_world, "worlds/libero/world.py")
+    assert broken.returncode != 0 and "vla_lab.worlds.libero.world -> vla_lab.model" in broken.stdout
     cycle = "\n\ndef _probe() -> None:\n    from vla_lab.model.vla import VLAAdapter  # noqa: F401\n"
     broken = _lint(tmp_path / "cycle", cycle)
     assert broken.returncode != 0 and "No cycles are allowed in vla_lab.model" in broken.stdout

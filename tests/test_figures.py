@@ -20,7 +20,8 @@ import vla_lab
 from vla_lab import VLAAdapter, VLAConfig, interp, tabletop, viz
 from vla_lab.errors import ExportError, InputError
 from vla_lab.interp import run_with_cache
-from vla_lab.tabletop import example_inputs, example_outlines, world
+from vla_lab.tabletop import example_inputs, example_outlines
+from vla_lab.worlds import tabletop as world
 
 
 @pytest.fixture(scope="module")

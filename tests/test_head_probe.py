@@ -19,8 +19,8 @@ from vla_lab.interp.head import (
     path_ablation,
 )
 from vla_lab.model import build_on_meta
-from vla_lab.tabletop import world
 from vla_lab.tabletop.target_attention import object_attention_ratio
+from vla_lab.worlds import tabletop as world
 
 
 def _model(config, version: str) -> VLAAdapter:
@@ -177,7 +177,7 @@ def test_object_attention_ratio_from_capture(tiny_config):
     scenes = [world.sample_scene(s) for s in (1, 2)]
     obs = [world.render(s) for s in scenes]
     inputs = model.prepare_inputs([o.images for o in obs], [o.instruction for o in obs],
-                                  np.stack([o.state for o in obs]), proprio_is_normalized=True)
+                                  np.stack([o.proprio for o in obs]), proprio_is_normalized=True)
     inputs = {k: inputs[k] for k in ("pixel_values", "input_ids", "attention_mask", "proprio")}
     with capture(model, "none") as cache, torch.no_grad():
         model(**inputs)

@@ -211,8 +211,8 @@ def test_two_ranks_equal_one(reference, tmp_path):
 
 @needs_libero
 def test_object_masks_on_a_spatial_task():
-    from vla_lab.libero.env import LiberoEnv, object_masks, object_segmentation
-    from vla_lab.libero.observation import prepare_observation
+    from vla_lab.worlds.libero.env import LiberoEnv, object_masks, object_segmentation
+    from vla_lab.worlds.libero.observation import prepare_observation
 
     with LiberoEnv(SUITE, 0) as env:
         first = prepare_observation(env.reset(0))
@@ -233,7 +233,7 @@ def test_object_masks_on_a_spatial_task():
 @needs_libero
 def test_object_masks_skip_the_regions_among_the_objects_of_interest():
     """libero_goal task 5 names a region of the table (the stove's front) among its objects of interest."""
-    from vla_lab.libero.env import observations
+    from vla_lab.worlds.libero.env import observations
 
     obs = observations("libero_goal", [5], [0])[0]
     regions = [n for n in obs["target_objects"] if n.endswith("_region")]

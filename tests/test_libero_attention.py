@@ -149,7 +149,7 @@ def test_overwrite_removes_the_earlier_runs_records_before_the_new_run(tmp_path,
     import json
 
     from vla_lab.experiments import libero_attention as la
-    from vla_lab.libero import env as libero_env
+    from vla_lab.worlds.libero import env as libero_env
 
     out = tmp_path / "run"
     out.mkdir()

@@ -20,10 +20,10 @@ from vla_lab.config import VLAConfig
 from vla_lab.errors import ConfigError, InputError
 from vla_lab.experiments.train import TrainConfig, train
 from vla_lab.libero import data as libero_data
-from vla_lab.libero.tokenizer import VOCABULARY, build_libero_tokenizer, write_libero_tokenizer_files
 from vla_lab.model import load_pretrained
 from vla_lab.processing import VLAProcessor, build_prompt
 from vla_lab.train_cli import train_configs
+from vla_lab.worlds.libero.tokenizer import VOCABULARY, build_libero_tokenizer, write_libero_tokenizer_files
 
 h5py = pytest.importorskip("h5py")
 
@@ -98,7 +98,7 @@ def test_the_libero_tokenizer_ships_as_files_the_generator_reproduces(tmp_path) 
 
 def test_the_vocabulary_covers_every_libero_instruction() -> None:
     pytest.importorskip("libero")
-    from vla_lab.libero.env import SUITES, num_tasks, task_info
+    from vla_lab.worlds.libero.env import SUITES, num_tasks, task_info
 
     words = {w for suite in SUITES for t in range(num_tasks(suite)) for w in task_info(suite, t)["instruction"].split()}
     assert words == set(VOCABULARY)

@@ -87,7 +87,7 @@ def test_demonstrations_are_written_in_libero_layout(one_process):
 @needs_libero
 def test_the_stored_actions_replay_to_the_stored_states(one_process):
     """As LIBERO's own dataset script checks: the actions from the init state lead through the states."""
-    from vla_lab.libero.env import LiberoEnv
+    from vla_lab.worlds.libero.env import LiberoEnv
 
     out, manifest = one_process
     demo = read_file(out / manifest["tasks"]["0"]["file"])["demo_1"]
@@ -113,7 +113,7 @@ def test_libero_dataset_script_builds_the_environment_from_env_args(one_process)
     from libero.libero.envs import TASK_MAPPING
     from libero.libero.utils.utils import postprocess_model_xml
 
-    from vla_lab.libero.env import DUMMY_ACTION, NUM_STEPS_WAIT, LiberoEnv
+    from vla_lab.worlds.libero.env import DUMMY_ACTION, NUM_STEPS_WAIT, LiberoEnv
 
     out, manifest = one_process
     content = read_file(out / manifest["tasks"]["0"]["file"])

@@ -33,7 +33,7 @@ def test_expert_refuses_other_suites_in_one_line(tmp_path):
 
 @needs_libero
 def test_a_trial_is_the_same_whatever_ran_before_and_without_cameras():
-    from vla_lab.libero.env import LiberoEnv
+    from vla_lab.worlds.libero.env import LiberoEnv
 
     with LiberoEnv(SUITE, DRAWER_TASK, resolution=64) as cameras, \
             LiberoEnv(SUITE, DRAWER_TASK, resolution=64, render=False) as physics:
@@ -66,8 +66,8 @@ def test_a_trial_is_the_same_whatever_ran_before_and_without_cameras():
 
 @needs_libero
 def test_the_expert_puts_the_bowl_on_the_plate_deterministically():
-    from vla_lab.libero.env import LiberoEnv
-    from vla_lab.libero.expert import PHASES, run_expert_episode
+    from vla_lab.worlds.libero.env import LiberoEnv
+    from vla_lab.worlds.libero.expert import PHASES, run_expert_episode
 
     with LiberoEnv(SUITE, 0, render=False) as env:
         one = run_expert_episode(env, 0)
@@ -99,7 +99,7 @@ def test_expert_runs_sharded_over_two_ranks_give_the_records_of_one(tmp_path):
 
 
 def test_grasp_geometry_without_the_simulator():
-    from vla_lab.libero.expert import _clearance, finger_yaw
+    from vla_lab.worlds.libero.expert import _clearance, finger_yaw
 
     # fingers close along y at the start: a grasp on the +-y side needs no turn, one on the x side a quarter turn
     assert finger_yaw(np.pi / 2) == 0.0 and finger_yaw(-np.pi / 2) == 0.0

@@ -1,4 +1,4 @@
-"""vla_lab.libero.observation against TensorFlow's outputs (tests/data/libero_resize_fixtures.npz).
+"""vla_lab.worlds.libero.observation against TensorFlow's outputs (tests/data/libero_resize_fixtures.npz).
 
 The fixtures come from tests/data/make_libero_fixtures.py, run once with TensorFlow; these tests only read them.
 """
@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from vla_lab.errors import InputError
-from vla_lab.libero import jpeg_round_trip, prepare_observation, process_action, quat2axisangle, resize_image_for_policy
-from vla_lab.libero import observation as libero_obs
+from vla_lab.worlds.libero import (
+    jpeg_round_trip,
+    prepare_observation,
+    process_action,
+    quat2axisangle,
+    resize_image_for_policy,
+)
+from vla_lab.worlds.libero import observation as libero_obs
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURES = np.load(DATA / "libero_resize_fixtures.npz")

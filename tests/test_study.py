@@ -18,8 +18,8 @@ from vla_lab import files, stats, tabletop
 from vla_lab.errors import InputError
 from vla_lab.experiments.study import STUDIES, StudySettings, knockout, load_result, patching, run_study, verify_records
 from vla_lab.experiments.study import models as study_models
-from vla_lab.tabletop import world
 from vla_lab.tabletop.evaluate import observation_inputs
+from vla_lab.worlds import tabletop as world
 
 CAUSAL = ["tabletop-causal"]
 

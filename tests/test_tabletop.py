@@ -17,7 +17,7 @@ from vla_lab.processing import PROMPT_TEMPLATE, build_prompt
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
 from vla_lab.processing.tokenizer import bytes_to_unicode
 from vla_lab.processing.tokenizer_files import load_tokenizer_from_files
-from vla_lab.tabletop import world
+from vla_lab.worlds import tabletop as world
 
 
 def tiny_tabletop_config(attention: str = "causal") -> VLAConfig:
@@ -41,18 +41,18 @@ def tiny_tabletop_config(attention: str = "causal") -> VLAConfig:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tabletop.build_world_tokenizer()
+    return world.build_world_tokenizer()
 
 
 # --- tokenizer -----------------------------------------------------------------------------
 
 
 def test_tokenizer_is_deterministic(tmp_path, tokenizer) -> None:
-    a = tabletop.write_world_tokenizer_files(tmp_path / "a")
-    b = tabletop.write_world_tokenizer_files(tmp_path / "b")
+    a = world.write_world_tokenizer_files(tmp_path / "a")
+    b = world.write_world_tokenizer_files(tmp_path / "b")
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
-    other = tabletop.build_world_tokenizer()
+    other = world.build_world_tokenizer()
     text = build_prompt("pick up the object left of the purple triangle", "openvla")
     assert other.encode(text) == tokenizer.encode(text)
     # The preset's vocabulary size is a constant because the build is deterministic.
@@ -254,14 +254,14 @@ def test_the_world_tokenizer_ships_as_files_the_generator_reproduces(tmp_path, m
     from importlib import resources
 
     shipped = Path(str(resources.files("vla_lab.processing") / "tokenizers" / "tabletop"))
-    written = tabletop.write_world_tokenizer_files(tmp_path / "regenerated")
+    written = world.write_world_tokenizer_files(tmp_path / "regenerated")
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
         assert (written / name).read_bytes() == (shipped / name).read_bytes(), name
     # Building the tokenizer reads the files: no BPE training at run time.
     from vla_lab.processing import word_tokenizer
 
     monkeypatch.setattr(word_tokenizer, "train_word_bpe", lambda words: pytest.fail("the tokenizer was re-trained"))
-    built = tabletop.build_world_tokenizer()
+    built = world.build_world_tokenizer()
     assert built.vocab_size == VLAConfig.preset("tabletop").llm["vocab_size"] == 381
     assert built.eos_token_id == 380
     # ... and it is the tokenizer the shipped models carry.

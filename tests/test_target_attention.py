@@ -11,7 +11,7 @@ from tests.test_tabletop import tiny_tabletop_config
 from vla_lab import interp, tabletop
 from vla_lab.interp import capture
 from vla_lab.tabletop import target_attention as ta
-from vla_lab.tabletop import world
+from vla_lab.worlds import tabletop as world
 
 
 @pytest.fixture(scope="module")

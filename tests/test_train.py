@@ -22,8 +22,8 @@ from vla_lab.experiments.train import (
     train,
 )
 from vla_lab.model import load_pretrained
-from vla_lab.tabletop import world
 from vla_lab.train_cli import train_configs
+from vla_lab.worlds import tabletop as world
 
 
 def tiny_train_config(**changes) -> TrainConfig:

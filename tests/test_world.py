@@ -1,4 +1,4 @@
-"""Tests of the synthetic tabletop world (vla_lab.tabletop.world)."""
+"""Tests of the synthetic tabletop world (vla_lab.worlds.tabletop)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from vla_lab.errors import InputError
 from vla_lab.stats import wilson_interval
-from vla_lab.tabletop import world
-from vla_lab.tabletop.world import (
+from vla_lab.worlds import tabletop as world
+from vla_lab.worlds.tabletop import (
     COLORS,
     KINDS,
     RELATIONS,
@@ -45,7 +45,7 @@ def test_same_seed_same_everything() -> None:
         oa, ob = world.render(a), world.render(b)
         np.testing.assert_array_equal(oa.full_image, ob.full_image)
         np.testing.assert_array_equal(oa.wrist_image, ob.wrist_image)
-        np.testing.assert_array_equal(oa.state, ob.state)
+        np.testing.assert_array_equal(oa.proprio, ob.proprio)
         state = world.initial_state(a)
         np.testing.assert_array_equal(world.expert_chunk(a, state), world.expert_chunk(b, state))
         ea, eb = world.sample_training_example(seed), world.sample_training_example(seed)
@@ -162,9 +162,9 @@ def test_observation_types_and_sizes(size: int) -> None:
     obs = world.render(scene)
     for image in obs.images:
         assert image.shape == (size, size, 3) and image.dtype == np.uint8
-    assert obs.state.shape == (8,) and obs.state.dtype == np.float32
+    assert obs.proprio.shape == (8,) and obs.proprio.dtype == np.float32
     x, y = scene.gripper_start
-    np.testing.assert_allclose(obs.state, [x, y, config.gripper_height, 0, 0, 0, 0.04, -0.04], atol=1e-6)
+    np.testing.assert_allclose(obs.proprio, [x, y, config.gripper_height, 0, 0, 0, 0.04, -0.04], atol=1e-6)
     closed = world.proprio(State(x, y, closed=True), config)
     assert closed[6] == 0 and closed[7] == 0
     assert obs.instruction == scene.instruction
@@ -311,7 +311,7 @@ def test_success_semantics() -> None:
     assert result.outcome == "timeout" and not result.success and result.final_state.misses == CONFIG.max_steps
     # One that heads for a distractor and closes there fails.
     def to_distractor(obs):
-        dx, dy = distractor.x - obs.state[0], distractor.y - obs.state[1]
+        dx, dy = distractor.x - obs.proprio[0], distractor.y - obs.proprio[1]
         move = np.clip(np.array([dx, dy]) / CONFIG.max_step, -1, 1)
         grasp = 1.0 if np.hypot(dx, dy) < 0.05 else -1.0
         return np.tile(np.array([*move, 0, 0, 0, 0, grasp]), (1, 1))
@@ -442,7 +442,7 @@ def test_splits_are_disjoint() -> None:
 
 def _observation_policy(observation: world.Observation) -> np.ndarray:
     """A deterministic function of the observation alone: random moves and grasps seeded by what it sees."""
-    seed = zlib.crc32(observation.instruction.encode()) + int(round(1000 * (observation.state[0] + 2)))
+    seed = zlib.crc32(observation.instruction.encode()) + int(round(1000 * (observation.proprio[0] + 2)))
     rng = np.random.default_rng(seed)
     chunk = rng.uniform(-1, 1, size=(8, 7))
     chunk[:, 6] = rng.choice([-1.0, 1.0], size=8, p=[0.85, 0.15])

@@ -29,3 +29,8 @@ class InterruptError(VLALabError):
 
 class MissingDependencyError(VLALabError, ImportError):
     """An optional dependency (e.g. the LIBERO simulator) is not installed; the message says how to install it."""
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as a record's ``error``: its type and message on one line."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())

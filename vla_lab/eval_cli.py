@@ -18,11 +18,11 @@ from typing import Any
 from vla_lab import files, parallel
 from vla_lab.config import PROMPTS
 from vla_lab.errors import InputError
-from vla_lab.libero import env as libero_env
 from vla_lab.libero import evaluate as libero_eval
+from vla_lab.worlds.libero import env as libero_env
 
 LoadModel = Callable[[argparse.Namespace], Any]
-#: The suite the scripted expert (:mod:`vla_lab.libero.expert`) is built for.
+#: The suite the scripted expert (:mod:`vla_lab.worlds.libero.expert`) is built for.
 EXPERT_SUITE = "libero_spatial"
 
 
@@ -331,7 +331,7 @@ def run_expert(args: argparse.Namespace) -> int:
     settings = {"suite": suite, "model": "scripted expert", "max_steps": args.max_steps, "seed": args.env_seed}
 
     def work() -> int:
-        from vla_lab.libero.expert import FAILED, expert_record
+        from vla_lab.worlds.libero.expert import FAILED, expert_record
 
         def episode(env: Any, init_state: int, frames: Any) -> dict[str, Any]:
             return expert_record(env, init_state, max_steps=args.max_steps)

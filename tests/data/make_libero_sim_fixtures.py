@@ -4,7 +4,7 @@ Upstream's LIBERO observation pipeline, computed with TensorFlow (which vla-lab 
 frames of the LIBERO simulator: ``libero_sim_observations.npz`` holds the raw 256x256 agentview and wrist
 frames and the robot state of four scenes (libero_spatial task 0, libero_object task 3, libero_goal task 5,
 libero_10 task 1; init state 0, the 10 settle steps, then 5 steps of a fixed action), rendered by
-``vla_lab.libero.LiberoEnv`` with the ``libero`` extra (robosuite 1.4.0, MuJoCo 2.3.7, EGL on the CPU).
+``vla_lab.worlds.libero.LiberoEnv`` with the ``libero`` extra (robosuite 1.4.0, MuJoCo 2.3.7, EGL on the CPU).
 For each scene this writes what upstream's evaluation gives the policy: both images rotated by 180 degrees,
 JPEG round trip, Lanczos-3 antialiased resize to 224, round and clip; the 8-d state with robosuite's
 ``quat2axisangle`` (both taken from ``make_libero_fixtures.py``). Run it with a throwaway environment:

@@ -105,7 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The models trained on the synthetic tabletop world (vla_lab.tabletop): the released topology with
     # 64-px images (4x4 patches of 16 px), a 4-layer 64-wide Qwen2, 16 action queries and the world
-    # tokenizer's vocabulary (vla_lab.tabletop.build_world_tokenizer(); <|endoftext|> = 380).
+    # tokenizer's vocabulary (vla_lab.worlds.tabletop.build_world_tokenizer(); <|endoftext|> = 380).
     "tabletop": _small_trained(image_size=64, vocab_size=381, tokenizer="tabletop"),
     # The models vla-lab trains on its own LIBERO demonstrations on a CPU (vla_lab.libero): the same widths
     # and depths at 96 px (6x6 patches of 16 px per image and ViT), LIBERO's 8-step chunks, and the LIBERO

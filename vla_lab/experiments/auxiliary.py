@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from vla_lab.model import VLAAdapter
-from vla_lab.tabletop import world
+from vla_lab.worlds import tabletop as world
 
 
 class AuxiliaryLosses(torch.nn.Module):

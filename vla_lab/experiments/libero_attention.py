@@ -1,6 +1,6 @@
 """``vla-lab libero attention``: target attention of LIBERO models on real frames, against random init.
 
-Observations come from the simulator (:func:`vla_lab.libero.observations`: the scene after the settle
+Observations come from the simulator (:func:`vla_lab.worlds.libero.observations`: the scene after the settle
 steps of an init state, with the object masks), two sets of them: ``selection`` (training init states) picks
 each model's depth, ``report`` (held-out init states) is where the ratio is reported. Every model is paired
 with its random-init baseline (the run's initial weights: ``build_model`` with the seed, ``init`` and
@@ -119,7 +119,7 @@ def run(
 ) -> dict[str, Any] | None:
     """Observations (sharded by task), then on rank 0 :func:`measure` of the models (``prompt`` overrides each
     model's); the summary (rank 0)."""
-    from vla_lab.libero.env import num_tasks, observations
+    from vla_lab.worlds.libero.env import num_tasks, observations
 
     world = parallel.World() if world is None else world
     out = Path(out)

@@ -68,7 +68,7 @@ from vla_lab.experiments.run_dir import (
 )
 from vla_lab.model import VLAAdapter, load_pretrained, save_pretrained
 from vla_lab.processing import builtin_tokenizer, check_prompt
-from vla_lab.tabletop import world
+from vla_lab.worlds import tabletop as world
 
 MIXED_PRECISION = ("no", "bf16")
 #: ``TrainConfig.data`` of the synthetic world; anything else names a LIBERO demonstrations directory.
@@ -120,7 +120,7 @@ class TrainConfig(JSONConfig):
             (atoms at +-1 and 0) makes the input-independent per-row median a stable point; an MSE start
             lets the features become informative first.
         relabel: also train on every scene relabelled with each other object as the target
-            (:func:`vla_lab.tabletop.relabeled_scenes`): same images, another instruction and chunk.
+            (:func:`vla_lab.worlds.tabletop.relabeled_scenes`): same images, another instruction and chunk.
         aux_patch_weight: weight of the patch-description loss (0: off); see the module docstring.
         aux_target_weight: weight of the target-position loss (0: off).
         data: ``tabletop`` (the world) or the directory of ``vla-lab libero demos`` output to train on.
@@ -361,7 +361,7 @@ def train(
     if config.libero:
         model_config = model_config.replace(norm_stats=libero_statistics(config.data))
     tabletop.check_config(model_config)
-    tokenizer = builtin_tokenizer(model_config.tokenizer) if config.libero else tabletop.build_world_tokenizer()
+    tokenizer = builtin_tokenizer(model_config.tokenizer) if config.libero else world.build_world_tokenizer()
     check_prompt(tokenizer, model_config.prompt)  # before the run directory is claimed
     latest = prepare_run_dir(out_dir, config, model_config, resume=resume, overwrite=overwrite, field=out_field)
     if resume and latest is None:

@@ -8,7 +8,7 @@ One function measures, :func:`region_attention`; two reducers answer the two que
   both images pooled) averaged over scenes first, then divided (a ratio of means, robust to scenes where
   the denominator is tiny).
 
-The region masks come from the caller (e.g. :func:`vla_lab.tabletop.world.object_patch_masks`), so this
+The region masks come from the caller (e.g. :func:`vla_lab.worlds.tabletop.object_patch_masks`), so this
 module knows nothing about any particular world.
 """
 

@@ -8,8 +8,8 @@ gripper passes through), stored under the suite's name so that :func:`vla_lab.li
 them.
 
 Images go through the evaluation's steps: rotated 180 degrees, the JPEG round trip and Lanczos-3 resize
-to 224 (:func:`~vla_lab.libero.observation.resize_image_for_policy`, exactly as
-:func:`~vla_lab.libero.prepare_observation`), then resized (PIL bicubic, antialiased) to :func:`cache_size`,
+to 224 (:func:`~vla_lab.worlds.libero.observation.resize_image_for_policy`, exactly as
+:func:`~vla_lab.worlds.libero.prepare_observation`), then resized (PIL bicubic, antialiased) to :func:`cache_size`,
 where a crop of :data:`CROP_SCALE` of the area is the model's image size (``policy_frames_<size>.npy`` next
 to the demonstrations, built once). A batch takes such a square box of each frame at a random place
 (upstream's random-resized-crop augmentation) or in the centre (``augment=False``; the evaluation's centre
@@ -36,11 +36,11 @@ import torch
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.libero.demos import MANIFEST, _require_h5py
-from vla_lab.libero.observation import resize_image_for_policy
 from vla_lab.processing import ImageProcessor, QwenTokenizer
 from vla_lab.processing.images import pixel_values
 from vla_lab.processing.normalization import array_statistics, normalize_actions, normalize_proprio
 from vla_lab.processing.processor import right_pad
+from vla_lab.worlds.libero.observation import resize_image_for_policy
 
 #: Area fraction of the crop (upstream's random-resized-crop scale and the evaluation's centre crop).
 CROP_SCALE = 0.9

@@ -1,6 +1,6 @@
 """Scripted demonstrations in LIBERO's own HDF5 layout (``vla-lab libero demos``).
 
-The expert (:mod:`vla_lab.libero.expert`) runs on a simulator that renders both cameras at ``resolution``
+The expert (:mod:`vla_lab.worlds.libero.expert`) runs on a simulator that renders both cameras at ``resolution``
 (LIBERO's own datasets use 128 px); every successful episode becomes a demonstration, failures are only
 recorded. The run is :func:`vla_lab.libero.evaluate.run_episodes`'s: sharded round robin over torchrun
 ranks, resumable, with ``episodes.jsonl`` / ``results.json`` saying which init states succeeded. Each kept
@@ -21,7 +21,7 @@ laid out as LIBERO's ``scripts/create_dataset.py`` writes it:
   ``init_state`` (the flattened simulator state of step 0).
 
 Step ``t`` holds the observation the expert chose action ``t`` on (after the settle steps of
-:meth:`~vla_lab.libero.env.LiberoEnv.reset`). Two additions that LIBERO's readers ignore: ``target_pos``
+:meth:`~vla_lab.worlds.libero.env.LiberoEnv.reset`). Two additions that LIBERO's readers ignore: ``target_pos``
 (T, 3), the position of the object to pick (privileged state, for auxiliary losses), and the attributes
 ``init_state_index`` / ``target_object`` / ``env_seed``. Images are gzip-compressed (HDF5's standard filter).
 """
@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from vla_lab import files, parallel
-from vla_lab.errors import InputError
-from vla_lab.libero.env import LiberoEnv, task_info
-from vla_lab.libero.evaluate import EpisodeKey, check_run_dir, error_text, run_episodes
-from vla_lab.libero.expert import FAILED, run_expert_episode
-from vla_lab.libero.observation import quat2axisangle
+from vla_lab.errors import InputError, error_text
+from vla_lab.libero.evaluate import EpisodeKey, check_run_dir, run_episodes
+from vla_lab.worlds.libero.env import LiberoEnv, task_info
+from vla_lab.worlds.libero.expert import FAILED, run_expert_episode
+from vla_lab.worlds.libero.observation import quat2axisangle
 
 #: Render resolution of the demonstrations (both cameras), LIBERO's own.
 DEMO_RESOLUTION = 128
@@ -69,7 +69,7 @@ def part_name(task: int, init_state: int) -> str:
 
 def record_demo(env: LiberoEnv, init_state: int, max_steps: int | None = None) -> dict[str, Any]:
     """Run the expert from ``init_state`` on a rendering ``env``; the result of
-    :func:`~vla_lab.libero.expert.run_expert_episode` plus ``arrays``, the demonstration's datasets."""
+    :func:`~vla_lab.worlds.libero.expert.run_expert_episode` plus ``arrays``, the demonstration's datasets."""
     if not env.render_cameras:
         raise InputError("env: got a LiberoEnv without cameras (render=False), expected one that renders")
     observations: list[dict[str, Any]] = []

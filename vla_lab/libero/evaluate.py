@@ -1,7 +1,7 @@
 """Closed-loop evaluation on LIBERO with upstream's protocol, resumable and sharded over processes.
 
 An episode (:func:`run_episode`): reset to the task's init state ``i`` (plus the settle steps), then query
-the policy with :func:`~vla_lab.libero.observation.prepare_observation`'s output every
+the policy with :func:`~vla_lab.worlds.libero.observation.prepare_observation`'s output every
 :data:`NUM_OPEN_LOOP_STEPS` steps and execute the whole post-processed chunk open loop; success as soon as
 the simulator reports ``done``, failure after ``max_steps`` steps. An exception inside an episode is a
 failure whose message is recorded, and the evaluation goes on (as upstream's).
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from vla_lab import files, parallel
-from vla_lab.errors import InputError
-from vla_lab.libero.env import LiberoEnv, check_suite, task_info
-from vla_lab.libero.observation import prepare_observation, process_action
+from vla_lab.errors import InputError, error_text
 from vla_lab.stats import wilson_interval
+from vla_lab.worlds.libero.env import LiberoEnv, check_suite, task_info
+from vla_lab.worlds.libero.observation import prepare_observation, process_action
 
 #: Actions of each predicted chunk executed before the policy is queried again (upstream's value).
 NUM_OPEN_LOOP_STEPS = 8
@@ -47,11 +47,6 @@ Policy = Callable[[dict[str, Any], str], np.ndarray]
 EpisodeKey = tuple[str, int, int]
 #: (simulator, init state, frames or None) -> the result fields of one episode (success, steps, error, ...).
 Episode = Callable[[LiberoEnv, int, "list[np.ndarray] | None"], dict[str, Any]]
-
-
-def error_text(exc: BaseException) -> str:
-    """An exception as an episode record's ``error``: its type and message on one line."""
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def unnorm_key_for(model: Any, suite: str) -> str | None:
@@ -132,7 +127,7 @@ def run_episode(
 
 def plan(suite: str, tasks: Sequence[int] | None = None, init_states: Iterable[int] | None = None) -> list[EpisodeKey]:
     """The sorted episode keys (suite, task, init state); default every task and every init state."""
-    from vla_lab.libero.env import num_tasks
+    from vla_lab.worlds.libero.env import num_tasks
 
     check_suite(suite, "--suite")
     tasks = list(range(num_tasks(suite))) if tasks is None else list(tasks)

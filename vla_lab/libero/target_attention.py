@@ -1,6 +1,6 @@
 """Does a policy look at the object it was asked for? Target attention on real LIBERO frames.
 
-For an observation of :func:`vla_lab.libero.observations` the pixels of the task's objects of interest
+For an observation of :func:`vla_lab.worlds.libero.observations` the pixels of the task's objects of interest
 (``target``) and of every other object and fixture (``distractors``) are known from MuJoCo's segmentation
 rendering, in the policy's 224-px agentview frame. The model sees that frame centre-cropped
 (:data:`~vla_lab.libero.data.CROP_SCALE` of the area) and cut into its patch grid; :func:`patch_masks` maps

@@ -1,15 +1,12 @@
-"""The embedded default: a synthetic tabletop world with known ground truth, and VLA-Adapters that act in it.
+"""VLA-Adapters that act in the tabletop world (the world itself, model-free, is :mod:`vla_lab.worlds.tabletop`).
 
-* :mod:`.world` -- scenes, rendering, dynamics, the expert and the closed-loop evaluator;
-* :mod:`.tokenizer` -- the world's small vocabulary (shipped as files);
 * :mod:`.models` -- the ``tabletop`` architecture, initialisation, the two shipped models, example inputs;
 * :mod:`.data` -- training examples as model batches;
 * :mod:`.evaluate` -- a model acting in the world (batched closed loop, held-out action L1);
 * :mod:`.target_attention` -- attention on the target vs the distractors.
 """
 
-from vla_lab.tabletop import world
-from vla_lab.tabletop.data import MIN_LABEL_PIXELS, TabletopData, patch_labels, pixel_values, relabeled_scenes
+from vla_lab.tabletop.data import MIN_LABEL_PIXELS, TabletopData, patch_labels, pixel_values
 from vla_lab.tabletop.evaluate import action_l1, evaluate_model, evaluate_scenes, policy_for, predict, scene_inputs
 from vla_lab.tabletop.models import (
     DATASET,
@@ -33,7 +30,6 @@ from vla_lab.tabletop.models import (
     world_processor,
     world_statistics,
 )
-from vla_lab.tabletop.tokenizer import build_world_tokenizer, write_world_tokenizer_files
 
 __all__ = [
     "DATASET",
@@ -46,7 +42,6 @@ __all__ = [
     "TabletopData",
     "action_l1",
     "build_model",
-    "build_world_tokenizer",
     "check_config",
     "evaluate_model",
     "evaluate_scenes",
@@ -58,16 +53,13 @@ __all__ = [
     "pixel_values",
     "policy_for",
     "predict",
-    "relabeled_scenes",
     "scene_inputs",
     "shipped_name",
     "shipped_path",
     "sincos_position_embedding",
     "stats_key",
     "tabletop_config",
-    "world",
     "world_config",
     "world_processor",
     "world_statistics",
-    "write_world_tokenizer_files",
 ]

@@ -7,7 +7,6 @@ patch of its grid shows (the ground truth of the trainer's patch-description los
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +21,8 @@ from vla_lab.processing import ImageProcessor, QwenTokenizer
 from vla_lab.processing.images import pixel_values
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
 from vla_lab.processing.processor import right_pad
-from vla_lab.tabletop import world
 from vla_lab.tabletop.models import check_config, stats_key, world_config, world_processor
-from vla_lab.tabletop.tokenizer import build_world_tokenizer
+from vla_lab.worlds import tabletop as world
 
 #: A patch shows an object when at least this many of its pixels do (in :func:`patch_labels`).
 MIN_LABEL_PIXELS = 6
@@ -59,24 +57,6 @@ def patch_labels(
         classes = [np.where(shown, color_ids[best], 0), np.where(shown, shape_ids[best], 0)]
         out.append(np.stack(classes, -1).reshape(-1, 2))
     return np.concatenate(out).astype(np.int64)
-
-
-def relabeled_scenes(scene: world.Scene, rng: np.random.Generator) -> list[world.Scene]:
-    """The scene once per other object, that object the target, named by colour and shape.
-
-    Every scene holds distinct colour/shape pairs, so "the C S" picks one object; in a disambiguation
-    scene naming a distractor gives another disambiguation instruction. Objects, texture and images are
-    those of ``scene``; only the instruction and the target change.
-    """
-    out = []
-    for index, obj in enumerate(scene.objects):
-        if index == scene.target:
-            continue
-        instruction = f"{world.VERBS[int(rng.integers(len(world.VERBS)))]} the {obj.name}"
-        if world.resolve_instruction(scene.objects, instruction) != index:  # pragma: no cover - by construction
-            continue
-        out.append(dataclasses.replace(scene, target=index, instruction=instruction, anchor=None))
-    return out
 
 
 @dataclass
@@ -115,12 +95,12 @@ class TabletopData:
 
         With ``relabel`` every example also appears once per other object of its scene, the same
         observation with that object named as the target and the expert chunk towards it
-        (:func:`relabeled_scenes`); such examples have kind ``"<scene kind>/relabel"``. With ``labels``
-        the ground truth of the auxiliary losses is kept too: :func:`patch_labels` per observation and
-        the target's table position per example.
+        (:func:`vla_lab.worlds.tabletop.relabeled_scenes`); such examples have kind
+        ``"<scene kind>/relabel"``. With ``labels`` the ground truth of the auxiliary losses is kept too:
+        :func:`patch_labels` per observation and the target's table position per example.
         """
         check_config(config)
-        tokenizer = tokenizer or build_world_tokenizer()
+        tokenizer = tokenizer or world.build_world_tokenizer()
         processor = world_processor(config, tokenizer)
         stats = (config.norm_stats or {})[stats_key(config)]
         normalization = config.robot.normalization
@@ -163,7 +143,7 @@ class TabletopData:
             add(ex.instruction, ex.actions, ex.scene.kind, seed, ex.proprio, ex.scene.target_object)
             if relabel:
                 rng = np.random.default_rng((seed, 2))
-                for scene in relabeled_scenes(ex.scene, rng):
+                for scene in world.relabeled_scenes(ex.scene, rng):
                     chunk = world.expert_chunk(scene, ex.state, config.robot.chunk)
                     add(scene.instruction, chunk, f"{ex.scene.kind}/relabel", seed, ex.proprio, scene.target_object)
         return cls(

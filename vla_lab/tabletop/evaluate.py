@@ -10,9 +10,9 @@ import torch
 
 from vla_lab.model import VLAAdapter, forward_inputs
 from vla_lab.processing.normalization import normalize_actions
-from vla_lab.tabletop import world
 from vla_lab.tabletop.data import TabletopData
 from vla_lab.tabletop.models import check_config, stats_key, world_config
+from vla_lab.worlds import tabletop as world
 
 
 def _observation_batch(
@@ -20,7 +20,7 @@ def _observation_batch(
 ) -> tuple[list[list[np.ndarray]], list[str], np.ndarray | None]:
     """(images, instructions, raw proprio) of observations, as the model's inputs take them."""
     n = model.config.num_images
-    proprio = np.stack([o.state for o in observations]) if model.config.use_proprio else None
+    proprio = np.stack([o.proprio for o in observations]) if model.config.use_proprio else None
     return [o.images[:n] for o in observations], [o.instruction for o in observations], proprio
 
 
@@ -99,10 +99,10 @@ def evaluate_model(
     batch_size: int = 64,
     max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop success of ``model`` on ``n`` scenes of ``split`` (:func:`vla_lab.tabletop.world.run_episodes`).
+    """Closed-loop success of ``model`` on ``n`` scenes of ``split`` (:func:`vla_lab.worlds.tabletop.run_episodes`).
 
     Episodes run in lockstep, ``batch_size`` scenes at a time (one forward pass per round). Returns
-    :func:`~vla_lab.tabletop.world.summarize`'s keys with ``action_l1``: the mean |normalised predicted -
+    :func:`~vla_lab.worlds.tabletop.summarize`'s keys with ``action_l1``: the mean |normalised predicted -
     normalised expert| over the chunk at each scene's initial state (the first query of every episode),
     and ``action_l1_by_kind``.
     """

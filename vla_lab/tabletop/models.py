@@ -24,11 +24,10 @@ from vla_lab.config import AttentionLike, VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.model import VLAAdapter, forward_inputs, load_pretrained
 from vla_lab.processing import QwenTokenizer, VLAProcessor
-from vla_lab.tabletop import world
-from vla_lab.tabletop.tokenizer import build_world_tokenizer
+from vla_lab.worlds import tabletop as world
 
 #: Dataset name of the world's statistics in ``norm_stats``.
-DATASET = "tabletop"
+DATASET = world.STATS_KEY
 #: Number of training examples behind the shipped statistics (seeds 0 .. N-1 of the train split).
 STATS_EXAMPLES = 10_000
 #: The masks the shipped models were trained with.
@@ -66,7 +65,7 @@ def world_config(config: VLAConfig) -> world.WorldConfig:
 
 def world_processor(config: VLAConfig, tokenizer: QwenTokenizer | None = None) -> VLAProcessor:
     """The processor of ``config`` with the world tokenizer."""
-    return VLAProcessor.for_config(config, tokenizer=tokenizer or build_world_tokenizer())
+    return VLAProcessor.for_config(config, tokenizer=tokenizer or world.build_world_tokenizer())
 
 
 def check_config(config: VLAConfig) -> None:
@@ -234,7 +233,7 @@ def example_inputs(model: VLAAdapter) -> tuple[dict[str, Any], list[np.ndarray],
     if model.config.use_proprio:
         dim = model.config.robot.proprio_dim
         proprio = np.zeros(dim, dtype=np.float64)
-        proprio[: min(dim, obs.state.size)] = obs.state[:dim]
+        proprio[: min(dim, obs.proprio.size)] = obs.proprio[:dim]
     inputs = model.prepare_inputs(images, obs.instruction, proprio, proprio_is_normalized=not model.config.norm_stats)
     size = images[0].shape[0]
     views = ", ".join(_match_views(["third-person", "wrist"], count))

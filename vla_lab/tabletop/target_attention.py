@@ -1,7 +1,7 @@
 """Does the model look at the object it was asked for? Attention on the target vs the distractors.
 
 For every tabletop scene the patches covering the target and the distractor objects are known
-(:func:`vla_lab.tabletop.world.object_patch_masks`, via :func:`scene_masks`). At each scene's start
+(:func:`vla_lab.worlds.tabletop.object_patch_masks`, via :func:`scene_masks`). At each scene's start
 observation one forward pass is captured and, per depth, the attention a reader puts on each image
 patch is measured with :func:`vla_lab.interp.region_attention`:
 
@@ -28,8 +28,8 @@ from vla_lab import interp
 from vla_lab.errors import InputError
 from vla_lab.interp.regions import RegionMasks
 from vla_lab.model import VLAAdapter
-from vla_lab.tabletop import world
 from vla_lab.tabletop.evaluate import scene_inputs
+from vla_lab.worlds import tabletop as world
 
 SOURCES = interp.READERS
 REGIONS = ("target", "distractors")

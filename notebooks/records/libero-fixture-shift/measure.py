@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from vla_lab import files
-from vla_lab.libero.env import LiberoEnv, _quiet
+from vla_lab.worlds.libero.env import LiberoEnv, _quiet
 
 SUITE = "libero_spatial"
 

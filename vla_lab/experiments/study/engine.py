@@ -37,7 +37,7 @@ from vla_lab.experiments.study import models as study_models
 from vla_lab.experiments.study.models import ModelSpec
 from vla_lab.model import VLAAdapter
 from vla_lab.stats import PairedTest, bootstrap_interval, ratio_of_means_interval, wilson_interval
-from vla_lab.tabletop import world
+from vla_lab.worlds import tabletop as world
 
 STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR = "study.json", "records.parquet", "summary.json", "parts"
 MARKERS = (STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR)

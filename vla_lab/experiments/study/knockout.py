@@ -47,8 +47,8 @@ from vla_lab.experiments.study.policies import run_closed_loop
 from vla_lab.model import VLAAdapter
 from vla_lab.model.sequence import SequenceLayout
 from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
-from vla_lab.tabletop import world
 from vla_lab.tabletop.evaluate import observation_inputs
+from vla_lab.worlds import tabletop as world
 
 #: Path knockouts: condition -> (query segment, key segment) blocked.
 PATHS: dict[str, tuple[str, str]] = {

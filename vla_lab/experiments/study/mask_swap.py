@@ -27,7 +27,7 @@ from vla_lab.experiments.study.engine import (
 from vla_lab.experiments.study.models import ModelSpec
 from vla_lab.model import VLAAdapter
 from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
-from vla_lab.tabletop import world
+from vla_lab.worlds import tabletop as world
 
 MASKS = ("causal", "bidirectional")
 

@@ -52,8 +52,8 @@ from vla_lab.interp.hooks import llm_hook
 from vla_lab.model import VLAAdapter
 from vla_lab.model.sequence import SequenceLayout
 from vla_lab.stats import wilcoxon_signed_rank
-from vla_lab.tabletop import world
 from vla_lab.tabletop.evaluate import observation_inputs
+from vla_lab.worlds import tabletop as world
 
 COUNTERFACTUALS = ("instruction", "scene")
 SEGMENTS = ("vision", "text", "action_queries")
@@ -70,13 +70,9 @@ class Pair:
     new: tuple[float, float]
 
 
-def _verb(instruction: str) -> str:
-    return next((v for v in world.VERBS if instruction.startswith(v + " ")), world.VERBS[0])
-
-
 def instruction_pair(scene: world.Scene, model: VLAAdapter, rng: np.random.Generator) -> Pair:
     """Name the target, then another object (preferring one whose instruction has as many tokens)."""
-    verb = _verb(scene.instruction)
+    verb = world.verb_of(scene.instruction)
     clean = dataclasses.replace(scene, instruction=f"{verb} the {scene.target_object.name}", anchor=None)
     tokenizer = model.processor.tokenizer
     length = len(tokenizer.encode(clean.instruction))

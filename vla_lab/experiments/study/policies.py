@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from vla_lab.model import VLAAdapter
-from vla_lab.tabletop import stats_key, world
+from vla_lab.tabletop import stats_key
 from vla_lab.tabletop.evaluate import expert_l1
+from vla_lab.worlds import tabletop as world
 
 #: (observations of the running episodes, their indices into the scenes, their states) -> normalised chunks
 #: (B, chunk, 7).
@@ -30,7 +31,7 @@ def run_closed_loop(
     model: VLAAdapter, scenes: list[world.Scene], act: Act, execute: int = 8, max_steps: int | None = None
 ) -> list[dict[str, Any]]:
     """Closed-loop episodes of ``scenes`` (lockstep) with ``act`` choosing every chunk; one record per scene
-    (:meth:`vla_lab.tabletop.world.RolloutResult.record`) plus ``action_l1`` of its first chunk."""
+    (:meth:`vla_lab.worlds.tabletop.RolloutResult.record`) plus ``action_l1`` of its first chunk."""
     first = [float("nan")] * len(scenes)
 
     def policy(observations: Sequence[world.Observation], episodes: Sequence[int],

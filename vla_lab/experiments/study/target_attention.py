@@ -33,9 +33,9 @@ from vla_lab.experiments.study.engine import (
 from vla_lab.experiments.study.models import RANDOM_PREFIX, ModelSpec, random_init_of
 from vla_lab.model import VLAAdapter
 from vla_lab.stats import wilcoxon_signed_rank
-from vla_lab.tabletop import world
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.tabletop.target_attention import scene_masks
+from vla_lab.worlds import tabletop as world
 
 SOURCES = interp.READERS
 DEPTH = interp.READER_DEPTH

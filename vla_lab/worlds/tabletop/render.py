@@ -3,33 +3,16 @@ and the ground-truth masks of which pixels and patches show each object."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from vla_lab.errors import InputError
-from vla_lab.tabletop.world.scenes import GRIPPER_RGB, OUTSIDE_RGB, Scene, State, WorldConfig, initial_state
+from vla_lab.worlds.base import Observation
+from vla_lab.worlds.tabletop.scenes import GRIPPER_RGB, OUTSIDE_RGB, Scene, State, WorldConfig, initial_state
 
 #: The views of an observation, in model order (third-person, then wrist).
 VIEWS = ("full", "wrist")
-
-
-@dataclass
-class Observation:
-    """What a policy sees. ``state`` is the 8-d proprio ``[x, y, z, 0, 0, 0, finger, -finger]``."""
-
-    full_image: np.ndarray
-    wrist_image: np.ndarray
-    state: np.ndarray
-    instruction: str
-
-    @property
-    def images(self) -> list[np.ndarray]:
-        """Third-person image first, then the wrist image (:data:`VIEWS`, the order of ``VLAConfig.num_images``)."""
-        return [self.full_image, self.wrist_image]
-
-
 
 
 def world_to_pixel(
@@ -124,9 +107,7 @@ def render(scene: Scene, state: State | None = None) -> Observation:
     center, half_width = (state.x, state.y), 1.0 / config.wrist_zoom
     wrist = _draw_view(scene, center, half_width)
     wrist[_gripper_mask(size, center, half_width, state)] = GRIPPER_RGB
-    return Observation(
-        full_image=full, wrist_image=wrist, state=proprio(state, config), instruction=scene.instruction
-    )
+    return Observation(images=[full, wrist], instruction=scene.instruction, proprio=proprio(state, config))
 
 
 # ---------------------------------------------------------------------------------------------

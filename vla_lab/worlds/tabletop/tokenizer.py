@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vla_lab.processing import QwenTokenizer, builtin_tokenizer
 from vla_lab.processing.word_tokenizer import write_word_tokenizer_files
-from vla_lab.tabletop.world import VOCABULARY
+from vla_lab.worlds.tabletop.scenes import VOCABULARY
 
 
 def write_world_tokenizer_files(directory: str | Path) -> Path:

@@ -17,9 +17,9 @@ import numpy as np
 
 from vla_lab.errors import InputError
 from vla_lab.stats import wilson_interval
-from vla_lab.tabletop.world.dynamics import expert_policy, step
-from vla_lab.tabletop.world.render import Observation, render
-from vla_lab.tabletop.world.scenes import KINDS, Scene, State, WorldConfig, initial_state, sample_scene
+from vla_lab.worlds.tabletop.dynamics import expert_policy, step
+from vla_lab.worlds.tabletop.render import Observation, render
+from vla_lab.worlds.tabletop.scenes import KINDS, Scene, State, WorldConfig, initial_state, sample_scene
 
 OUTCOMES = ("success", "wrong_object", "timeout")
 

@@ -1,11 +1,13 @@
 """The tabletop world: scenes with known ground truth, their rendering, dynamics, expert and closed-loop episodes.
 
 :mod:`.scenes` (vocabulary, splits, sampling, the instruction resolver), :mod:`.render` (views, proprio,
-object masks), :mod:`.dynamics` (steps, the expert, training examples and statistics) and :mod:`.rollout`
-(the lockstep evaluator and its summary). Everything is re-exported here: ``world.sample_scene(seed)``.
+object masks), :mod:`.dynamics` (steps, the expert, training examples and statistics), :mod:`.rollout`
+(the lockstep evaluator and its summary), :mod:`.env` (:class:`TabletopWorld`, the world as a
+:class:`vla_lab.worlds.World`; counterfactual scenes) and :mod:`.tokenizer` (the world's vocabulary as
+tokenizer files). Everything is re-exported here: ``tabletop.sample_scene(seed)``.
 """
 
-from vla_lab.tabletop.world.dynamics import (
+from vla_lab.worlds.tabletop.dynamics import (
     Example,
     dataset_statistics,
     expert_action,
@@ -14,7 +16,8 @@ from vla_lab.tabletop.world.dynamics import (
     sample_training_example,
     step,
 )
-from vla_lab.tabletop.world.render import (
+from vla_lab.worlds.tabletop.env import STATS_KEY, TabletopWorld, relabeled_scenes, scene_regions, verb_of
+from vla_lab.worlds.tabletop.render import (
     VIEWS,
     Observation,
     object_patch_masks,
@@ -23,7 +26,7 @@ from vla_lab.tabletop.world.render import (
     render,
     world_to_pixel,
 )
-from vla_lab.tabletop.world.rollout import (
+from vla_lab.worlds.tabletop.rollout import (
     OUTCOMES,
     BatchPolicy,
     Policy,
@@ -34,7 +37,7 @@ from vla_lab.tabletop.world.rollout import (
     run_episodes,
     summarize,
 )
-from vla_lab.tabletop.world.scenes import (
+from vla_lab.worlds.tabletop.scenes import (
     COLORS,
     GRIPPER_RGB,
     KINDS,
@@ -57,50 +60,58 @@ from vla_lab.tabletop.world.scenes import (
     sample_scene,
     split_seeds,
 )
+from vla_lab.worlds.tabletop.tokenizer import build_world_tokenizer, write_world_tokenizer_files
 
 __all__ = [
-    "COLORS",
-    "Example",
-    "GRIPPER_RGB",
-    "KINDS",
-    "OBJECT_NOUN",
-    "OUTCOMES",
-    "OUTSIDE_RGB",
-    "Observation",
-    "RELATIONS",
     "BatchPolicy",
-    "Policy",
-    "RolloutResult",
-    "SHAPES",
-    "SPLITS",
-    "SPLIT_SIZE",
-    "SUPERLATIVES",
-    "Scene",
-    "SceneObject",
-    "State",
-    "TABLE_RGB",
-    "VERBS",
-    "VIEWS",
-    "VOCABULARY",
-    "WorldConfig",
+    "build_world_tokenizer",
+    "COLORS",
     "dataset_statistics",
     "evaluate",
+    "Example",
     "expert_action",
     "expert_chunk",
     "expert_policy",
+    "GRIPPER_RGB",
     "initial_state",
+    "KINDS",
+    "OBJECT_NOUN",
     "object_patch_masks",
     "object_pixel_masks",
+    "Observation",
     "outcome",
+    "OUTCOMES",
+    "OUTSIDE_RGB",
+    "Policy",
     "proprio",
+    "relabeled_scenes",
+    "RELATIONS",
     "render",
     "resolve_instruction",
     "rollout",
+    "RolloutResult",
     "run_episodes",
     "sample_scene",
     "sample_training_example",
+    "Scene",
+    "scene_regions",
+    "SceneObject",
+    "SHAPES",
     "split_seeds",
+    "SPLIT_SIZE",
+    "SPLITS",
+    "State",
+    "STATS_KEY",
     "step",
     "summarize",
+    "SUPERLATIVES",
+    "TABLE_RGB",
+    "TabletopWorld",
+    "verb_of",
+    "VERBS",
+    "VIEWS",
+    "VOCABULARY",
     "world_to_pixel",
+    "WorldConfig",
+    "write_world_tokenizer_files",
 ]

@@ -11,8 +11,8 @@ import numpy as np
 
 from vla_lab.errors import InputError
 from vla_lab.processing.normalization import array_statistics
-from vla_lab.tabletop.world.render import Observation, proprio, render
-from vla_lab.tabletop.world.scenes import Scene, State, WorldConfig, initial_state, sample_scene
+from vla_lab.worlds.tabletop.render import Observation, proprio, render
+from vla_lab.worlds.tabletop.scenes import Scene, State, WorldConfig, initial_state, sample_scene
 
 
 @dataclass
@@ -99,7 +99,7 @@ def expert_policy(scene: Scene) -> Callable[[Observation], np.ndarray]:
     """An observation policy that runs the expert, reading the gripper from the proprio (for baselines)."""
 
     def policy(observation: Observation) -> np.ndarray:
-        p = observation.state
+        p = observation.proprio
         state = State(float(p[0]), float(p[1]), closed=bool(p[6] < 0.5 * scene.config.finger_open))
         return expert_chunk(scene, state)
 
@@ -155,7 +155,7 @@ def sample_training_example(seed: int, config: WorldConfig = WorldConfig()) -> E
         full_image=observation.full_image,
         wrist_image=observation.wrist_image,
         instruction=observation.instruction,
-        proprio=observation.state,
+        proprio=observation.proprio,
         actions=actions,
         scene=scene,
         state=state,

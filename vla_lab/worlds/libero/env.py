@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from vla_lab.errors import InputError, MissingDependencyError
-from vla_lab.libero.observation import prepare_observation
+from vla_lab.worlds.libero.observation import prepare_observation
 
 #: Policy steps allowed per episode (after the settle steps), per suite, as upstream.
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}

@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from vla_lab.errors import InputError
-from vla_lab.libero.evaluate import error_text
+from vla_lab.errors import InputError, error_text
 
 PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
 OPEN, CLOSE = -1.0, 1.0
@@ -97,7 +96,7 @@ def _clearance(centre: np.ndarray, radial: np.ndarray, half_radial: float, half_
 class PickPlaceExpert:
     """Picks the task's first object of interest and puts it on the second (see the module's docstring).
 
-    ``env`` is a :class:`~vla_lab.libero.env.LiberoEnv` just reset; ``obs`` its observation. :meth:`act`
+    ``env`` is a :class:`~vla_lab.worlds.libero.env.LiberoEnv` just reset; ``obs`` its observation. :meth:`act`
     gives the next action; :attr:`phase` says where it is.
     """
 

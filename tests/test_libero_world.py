@@ -1,0 +1,84 @@
+"""LIBERO as a ``vla_lab.worlds.World`` on the real simulator (``pip install -e '.[libero]'``): one task's
+simulator is built once for the module (~20 s on 2 cores)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from vla_lab.errors import InputError
+from vla_lab.worlds import World
+from vla_lab.worlds.libero import LiberoWorld, object_masks, prepare_observation, task_info
+
+HAVE_LIBERO = importlib.util.find_spec("libero") is not None
+pytestmark = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
+SUITE = "libero_spatial"
+
+
+@pytest.fixture(scope="module")
+def env():
+    with LiberoWorld(SUITE) as world:
+        yield world
+
+
+def test_episodes_are_tasks_and_init_states(env):
+    assert isinstance(env, World) and env.max_steps == 220 and env.stats_key == SUITE
+    episodes = env.episodes(tasks=[3, 0], init_states=[1, 0])
+    assert [e.key for e in episodes] == [(SUITE, 0, 0), (SUITE, 0, 1), (SUITE, 3, 0), (SUITE, 3, 1)]
+    info = task_info(SUITE, 3)
+    assert episodes[2].instruction == info["instruction"]
+    assert episodes[2].record() == {"suite": SUITE, "task": 3, "task_name": info["task_name"], "init_state": 0,
+                                    "instruction": info["instruction"], "variant": "original"}
+    assert len(env.episodes(tasks=[0])) == info["num_init_states"]
+    with pytest.raises(InputError, match=r"^init_state: got 50, expected 0\.\.49 \(task 0\)$"):
+        env.episode(0, 50)
+    with pytest.raises(InputError, match="^task: got 10, expected a task of libero_spatial in 0..9$"):
+        env.episode(10, 0)
+    with pytest.raises(InputError, match=r"^selection: got \['split'\], expected tasks, init_states$"):
+        env.episodes(split="test")
+
+
+def test_reset_is_upstreams_observation_with_regions(env):
+    episode = env.episode(0, 0)
+    observation = env.reset(episode)
+    again = prepare_observation(env.env.reset(0), 224)  # the same simulator, reset the way LiberoEnv does
+    np.testing.assert_array_equal(observation.full_image, again["full_image"])
+    np.testing.assert_array_equal(observation.wrist_image, again["wrist_image"])
+    np.testing.assert_array_equal(observation.proprio, again["state"])
+    assert observation.full_image.shape == (224, 224, 3) and observation.instruction == episode.instruction
+    regions = env.reset(episode).regions
+    assert set(regions) == {"target", "place", "distractors"}
+    assert all(regions[name].shape == (224, 224) and regions[name].any() for name in regions)
+    assert not (regions["target"] & regions["place"]).any()
+    assert not ((regions["target"] | regions["place"]) & regions["distractors"]).any()
+    interest = object_masks(env.env)  # the older definition: every object of interest is "target"
+    np.testing.assert_array_equal(regions["target"] | regions["place"], interest["target"])
+    np.testing.assert_array_equal(regions["distractors"], interest["distractors"])
+
+
+def test_steps_and_their_limit(env):
+    episode = env.episode(0, 1)
+    env.reset(episode, regions=False)
+    action = np.array([0, 0, 0, 0, 0, 0, -1.0])
+    blind = env.step(action, observe=False)
+    assert blind.observation is None and not blind.done and not blind.success
+    seen = env.step(action)
+    assert seen.observation is not None and seen.observation.full_image.shape == (224, 224, 3)
+    env.steps = env.max_steps - 1  # the next step is the last one allowed
+    assert env.step(action, observe=False).done
+    with pytest.raises(InputError, match=r"^action: got shape \(7,\) \(finite: False\)"):
+        env.step([np.inf] * 7)
+
+
+def test_counterfactual_instruction_of_another_task(env):
+    episode = env.episode(0, 2)  # task 0: the module's simulator, not another one
+    other = env.counterfactual(episode, "other_instruction", seed=1)
+    donor = other.columns["instruction_from"]
+    assert donor != 0 and other.instruction == task_info(SUITE, donor)["instruction"] != episode.instruction
+    assert other.key == episode.key and other.variant == "other_instruction"
+    assert env.counterfactual(episode, "other_instruction", seed=1) == other
+    assert env.reset(other, regions=False).instruction == other.instruction
+    with pytest.raises(InputError, match="^variant: got 'target_swap' for libero_spatial, expected 'other_instr"):
+        env.counterfactual(episode, "target_swap")

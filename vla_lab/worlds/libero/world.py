@@ -1,0 +1,143 @@
+"""LIBERO as a :class:`vla_lab.worlds.World`: a suite's tasks and init states, reset, step, counterfactuals.
+
+An episode is (suite, task, init state), reset as upstream's evaluation does it (:class:`LiberoEnv`: the
+init state, then the settle steps); its observation is what the policy reads (upstream's processing,
+:func:`~vla_lab.worlds.libero.observation.prepare_observation`, 224² views and the 8-d state). The
+simulator of a task is built when an episode of another task is reset, so episodes sorted by task reuse it.
+
+Regions (in the policy's agentview frame, from MuJoCo's segmentation): ``target`` is the task's first
+object of interest (the object to pick in libero_spatial), ``place`` the second when there is one (where it
+goes), ``distractors`` every other object and fixture. :func:`~vla_lab.worlds.libero.env.object_masks` keeps
+its own definition (every object of interest is ``target``) for the LIBERO attention records made with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from vla_lab.errors import InputError
+from vla_lab.worlds.base import Episode, Observation, Step, check_action, check_variant
+from vla_lab.worlds.libero.env import MAX_STEPS, LiberoEnv, check_suite, num_tasks, object_segmentation, task_info
+from vla_lab.worlds.libero.observation import prepare_observation
+
+#: Size of the policy's square views.
+POLICY_SIZE = 224
+
+
+def episode_regions(env: LiberoEnv, size: int = POLICY_SIZE) -> dict[str, np.ndarray]:
+    """``target`` / ``place`` / ``distractors`` pixel masks (size, size) of the current state (module docstring)."""
+    labels, names = object_segmentation(env, size)
+    wanted = [n for n in env.target_objects if n in names]
+    if not wanted:
+        raise InputError(f"task: got objects of interest {env.target_objects}, none of them an object of the "
+                         f"scene ({names})")
+    regions = {"target": labels == names.index(wanted[0]) + 1}
+    if len(wanted) > 1:
+        regions["place"] = labels == names.index(wanted[1]) + 1
+    interest = np.isin(labels, [names.index(n) + 1 for n in wanted[:2]])
+    regions["distractors"] = (labels > 0) & ~interest
+    return regions
+
+
+class LiberoWorld:
+    """One LIBERO suite. ``resolution``: the cameras' (upstream's 256); ``seed``: the simulator's seed."""
+
+    stats_key: str
+
+    def __init__(self, suite: str, resolution: int = 256, seed: int = 0) -> None:
+        self.name = check_suite(suite)
+        self.stats_key = suite
+        self.resolution, self.seed = int(resolution), int(seed)
+        self.env: LiberoEnv | None = None
+        self.raw: dict[str, Any] | None = None
+        self.steps = 0
+
+    @property
+    def max_steps(self) -> int:
+        return MAX_STEPS[self.name]
+
+    def episode(self, task: int, init_state: int) -> Episode:
+        """The episode of one task and init state (checked against the suite)."""
+        info = task_info(self.name, task)
+        if not isinstance(init_state, (int, np.integer)) or not 0 <= init_state < info["num_init_states"]:
+            raise InputError(f"init_state: got {init_state!r}, expected 0..{info['num_init_states'] - 1} "
+                             f"(task {task})")
+        columns = {"suite": self.name, "task": int(task), "task_name": info["task_name"],
+                   "init_state": int(init_state)}
+        return Episode(self.name, (self.name, int(task), int(init_state)), info["instruction"], columns,
+                       spec=int(task))
+
+    def episodes(self, tasks: Sequence[int] | None = None, init_states: Sequence[int] | None = None,
+                 **unknown: Any) -> list[Episode]:
+        """Every (task, init state) of the selection, sorted; default every task and every init state."""
+        if unknown:
+            raise InputError(f"selection: got {sorted(unknown)}, expected tasks, init_states")
+        chosen = range(num_tasks(self.name)) if tasks is None else sorted(set(tasks))
+        out = []
+        for task in chosen:
+            states = range(task_info(self.name, task)["num_init_states"]) if init_states is None else init_states
+            out += [self.episode(task, i) for i in sorted(set(states))]
+        return out
+
+    def _env_for(self, episode: Episode) -> LiberoEnv:
+        if episode.world != self.name or not isinstance(episode.spec, int):
+            raise InputError(f"episode: got an episode of {episode.world!r}, expected one of {self.name!r}")
+        if self.env is None or self.env.task_id != episode.spec:
+            self.close()
+            self.env = LiberoEnv(self.name, episode.spec, resolution=self.resolution, seed=self.seed)
+        return self.env
+
+    def _observation(self, instruction: str) -> Observation:
+        assert self.raw is not None
+        prepared = prepare_observation(self.raw, POLICY_SIZE)
+        return Observation([prepared["full_image"], prepared["wrist_image"]], instruction, prepared["state"])
+
+    def reset(self, episode: Episode, *, regions: bool = True) -> Observation:
+        env = self._env_for(episode)
+        self.raw = env.reset(episode.key[2])
+        self.steps, self.instruction = 0, episode.instruction
+        observation = self._observation(episode.instruction)
+        if regions:
+            observation.regions = episode_regions(env)
+        return observation
+
+    def step(self, action: Sequence[float] | np.ndarray, *, observe: bool = True) -> Step:
+        """One simulator step (LIBERO units: gripper -1 opens, +1 closes); success when LIBERO says done."""
+        if self.env is None or self.raw is None:
+            raise InputError("step: got no running episode, expected reset(episode) first")
+        self.raw, _, success, _ = self.env.step(check_action(action))
+        self.steps += 1
+        observation = self._observation(self.instruction) if observe else None
+        return Step(observation, success or self.steps >= self.max_steps, success)
+
+    def counterfactual(self, episode: Episode, variant: str, *, seed: int = 0) -> Episode:
+        """``other_instruction``: the instruction of another task of the suite (drawn with ``seed``) in this
+        episode's scene; success is still this task's goal. ``target_swap`` is not offered: a LIBERO task's
+        goal is its BDDL file's, and no other goal exists for the same scene."""
+        check_variant(variant)
+        if variant == "target_swap":
+            raise InputError(f"variant: got 'target_swap' for {self.name}, expected 'other_instruction' (a LIBERO "
+                             "task's goal is fixed by its BDDL file)")
+        task = int(episode.key[1])
+        others = [t for t in range(num_tasks(self.name))
+                  if t != task and task_info(self.name, t)["instruction"] != episode.instruction]
+        if not others:
+            raise InputError(f"suite: got {self.name} with no other instruction, expected at least two tasks")
+        donor = others[int(np.random.default_rng([int(seed), task, int(episode.key[2])]).integers(len(others)))]
+        columns = {**episode.columns, "instruction_from": donor}
+        return Episode(self.name, episode.key, task_info(self.name, donor)["instruction"], columns,
+                       "other_instruction", episode.spec)
+
+    def close(self) -> None:
+        env, self.env, self.raw = self.env, None, None
+        if env is not None:
+            env.close()
+
+    def __enter__(self) -> LiberoWorld:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
