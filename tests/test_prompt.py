@@ -186,9 +186,9 @@ def test_prompt_is_saved_and_an_old_checkpoint_keeps_in_out(tmp_path, hf_tokeniz
 
 def test_shipped_models_keep_the_prompt_they_were_trained_with():
     from vla_lab.libero import models as libero_models
+    from vla_lab.tabletop import load_shipped as load_tabletop
     from vla_lab.tabletop import shipped_path
     from vla_lab.worlds.tabletop import build_world_tokenizer
-    from vla_lab.tabletop import load_shipped as load_tabletop
 
     directories = [libero_models.shipped_path(m) for m in libero_models.MASKS]
     directories += sorted(p.parent for p in shipped_path("causal").parent.glob("*/vla_lab_config.json"))

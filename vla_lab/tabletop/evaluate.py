@@ -9,30 +9,30 @@ import numpy as np
 import torch
 
 from vla_lab.model import VLAAdapter, forward_inputs
+from vla_lab.policy import Policy
 from vla_lab.processing.normalization import normalize_actions
 from vla_lab.tabletop.data import TabletopData
 from vla_lab.tabletop.models import check_config, stats_key, world_config
 from vla_lab.worlds import tabletop as world
 
 
-def _observation_batch(
-    model: VLAAdapter, observations: Sequence[world.Observation]
-) -> tuple[list[list[np.ndarray]], list[str], np.ndarray | None]:
-    """(images, instructions, raw proprio) of observations, as the model's inputs take them."""
-    n = model.config.num_images
-    proprio = np.stack([o.proprio for o in observations]) if model.config.use_proprio else None
-    return [o.images[:n] for o in observations], [o.instruction for o in observations], proprio
+def _policy(model: VLAAdapter, execute: int = 8) -> Policy:
+    """The model acting in the tabletop world it was made for (its image size and chunk length)."""
+    check_config(model.config)
+    return Policy(model, world.TabletopWorld(world_config(model.config)), execute=execute)
 
 
 def predict(model: VLAAdapter, observations: Sequence[world.Observation]) -> tuple[np.ndarray, np.ndarray]:
     """Un-normalised and normalised chunks (B, chunk, 7) for a batch of observations (raw proprio in)."""
-    pred = model.predict_action(*_observation_batch(model, observations), unnorm_key=stats_key(model.config))
-    return np.asarray(pred.actions), pred.normalized_actions
+    policy = _policy(model)
+    actions = policy.predict(observations)
+    assert policy.last_normalized is not None
+    return actions, policy.last_normalized
 
 
 def observation_inputs(model: VLAAdapter, observations: Sequence[world.Observation]) -> dict[str, torch.Tensor]:
     """Forward keyword arguments for a batch of observations (raw proprio normalised with the model's statistics)."""
-    return forward_inputs(model.prepare_inputs(*_observation_batch(model, observations)))
+    return forward_inputs(model.prepare_inputs(*_policy(model).inputs(observations)))
 
 
 def expert_l1(model: VLAAdapter, scene: world.Scene, state: world.State, normalized: np.ndarray) -> float:
@@ -60,12 +60,12 @@ def scene_inputs(
 
 def policy_for(model: VLAAdapter) -> world.Policy:
     """A ``world.rollout`` policy: observation -> un-normalised ``(chunk, 7)`` actions (raw proprio in)."""
-    check_config(model.config)
+    policy = _policy(model)
 
-    def policy(observation: world.Observation) -> np.ndarray:
-        return predict(model, [observation])[0][0]
+    def act(observation: world.Observation) -> np.ndarray:
+        return policy.predict([observation])[0]
 
-    return policy
+    return act
 
 
 def evaluate_scenes(
@@ -73,18 +73,15 @@ def evaluate_scenes(
 ) -> tuple[list[dict[str, Any]], list[float]]:
     """Closed-loop episodes of ``scenes`` in lockstep (one forward pass per round, the model's own mask):
     the episode records and the action L1 of each episode's first chunk against the expert's."""
-    last: dict[str, np.ndarray] = {}
+    policy = _policy(model, execute)
     first = [float("nan")] * len(scenes)
-
-    def policy(observations: Sequence[world.Observation]) -> np.ndarray:
-        actions, last["normalized"] = predict(model, observations)
-        return actions
 
     def on_query(episode: int, row: int, query: int, state: world.State) -> None:
         if query == 0:
-            first[episode] = expert_l1(model, scenes[episode], state, last["normalized"][row])
+            assert policy.last_normalized is not None
+            first[episode] = expert_l1(model, scenes[episode], state, policy.last_normalized[row])
 
-    results = world.run_episodes(scenes, policy, max_steps=max_steps, execute=execute, on_query=on_query)
+    results = world.run_episodes(scenes, policy.predict, max_steps=max_steps, execute=execute, on_query=on_query)
     return [result.record(scene) for scene, result in zip(scenes, results)], first
 
 

@@ -14,7 +14,7 @@ which pixels show which object. Models act in it from above (:mod:`vla_lab.model
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -92,6 +92,8 @@ class World(Protocol):
     name: str
     #: Key of the action / proprio statistics a model trained on this world normalises with.
     stats_key: str
+    #: Whether a policy's images are centre-cropped before the model (the world's evaluation protocol).
+    center_crop: bool
 
     @property
     def max_steps(self) -> int:
@@ -112,6 +114,14 @@ class World(Protocol):
 
     def counterfactual(self, episode: Episode, variant: str, *, seed: int = 0) -> Episode:
         """``episode`` changed as :data:`COUNTERFACTUALS` names (``seed`` picks among the choices)."""
+        ...
+
+    def statistics_for(self, available: Collection[str]) -> str | None:
+        """Which of a model's statistics (``norm_stats`` keys) to un-normalise with in this world (None: none)."""
+        ...
+
+    def process_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """A model's (chunk, 7) actions -> the world's action units (its evaluation protocol's post-processing)."""
         ...
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ its own definition (every object of interest is ``target``) for the LIBERO atten
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from vla_lab.errors import InputError
 from vla_lab.worlds.base import Episode, Observation, Step, check_action, check_variant
 from vla_lab.worlds.libero.env import MAX_STEPS, LiberoEnv, check_suite, num_tasks, object_segmentation, task_info
-from vla_lab.worlds.libero.observation import prepare_observation
+from vla_lab.worlds.libero.observation import prepare_observation, process_action
 
 #: Size of the policy's square views.
 POLICY_SIZE = 224
@@ -46,18 +46,38 @@ class LiberoWorld:
     """One LIBERO suite. ``resolution``: the cameras' (upstream's 256); ``seed``: the simulator's seed."""
 
     stats_key: str
+    #: Upstream evaluates models trained with random crops on the centre crop.
+    center_crop = True
 
-    def __init__(self, suite: str, resolution: int = 256, seed: int = 0) -> None:
+    def __init__(self, suite: str, resolution: int = 256, seed: int = 0, max_steps: int | None = None,
+                 render: bool = True) -> None:
         self.name = check_suite(suite)
         self.stats_key = suite
-        self.resolution, self.seed = int(resolution), int(seed)
+        self.resolution, self.seed, self.render = int(resolution), int(seed), bool(render)
+        self._max_steps = MAX_STEPS[suite] if max_steps is None else int(max_steps)
         self.env: LiberoEnv | None = None
         self.raw: dict[str, Any] | None = None
         self.steps = 0
 
     @property
     def max_steps(self) -> int:
-        return MAX_STEPS[self.name]
+        """The suite's step limit (upstream's) unless the constructor's ``max_steps`` says otherwise."""
+        return self._max_steps
+
+    def statistics_for(self, available: Collection[str]) -> str | None:
+        """Upstream's choice: the suite's statistics, else ``<suite>_no_noops``; None for a model without any."""
+        keys = list(available)
+        if not keys:
+            return None
+        for key in (self.name, f"{self.name}_no_noops"):
+            if key in keys:
+                return key
+        raise InputError(f"unnorm_key: got a model with statistics for {sorted(keys)}, "
+                         f"expected {self.name!r} or {self.name + '_no_noops'!r}")
+
+    def process_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """Upstream's gripper post-processing (:func:`~vla_lab.worlds.libero.observation.process_action`)."""
+        return process_action(chunk)
 
     def episode(self, task: int, init_state: int) -> Episode:
         """The episode of one task and init state (checked against the suite)."""
@@ -87,7 +107,8 @@ class LiberoWorld:
             raise InputError(f"episode: got an episode of {episode.world!r}, expected one of {self.name!r}")
         if self.env is None or self.env.task_id != episode.spec:
             self.close()
-            self.env = LiberoEnv(self.name, episode.spec, resolution=self.resolution, seed=self.seed)
+            self.env = LiberoEnv(self.name, episode.spec, resolution=self.resolution, seed=self.seed,
+                                 render=self.render)
         return self.env
 
     def _observation(self, instruction: str) -> Observation:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,15 +68,27 @@ class TabletopWorld:
 
     name = "tabletop"
     stats_key = STATS_KEY
+    center_crop = False
 
-    def __init__(self, config: WorldConfig = WorldConfig()) -> None:
+    def __init__(self, config: WorldConfig = WorldConfig(), max_steps: int | None = None) -> None:
         self.config = config
+        self._max_steps = config.max_steps if max_steps is None else int(max_steps)
         self.scene: Scene | None = None
         self.state: State | None = None
 
     @property
     def max_steps(self) -> int:
-        return self.config.max_steps
+        """``config.max_steps`` unless the constructor's ``max_steps`` says otherwise."""
+        return self._max_steps
+
+    def statistics_for(self, available: Collection[str]) -> str | None:
+        """``tabletop`` if the model has it, else its only statistics (None without any)."""
+        keys = list(available)
+        return None if not keys else STATS_KEY if STATS_KEY in keys else keys[0]
+
+    def process_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        """The world takes a model's actions as they are."""
+        return chunk
 
     def episode(self, split: str, seed: int) -> Episode:
         """The episode of one scene."""

@@ -17,9 +17,11 @@ import numpy as np
 
 from vla_lab.errors import InputError
 from vla_lab.stats import wilson_interval
-from vla_lab.worlds.tabletop.dynamics import expert_policy, step
-from vla_lab.worlds.tabletop.render import Observation, render
-from vla_lab.worlds.tabletop.scenes import KINDS, Scene, State, WorldConfig, initial_state, sample_scene
+from vla_lab.worlds.base import Episode, Observation, Step
+from vla_lab.worlds.runner import OpenLoop, run_lockstep
+from vla_lab.worlds.tabletop.dynamics import expert_policy
+from vla_lab.worlds.tabletop.env import TabletopWorld
+from vla_lab.worlds.tabletop.scenes import KINDS, Scene, State, WorldConfig, sample_scene
 
 OUTCOMES = ("success", "wrong_object", "timeout")
 
@@ -62,13 +64,6 @@ class RolloutResult:
         }
 
 
-def _chunk(value: Any) -> np.ndarray:
-    chunk = np.asarray(value, dtype=np.float64)
-    if chunk.ndim != 2 or chunk.shape[1] != 7 or chunk.shape[0] < 1:
-        raise InputError(f"policy output: got shape {chunk.shape}, expected (chunk, 7)")
-    return chunk
-
-
 def run_episodes(
     scenes: Sequence[Scene],
     policy: BatchPolicy,
@@ -79,7 +74,8 @@ def run_episodes(
     on_query: QueryCallback | None = None,
     indexed: bool = False,
 ) -> list[RolloutResult]:
-    """Run one episode per scene, in lockstep, until each succeeds, fails or reaches its step limit.
+    """Run one episode per scene, in lockstep, until each succeeds, fails or reaches its step limit
+    (:func:`vla_lab.worlds.runner.run_lockstep`, one :class:`TabletopWorld` per scene).
 
     An episode stops when the target (success) or another object (failure) is grasped, or after
     ``max_steps`` steps (``scene.config.max_steps`` by default). With ``record`` the observations given
@@ -87,41 +83,36 @@ def run_episodes(
     ``policy(observations, episodes, states)``: the indices into ``scenes`` of the rows and their states
     (for policies that treat each scene differently).
     """
-    if execute < 1:
-        raise InputError(f"execute: got {execute}, expected a positive integer")
-    limits = [s.config.max_steps if max_steps is None else max_steps for s in scenes]
-    states = [initial_state(s) for s in scenes]
-    positions = [[(s.x, s.y)] for s in states]
+    worlds = [TabletopWorld(s.config, max_steps) for s in scenes]
+    episodes = [Episode("tabletop", ("", s.seed), s.instruction, {}, spec=s) for s in scenes]
     frames: list[list[Observation]] = [[] for _ in scenes]
-    queries = [0] * len(scenes)
-    while True:
-        active = [i for i, s in enumerate(states) if not s.done and s.steps < limits[i]]
-        if not active:
-            break
-        observations = [render(scenes[i], states[i]) for i in active]
+    positions = [[s.gripper_start] for s in scenes]
+
+    def chunks(observations: Sequence[Observation], slots: Sequence[int]) -> Any:
+        if record:
+            for slot, observation in zip(slots, observations):
+                frames[slot].append(observation)
         if indexed:
-            chunks = policy(observations, active, [states[i] for i in active])  # type: ignore[call-arg]
-        else:
-            chunks = policy(observations)
-        if len(chunks) != len(active):
-            raise InputError(f"policy output: got {len(chunks)} chunks, expected one per observation ({len(active)})")
-        for row, i in enumerate(active):
-            chunk = _chunk(chunks[row])
-            if record:
-                frames[i].append(observations[row])
-            if on_query is not None:
-                on_query(i, row, queries[i], states[i])
-            queries[i] += 1
-            for action in chunk[:execute]:
-                states[i] = step(scenes[i], states[i], action)
-                positions[i].append((states[i].x, states[i].y))
-                if states[i].done or states[i].steps >= limits[i]:
-                    break
-    return [
-        RolloutResult(state.holding, outcome(state), state.steps, queries[i],
-                      np.asarray(positions[i], dtype=np.float32), state, frames[i])
-        for i, state in enumerate(states)
-    ]
+            return policy(observations, slots, [worlds[s].state for s in slots])  # type: ignore[call-arg]
+        return policy(observations)
+
+    def query(slot: int, row: int, number: int) -> None:
+        if on_query is not None:
+            on_query(slot, row, number, worlds[slot].state)  # type: ignore[arg-type]
+
+    def stepped(slot: int, _: Step) -> None:
+        state = worlds[slot].state
+        assert state is not None
+        positions[slot].append((state.x, state.y))
+
+    runs = run_lockstep(worlds, episodes, OpenLoop(chunks, execute, on_query=query), on_step=stepped)
+    out = []
+    for slot, run in enumerate(runs):
+        state = worlds[slot].state
+        assert state is not None
+        out.append(RolloutResult(state.holding, outcome(state), state.steps, run.queries,
+                                 np.asarray(positions[slot], dtype=np.float32), state, frames[slot]))
+    return out
 
 
 def rollout(

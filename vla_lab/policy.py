@@ -1,0 +1,66 @@
+"""A model acting in a world: one policy for every model and every world.
+
+:class:`Policy` turns a :class:`~vla_lab.model.VLAAdapter` into the chunk function of
+:class:`~vla_lab.worlds.runner.OpenLoop` with the world's conventions: its views (as many as the model
+takes), the proprio when the model uses it, the statistics the world picks (``statistics_for``), its centre
+crop and its action post-processing (``process_chunk``). One call predicts the chunks of every observation
+given (one batched forward pass). As an :class:`OpenLoop` it keeps the action queue: ``select_action``
+(one episode) or ``select_actions`` (several, batched); ``last_normalized`` holds the head's output of the
+latest query (rows in the order of its observations).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_lab.errors import InputError
+from vla_lab.model import VLAAdapter
+from vla_lab.worlds import Observation, World
+from vla_lab.worlds.runner import OpenLoop, QueryHook
+
+
+def check_world_model(model: VLAAdapter, world: World) -> None:
+    """A one-line error unless ``model`` can act in ``world`` (7-d actions, 8-d proprio, 1-2 views)."""
+    config = model.config
+    if config.robot.action_dim != 7:
+        raise InputError(f"robot.action_dim: got {config.robot.action_dim}, expected 7 ({world.name}'s actions)")
+    if config.use_proprio and config.robot.proprio_dim != 8:
+        raise InputError(f"robot.proprio_dim: got {config.robot.proprio_dim}, expected 8 ({world.name}'s proprio)")
+    if config.num_images not in (1, 2):
+        raise InputError(f"num_images: got {config.num_images}, expected 1 or 2 ({world.name} has two views)")
+
+
+class Policy(OpenLoop):
+    """``model`` acting in ``world`` (see the module docstring); ``prompt`` overrides the model's prompt.
+
+    The model's train / eval mode is the caller's (put it in eval mode to act).
+    """
+
+    def __init__(self, model: VLAAdapter, world: World, *, execute: int = 8, prompt: str | None = None,
+                 on_query: QueryHook | None = None) -> None:
+        check_world_model(model, world)
+        self.model, self.world, self.prompt = model, world, prompt
+        self.unnorm_key = world.statistics_for(model.config.norm_stats or {})
+        self.last_normalized: np.ndarray | None = None
+        super().__init__(self.predict, execute, world.process_chunk, on_query)
+
+    def inputs(self, observations: Sequence[Observation]) -> tuple[list[list[np.ndarray]], list[str], Any]:
+        """(images, instructions, raw proprio or None) of ``observations``, as the model takes them."""
+        n = self.model.config.num_images
+        proprio = np.stack([o.proprio for o in observations]) if self.model.config.use_proprio else None
+        return [list(o.images[:n]) for o in observations], [o.instruction for o in observations], proprio
+
+    def predict(self, observations: Sequence[Observation], slots: Sequence[int] = ()) -> np.ndarray:
+        """(B, chunk, 7) chunks for ``observations`` (un-normalised when the model has statistics), before the
+        world's post-processing; ``slots`` is unused (the chunk-function signature)."""
+        images, instructions, proprio = self.inputs(observations)
+        with torch.inference_mode():
+            pred = self.model.predict_action(images, instructions, proprio, unnorm_key=self.unnorm_key,
+                                             center_crop=self.world.center_crop, prompt=self.prompt)
+        self.last_normalized = np.asarray(pred.normalized_actions)
+        actions = pred.actions if pred.actions is not None else pred.normalized_actions
+        return np.asarray(actions, dtype=np.float64)

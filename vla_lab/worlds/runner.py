@@ -1,0 +1,137 @@
+"""One way to run episodes in any world: chunks run open loop from an action queue, several worlds in lockstep.
+
+:class:`OpenLoop` is the policy side, model-free: a *chunk function* ``(observations, slots) -> chunks``
+(a model, the expert, an intervention) queried only when a slot's queue is empty; the first ``execute``
+actions of each chunk (after the world's ``process_chunk``) are queued and popped one per step, as upstream's
+evaluation runs a VLA (LeRobot's ``select_action`` idiom). All slots whose queues are empty at the same
+step are queried in one call (one batched forward pass).
+
+:func:`run_lockstep` is the episode side: one :class:`~vla_lab.worlds.World` per slot, each reset to its
+episode; at every step each running slot gets an action, and an observation is made only where the next
+action needs one (the others step with ``observe=False``). An episode ends when its world says ``done``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vla_lab.errors import InputError
+from vla_lab.worlds.base import Episode, Observation, Step, World
+
+#: (observations of the slots that need a chunk, those slots) -> one (chunk, 7) chunk per observation.
+ChunkFn = Callable[[Sequence[Observation], Sequence[int]], Any]
+#: Called once per chunk, before its first action runs, with (slot, row of the query's batch, query number).
+QueryHook = Callable[[int, int, int], None]
+#: Called after every step with (slot, the step's result).
+StepHook = Callable[[int, Step], None]
+
+
+def check_chunk(value: Any) -> np.ndarray:
+    """A (chunk, 7) float64 array, else a one-line error."""
+    chunk = np.asarray(value, dtype=np.float64)
+    if chunk.ndim != 2 or chunk.shape[1] != 7 or chunk.shape[0] < 1:
+        raise InputError(f"policy output: got shape {chunk.shape}, expected (chunk, 7)")
+    return chunk
+
+
+class OpenLoop:
+    """Action queues over ``chunks``: each slot executes ``execute`` actions of a chunk before it asks again.
+
+    ``process`` maps a chunk to the world's action units (LIBERO's gripper convention; identity by default);
+    ``on_query`` sees every query. ``queries[slot]`` counts them since :meth:`reset`.
+    """
+
+    def __init__(self, chunks: ChunkFn, execute: int = 8, process: Callable[[np.ndarray], np.ndarray] | None = None,
+                 on_query: QueryHook | None = None) -> None:
+        if isinstance(execute, bool) or not isinstance(execute, (int, np.integer)) or execute < 1:
+            raise InputError(f"execute: got {execute!r}, expected a positive integer")
+        self.chunks, self.execute, self.process, self.on_query = chunks, int(execute), process, on_query
+        self.reset()
+
+    def reset(self, slots: int = 1) -> None:
+        """Empty queues for ``slots`` episodes."""
+        self.queues: list[deque[np.ndarray]] = [deque() for _ in range(slots)]
+        self.queries = [0] * slots
+
+    def needs_observation(self, slot: int) -> bool:
+        """Whether the next action of ``slot`` needs a new chunk (so an observation)."""
+        return not self.queues[slot]
+
+    def select_actions(self, slots: Sequence[int], observations: Mapping[int, Observation]) -> list[np.ndarray]:
+        """The next action of each of ``slots``; those with empty queues are queried together (their
+        observations must be given), in the order of ``slots``."""
+        asking = [s for s in slots if not self.queues[s]]
+        missing = [s for s in asking if s not in observations]
+        if missing:
+            raise InputError(f"observations: got none for slots {missing}, expected one for every slot that queries")
+        if asking:
+            chunks = self.chunks([observations[s] for s in asking], asking)
+            if len(chunks) != len(asking):
+                raise InputError(f"policy output: got {len(chunks)} chunks, expected one per observation "
+                                 f"({len(asking)})")
+            for row, slot in enumerate(asking):
+                chunk = check_chunk(chunks[row])
+                if self.process is not None:
+                    chunk = check_chunk(self.process(chunk))
+                if self.on_query is not None:
+                    self.on_query(slot, row, self.queries[slot])
+                self.queries[slot] += 1
+                self.queues[slot].extend(chunk[: self.execute])
+        return [self.queues[s].popleft() for s in slots]
+
+    def select_action(self, observation: Observation | None) -> np.ndarray:
+        """One episode (slot 0): the next action; ``observation`` may be None while the queue is not empty."""
+        return self.select_actions([0], {} if observation is None else {0: observation})[0]
+
+
+@dataclass
+class EpisodeRun:
+    """How an episode of :func:`run_lockstep` went."""
+
+    episode: Episode
+    success: bool
+    steps: int
+    queries: int
+
+
+def run_lockstep(
+    worlds: Sequence[World], episodes: Sequence[Episode], policy: OpenLoop, *, regions: bool = False,
+    on_reset: Callable[[int, Observation], None] | None = None, on_step: StepHook | None = None,
+) -> list[EpisodeRun]:
+    """Run ``episodes[i]`` in ``worlds[i]`` (one episode per world), in lockstep, to their ends.
+
+    ``regions`` asks the resets for the region masks; ``on_reset`` / ``on_step`` see each slot's first
+    observation and every step.
+    """
+    if len(worlds) != len(episodes):
+        raise InputError(f"worlds: got {len(worlds)}, expected one per episode ({len(episodes)})")
+    policy.reset(len(episodes))
+    observations: dict[int, Observation] = {}
+    for slot, (world, episode) in enumerate(zip(worlds, episodes)):
+        observations[slot] = world.reset(episode, regions=regions)
+        if on_reset is not None:
+            on_reset(slot, observations[slot])
+    steps, success = [0] * len(episodes), [False] * len(episodes)
+    active = [slot for slot, world in enumerate(worlds) if world.max_steps > 0]
+    while active:
+        actions = policy.select_actions(active, observations)
+        still = []
+        for slot, action in zip(active, actions):
+            observations.pop(slot, None)
+            result = worlds[slot].step(action, observe=policy.needs_observation(slot))
+            steps[slot] += 1
+            if on_step is not None:
+                on_step(slot, result)
+            if result.done:
+                success[slot] = result.success
+                continue
+            if result.observation is not None:
+                observations[slot] = result.observation
+            still.append(slot)
+        active = still
+    return [EpisodeRun(e, success[i], steps[i], policy.queries[i]) for i, e in enumerate(episodes)]
