@@ -97,10 +97,12 @@ def _add_suite(q: argparse.ArgumentParser, help: str, default: str | None = None
 
 
 def _add_tasks(q: argparse.ArgumentParser) -> None:
+    """``--tasks``: comma-separated task ids of the suite (checked by :func:`parse_tasks`)."""
     q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
 
 
 def _add_resolution(q: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """``--resolution``: the camera's size in pixels (checked in :func:`_plan`)."""
     q.add_argument("--resolution", type=int, default=default, help=help)
 
 
