@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_file
 
 from vla_lab.cli import build_parser
+from vla_lab.cli.train import train_configs
 from vla_lab.config import VLAConfig
 from vla_lab.errors import ConfigError, InputError
 from vla_lab.experiments.train import TrainConfig, train
 from vla_lab.libero import data as libero_data
 from vla_lab.model import load_pretrained
 from vla_lab.processing import VLAProcessor, build_prompt
-from vla_lab.train_cli import train_configs
 from vla_lab.worlds.libero.tokenizer import VOCABULARY, build_libero_tokenizer, write_libero_tokenizer_files
 
 h5py = pytest.importorskip("h5py")
@@ -209,7 +209,7 @@ def test_training_on_demonstrations_resumes_bit_exactly(demos, tmp_path) -> None
     # The checkpoint names its demonstrations; the evaluation renders at their resolution by default.
     import argparse
 
-    from vla_lab.eval_cli import camera_resolution
+    from vla_lab.cli.libero import camera_resolution
     from vla_lab.libero.models import demos_manifest
 
     assert demos_manifest(straight) == json.loads((demos / "demos.json").read_text())

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from vla_lab.cli import build_parser
+from vla_lab.cli.libero import camera_resolution
 from vla_lab.errors import InputError
-from vla_lab.eval_cli import camera_resolution
 from vla_lab.libero.models import MASKS, SHIPPED, demos_manifest, load_shipped, shipped_name, shipped_path
 
 SUITE = "libero_spatial"

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tests.test_tabletop import tiny_tabletop_config
 from vla_lab import tabletop
 from vla_lab.cli import build_parser
+from vla_lab.cli.train import train_configs
 from vla_lab.errors import ConfigError
 from vla_lab.experiments.train import (
     TRAINER_STATE,
@@ -22,7 +23,6 @@ from vla_lab.experiments.train import (
     train,
 )
 from vla_lab.model import load_pretrained
-from vla_lab.train_cli import train_configs
 from vla_lab.worlds import tabletop as world
 
 
@@ -220,8 +220,8 @@ def test_the_world_split_bounds_apply_to_the_tabletop_world_only(tmp_path) -> No
 def test_train_command_leaves_the_environment_alone(tmp_path, monkeypatch) -> None:
     """--num-threads reaches torch through the trainer; the command does not set OMP_NUM_THREADS in its own
     environment (torch is imported long before, so it only leaked into later subprocesses)."""
+    from vla_lab.cli.train import run
     from vla_lab.experiments import train as train_module
-    from vla_lab.train_cli import run
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     seen = {}

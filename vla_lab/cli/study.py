@@ -1,4 +1,4 @@
-"""``vla-lab study NAME``: the parser and the handler (registered by :mod:`vla_lab.cli`).
+"""``vla-lab study NAME``: the parser and the handler.
 
 Everything cheap is checked before any model is loaded: the options, the models named, and that ``--out``
 can hold this run (a run directory is never reused without ``--resume`` or ``--overwrite``). Under
@@ -14,21 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from vla_lab import files, parallel
-from vla_lab.config import PROMPTS
+from vla_lab.cli import options
 from vla_lab.errors import InputError
 
 
-def add_parser(sub: Any) -> None:
-    """Add ``study`` to the subparsers ``sub`` of the ``vla-lab`` parser."""
+def register(sub: options.Subparsers) -> None:
+    """Add ``study`` to the subparsers of the ``vla-lab`` parser."""
     from vla_lab.experiments.study import STUDIES
 
     p = sub.add_parser("study", help="a study over many scenes: per-scene records, intervals, paired tests "
                                      "(sharded under torchrun)")
     p.add_argument("name", choices=sorted(STUDIES), help="; ".join(f"{k}: {v.description}"
                                                                   for k, v in sorted(STUDIES.items())))
-    p.add_argument("--model", dest="models", action="append",
-                   help="a shipped model name (e.g. tabletop-causal), random-init:<name> or a checkpoint "
-                        "directory (repeat; default: every shipped tabletop model)")
+    options.add_models(p, "models", "a shipped model name (e.g. tabletop-causal), random-init:<name> or a checkpoint "
+                                    "directory (repeat; default: every shipped tabletop model)")
     p.add_argument("--scenes", type=int, default=200, help="test scenes (default 200)")
     p.add_argument("--start", type=int, default=0, help="first test scene (default 0)")
     p.add_argument("--validation-scenes", dest="validation_scenes", type=int, default=50,
@@ -38,18 +37,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-closed-loop", dest="closed_loop", action="store_false",
                    help="open-loop measures only (where the study has both)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=20, help="scenes per unit (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random controls and bootstraps (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (cuda:LOCAL_RANK under torchrun)")
-    p.add_argument("--num-threads", dest="num_threads", type=int, default=1,
-                   help="torch CPU threads per process (default 1, as under torchrun; 0: torch's default)")
-    p.add_argument("--prompt", choices=PROMPTS, default=None,
-                   help="the prompt every model's instructions are put in (default: each model's own)")
-    p.add_argument("--out", help="run directory (default: ./vla_lab_study/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished units")
-    p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--json", action="store_true",
-                   help='print {"study", "records", "num_records", "summary", "tests"} as JSON')
+    options.add_seed(p, 0, "seed of random controls and bootstraps (default 0)")
+    options.add_device(p, help="cpu or cuda (cuda:LOCAL_RANK under torchrun)")
+    options.add_num_threads(p, 1, "torch CPU threads per process (default 1, as under torchrun; 0: torch's default)")
+    options.add_prompt(p, options.EACH_MODEL_PROMPT_HELP)
+    options.add_out(p, "run directory (default: ./vla_lab_study/<name>)")
+    options.add_resume(p, "continue the run in --out, skipping finished units")
+    options.add_overwrite(p)
+    options.add_no_progress(p)
+    options.add_json(p, 'print {"study", "records", "num_records", "summary", "tests"} as JSON')
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,10 +1,9 @@
-"""``vla-lab eval libero``, ``vla-lab libero expert`` and ``vla-lab libero demos``: parsers and handlers
-(registered by :mod:`vla_lab.cli`).
+"""``vla-lab eval libero``, ``vla-lab libero expert``, ``vla-lab libero demos`` and ``vla-lab libero attention``:
+parsers and handlers.
 
-The model options are those of the other commands, plus ``--shipped`` (a shipped tabletop or LIBERO model); the
-model itself is loaded by the function :mod:`vla_lab.cli` passes in, so this module does not import it.
-Everything cheap is checked before the model is loaded or a simulator is built: the options, that LIBERO
-is installed, the tasks and init states, and that ``--out`` can hold this run.
+The model options of ``eval libero`` are those of the other commands, plus ``--shipped`` (a shipped tabletop or
+LIBERO model). Everything cheap is checked before the model is loaded or a simulator is built: the options,
+that LIBERO is installed, the tasks and init states, and that ``--out`` can hold this run.
 """
 
 from __future__ import annotations
@@ -16,84 +15,110 @@ from pathlib import Path
 from typing import Any
 
 from vla_lab import files, parallel
-from vla_lab.config import PROMPTS
+from vla_lab.cli import options
 from vla_lab.errors import InputError
 from vla_lab.libero import evaluate as libero_eval
 from vla_lab.worlds.libero import env as libero_env
 
-LoadModel = Callable[[argparse.Namespace], Any]
 #: The suite the scripted expert (:mod:`vla_lab.worlds.libero.expert`) is built for.
 EXPERT_SUITE = "libero_spatial"
 
 
-def add_parser(sub: Any, add_model_arguments: Callable[..., Any]) -> None:
-    """Add ``eval`` (with its ``libero`` benchmark) to the subparsers ``sub`` of the ``vla-lab`` parser."""
+def register(sub: options.Subparsers) -> None:
+    """Add ``eval`` (its ``libero`` benchmark) and ``libero`` (``expert``, ``demos``, ``attention``) to the
+    subparsers of the ``vla-lab`` parser."""
+    _add_eval_parser(sub)
+    _add_libero_parser(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The handler of ``vla-lab eval libero`` and of ``vla-lab libero <tool>``."""
+    if args.command == "eval":
+        return run_eval(args)
+    handlers = {"demos": run_demos, "attention": run_attention, "expert": run_expert}
+    return handlers[args.tool](args)
+
+
+def _add_eval_parser(sub: options.Subparsers) -> None:
+    from vla_lab.libero.models import SHIPPED
     from vla_lab.tabletop import MASKS
 
     p = sub.add_parser("eval", help="closed-loop evaluation on a benchmark (LIBERO), sharded under torchrun")
+    p.set_defaults(func=run)
     benchmarks = p.add_subparsers(dest="benchmark", required=True, parser_class=type(p))
     q = benchmarks.add_parser("libero", help="LIBERO with upstream's protocol (pip install -e '.[libero]')")
-    source = add_model_arguments(q, attention=None, dtype_default=None)
-    from vla_lab.libero.models import SHIPPED
-
+    source = options.add_model_arguments(q, attention=None, dtype_default=None)
     source.add_argument("--shipped", choices=(*MASKS, *SHIPPED),
                         help="a shipped model: tabletop (the mask it was trained with) or LIBERO (its name)")
-    q.add_argument("--suite", required=True, help=f"one of {', '.join(libero_env.SUITES)}")
+    _add_suite(q, f"one of {', '.join(libero_env.SUITES)}")
     _add_episode_arguments(q, "vla_lab_eval")
-    q.add_argument("--resolution", type=int, default=None,
-                   help=f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution of the "
-                        "demonstrations a vla-lab LIBERO model was trained on)")
+    _add_resolution(q, None, f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution "
+                             "of the demonstrations a vla-lab LIBERO model was trained on)")
     q.add_argument("--video", action="store_true", help="an MP4 per episode in <out>/videos")
-    q.add_argument("--num-threads", dest="num_threads", type=int, default=1,
-                   help="torch CPU threads per process (default 1; records depend on it, so it is recorded)")
+    options.add_num_threads(q, 1, "torch CPU threads per process (default 1; records depend on it, so it is "
+                                  "recorded)")
 
 
-def add_libero_parser(sub: Any) -> None:
-    """Add ``libero`` (its ``expert`` and ``demos`` commands) to the subparsers ``sub`` of the ``vla-lab`` parser."""
+def _add_libero_parser(sub: options.Subparsers) -> None:
     from vla_lab.libero.demos import DEMO_RESOLUTION
 
     p = sub.add_parser("libero", help="LIBERO tools: the scripted expert, demonstrations (pip install -e '.[libero]')")
+    p.set_defaults(func=run)
     tools = p.add_subparsers(dest="tool", required=True, parser_class=type(p))
     q = tools.add_parser("expert", help="run the scripted expert (physics only) and record its success")
-    q.add_argument("--suite", default=EXPERT_SUITE, help="the suite (only libero_spatial has an expert)")
+    _add_suite(q, "the suite (only libero_spatial has an expert)", EXPERT_SUITE)
     _add_episode_arguments(q, "vla_lab_expert")
     q = tools.add_parser("demos", help="expert demonstrations in LIBERO's HDF5 layout (successful episodes only)")
-    q.add_argument("--suite", default=EXPERT_SUITE, help="the suite (only libero_spatial has an expert)")
+    _add_suite(q, "the suite (only libero_spatial has an expert)", EXPERT_SUITE)
     q.add_argument("--episodes-per-task", dest="trials", type=int,
                    help="run init states 0..N-1 of each task, keep the successes (default: all 50)")
-    q.add_argument("--resolution", type=int, default=DEMO_RESOLUTION,
-                   help=f"camera resolution of the stored images (default {DEMO_RESOLUTION}, LIBERO's own)")
+    _add_resolution(q, DEMO_RESOLUTION,
+                    f"camera resolution of the stored images (default {DEMO_RESOLUTION}, LIBERO's own)")
     _add_episode_arguments(q, "vla_lab_demos", trials=False)
     q.set_defaults(trials_flag="--episodes-per-task")
     q = tools.add_parser("attention", help="target attention of LIBERO models on real frames vs random init")
-    q.add_argument("--model", action="append", required=True,
-                   help="a shipped LIBERO model (libero-spatial-causal, ...) or a checkpoint directory; repeatable")
-    q.add_argument("--suite", default=EXPERT_SUITE, help="the suite whose scenes are shown (default libero_spatial)")
-    q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
+    options.add_models(q, "model", "a shipped LIBERO model (libero-spatial-causal, ...) or a checkpoint directory; "
+                                   "repeatable", required=True)
+    _add_suite(q, "the suite whose scenes are shown (default libero_spatial)", EXPERT_SUITE)
+    _add_tasks(q)
     q.add_argument("--selection-states", dest="selection_states", default="0:5",
                    help="init states A:B that choose each model's layer (default 0:5, training init states)")
     q.add_argument("--report-states", dest="report_states", default="40:50",
                    help="init states A:B the ratio is reported on (default 40:50, held out)")
-    q.add_argument("--prompt", choices=PROMPTS, default=None,
-                   help="the prompt every model's instructions are put in (default: each model's own)")
-    q.add_argument("--out", required=True, help="output directory (records.parquet, summary.json)")
-    q.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
-    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+    options.add_prompt(q, options.EACH_MODEL_PROMPT_HELP)
+    options.add_out(q, "output directory (records.parquet, summary.json)", required=True)
+    options.add_overwrite(q, "replace an earlier run in --out")
+    options.add_json(q)
+
+
+def _add_suite(q: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
+    """``--suite``: required where it has no default."""
+    q.add_argument("--suite", required=default is None, default=default, help=help)
+
+
+def _add_tasks(q: argparse.ArgumentParser) -> None:
+    """``--tasks``: comma-separated task ids of the suite (checked by :func:`parse_tasks`)."""
+    q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
+
+
+def _add_resolution(q: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """``--resolution``: the camera's size in pixels (checked in :func:`_plan`)."""
+    q.add_argument("--resolution", type=int, default=default, help=help)
 
 
 def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str, trials: bool = True) -> None:
     """The options of a run of LIBERO episodes: which episodes, the simulator, the run directory, output."""
-    q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
+    _add_tasks(q)
     if trials:
         q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50, as upstream)")
     q.add_argument("--init-states", dest="init_states", help="init states A:B (A included, B not)")
     q.add_argument("--max-steps", dest="max_steps", type=int, help="steps per episode (default: the suite's)")
     q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0, as upstream)")
-    q.add_argument("--out", help=f"run directory (default: ./{out_root}/<suite>)")
-    q.add_argument("--resume", action="store_true", help="continue the run in --out, skipping recorded episodes")
-    q.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
-    q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    q.add_argument("--json", action="store_true", help="print the summary as JSON")
+    options.add_out(q, f"run directory (default: ./{out_root}/<suite>)")
+    options.add_resume(q, "continue the run in --out, skipping recorded episodes")
+    options.add_overwrite(q)
+    options.add_no_progress(q)
+    options.add_json(q)
 
 
 def parse_tasks(text: str | None) -> list[int] | None:
@@ -348,7 +373,7 @@ def run_expert(args: argparse.Namespace) -> int:
     return _claim(out, settings, args, work)
 
 
-def run(args: argparse.Namespace, load_model: LoadModel) -> int:
+def run_eval(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab eval libero``."""
     suite, keys = _plan(args)
     if args.num_threads < 1:
@@ -357,24 +382,22 @@ def run(args: argparse.Namespace, load_model: LoadModel) -> int:
     out = Path(args.out or Path("vla_lab_eval") / suite)
     settings = {"suite": suite, "model": model_name(args), **model_settings(args), "num_threads": args.num_threads,
                 "max_steps": args.max_steps, "seed": args.env_seed, "resolution": args.resolution}
-    return _claim(out, settings, args, lambda: _evaluate(args, load_model, suite, keys, out, settings))
+    return _claim(out, settings, args, lambda: _evaluate(args, suite, keys, out, settings))
 
 
-def _evaluate(args: argparse.Namespace, load_model: LoadModel, suite: str, keys: Any, out: Path,
-              settings: dict[str, Any]) -> int:
+def _evaluate(args: argparse.Namespace, suite: str, keys: Any, out: Path, settings: dict[str, Any]) -> int:
     """``--num-threads`` torch threads for the evaluation, the caller's afterwards."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(args.num_threads)
     try:
-        return _evaluate_model(args, load_model, suite, keys, out, settings)
+        return _evaluate_model(args, suite, keys, out, settings)
     finally:
         torch.set_num_threads(threads)
 
 
-def _evaluate_model(args: argparse.Namespace, load_model: LoadModel, suite: str, keys: Any, out: Path,
-                    settings: dict[str, Any]) -> int:
+def _evaluate_model(args: argparse.Namespace, suite: str, keys: Any, out: Path, settings: dict[str, Any]) -> int:
     import torch
 
     from vla_lab.experiments.bench import cpu_model
@@ -389,10 +412,10 @@ def _evaluate_model(args: argparse.Namespace, load_model: LoadModel, suite: str,
 
             device = resolve_device(args.device, "--device")
             mask = _libero_shipped(args)
-            options = {"dtype": args.dtype, "device": device, "prompt": args.prompt}
-            model = load_libero(mask, **options) if mask else load_shipped(args.shipped, **options)
+            loading = {"dtype": args.dtype, "device": device, "prompt": args.prompt}
+            model = load_libero(mask, **loading) if mask else load_shipped(args.shipped, **loading)
         else:
-            model = load_model(args)
+            model = options.load_model(args)
         policy = libero_eval.model_policy(model, suite)
         recorded = {**settings, "device": args.device, "unnorm_key": libero_eval.unnorm_key_for(model, suite),
                     "cpu": cpu_model(), "torch": torch.__version__, "vla_lab": __version__}

@@ -1,5 +1,4 @@
-"""``vla-lab train``: the parser, the configurations its options describe, and the handler (registered by
-:mod:`vla_lab.cli`)."""
+"""``vla-lab train``: the parser, the configurations its options describe, and the handler."""
 
 from __future__ import annotations
 
@@ -9,40 +8,40 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vla_lab import files
-from vla_lab.config import PROMPTS, VLAConfig, resolve_device
+from vla_lab.cli import options
+from vla_lab.config import VLAConfig, resolve_device
 from vla_lab.errors import ConfigError, InterruptError
 
 if TYPE_CHECKING:
     from vla_lab.experiments.train import TrainConfig
 
 
-def add_parser(sub: Any, masks: tuple[str, ...]) -> None:
-    """Add ``train`` to the subparsers ``sub`` of the ``vla-lab`` parser (``masks``: the LLM masks offered)."""
+def register(sub: options.Subparsers) -> None:
+    """Add ``train`` to the subparsers of the ``vla-lab`` parser."""
     p = sub.add_parser("train", help="train a model on the synthetic tabletop world or on LIBERO demonstrations")
-    p.add_argument("--out", required=True, help="output directory (checkpoints, metrics.jsonl)")
+    options.add_out(p, "output directory (checkpoints, metrics.jsonl)", required=True)
     p.add_argument("--data", default=None,
                    help="a 'vla-lab libero demos' directory: train the LIBERO recipe (preset libero-small) on it "
                         "(default: the tabletop world)")
-    p.add_argument("--attention", choices=(*masks, "prefix-lm"), default=None, help="LLM mask (default: causal)")
+    options.add_attention(p, (*options.MASK_CHOICES, "prefix-lm"), default_text="causal")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    p.add_argument("--seed", type=int, default=None, help="seed of weights, data order and noise")
+    options.add_seed(p, None, "seed of weights, data order and noise")
     p.add_argument("--config", default=None, help="TrainConfig as a JSON file or string")
     p.add_argument("--model-config", dest="model_config", default=None,
                    help="VLAConfig JSON (default: vla_lab.tabletop.tabletop_config())")
-    p.add_argument("--prompt", choices=PROMPTS, default=None,
-                   help="the prompt the model is trained with, saved in its configuration (default: the model "
-                        "configuration's; openvla for the tabletop and libero-small models, whose tokenizers have "
-                        "no chat tokens)")
-    p.add_argument("--device", default=None, help="cpu or cuda")
-    p.add_argument("--num-threads", dest="num_threads", type=int, default=None, help="torch CPU threads")
+    options.add_prompt(p, "the prompt the model is trained with, saved in its configuration (default: the model "
+                          "configuration's; openvla for the tabletop and libero-small models, whose tokenizers have "
+                          "no chat tokens)")
+    options.add_device(p, default=None)
+    options.add_num_threads(p, None, "torch CPU threads")
     p.add_argument("--test-episodes", dest="test_episodes", type=int, default=None,
                    help="test-split episodes evaluated after training (0: none)")
     p.add_argument("--stop-at", dest="stop_at", type=int, default=None,
                    help="end after this many steps with the schedule unchanged (a checkpoint is written there)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its latest checkpoint (its settings must match)")
-    p.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    options.add_resume(p, "continue the run in --out from its latest checkpoint (its settings must match)")
+    options.add_overwrite(p)
+    options.add_no_progress(p, "no progress bars")
+    p.set_defaults(func=run)
 
 
 def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:

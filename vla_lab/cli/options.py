@@ -1,0 +1,213 @@
+"""The options more than one command module takes, each defined once, and the helpers their handlers share.
+
+Every option here is added to a parser by exactly one function, ``add_<option>``; a command passes the default
+or the help wording its role needs, never adds the flag itself (``tests/test_cli_package.py`` checks that no
+flag is added in two places). The command modules import this module and nothing else of :mod:`vla_lab.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TypeAlias
+
+import numpy as np
+
+from vla_lab import files
+from vla_lab.config import PRESETS, PROMPTS, VLAConfig, resolve_device
+from vla_lab.errors import InputError
+from vla_lab.model import VLAAdapter, build_random, default_dtype, load_pretrained
+from vla_lab.processing.normalization import finite_numbers
+
+#: What a command module's ``register`` is given: the subparsers of the ``vla-lab`` parser.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+#: The LLM masks a model can be built or run with.
+MASK_CHOICES = ("causal", "bidirectional")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``vla-lab <command>: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model: where it comes from and how it runs
+# ---------------------------------------------------------------------------------------------
+
+#: ``--prompt``'s help where one model is run: what each choice is and the default.
+PROMPT_HELP = ("the prompt the instruction is put in: qwen-chat (Qwen's chat template, as upstream runs released "
+               "checkpoints) or openvla (In: ... Out:); default: the model's own (qwen-chat for a released "
+               "checkpoint, openvla for vla-lab's trained models)")
+#: ``--prompt``'s help where several models are run.
+EACH_MODEL_PROMPT_HELP = "the prompt every model's instructions are put in (default: each model's own)"
+#: What ``--dtype`` defaults to where it follows the model (:func:`vla_lab.model.default_dtype`).
+DTYPE_HELP = ("bfloat16 for a released checkpoint, as upstream runs it; the dtype of its weights for a vla-lab "
+              "checkpoint; float32 for a preset")
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    attention: tuple[str, ...] | None = MASK_CHOICES,
+    attention_default: str | None = None,
+    prompt: bool = True,
+    dtype_default: str | None = "float32",
+) -> Any:
+    """``--checkpoint DIR | --preset NAME`` (random weights, ``--seed``), ``--dtype`` (``dtype_default``; None:
+    the model's own, :data:`DTYPE_HELP`), ``--device``, ``--prompt`` (when ``prompt``: commands that build
+    inputs from an instruction) and, unless ``attention`` is None, ``--attention`` with those choices. Returns
+    the group of model sources (a command may add a source of its own to it)."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
+    add_preset(source)
+    if attention is not None:
+        add_attention(parser, attention, attention_default)
+    if prompt:
+        add_prompt(parser)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=dtype_default,
+                        help=f"weights and activations (default: {dtype_default or DTYPE_HELP})")
+    add_device(parser)
+    add_seed(parser, 0, "seed for random preset weights")
+    return source
+
+
+def add_preset(target: Any, required: bool = False, help: str = "a preset with random weights") -> None:
+    """``--preset NAME``, one of :data:`vla_lab.config.PRESETS` (``target``: a parser or an exclusive group)."""
+    target.add_argument("--preset", required=required, choices=sorted(PRESETS), help=help)
+
+
+def add_attention(parser: argparse.ArgumentParser, choices: tuple[str, ...], default: str | None = None,
+                  default_text: str | None = None) -> None:
+    """``--attention MASK``, the LLM mask (``default_text``: what the help says a None default means)."""
+    shown = default or default_text or "the model's"
+    parser.add_argument("--attention", choices=choices, default=default, help=f"LLM mask (default: {shown})")
+
+
+def add_prompt(parser: argparse.ArgumentParser, help: str = PROMPT_HELP) -> None:
+    """``--prompt qwen-chat|openvla`` (default None: the model's own)."""
+    parser.add_argument("--prompt", choices=PROMPTS, default=None, help=help)
+
+
+def add_device(parser: argparse.ArgumentParser, default: str | None = "cpu", help: str = "cpu or cuda") -> None:
+    """``--device``: cpu, cuda or cuda:N (checked when the command runs)."""
+    parser.add_argument("--device", default=default, help=help)
+
+
+def add_seed(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """``--seed N`` (``help``: what the seed seeds in this command)."""
+    parser.add_argument("--seed", type=int, default=default, help=help)
+
+
+def add_num_threads(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """``--num-threads N``: torch CPU threads (per process under torchrun)."""
+    parser.add_argument("--num-threads", dest="num_threads", type=int, default=default, help=help)
+
+
+def add_models(parser: argparse.ArgumentParser, dest: str, help: str, required: bool = False) -> None:
+    """``--model NAME_OR_DIR``, repeatable: the models a command compares."""
+    parser.add_argument("--model", dest=dest, action="append", required=required, help=help)
+
+
+def add_observation(parser: argparse.ArgumentParser, required: bool) -> None:
+    """One observation from files: ``--image`` (repeatable), ``--instruction``, ``--proprio``, ``--unnorm-key``,
+    ``--center-crop``; unless ``required``, the command has a built-in example used without them."""
+    example = "" if required else "; default: the built-in tabletop example"
+    parser.add_argument("--image", action="append", required=required,
+                        help=f"image file (repeat: third-person, wrist, ...){example}")
+    parser.add_argument("--instruction", required=required,
+                        help="the task instruction" + ("" if required else " (with --image)"))
+    parser.add_argument("--proprio", help="raw robot state, comma-separated (default: zeros, normalised)")
+    parser.add_argument("--unnorm-key", dest="unnorm_key",
+                        help="dataset statistics to use (a key of the checkpoint's norm_stats)")
+    parser.add_argument("--center-crop", dest="center_crop", action="store_true",
+                        help="LIBERO centre crop (0.9 area)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs and runs
+# ---------------------------------------------------------------------------------------------
+
+
+def add_out(parser: argparse.ArgumentParser, help: str, required: bool = False, default: str | None = None) -> None:
+    """``--out PATH``: where the command writes (``help``: what it writes there)."""
+    parser.add_argument("--out", required=required, default=default, help=help)
+
+
+def add_overwrite(parser: argparse.ArgumentParser, help: str = "delete the run in --out and start again") -> None:
+    """``--overwrite``: replace what an earlier run left in ``--out`` (never done without it)."""
+    parser.add_argument("--overwrite", action="store_true", help=help)
+
+
+def add_resume(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--resume``: continue the run in ``--out`` (``help``: from where)."""
+    parser.add_argument("--resume", action="store_true", help=help)
+
+
+def add_no_progress(parser: argparse.ArgumentParser, help: str = "no progress bar") -> None:
+    """``--no-progress`` (``progress`` False): no progress bars on stderr."""
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help=help)
+
+
+def add_json(parser: argparse.ArgumentParser, help: str = "print the summary as JSON") -> None:
+    """``--json``: the result on stdout as strict JSON (see :func:`print_json`) instead of a table."""
+    parser.add_argument("--json", action="store_true", help=help)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers of the handlers
+# ---------------------------------------------------------------------------------------------
+
+
+def print_json(data: object) -> None:
+    """Strict JSON on stdout: a NaN or infinite number is printed as null, never as bare NaN."""
+    print(files.dumps(data))
+
+
+def load_model(args: argparse.Namespace) -> VLAAdapter:
+    """The model named by ``--checkpoint`` or ``--preset`` (random weights) with the CLI's options."""
+    import torch
+
+    args.dtype = args.dtype or default_dtype(args.checkpoint)
+    dtype = getattr(torch, args.dtype)
+    args.device = str(resolve_device(args.device, "--device"))
+    attention = getattr(args, "attention", None)
+    attention = None if attention == "both" else attention
+    prompt = getattr(args, "prompt", None)
+    if args.checkpoint:
+        return load_pretrained(args.checkpoint, attention=attention, dtype=dtype, device=args.device, prompt=prompt)
+    overrides = {k: v for k, v in (("attention", attention), ("prompt", prompt)) if v}
+    return build_random(VLAConfig.preset(args.preset, **overrides), seed=args.seed, dtype=dtype, device=args.device)
+
+
+def model_source(args: argparse.Namespace) -> str:
+    """``--checkpoint`` or ``--preset`` (with its seed) in words."""
+    return str(args.checkpoint) if args.checkpoint else f"preset {args.preset} (random weights, seed {args.seed})"
+
+
+def parse_proprio(text: str | None) -> list[float] | None:
+    """``--proprio v1,v2,...`` -> finite floats (None when not given)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise InputError(f"--proprio: got {text!r}, expected comma-separated numbers") from None
+    return finite_numbers(values, "--proprio").tolist()
+
+
+def proprio_for(model: VLAAdapter, proprio: list[float] | None) -> tuple[list[float] | None, bool]:
+    """The CLI's proprio rule: (values, already normalised?).
+
+    A given ``--proprio`` is the raw robot state (normalised with the model's statistics when it has
+    them); without one, a model that uses proprio gets a normalised zero state.
+    """
+    if proprio is None and model.config.use_proprio:
+        return [0.0] * model.config.robot.proprio_dim, True
+    return proprio, not model.config.norm_stats
+
+
+def read_images(paths: list[str]) -> list[np.ndarray]:
+    """The ``--image`` files as arrays (a file that is not an image is an InputError naming ``--image``)."""
+    from vla_lab.processing.images import load_image
+
+    return [np.asarray(load_image(path, "--image")) for path in paths]
