@@ -14,10 +14,9 @@ import scipy.stats
 import torch
 from testkit import assert_one_line_error, run_cli, run_torchrun, snapshot
 
-from vla_lab import files, stats, tabletop
+from vla_lab import files, registry, stats, tabletop
 from vla_lab.errors import InputError
 from vla_lab.experiments.study import STUDIES, StudySettings, knockout, load_result, patching, run_study, verify_records
-from vla_lab.experiments.study import models as study_models
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.worlds import tabletop as world
 
@@ -100,42 +99,42 @@ def test_every_study_is_registered_and_settings_are_checked() -> None:
 
 
 def test_shipped_models_and_random_init_baseline() -> None:
-    specs = {s.name: s for s in study_models.shipped_specs()}
+    specs = {s.name: s for s in registry.shipped_specs()}
     assert {"tabletop-causal", "tabletop-bidirectional"} <= set(specs)
     assert specs["tabletop-causal"].trained_with == "causal" and specs["tabletop-causal"].seed == 0
     for mask in ("causal", "bidirectional"):
         control = specs[f"tabletop-{mask}-no-target-aux"]
         assert (control.recipe, control.seed, control.trained_with) == ("no-target-aux", 0, mask)
-    baseline = study_models.resolve(["random-init:tabletop-causal"])[0]
+    baseline = registry.resolve(["random-init:tabletop-causal"])[0]
     assert baseline.random_init and baseline.trained_with == "causal"
-    initial = study_models.load(baseline)
-    trained = study_models.load(specs["tabletop-causal"])
+    initial = registry.load(baseline)
+    trained = registry.load(specs["tabletop-causal"])
     # The baseline is the run's own step-0 weights: rebuilt from the stored seed and initialisation.
     again = tabletop.build_model(trained.config, seed=0, init="sincos", gate=1.0)
     for (name, a), b in zip(initial.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(initial.action_queries.weight, trained.action_queries.weight)
     with pytest.raises(InputError, match="--model"):
-        study_models.resolve(["nope"])
+        registry.resolve(["nope"])
 
 
 def test_a_model_of_another_architecture_is_not_a_seed_of_the_recipe(tmp_path: Path) -> None:
-    shipped = study_models.shipped_specs()[0]
-    assert shipped.recipe == "shipped" and study_models.architecture_of(shipped.path, shipped.trained_with) == ""
+    shipped = registry.shipped_specs()[0]
+    assert shipped.recipe == "shipped" and registry.architecture_of(shipped.path, shipped.trained_with) == ""
     copy = tmp_path / "v1"
     shutil.copytree(shipped.path, copy)
     stored = json.loads((copy / "vla_lab_config.json").read_text())
     stored["head_version"] = "v1"
     (copy / "vla_lab_config.json").write_text(json.dumps(stored))
-    assert study_models.spec_for_path(copy).recipe == "shipped; head_version=v1"
+    assert registry.spec_for_path(copy).recipe == "shipped; head_version=v1"
     stored["vision"]["timm_kwargs"][0]["depth"] = 5
     (copy / "vla_lab_config.json").write_text(json.dumps(stored))
-    assert study_models.spec_for_path(copy).recipe == "shipped; head_version=v1,vision"
+    assert registry.spec_for_path(copy).recipe == "shipped; head_version=v1,vision"
     (copy / "vla_lab_config.json").write_text("{not json")
     with pytest.raises(InputError, match="vla_lab_config.json cannot be read"):
-        study_models.spec_for_path(copy)
+        registry.spec_for_path(copy)
     (copy / "vla_lab_config.json").unlink()
-    assert study_models.spec_for_path(copy).recipe == "shipped; released"
+    assert registry.spec_for_path(copy).recipe == "shipped; released"
 
 
 def test_mask_swap_records_summary_and_resume(tmp_path: Path) -> None:
@@ -196,7 +195,7 @@ def test_mask_swap_records_summary_and_resume(tmp_path: Path) -> None:
 
 @torch.inference_mode()
 def test_block_closes_single_position_pairs() -> None:
-    model = study_models.load(study_models.resolve(CAUSAL)[0])
+    model = registry.load(registry.resolve(CAUSAL)[0])
     scenes = [world.sample_scene(s) for s in world.split_seeds("test", 3)]
     inputs = observation_inputs(model, [world.render(s) for s in scenes])
     base = model(**inputs)
@@ -244,7 +243,7 @@ def test_knockout_conditions_and_equal_size_controls() -> None:
 
 @torch.inference_mode()
 def test_random_keys_are_drawn_from_visible_keys_outside_the_queries() -> None:
-    model = study_models.load(study_models.resolve(CAUSAL)[0])
+    model = registry.load(registry.resolve(CAUSAL)[0])
     scene = world.sample_scene(world.split_seeds("test", 1)[0])
     out = model(**observation_inputs(model, [world.render(scene)]))
     layout, allowed = out.layouts[0], out.allowed[0]
@@ -275,7 +274,7 @@ def test_target_attention_selects_on_validation_and_adds_random_init() -> None:
 
 
 def test_patching_counterfactuals_and_exact_patches() -> None:
-    model = study_models.load(study_models.resolve(CAUSAL)[0])
+    model = registry.load(registry.resolve(CAUSAL)[0])
     rng = np.random.default_rng(0)
     scene = world.sample_scene(world.split_seeds("test", 1)[0])
     pair = patching.instruction_pair(scene, model, rng)
@@ -301,7 +300,7 @@ def test_patching_study_records(tmp_path: Path) -> None:
     settings = StudySettings("patching", models=CAUSAL, scenes=2, batch_size=2, closed_loop_scenes=1)
     result = run_study(settings, progress=False)
     records = result.records
-    layers = study_models.load(study_models.resolve(CAUSAL)[0]).config.num_llm_layers
+    layers = registry.load(registry.resolve(CAUSAL)[0]).config.num_llm_layers
     per_scene = 2 + len(patching.SEGMENTS) * (layers + 1)
     assert len(records[records["counterfactual"] == "instruction"]) == 2 * per_scene
     assert records["success_new"].notna().sum() > 0 and records["success_new"].isna().sum() > 0

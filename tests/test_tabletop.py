@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vla_lab import VLAConfig, tabletop
+from vla_lab import VLAConfig, registry, tabletop
 from vla_lab.errors import InputError
-from vla_lab.experiments.study import models as study_models
 from vla_lab.processing import PROMPT_TEMPLATE, build_prompt
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
 from vla_lab.processing.tokenizer import bytes_to_unicode
@@ -346,7 +345,7 @@ def test_the_architecture_variants_are_the_recipe_on_another_architecture(recipe
     path = tabletop.shipped_path("causal", seed=seed, recipe=recipe)
     stored, differing = _train_config_against_seed_0("causal", path)
     assert differing == ({"seed"} if seed else set()) and stored["seed"] == seed
-    assert study_models.architecture_of(path, "causal") == f"{field}={value}"  # only that field differs
+    assert registry.architecture_of(path, "causal") == f"{field}={value}"  # only that field differs
     model = tabletop.load_shipped("causal", seed=seed, recipe=recipe)
     assert getattr(model.config, field) == value and model.attention.label == "causal"
 

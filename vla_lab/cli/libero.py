@@ -154,33 +154,38 @@ def parse_init_states(trials: int | None, text: str | None, trials_flag: str = "
     return range(low, high)
 
 
+def _registry_name(args: argparse.Namespace) -> None:
+    """``--shipped NAME`` is ``--model`` of its registry name (a tabletop mask means ``tabletop-<mask>``)."""
+    if getattr(args, "shipped", None):
+        args.model = args.shipped if args.shipped.startswith("libero") else f"tabletop-{args.shipped}"
+        args.shipped = None
+
+
 def model_name(args: argparse.Namespace) -> str:
+    """The model as ``run.json`` records it: a shipped model as ``shipped <name>``, a directory resolved."""
+    from vla_lab import registry
+
+    _registry_name(args)
+    if args.model and args.model in registry.list_models("shipped"):
+        return f"shipped {args.model}"
+    if args.model:
+        path = registry.path_of(args.model)
+        if args.model.startswith(registry.RANDOM_PREFIX) or path is None:
+            return options.model_source(args)
+        return str(path.resolve())
     if args.checkpoint:
         return str(Path(args.checkpoint).resolve())
-    if args.shipped:
-        return f"shipped {args.shipped}" if args.shipped.startswith("libero") else f"shipped tabletop-{args.shipped}"
     return f"preset {args.preset} (random weights, seed {args.seed})"
 
 
-def _libero_shipped(args: argparse.Namespace) -> str | None:
-    """The mask of a shipped LIBERO model named by ``--shipped`` (None for anything else)."""
-    from vla_lab.libero.models import MASKS as LIBERO_MASKS
-    from vla_lab.libero.models import shipped_name
-
-    return next((m for m in LIBERO_MASKS if args.shipped == shipped_name(m)), None)
-
-
 def _model_directory(args: argparse.Namespace) -> Path | None:
-    """The checkpoint directory ``--checkpoint`` or ``--shipped`` names (None for a preset)."""
-    from vla_lab.libero.models import shipped_path
-    from vla_lab.tabletop import shipped_path as tabletop_path
+    """The checkpoint directory of ``--model`` / ``--shipped`` / ``--checkpoint`` (None for a preset)."""
+    from vla_lab import registry
 
-    if args.checkpoint:
-        return Path(args.checkpoint)
-    if args.shipped:
-        mask = _libero_shipped(args)
-        return shipped_path(mask) if mask else tabletop_path(args.shipped)
-    return None
+    _registry_name(args)
+    if args.model:
+        return registry.path_of(args.model)
+    return Path(args.checkpoint) if args.checkpoint else None
 
 
 def camera_resolution(args: argparse.Namespace) -> int:
@@ -405,17 +410,8 @@ def _evaluate_model(args: argparse.Namespace, suite: str, keys: Any, out: Path, 
 
     with parallel.process_group(args.device) as world:
         args.device = parallel.device_for(args.device, world)
-        if args.shipped:
-            from vla_lab.config import resolve_device
-            from vla_lab.libero.models import load_shipped as load_libero
-            from vla_lab.tabletop import load_shipped
-
-            device = resolve_device(args.device, "--device")
-            mask = _libero_shipped(args)
-            loading = {"dtype": args.dtype, "device": device, "prompt": args.prompt}
-            model = load_libero(mask, **loading) if mask else load_shipped(args.shipped, **loading)
-        else:
-            model = options.load_model(args)
+        _registry_name(args)
+        model = options.load_model(args)
         policy = libero_eval.model_policy(model, suite)
         recorded = {**settings, "device": args.device, "unnorm_key": libero_eval.unnorm_key_for(model, suite),
                     "cpu": cpu_model(), "torch": torch.__version__, "vla_lab": __version__}

@@ -39,6 +39,10 @@ class Parser(argparse.ArgumentParser):
 PROMPT_HELP = ("the prompt the instruction is put in: qwen-chat (Qwen's chat template, as upstream runs released "
                "checkpoints) or openvla (In: ... Out:); default: the model's own (qwen-chat for a released "
                "checkpoint, openvla for vla-lab's trained models)")
+#: ``--model``'s help where one model is run.
+MODEL_HELP = ("a model of the registry by name (a preset with random weights, a shipped model such as tabletop-causal "
+              "or libero-spatial-causal, random-init:<shipped name>; vla_lab.registry.list_models()) or a "
+              "checkpoint directory")
 #: ``--prompt``'s help where several models are run.
 EACH_MODEL_PROMPT_HELP = "the prompt every model's instructions are put in (default: each model's own)"
 #: What ``--dtype`` defaults to where it follows the model (:func:`vla_lab.model.default_dtype`).
@@ -53,11 +57,13 @@ def add_model_arguments(
     prompt: bool = True,
     dtype_default: str | None = "float32",
 ) -> Any:
-    """``--checkpoint DIR | --preset NAME`` (random weights, ``--seed``), ``--dtype`` (``dtype_default``; None:
-    the model's own, :data:`DTYPE_HELP`), ``--device``, ``--prompt`` (when ``prompt``: commands that build
-    inputs from an instruction) and, unless ``attention`` is None, ``--attention`` with those choices. Returns
-    the group of model sources (a command may add a source of its own to it)."""
+    """``--model NAME_OR_DIR | --checkpoint DIR | --preset NAME`` (random weights, ``--seed``), ``--dtype``
+    (``dtype_default``; None: the model's own, :data:`DTYPE_HELP`), ``--device``, ``--prompt`` (when
+    ``prompt``: commands that build inputs from an instruction) and, unless ``attention`` is None,
+    ``--attention`` with those choices. Returns the group of model sources (a command may add a source of its
+    own to it)."""
     source = parser.add_mutually_exclusive_group(required=True)
+    add_models(source, "model", MODEL_HELP, repeat=False)
     source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
     add_preset(source)
     if attention is not None:
@@ -103,9 +109,10 @@ def add_num_threads(parser: argparse.ArgumentParser, default: int | None, help: 
     parser.add_argument("--num-threads", dest="num_threads", type=int, default=default, help=help)
 
 
-def add_models(parser: argparse.ArgumentParser, dest: str, help: str, required: bool = False) -> None:
-    """``--model NAME_OR_DIR``, repeatable: the models a command compares."""
-    parser.add_argument("--model", dest=dest, action="append", required=required, help=help)
+def add_models(target: Any, dest: str, help: str, required: bool = False, repeat: bool = True) -> None:
+    """``--model NAME_OR_DIR`` (:mod:`vla_lab.registry` names or a directory); ``repeat``: the models a command
+    compares, else the one it runs (``target``: a parser or an exclusive group)."""
+    target.add_argument("--model", dest=dest, action="append" if repeat else "store", required=required, help=help)
 
 
 def add_observation(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -164,15 +171,22 @@ def print_json(data: object) -> None:
 
 
 def load_model(args: argparse.Namespace) -> VLAAdapter:
-    """The model named by ``--checkpoint`` or ``--preset`` (random weights) with the CLI's options."""
+    """The model named by ``--model`` (:func:`vla_lab.registry.create`), ``--checkpoint`` or ``--preset``
+    (random weights) with the CLI's options."""
     import torch
 
-    args.dtype = args.dtype or default_dtype(args.checkpoint)
+    from vla_lab import registry
+
+    name = getattr(args, "model", None)
+    args.dtype = args.dtype or default_dtype(registry.path_of(name) if name else args.checkpoint)
     dtype = getattr(torch, args.dtype)
     args.device = str(resolve_device(args.device, "--device"))
     attention = getattr(args, "attention", None)
     attention = None if attention == "both" else attention
     prompt = getattr(args, "prompt", None)
+    if name:
+        return registry.create(name, attention=attention, dtype=dtype, device=args.device, prompt=prompt,
+                               seed=args.seed)
     if args.checkpoint:
         return load_pretrained(args.checkpoint, attention=attention, dtype=dtype, device=args.device, prompt=prompt)
     overrides = {k: v for k, v in (("attention", attention), ("prompt", prompt)) if v}
@@ -180,7 +194,12 @@ def load_model(args: argparse.Namespace) -> VLAAdapter:
 
 
 def model_source(args: argparse.Namespace) -> str:
-    """``--checkpoint`` or ``--preset`` (with its seed) in words."""
+    """``--model``, ``--checkpoint`` or ``--preset`` (with its seed) in words."""
+    name = getattr(args, "model", None)
+    if name:
+        from vla_lab.config import PRESETS
+
+        return f"preset {name} (random weights, seed {args.seed})" if name in PRESETS else name
     return str(args.checkpoint) if args.checkpoint else f"preset {args.preset} (random weights, seed {args.seed})"
 
 

@@ -51,8 +51,8 @@ def register(sub: options.Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab study``."""
+    from vla_lab import registry
     from vla_lab.experiments.study import StudySettings, run_study
-    from vla_lab.experiments.study import models as study_models
 
     settings = StudySettings(
         study=args.name, models=list(args.models or []), scenes=args.scenes, start=args.start,
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         closed_loop=args.closed_loop, batch_size=args.batch_size, seed=args.seed, device=args.device,
         num_threads=args.num_threads, prompt=args.prompt,
     )
-    study_models.resolve(settings.models)
+    registry.resolve(settings.models)
     out = Path(args.out or Path("vla_lab_study") / args.name)
     with parallel.process_group(args.device) as place:
         existed = out.exists()

@@ -1,7 +1,7 @@
 """Architectures trained with the full tabletop recipe, compared from their ``mask-swap`` study records.
 
 A model trained with the shipped recipe on another architecture carries the difference in its recipe
-(``"shipped; projector=linear"``, :func:`vla_lab.experiments.study.models.architecture_of`); the shipped
+(``"shipped; projector=linear"``, :func:`vla_lab.registry.architecture_of`); the shipped
 models themselves have the tabletop preset (recipe ``"shipped"``). Every model ran on the same test scenes,
 so an architecture is compared with the preset seed by seed, paired over scenes: exact McNemar on
 closed-loop success, Wilcoxon on the first chunk's action L1. Only the models' own mask is used.

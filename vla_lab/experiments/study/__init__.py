@@ -20,7 +20,7 @@ from vla_lab.experiments.study.engine import (
     summary_table,
     verify_records,
 )
-from vla_lab.experiments.study.models import ModelSpec, random_init_of, shipped_specs
+from vla_lab.registry import ModelSpec, random_init_of, shipped_specs
 
 __all__ = [
     "STUDIES",

@@ -30,12 +30,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from vla_lab import files, parallel
+from vla_lab import files, parallel, registry
 from vla_lab.config import PROMPTS, AttentionLike, resolve_device
 from vla_lab.errors import InputError
-from vla_lab.experiments.study import models as study_models
-from vla_lab.experiments.study.models import ModelSpec
 from vla_lab.model import VLAAdapter
+from vla_lab.registry import ModelSpec
 from vla_lab.stats import PairedTest, bootstrap_interval, ratio_of_means_interval, wilson_interval
 from vla_lab.worlds import tabletop as world
 
@@ -337,7 +336,7 @@ def run_study(
     study = STUDIES[settings.study]
     place = world_info or parallel.world_from_env()
     directory = Path(out) if out is not None else None
-    specs = study.model_specs(study_models.resolve(settings.models))
+    specs = study.model_specs(registry.resolve(settings.models))
     stored = settings.to_dict()
     if directory is not None:
         parallel.run_on_main(lambda: _claim(directory, stored, resume, overwrite), place)
@@ -354,7 +353,7 @@ def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], director
          place: parallel.World, on_unit: Callable[[Unit], None] | None) -> StudyResult:
     stored = settings.to_dict()
     device = str(resolve_device(parallel.device_for(settings.device, place), "--device"))
-    loaded = [(spec, study_models.load(spec, device, settings.prompt)) for spec in specs]
+    loaded = [(spec, registry.load(spec, device, settings.prompt)) for spec in specs]
     units = study.units(settings)
     mine = [u for u in units if u.index in set(parallel.shard([u.index for u in units], place))]
     bar = None

@@ -42,10 +42,10 @@ from vla_lab.experiments.study.engine import (
     register_study,
     test_row,
 )
-from vla_lab.experiments.study.models import ModelSpec
 from vla_lab.experiments.study.policies import run_closed_loop
 from vla_lab.model import VLAAdapter
 from vla_lab.model.sequence import SequenceLayout
+from vla_lab.registry import ModelSpec
 from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.worlds import tabletop as world

@@ -24,8 +24,8 @@ from vla_lab.experiments.study.engine import (
     test_row,
     using_attention,
 )
-from vla_lab.experiments.study.models import ModelSpec
 from vla_lab.model import VLAAdapter
+from vla_lab.registry import ModelSpec
 from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
 from vla_lab.worlds import tabletop as world
 

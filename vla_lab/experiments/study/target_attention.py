@@ -1,6 +1,6 @@
 """``target-attention``: does a reader look at the object it was asked for, more than at the others?
 
-Per model (each trained model and its random-init baseline, :func:`~vla_lab.experiments.study.models.random_init_of`),
+Per model (each trained model and its random-init baseline, :func:`~vla_lab.registry.random_init_of`),
 scene, source and depth -- the LLM's action queries per ``layer``, the bridge head's task attention per
 ``block`` -- and head: the mean attention per target patch and per distractor patch (both images pooled;
 :func:`vla_lab.tabletop.target_attention.scene_masks`). Rows with ``head`` missing are the head mean.
@@ -30,8 +30,8 @@ from vla_lab.experiments.study.engine import (
     register_study,
     test_row,
 )
-from vla_lab.experiments.study.models import RANDOM_PREFIX, ModelSpec, random_init_of
 from vla_lab.model import VLAAdapter
+from vla_lab.registry import RANDOM_PREFIX, ModelSpec, random_init_of
 from vla_lab.stats import wilcoxon_signed_rank
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.tabletop.target_attention import scene_masks

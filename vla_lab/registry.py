@@ -1,10 +1,18 @@
-"""The models a study compares: shipped tabletop models (every seed and recipe), checkpoint directories,
-and each trained model's own initial weights as its random-init baseline.
+"""One model registry: every model a command, a study or a notebook can name, and one way to build it.
 
-A model is named by a :class:`ModelSpec`. ``tabletop-causal`` / ``tabletop-bidirectional`` (seed 0) and
-the other directories in ``vla_lab/tabletop/checkpoints/`` are found by their ``train_config.json``;
-``random-init:<name>`` is the model ``<name>`` before its first training step (same architecture,
-statistics, seed and initialisation, :func:`vla_lab.tabletop.build_model`).
+:func:`list_models` names them (timm's idiom) and :func:`create` builds one:
+
+* a **preset** (:data:`vla_lab.config.PRESETS`): that architecture with random weights (``seed``);
+* a **shipped model**, by its directory name, one scheme for both worlds: ``tabletop-causal``,
+  ``tabletop-bidirectional-seed1``, ``tabletop-causal-v1-head``, ... (``vla_lab/tabletop/checkpoints``) and
+  ``libero-spatial-causal`` / ``libero-spatial-bidirectional`` (``vla_lab/libero/checkpoints``);
+* ``random-init:<name>``: the model ``<name>`` before its first training step -- the same architecture,
+  statistics, seed and initialisation, from its ``train_config.json`` (:func:`vla_lab.tabletop.build_model`);
+  the one definition of a random-init baseline;
+* a **checkpoint directory** (released or vla-lab's).
+
+:class:`ModelSpec` says what a name is (mask it was trained with, training seed, recipe, world, path);
+:func:`resolve` turns ``--model`` values into specs and :func:`load` builds a spec.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vla_lab.config import VLAConfig
+import torch
+
+from vla_lab.config import PRESETS, AttentionLike, VLAConfig
 from vla_lab.errors import ConfigError, InputError
-from vla_lab.model import VLAAdapter, load_pretrained
+from vla_lab.libero import models as libero_models
+from vla_lab.model import VLAAdapter, build_random, default_dtype, load_pretrained
 from vla_lab.tabletop import build_model, shipped_path, tabletop_config
 
 RANDOM_PREFIX = "random-init:"
@@ -41,13 +52,23 @@ class ModelSpec:
     recipe: str
     path: str
     random_init: bool = False
+    world: str = "tabletop"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def checkpoints_dir() -> Path:
-    return shipped_path("causal").parent
+def checkpoints_dir(world: str = "tabletop") -> Path:
+    """Where the shipped models of ``world`` (``tabletop`` or ``libero_spatial``) live."""
+    if world == "tabletop":
+        return shipped_path("causal").parent
+    if world == libero_models.SUITE:
+        return libero_models.shipped_path("causal").parent
+    raise InputError(f"world: got {world!r}, expected one with shipped models: {list(WORLDS_SHIPPED)}")
+
+
+#: The worlds vla-lab ships models for.
+WORLDS_SHIPPED = ("tabletop", libero_models.SUITE)
 
 
 def _train_config(path: Path) -> dict[str, Any]:
@@ -109,7 +130,7 @@ def _mask_of(path: Path, train_config: dict[str, Any]) -> str:
     return attention if isinstance(attention, str) else "custom"
 
 
-def spec_for_path(path: str | Path, name: str | None = None) -> ModelSpec:
+def spec_for_path(path: str | Path, name: str | None = None, world: str = "tabletop") -> ModelSpec:
     """The :class:`ModelSpec` of a checkpoint directory (mask and seed from its stored configuration)."""
     directory = Path(path)
     if not (directory / "config.json").is_file():
@@ -121,12 +142,13 @@ def spec_for_path(path: str | Path, name: str | None = None) -> ModelSpec:
     recipe = recipe_of(train_config)
     architecture = architecture_of(directory, mask)
     return ModelSpec(name or directory.name, mask, int(seed) if isinstance(seed, int) else None,
-                     f"{recipe}; {architecture}" if architecture else recipe, str(directory))
+                     f"{recipe}; {architecture}" if architecture else recipe, str(directory), world=world)
 
 
-def shipped_specs() -> list[ModelSpec]:
-    """Every shipped tabletop model, sorted by recipe, mask and seed."""
-    specs = [spec_for_path(p) for p in checkpoints_dir().iterdir() if (p / "config.json").is_file()]
+def shipped_specs(world: str = "tabletop") -> list[ModelSpec]:
+    """Every shipped model of ``world``, sorted by recipe, mask and seed."""
+    directory = checkpoints_dir(world)
+    specs = [spec_for_path(p, world=world) for p in directory.iterdir() if (p / "config.json").is_file()]
     order = {r: i for i, r in enumerate(RECIPES)}
     return sorted(specs, key=lambda s: (order.get(s.recipe, len(order)), s.trained_with, s.seed or 0, s.name))
 
@@ -135,15 +157,27 @@ def random_init_of(spec: ModelSpec) -> ModelSpec:
     """The random-init baseline of a trained model: its run's initial weights."""
     if spec.random_init:
         return spec
-    return ModelSpec(RANDOM_PREFIX + spec.name, spec.trained_with, spec.seed, spec.recipe, spec.path, True)
+    return ModelSpec(RANDOM_PREFIX + spec.name, spec.trained_with, spec.seed, spec.recipe, spec.path, True,
+                     spec.world)
 
 
-def resolve(names: list[str] | None) -> list[ModelSpec]:
-    """Specs for ``--model`` values: shipped names, ``random-init:<name>`` or checkpoint directories
-    (default: every shipped model)."""
-    shipped = {s.name: s for s in shipped_specs()}
+def list_models(kind: str | None = None) -> list[str]:
+    """Every name :func:`create` takes: ``preset`` names, ``shipped`` models of both worlds and their
+    ``random-init`` baselines (``kind``: only those); checkpoint directories are not listed."""
+    kinds = ("preset", "shipped", "random-init")
+    if kind is not None and kind not in kinds:
+        raise InputError(f"kind: got {kind!r}, expected one of {list(kinds)}")
+    shipped = [s.name for world in WORLDS_SHIPPED for s in shipped_specs(world)]
+    names = {"preset": sorted(PRESETS), "shipped": shipped, "random-init": [RANDOM_PREFIX + n for n in shipped]}
+    return [name for k in kinds if kind in (None, k) for name in names[k]]
+
+
+def resolve(names: list[str] | None, world: str = "tabletop") -> list[ModelSpec]:
+    """Specs for ``--model`` values: shipped names (of either world), ``random-init:<name>`` or checkpoint
+    directories (default: every shipped model of ``world``)."""
     if not names:
-        return list(shipped.values())
+        return shipped_specs(world)
+    shipped = {s.name: s for w in WORLDS_SHIPPED for s in shipped_specs(w)}
     specs = []
     for name in names:
         base = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
@@ -154,10 +188,39 @@ def resolve(names: list[str] | None) -> list[ModelSpec]:
     return specs
 
 
-def load(spec: ModelSpec, device: str = "cpu", prompt: str | None = None) -> VLAAdapter:
+def path_of(name: str) -> Path | None:
+    """The checkpoint directory behind ``name`` (None for a preset: random weights)."""
+    return None if name in PRESETS else Path(resolve([name])[0].path)
+
+
+def create(
+    name: str,
+    *,
+    attention: AttentionLike | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device = "cpu",
+    prompt: str | None = None,
+    seed: int = 0,
+) -> VLAAdapter:
+    """The model ``name`` names (module docstring) in eval mode.
+
+    ``attention`` / ``prompt`` override the LLM mask and the prompt; ``dtype`` defaults to the model's own
+    (:func:`vla_lab.model.default_dtype`; float32 for a preset); ``seed`` seeds a preset's random weights.
+    """
+    if name in PRESETS:
+        overrides = {k: v for k, v in (("attention", attention), ("prompt", prompt)) if v is not None}
+        weights = getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.float32
+        model = build_random(VLAConfig.preset(name, **overrides), seed=seed, dtype=weights, device=device)
+        return model.eval()
+    spec = resolve([name])[0]
+    return load(spec, device, prompt, attention=attention, dtype=dtype or default_dtype(spec.path))
+
+
+def load(spec: ModelSpec, device: str | torch.device = "cpu", prompt: str | None = None, *,
+         attention: AttentionLike | None = None, dtype: torch.dtype | str = torch.float32) -> VLAAdapter:
     """The model of ``spec`` in eval mode (a random-init spec: the stored run's initial weights); ``prompt``
-    overrides its prompt."""
-    model = load_pretrained(spec.path, device=device, prompt=prompt)
+    and ``attention`` override its prompt and mask."""
+    model = load_pretrained(spec.path, device=device, prompt=prompt, attention=attention, dtype=dtype)
     if spec.random_init:
         train_config = _train_config(Path(spec.path))
         if spec.seed is None:
@@ -167,6 +230,6 @@ def load(spec: ModelSpec, device: str = "cpu", prompt: str | None = None) -> VLA
                               init=str(train_config.get("init", "sincos")),
                               gate=float(train_config.get("gate_init", 1.0)))
         initial.processor = model.processor
-        model = initial.to(device)
+        model = initial.to(device=device, dtype=model.dtype)
     model.eval()
     return model
