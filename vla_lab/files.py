@@ -107,10 +107,17 @@ def check_output_file(path: str | Path, field: str = "out", overwrite: bool = Fa
     return target
 
 
+def entries(path: Path) -> list[str]:
+    """The sorted names in the directory ``path`` (none when it is not one), without another process's
+    writability probe, which lives for an instant."""
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith(_PROBE))
+
+
 def is_empty_dir(path: Path) -> bool:
-    """True when ``path`` does not exist or is a directory without entries (another process's writability
-    probe, which lives for an instant, does not count)."""
-    return not path.exists() or (path.is_dir() and all(p.name.startswith(_PROBE) for p in path.iterdir()))
+    """True when ``path`` does not exist or is a directory without :func:`entries`."""
+    return not path.exists() or (path.is_dir() and not entries(path))
 
 
 def replace_dir(source: Path, target: Path) -> None:
