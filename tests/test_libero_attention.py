@@ -144,12 +144,13 @@ def test_state_range_errors_name_their_own_option(tmp_path, flag, value, message
 
 @pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="LIBERO is not installed")
 def test_overwrite_removes_the_earlier_runs_records_before_the_new_run(tmp_path, monkeypatch) -> None:
-    """An --overwrite run that fails after claiming the directory leaves no record of the earlier run beside its
-    own settings."""
-    import json
+    """An --overwrite run that fails after claiming the directory leaves no record of the earlier run (and, as a
+    start that failed before its records, nothing of its own); another command's run is never overwritten."""
+    from testkit import snapshot
 
     from vla_lab.experiments import libero_attention as la
     from vla_lab.libero import env as libero_env
+    from vla_lab.run_dir import RunDir
 
     out = tmp_path / "run"
     out.mkdir()
@@ -162,5 +163,10 @@ def test_overwrite_removes_the_earlier_runs_records_before_the_new_run(tmp_path,
     monkeypatch.setattr(libero_env, "observations", broken)
     with pytest.raises(RuntimeError, match="simulator down"):
         la.run(["libero-spatial-causal"], out, tasks=[0], selection_states=[0], report_states=[40], overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == [la.SETTINGS]
-    assert json.loads((out / la.SETTINGS).read_text())["models"] == ["libero-spatial-causal"]
+    assert list(out.iterdir()) == []
+    other = tmp_path / "eval"
+    RunDir(other, "eval-libero", markers=("run.json",), records=(), settings_file="run.json").claim({"suite": "x"})
+    before = snapshot(other)
+    with pytest.raises(InputError, match="holds a vla-lab eval-libero run"):
+        la.run(["libero-spatial-causal"], other, tasks=[0], selection_states=[0], report_states=[40], overwrite=True)
+    assert snapshot(other) == before

@@ -27,10 +27,18 @@ from vla_lab import files, parallel
 from vla_lab.errors import InputError
 from vla_lab.libero import target_attention as ta
 from vla_lab.model import VLAAdapter, load_pretrained
+from vla_lab.run_dir import RunDir
 from vla_lab.stats import ratio_of_means_interval, wilcoxon_signed_rank
 
 RECORDS, SUMMARY, SETTINGS = "records.parquet", "summary.json", "settings.json"
 RANDOM_PREFIX = "random-init:"
+ATTENTION_KIND = "libero-attention"
+
+
+def attention_run_dir(out: str | Path) -> RunDir:
+    """The run directory of ``libero attention`` (not resumable): ``settings.json``, the records, the summary."""
+    return RunDir(out, ATTENTION_KIND, markers=(SETTINGS, RECORDS, SUMMARY), records=(RECORDS, SUMMARY),
+                  settings_file=SETTINGS, resumable=False)
 
 
 def random_init(model: VLAAdapter, directory: str | Path) -> VLAAdapter:
@@ -129,31 +137,26 @@ def run(
                 "report_states": list(report_states),
                 "prompt_by_model": {label: model.config.prompt for label, (model, _) in models.items()}}
 
-    def claim() -> None:
-        markers = (SETTINGS, RECORDS, SUMMARY)
-        files.check_run_dir(out, settings, settings_file=SETTINGS, markers=markers, resume=False, overwrite=overwrite)
-        if overwrite:  # the earlier run's records must not outlive it beside these settings
-            files.clear_run_dir(out, markers)
-        files.write_json(out / SETTINGS, settings)
-
-    parallel.run_on_main(claim, world)
-    states = sorted({*selection_states, *report_states})
-    mine = []
-    for task in parallel.shard(tasks, world):
-        mine += observations(suite, [task], states)
-    gathered = [o for part in parallel.gather(mine, world) for o in part]
-    if not world.is_main:
+    run = attention_run_dir(out)
+    run.claim(settings, overwrite=overwrite, world=world)
+    with run.guard():  # a run that fails before its records leaves nothing behind
+        states = sorted({*selection_states, *report_states})
+        mine = []
+        for task in parallel.shard(tasks, world):
+            mine += observations(suite, [task], states)
+        gathered = [o for part in parallel.gather(mine, world) for o in part]
+        if not world.is_main:
+            parallel.barrier(world)
+            return None
+        gathered.sort(key=lambda o: (o["task"], o["init_state"]))
+        selection = [o for o in gathered if o["init_state"] in set(selection_states)]
+        report = [o for o in gathered if o["init_state"] in set(report_states)]
+        records, summary = measure({k: m for k, (m, _) in models.items()}, selection, report)
+        files.write_atomic(out / RECORDS, lambda temporary: records.to_parquet(temporary, index=False))
+        summary = {"settings": settings, **summary}
+        files.write_json(out / SUMMARY, summary)
         parallel.barrier(world)
-        return None
-    gathered.sort(key=lambda o: (o["task"], o["init_state"]))
-    selection = [o for o in gathered if o["init_state"] in set(selection_states)]
-    report = [o for o in gathered if o["init_state"] in set(report_states)]
-    records, summary = measure({k: m for k, (m, _) in models.items()}, selection, report)
-    files.write_atomic(out / RECORDS, lambda temporary: records.to_parquet(temporary, index=False))
-    summary = {"settings": settings, **summary}
-    files.write_json(out / SUMMARY, summary)
-    parallel.barrier(world)
-    return summary
+        return summary
 
 
 __all__ = ["measure", "random_init", "run", "scene_ratios"]
