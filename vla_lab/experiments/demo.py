@@ -89,8 +89,8 @@ def run_demo(
 
 def demo_run_dir(out_dir: str | Path) -> RunDir:
     """The directory of ``demo`` (not resumable): ``demo.json`` and one ``tabletop-<mask>/`` per model."""
-    return RunDir(out_dir, DEMO_KIND, markers=(DEMO_FILE, "tabletop-*"), records=(DEMO_FILE, "tabletop-*"),
-                  resumable=False)
+    written = (DEMO_FILE, *(f"tabletop-{mask}" for mask in MASKS))
+    return RunDir(out_dir, DEMO_KIND, markers=written, records=written, resumable=False)
 
 
 def _run_demo(root: Path, start: float, episodes: int, ratio_episodes: int | None, formats: tuple[str, ...],

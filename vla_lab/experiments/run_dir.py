@@ -42,8 +42,8 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 TRAIN_KIND = "train"
 #: What a training run writes, and what holds its results (a run without them has not started).
-MARKERS = (TRAIN_CONFIG, MODEL_CONFIG, METRICS, "step-*", "final")
-RECORDS = (METRICS, "step-*", "final")
+MARKERS = (TRAIN_CONFIG, MODEL_CONFIG, METRICS, "step-[0-9]*", "final")
+RECORDS = (METRICS, "step-[0-9]*", "final")
 
 
 def training_run_dir(out_dir: str | Path, config_type: type[JSONConfig], *, field: str = "out_dir",
