@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vla_lab import cli
-from vla_lab.errors import ExportError
+from vla_lab.errors import InputError
 from vla_lab.tabletop import MASKS, load_shipped, shipped_path
 
 
@@ -46,7 +46,7 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
     # A second run into the same directory is refused unless asked to overwrite.
     assert cli.main(["demo", "--out", str(out), "--episodes", "2", "--no-baseline"]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    with pytest.raises(ExportError):
+    with pytest.raises(InputError, match="holds an earlier run"):
         from vla_lab.experiments.demo import run_demo
 
         run_demo(out, episodes=1, baseline=False)
@@ -58,3 +58,22 @@ def test_demo_prints_rates_with_their_intervals(tmp_path, capsys) -> None:
     for mask in MASKS:
         line = next(row for row in text.splitlines() if row.strip().startswith(mask))
         assert "success" in line and "[" in line and "target-attention ratio" in line
+
+
+def test_overwrite_replaces_only_a_demo(tmp_path, capsys) -> None:
+    """--overwrite used to write into any directory; now a user's files and another command's run are refused
+    before any model is loaded, and nothing is changed."""
+    from testkit import snapshot
+
+    from vla_lab.run_dir import RunDir
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("months of work")
+    study = tmp_path / "study"
+    RunDir(study, "study", markers=("study.json",), records=(), settings_file="study.json").claim({"scenes": 2})
+    for out, message in ((mine, "a directory with other files (thesis.tex)"), (study, "holds a vla-lab study run")):
+        before = snapshot(out)
+        assert cli.main(["demo", "--out", str(out), "--episodes", "1", "--overwrite"]) == 2
+        assert message in capsys.readouterr().err
+        assert snapshot(out) == before

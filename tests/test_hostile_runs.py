@@ -19,11 +19,12 @@ from testkit import assert_one_line_error, run_cli, snapshot
 from tests.test_tabletop import tiny_tabletop_config
 from tests.test_train import read_metrics, tiny_train_config
 from vla_lab import tabletop
-from vla_lab.errors import CheckpointError, ConfigError, ExportError
+from vla_lab.errors import CheckpointError, InputError
 from vla_lab.experiments import run_dir
 from vla_lab.experiments import train as train_module
 from vla_lab.experiments.train import train
 from vla_lab.model import load_pretrained, save_pretrained
+from vla_lab.run_dir import KIND_FILE, RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def test_train_refuses_an_existing_run_and_changes_no_byte(tmp_path, configs) ->
         line = assert_one_line_error(status, stderr, "train")
         assert "--resume" in line and "--overwrite" in line
         assert snapshot(out) == before
-    with pytest.raises(ExportError, match="already holds an earlier run"):
+    with pytest.raises(InputError, match="holds an earlier run"):
         train(small_config(), tiny_tabletop_config(), out, progress=False)
     assert snapshot(out) == before
 
@@ -109,6 +110,50 @@ def test_overwrite_deletes_only_a_run_directory(tmp_path, configs) -> None:
     assert (out / "thesis.tex").read_text() == "months of work"
 
 
+def test_overwrite_refuses_a_checkpoint_directory_and_a_run_with_a_users_file(tmp_path, configs) -> None:
+    """A checkpoint directory (final/ holds a train_config.json) and a run beside a user's notes used to be
+    emptied by --overwrite; now nothing but a training run's own files is ever deleted."""
+    checkpoint = tmp_path / "final"
+    checkpoint.mkdir()
+    for name, text in (("train_config.json", "{}"), ("config.json", "{}"), ("model.safetensors", "weights")):
+        (checkpoint / name).write_text(text)
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in (("train_config.json", "{}"), ("metrics.jsonl", ""), ("notes.txt", "mine")):
+        (run / name).write_text(text)
+    for out, named in ((checkpoint, "config.json, model.safetensors"), (run, "notes.txt")):
+        before = snapshot(out)
+        status, _, stderr = cli_train(out, configs, "--overwrite")
+        line = assert_one_line_error(status, stderr, "train")
+        assert f"other files ({named})" in line and "nothing was deleted" in line
+        assert snapshot(out) == before
+
+
+def test_overwrite_refuses_another_commands_run(tmp_path, configs) -> None:
+    out = tmp_path / "eval"
+    RunDir(out, "eval-libero", markers=("run.json",), records=(), settings_file="run.json").claim({"suite": "x"})
+    before = snapshot(out)
+    for flag in ("--overwrite", "--resume"):
+        status, _, stderr = cli_train(out, configs, flag)
+        assert "holds a vla-lab eval-libero run" in assert_one_line_error(status, stderr, "train")
+    assert snapshot(out) == before
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path, monkeypatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no data")
+
+    monkeypatch.setattr(tabletop.TabletopData, "generate", broken)
+    with pytest.raises(RuntimeError, match="no data"):
+        train(small_config(), tiny_tabletop_config(), tmp_path / "new" / "run", progress=False)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RuntimeError, match="no data"):
+        train(small_config(), tiny_tabletop_config(), empty, progress=False)
+    assert list(empty.iterdir()) == []
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path, configs) -> None:
     status, _, stderr = cli_train(tmp_path / "run", configs, "--resume", "--overwrite")
     assert "at most one" in assert_one_line_error(status, stderr, "train")
@@ -135,11 +180,11 @@ def test_resume_with_other_settings_names_every_difference(half_run, configs) ->
     before = snapshot(half_run)
     status, _, stderr = cli_train(half_run, configs, "--resume", "--seed", "9", "--steps", "1")
     line = assert_one_line_error(status, stderr, "train")
-    assert "seed stored 3, given 9" in line and "steps stored 4, given 1" in line
+    assert "seed: got 9, expected 3" in line and "steps: got 1, expected 4" in line
     assert snapshot(half_run) == before
-    with pytest.raises(ConfigError, match="batch_size stored 8, given 4"):
+    with pytest.raises(InputError, match="batch_size: got 4, expected 8"):
         train(small_config(batch_size=4), tiny_tabletop_config(), half_run, resume=True, progress=False)
-    with pytest.raises(ConfigError, match="model.num_action_queries"):
+    with pytest.raises(InputError, match="model.num_action_queries: got 4, expected"):
         changed = tiny_tabletop_config().replace(num_action_queries=4)
         train(small_config(), changed, half_run, resume=True, progress=False)
     assert snapshot(half_run) == before
@@ -153,6 +198,13 @@ def test_resume_without_options_continues_the_stored_run_exactly(half_run, strai
     again = snapshot(half_run)  # resuming a finished run changes nothing
     assert run_cli(["train", "--out", half_run, "--resume", "--no-progress"])[0] == 0
     assert snapshot(half_run) == again
+
+
+def test_a_run_written_before_kinds_were_recorded_still_resumes(half_run, straight) -> None:
+    (half_run / KIND_FILE).unlink()
+    train(small_config(), tiny_tabletop_config(), half_run, resume=True, progress=False)
+    assert same_weights(half_run / "final", straight)
+    assert metric_steps(half_run) == [1, 2, 3, 4]
 
 
 def test_interrupt_leaves_a_resumable_run_and_metrics_are_not_repeated(tmp_path, configs, straight, monkeypatch):
@@ -214,7 +266,8 @@ def test_a_failed_checkpoint_write_leaves_no_step_directory(tmp_path, monkeypatc
     out = tmp_path / "run"
     with pytest.raises(OSError, match="No space"):
         train(small_config(), tiny_tabletop_config(), out, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model_config.json", "train_config.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "model_config.json", "train_config.json",
+                                                     KIND_FILE]
 
 
 def test_save_pretrained_over_an_old_checkpoint_keeps_no_stale_file(tmp_path, monkeypatch) -> None:

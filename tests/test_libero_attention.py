@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from vla_lab import registry
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.libero import target_attention as ta
@@ -111,7 +112,7 @@ def test_trained_models_are_measured_against_their_initial_weights(tmp_path) -> 
     with pytest.raises(InputError, match="^prompt: got 'qwen-chat', expected one of \\('openvla',\\)"):
         la.load_models([str(checkpoint)], prompt="qwen-chat")  # the LIBERO tokenizer has no chat tokens
     initial = models["random-init:final"][0]
-    again = la.random_init(models["final"][0], checkpoint)
+    again = registry.load(registry.random_init_of(registry.resolve([str(checkpoint)])[0]))
     assert all(torch.equal(a, b) for a, b in zip(initial.state_dict().values(), again.state_dict().values()))
     trained = models["final"][0]
     assert not all(torch.equal(a, b) for a, b in zip(initial.state_dict().values(), trained.state_dict().values()))
@@ -144,11 +145,12 @@ def test_state_range_errors_name_their_own_option(tmp_path, flag, value, message
 
 @pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="LIBERO is not installed")
 def test_overwrite_removes_the_earlier_runs_records_before_the_new_run(tmp_path, monkeypatch) -> None:
-    """An --overwrite run that fails after claiming the directory leaves no record of the earlier run beside its
-    own settings."""
-    import json
+    """An --overwrite run that fails after claiming the directory leaves no record of the earlier run (and, as a
+    start that failed before its records, nothing of its own); another command's run is never overwritten."""
+    from testkit import snapshot
 
     from vla_lab.experiments import libero_attention as la
+    from vla_lab.run_dir import RunDir
     from vla_lab.worlds.libero import env as libero_env
 
     out = tmp_path / "run"
@@ -162,5 +164,10 @@ def test_overwrite_removes_the_earlier_runs_records_before_the_new_run(tmp_path,
     monkeypatch.setattr(libero_env, "observations", broken)
     with pytest.raises(RuntimeError, match="simulator down"):
         la.run(["libero-spatial-causal"], out, tasks=[0], selection_states=[0], report_states=[40], overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == [la.SETTINGS]
-    assert json.loads((out / la.SETTINGS).read_text())["models"] == ["libero-spatial-causal"]
+    assert list(out.iterdir()) == []
+    other = tmp_path / "eval"
+    RunDir(other, "eval-libero", markers=("run.json",), records=(), settings_file="run.json").claim({"suite": "x"})
+    before = snapshot(other)
+    with pytest.raises(InputError, match="holds a vla-lab eval-libero run"):
+        la.run(["libero-spatial-causal"], other, tasks=[0], selection_states=[0], report_states=[40], overwrite=True)
+    assert snapshot(other) == before

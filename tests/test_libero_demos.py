@@ -220,3 +220,32 @@ def test_overwrite_deletes_nothing_before_the_directory_is_validated(tmp_path):
     with pytest.raises(InputError, match="a directory with other files"):
         generate(SUITE, [(SUITE, 0, 0)], out, overwrite=True, progress=False)
     assert testkit.snapshot(out) == before
+
+
+@needs_libero
+@pytest.mark.parametrize("legacy", [False, True])
+def test_other_commands_refuse_a_demonstrations_directory(tmp_path, legacy):
+    """``eval libero --overwrite`` / ``libero expert --overwrite`` on a demonstrations directory used to replace the
+    expert run's records (the same run.json and episodes.jsonl); a directory written before runs recorded their
+    kind is recognised by its demonstration files."""
+    from vla_lab.libero.demos import demos_run_dir
+
+    out = tmp_path / "demos"
+    if legacy:
+        out.mkdir()
+        (out / "run.json").write_text(json.dumps({"suite": SUITE, "model": "scripted expert"}))
+    else:
+        demos_run_dir(out).claim({"suite": SUITE, "model": "scripted expert"})
+    (out / "episodes.jsonl").write_text("{}\n")
+    (out / "demos.json").write_text("{}")
+    (out / "parts").mkdir()
+    (out / "parts" / "task00_init00.hdf5").write_bytes(b"a demonstration")
+    before = testkit.snapshot(out)
+    expected = "other files (demos.json, parts)" if legacy else "holds a vla-lab libero-demos run"
+    commands = (["eval", "libero", "--suite", SUITE, "--preset", "tiny", "--tasks", "0", "--trials", "1"],
+                ["libero", "expert", "--tasks", "0", "--trials", "1"])
+    for command in commands:
+        for flag in ("--overwrite", "--resume"):
+            status, _, err = testkit.run_cli([*command, "--out", out, "--no-progress", flag])
+            assert expected in testkit.assert_one_line_error(status, err, command[0])
+    assert testkit.snapshot(out) == before

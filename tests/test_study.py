@@ -14,9 +14,10 @@ import scipy.stats
 import torch
 from testkit import assert_one_line_error, run_cli, run_torchrun, snapshot
 
-from vla_lab import files, registry, stats, tabletop
+from vla_lab import registry, stats, tabletop
 from vla_lab.errors import InputError
 from vla_lab.experiments.study import STUDIES, StudySettings, knockout, load_result, patching, run_study, verify_records
+from vla_lab.run_dir import RunDir
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.worlds import tabletop as world
 
@@ -61,28 +62,43 @@ def test_bootstrap_intervals_cover_the_estimate_and_degenerate_cases() -> None:
 # --- run directories ---------------------------------------------------------------------------------------
 
 
-def test_check_run_dir_refuses_reuse_and_names_changed_settings(tmp_path: Path) -> None:
-    markers, settings = ("run.json", "parts"), {"a": 1, "device": "cpu"}
+def test_a_run_directory_refuses_reuse_and_names_changed_settings(tmp_path: Path) -> None:
+    def run_dir(path: Path) -> RunDir:
+        return RunDir(path, "test", markers=("run.json", "parts"), records=("parts/*",), settings_file="run.json",
+                      free=("device",))
+
+    settings = {"a": 1, "device": "cpu"}
     out = tmp_path / "run"
-    assert files.check_run_dir(out, settings, settings_file="run.json", markers=markers, resume=False,
-                               overwrite=False) is False
+    assert run_dir(out).check(settings) is False
     with pytest.raises(InputError, match="holds no earlier run"):
-        files.check_run_dir(out, settings, settings_file="run.json", markers=markers, resume=True, overwrite=False)
-    files.write_json(out / "run.json", settings)
+        run_dir(out).check(settings, resume=True)
+    run_dir(out).claim(settings)
     with pytest.raises(InputError, match="earlier run"):
-        files.check_run_dir(out, settings, settings_file="run.json", markers=markers, resume=False, overwrite=False)
-    with pytest.raises(InputError, match="a stored 1, given 2"):
-        files.check_run_dir(out, {"a": 2, "device": "cpu"}, settings_file="run.json", markers=markers, resume=True,
-                            overwrite=False)
-    assert files.check_run_dir(out, {"a": 1, "device": "cuda"}, settings_file="run.json", markers=markers,
-                               resume=True, overwrite=False, free=("device",)) is True
+        run_dir(out).check(settings)
+    with pytest.raises(InputError, match="a: got 2, expected 1"):
+        run_dir(out).check({"a": 2, "device": "cpu"}, resume=True)
+    assert run_dir(out).check({"a": 1, "device": "cuda"}, resume=True) is True
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     for resume, overwrite in ((False, False), (False, True)):
         with pytest.raises(InputError, match="other files"):
-            files.check_run_dir(other, settings, settings_file="run.json", markers=markers, resume=resume,
-                                overwrite=overwrite)
+            run_dir(other).check(settings, resume=resume, overwrite=overwrite)
+
+
+def test_overwrite_and_resume_refuse_a_demonstrations_directory(tmp_path: Path) -> None:
+    """``libero demos`` also writes parts/: a study's --overwrite used to delete its demonstrations."""
+    out = tmp_path / "demos"
+    (out / "parts").mkdir(parents=True)
+    (out / "parts" / "task00_init00.hdf5").write_bytes(b"a demonstration")
+    for name in ("run.json", "episodes.jsonl", "results.json", "demos.json", "x_demo.hdf5"):
+        (out / name).write_text("{}")
+    before = snapshot(out)
+    for flag in ("--overwrite", "--resume"):
+        status, _, stderr = run_cli(["study", "mask-swap", "--scenes", "2", "--batch-size", "2", "--model",
+                                     "tabletop-causal", "--out", out, "--no-progress", flag])
+        assert "a directory with other files (demos.json" in assert_one_line_error(status, stderr, "study")
+    assert snapshot(out) == before
 
 
 # --- the engine --------------------------------------------------------------------------------------------
@@ -188,7 +204,7 @@ def test_mask_swap_records_summary_and_resume(tmp_path: Path) -> None:
     resumed = run_study(settings, partial, resume=True, progress=False)
     pd.testing.assert_frame_equal(resumed.records, records)
     assert snapshot(partial / "parts")["00000-test.parquet"] == before["00000-test.parquet"]
-    with pytest.raises(InputError, match="scenes stored 4, given 6"):
+    with pytest.raises(InputError, match="scenes: got 6, expected 4"):
         run_study(StudySettings("mask-swap", models=CAUSAL, scenes=6, batch_size=2), partial, resume=True,
                   progress=False)
 

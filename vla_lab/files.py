@@ -3,8 +3,8 @@
 Every file vla_lab writes goes through :func:`write_atomic` (a temporary file next to the target, then
 ``os.replace``), so a killed process leaves the old file or the new one, never half of one. Directories
 are replaced the same way with :func:`replace_dir`. :func:`check_output_dir` and
-:func:`check_output_file` are called before any long computation, so an unusable ``--out`` fails at once;
-:func:`check_run_dir` is the one rule for run directories (never reused without resume or overwrite).
+:func:`check_output_file` are called before any long computation, so an unusable ``--out`` fails at once.
+Run directories are claimed through :class:`vla_lab.run_dir.RunDir`, which builds on these.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +107,17 @@ def check_output_file(path: str | Path, field: str = "out", overwrite: bool = Fa
     return target
 
 
+def entries(path: Path) -> list[str]:
+    """The sorted names in the directory ``path`` (none when it is not one), without another process's
+    writability probe, which lives for an instant."""
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith(_PROBE))
+
+
 def is_empty_dir(path: Path) -> bool:
-    """True when ``path`` does not exist or is a directory without entries (another process's writability
-    probe, which lives for an instant, does not count)."""
-    return not path.exists() or (path.is_dir() and all(p.name.startswith(_PROBE) for p in path.iterdir()))
+    """True when ``path`` does not exist or is a directory without :func:`entries`."""
+    return not path.exists() or (path.is_dir() and not entries(path))
 
 
 def replace_dir(source: Path, target: Path) -> None:
@@ -148,59 +155,3 @@ def remove_temporaries(directory: Path) -> list[Path]:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         removed.append(path)
     return removed
-
-
-def check_run_dir(
-    out: str | Path, settings: Mapping[str, Any], *, settings_file: str, markers: Sequence[str], resume: bool,
-    overwrite: bool, field: str = "--out", free: Sequence[str] = (), compare: Sequence[str] | None = None,
-) -> bool:
-    """Check that ``out`` may hold this run, before any work; changes nothing but creating ``out``.
-
-    A run directory is recognised by any of ``markers`` (``settings_file`` among them). New or empty:
-    accepted. Holding a run: refused unless ``resume`` (the stored settings must equal ``settings``
-    except the keys in ``free``, or only the keys in ``compare`` when given; every difference is named)
-    or ``overwrite``. Holding other files:
-    always refused. Returns True when an earlier run is to be resumed.
-    """
-    directory = Path(out)
-    if resume and overwrite:
-        raise InputError("--resume/--overwrite: got both, expected at most one")
-    ours = [name for name in markers if (directory / name).exists()]
-    if directory.is_dir() and not ours and not is_empty_dir(directory):
-        raise InputError(f"{field}: got {str(out)!r}, a directory with other files, expected a new or empty directory")
-    if ours and not (resume or overwrite):
-        raise InputError(f"{field}: got {str(out)!r}, which holds an earlier run ({ours[0]}), "
-                         "expected a new directory, --resume or --overwrite")
-    if resume and not ours:
-        raise InputError(f"--resume: got {field} {str(out)!r}, which holds no earlier run, expected a run to resume")
-    check_output_dir(directory, field)
-    if not ours or overwrite:
-        return False
-    stored_path = directory / settings_file
-    try:
-        stored = json.loads(stored_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--resume: {stored_path} cannot be read ({type(exc).__name__}); expected the "
-                         "settings of the run to resume (or pass --overwrite)") from None
-    if not isinstance(stored, dict):
-        raise InputError(f"--resume: {stored_path} holds {type(stored).__name__}, expected a JSON object")
-    given = json.loads(dumps(dict(settings)))
-    keys = sorted(set(stored) | set(given)) if compare is None else list(compare)
-    differences = [f"{key} stored {stored.get(key)!r}, given {given.get(key)!r}"
-                   for key in keys if key not in free and stored.get(key) != given.get(key)]
-    if differences:
-        shown = "; ".join(differences[:4]) + (f" ({len(differences)} in all)" if len(differences) > 4 else "")
-        raise InputError(f"--resume: the run in {str(out)!r} was started with other settings: {shown}")
-    return True
-
-
-def clear_run_dir(out: str | Path, markers: Sequence[str]) -> None:
-    """Delete a run's ``markers`` (files or directories) from ``out`` and any interrupted writes."""
-    directory = Path(out)
-    for name in markers:
-        path = directory / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-    remove_temporaries(directory)

@@ -18,6 +18,7 @@ from vla_lab import files, parallel
 from vla_lab.cli import options
 from vla_lab.errors import InputError
 from vla_lab.libero import evaluate as libero_eval
+from vla_lab.run_dir import RunDir
 from vla_lab.worlds.libero import env as libero_env
 
 #: The suite the scripted expert (:mod:`vla_lab.worlds.libero.expert`) is built for.
@@ -235,17 +236,11 @@ def _check_tasks(suite: str, tasks: list[int] | None, text: str | None) -> None:
         raise InputError(f"--tasks: got {text!r}, expected task ids of {suite} in 0..{n - 1}")
 
 
-def _claim(out: Path, settings: dict[str, Any], args: argparse.Namespace, work: Callable[[], int]) -> int:
-    """Check ``out`` on rank 0 and run ``work``; a start that fails leaves no new empty directory behind."""
-    existed = out.exists()
+def _claim(run: RunDir, settings: dict[str, Any], args: argparse.Namespace, work: Callable[[], int]) -> int:
+    """Check the run directory on rank 0 before ``work`` (which claims it); the check creates nothing."""
     if parallel.world_from_env().is_main:  # the other ranks learn rank 0's verdict when the run starts
-        libero_eval.check_run_dir(out, settings, resume=args.resume, overwrite=args.overwrite)
-    try:
-        return work()
-    except BaseException:
-        if parallel.world_from_env().is_main and not existed and files.is_empty_dir(out) and out.is_dir():
-            out.rmdir()
-        raise
+        run.check(settings, resume=args.resume, overwrite=args.overwrite)
+    return work()
 
 
 #: The settings of a model's evaluation that its ``--json`` summary and table repeat.
@@ -318,7 +313,9 @@ def run_demos(args: argparse.Namespace) -> int:
                 print(f"manifest in {out / 'demos.json'}")
         return 0
 
-    return _claim(out, settings, args, work)
+    from vla_lab.libero.demos import demos_run_dir
+
+    return _claim(demos_run_dir(out), settings, args, work)
 
 
 def run_attention(args: argparse.Namespace) -> int:
@@ -370,12 +367,13 @@ def run_expert(args: argparse.Namespace) -> int:
             summary = libero_eval.run_episodes(
                 episode, keys, out, {"model": settings["model"], "max_steps": args.max_steps}, failed=FAILED,
                 seed=args.env_seed, render=False, resume=args.resume, overwrite=args.overwrite,
-                progress=args.progress, world=world)
+                progress=args.progress, world=world, run=expert_run)
         if world.is_main:
             _report(summary, suite, out, world, args.json, "libero")
         return 0
 
-    return _claim(out, settings, args, work)
+    expert_run = libero_eval.run_dir(out, libero_eval.EXPERT_KIND)
+    return _claim(expert_run, settings, args, work)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -387,7 +385,7 @@ def run_eval(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("vla_lab_eval") / suite)
     settings = {"suite": suite, "model": model_name(args), **model_settings(args), "num_threads": args.num_threads,
                 "max_steps": args.max_steps, "seed": args.env_seed, "resolution": args.resolution}
-    return _claim(out, settings, args, lambda: _evaluate(args, suite, keys, out, settings))
+    return _claim(libero_eval.run_dir(out), settings, args, lambda: _evaluate(args, suite, keys, out, settings))
 
 
 def _evaluate(args: argparse.Namespace, suite: str, keys: Any, out: Path, settings: dict[str, Any]) -> int:

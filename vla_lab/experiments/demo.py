@@ -20,11 +20,12 @@ from typing import Any
 import torch
 
 from vla_lab import files, interp, tabletop, viz
-from vla_lab.errors import ExportError
 from vla_lab.model import VLAAdapter
+from vla_lab.run_dir import RunDir
 from vla_lab.tabletop import MASKS, example_inputs, example_outlines, load_shipped, target_attention
 
 DEFAULT_OUT = "vla_lab_demo"
+DEMO_KIND, DEMO_FILE = "demo", "demo.json"
 #: Seed of the randomly initialised baseline's weights.
 BASELINE_SEED = 12345
 
@@ -75,13 +76,25 @@ def run_demo(
 ) -> dict[str, Any]:
     """Evaluate both shipped models, write the figures under ``out_dir``, return the JSON-able summary.
 
-    ``out_dir`` must be empty or absent unless ``overwrite``.
+    ``out_dir`` must be empty or absent unless ``overwrite`` (which replaces an earlier demo, and nothing else:
+    :func:`demo_run_dir`).
     """
     start = time.perf_counter()
     root = Path(out_dir)
-    if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise ExportError(f"--out: {root} is not empty; pass --overwrite or choose another directory")
-    files.check_output_dir(root, "--out")
+    run = demo_run_dir(root)
+    run.claim(None, overwrite=overwrite)
+    with run.guard():  # a demo that fails before its first figure leaves nothing behind
+        return _run_demo(root, start, episodes, ratio_episodes, formats, baseline)
+
+
+def demo_run_dir(out_dir: str | Path) -> RunDir:
+    """The directory of ``demo`` (not resumable): ``demo.json`` and one ``tabletop-<mask>/`` per model."""
+    written = (DEMO_FILE, *(f"tabletop-{mask}" for mask in MASKS))
+    return RunDir(out_dir, DEMO_KIND, markers=written, records=written, resumable=False)
+
+
+def _run_demo(root: Path, start: float, episodes: int, ratio_episodes: int | None, formats: tuple[str, ...],
+              baseline: bool) -> dict[str, Any]:
     ratio_episodes = episodes if ratio_episodes is None else ratio_episodes
     summary: dict[str, Any] = {
         "models": {}, "random_baseline": {}, "split": "test", "episodes": episodes, "out_dir": str(root),
@@ -111,6 +124,5 @@ def run_demo(
             summary["random_baseline"][mask] = _model_metrics(random_model, episodes, ratio_episodes, closed_loop=False)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary = viz.to_jsonable(summary)
-    root.mkdir(parents=True, exist_ok=True)
-    files.write_json(root / "demo.json", summary)
+    files.write_json(root / DEMO_FILE, summary)
     return summary

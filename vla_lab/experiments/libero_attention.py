@@ -3,8 +3,8 @@
 Observations come from the simulator (:func:`vla_lab.worlds.libero.observations`: the scene after the settle
 steps of an init state, with the object masks), two sets of them: ``selection`` (training init states) picks
 each model's depth, ``report`` (held-out init states) is where the ratio is reported. Every model is paired
-with its random-init baseline (the run's initial weights: ``build_model`` with the seed, ``init`` and
-``gate_init`` of its ``train_config.json``), measured on the same observations.
+with its random-init baseline (the run's initial weights, :func:`vla_lab.registry.random_init_of`), measured
+on the same observations.
 
 Writes ``records.parquet`` (tidy: model, source, split, task, init_state, depth, region, value) and
 ``summary.json``: per model and source the depth chosen on ``selection``, the ratio of means on ``report``
@@ -15,37 +15,27 @@ chosen depth). The simulator work is sharded over torchrun ranks by task; rank 0
 
 from __future__ import annotations
 
-import copy
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from vla_lab import files, parallel
-from vla_lab.errors import InputError
+from vla_lab import files, parallel, registry
 from vla_lab.libero import target_attention as ta
-from vla_lab.model import VLAAdapter, load_pretrained
+from vla_lab.model import VLAAdapter
+from vla_lab.registry import RANDOM_PREFIX
+from vla_lab.run_dir import RunDir
 from vla_lab.stats import ratio_of_means_interval, wilcoxon_signed_rank
 
 RECORDS, SUMMARY, SETTINGS = "records.parquet", "summary.json", "settings.json"
-RANDOM_PREFIX = "random-init:"
+ATTENTION_KIND = "libero-attention"
 
 
-def random_init(model: VLAAdapter, directory: str | Path) -> VLAAdapter:
-    """The initial weights of the run that trained ``model`` (its ``train_config.json``), eval mode."""
-    from vla_lab.tabletop import build_model
-
-    path = Path(directory) / "train_config.json"
-    if not path.is_file():
-        raise InputError(f"model: got {str(directory)!r} without train_config.json, expected a vla-lab checkpoint "
-                         "(its seed rebuilds the initial weights)")
-    train = json.loads(path.read_text(encoding="utf-8"))
-    initial = build_model(copy.deepcopy(model.config), seed=int(train["seed"]), init=str(train.get("init", "sincos")),
-                          gate=float(train.get("gate_init", 1.0)))
-    initial.processor = model.processor
-    return initial.eval()
+def attention_run_dir(out: str | Path) -> RunDir:
+    """The run directory of ``libero attention`` (not resumable): ``settings.json``, the records, the summary."""
+    return RunDir(out, ATTENTION_KIND, markers=(SETTINGS, RECORDS, SUMMARY), records=(RECORDS, SUMMARY),
+                  settings_file=SETTINGS, resumable=False)
 
 
 def scene_ratios(values: pd.DataFrame, depth: int, column: str) -> pd.DataFrame:
@@ -96,19 +86,14 @@ def measure(
 
 
 def load_models(names: Sequence[str], prompt: str | None = None) -> dict[str, tuple[VLAAdapter, Path]]:
-    """Shipped LIBERO model names or checkpoint directories -> (model, directory), with random-init baselines;
-    ``prompt`` overrides each model's prompt."""
-    from vla_lab.libero.models import SHIPPED, shipped_path
-
+    """Model names of :mod:`vla_lab.registry` (shipped LIBERO models, checkpoint directories) -> (model,
+    directory), each followed by its random-init baseline; ``prompt`` overrides each model's prompt."""
     out: dict[str, tuple[VLAAdapter, Path]] = {}
-    for name in names:
-        directory = shipped_path(name.rsplit("-", 1)[-1]) if name in SHIPPED else Path(name)
-        if not (directory / "config.json").is_file():
-            raise InputError(f"--model: got {name!r}, expected one of {list(SHIPPED)} or a checkpoint directory")
-        model = load_pretrained(directory, prompt=prompt).eval()
-        label = name if name in SHIPPED else directory.name
-        out[label] = (model, directory)
-        out[RANDOM_PREFIX + label] = (random_init(model, directory), directory)
+    for spec in registry.resolve(list(names), world="libero_spatial"):
+        directory = Path(spec.path)
+        out[spec.name] = (registry.load(spec, prompt=prompt), directory)
+        baseline = registry.random_init_of(spec)
+        out[baseline.name] = (registry.load(baseline, prompt=prompt), directory)
     return out
 
 
@@ -129,31 +114,26 @@ def run(
                 "report_states": list(report_states),
                 "prompt_by_model": {label: model.config.prompt for label, (model, _) in models.items()}}
 
-    def claim() -> None:
-        markers = (SETTINGS, RECORDS, SUMMARY)
-        files.check_run_dir(out, settings, settings_file=SETTINGS, markers=markers, resume=False, overwrite=overwrite)
-        if overwrite:  # the earlier run's records must not outlive it beside these settings
-            files.clear_run_dir(out, markers)
-        files.write_json(out / SETTINGS, settings)
-
-    parallel.run_on_main(claim, world)
-    states = sorted({*selection_states, *report_states})
-    mine = []
-    for task in parallel.shard(tasks, world):
-        mine += observations(suite, [task], states)
-    gathered = [o for part in parallel.gather(mine, world) for o in part]
-    if not world.is_main:
+    run = attention_run_dir(out)
+    run.claim(settings, overwrite=overwrite, world=world)
+    with run.guard():  # a run that fails before its records leaves nothing behind
+        states = sorted({*selection_states, *report_states})
+        mine = []
+        for task in parallel.shard(tasks, world):
+            mine += observations(suite, [task], states)
+        gathered = [o for part in parallel.gather(mine, world) for o in part]
+        if not world.is_main:
+            parallel.barrier(world)
+            return None
+        gathered.sort(key=lambda o: (o["task"], o["init_state"]))
+        selection = [o for o in gathered if o["init_state"] in set(selection_states)]
+        report = [o for o in gathered if o["init_state"] in set(report_states)]
+        records, summary = measure({k: m for k, (m, _) in models.items()}, selection, report)
+        files.write_atomic(out / RECORDS, lambda temporary: records.to_parquet(temporary, index=False))
+        summary = {"settings": settings, **summary}
+        files.write_json(out / SUMMARY, summary)
         parallel.barrier(world)
-        return None
-    gathered.sort(key=lambda o: (o["task"], o["init_state"]))
-    selection = [o for o in gathered if o["init_state"] in set(selection_states)]
-    report = [o for o in gathered if o["init_state"] in set(report_states)]
-    records, summary = measure({k: m for k, (m, _) in models.items()}, selection, report)
-    files.write_atomic(out / RECORDS, lambda temporary: records.to_parquet(temporary, index=False))
-    summary = {"settings": settings, **summary}
-    files.write_json(out / SUMMARY, summary)
-    parallel.barrier(world)
-    return summary
+        return summary
 
 
-__all__ = ["measure", "random_init", "run", "scene_ratios"]
+__all__ = ["load_models", "measure", "run", "scene_ratios"]

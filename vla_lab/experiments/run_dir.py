@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import pickle
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import torch
 
 from vla_lab import files
 from vla_lab.config import JSONConfig, VLAConfig
-from vla_lab.errors import CheckpointError, ConfigError, ExportError
+from vla_lab.errors import CheckpointError
+from vla_lab.run_dir import RunDir, differences
 
 TRAINER_STATE = "trainer_state.pt"
 TRAIN_CONFIG = "train_config.json"
@@ -40,64 +40,46 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _is_run(out_dir: Path) -> bool:
-    return any((out_dir / name).exists() for name in (TRAIN_CONFIG, METRICS, "final")) or any(
-        _STEP_DIR.match(p.name) for p in out_dir.glob("step-*")
-    )
+TRAIN_KIND = "train"
+#: What a training run writes, and what holds its results (a run without them has not started).
+MARKERS = (TRAIN_CONFIG, MODEL_CONFIG, METRICS, "step-[0-9]*", "final")
+RECORDS = (METRICS, "step-[0-9]*", "final")
 
 
-def _differences(stored: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(stored) | set(given))
-    return [f"{prefix}{k} stored {stored.get(k)!r}, given {given.get(k)!r}" for k in keys
-            if stored.get(k) != given.get(k)]
+def training_run_dir(out_dir: str | Path, config_type: type[JSONConfig], *, field: str = "out_dir",
+                     run_settings: tuple[str, ...] = RUN_SETTINGS) -> RunDir:
+    """The run directory of ``train``: ``train_config.json`` (read as ``config_type``) holds the settings,
+    ``resume`` may change only ``run_settings``."""
+    return RunDir(out_dir, TRAIN_KIND, markers=MARKERS, records=RECORDS, settings_file=TRAIN_CONFIG,
+                  free=run_settings, read_settings=lambda path: config_type.from_json(path).to_dict(), field=field)
 
 
 def prepare_run_dir(
     out_dir: str | Path, config: JSONConfig, model_config: VLAConfig, *, resume: bool = False,
     overwrite: bool = False, field: str = "out_dir", run_settings: tuple[str, ...] = RUN_SETTINGS,
-) -> Path | None:
-    """Claim ``out_dir`` for this run before any work; return the checkpoint to resume from (or None).
+) -> tuple[RunDir, Path | None]:
+    """Claim ``out_dir`` for this run before any work (:class:`vla_lab.run_dir.RunDir`); the claimed
+    directory and the checkpoint to resume from (or None).
 
     A directory that holds anything is refused unless ``resume`` (the stored TrainConfig and model
     configuration must equal the given ones, except ``run_settings``; every difference is named) or
-    ``overwrite`` (only a vla-lab run directory is deleted). Leftovers of an interrupted write are removed.
+    ``overwrite`` (only a training run's own files are deleted; any other file is refused). Leftovers of an
+    interrupted write are removed; a resumed run drops the metrics its checkpoint had not reached.
     """
     out_dir = Path(out_dir)
-    if resume and overwrite:
-        raise ConfigError("resume/overwrite: got both, expected at most one")
-    empty = files.is_empty_dir(out_dir)
-    if empty and resume:
-        raise ConfigError(f"{field}: got {str(out_dir)!r}, an empty directory, expected a run to resume")
-    files.check_output_dir(out_dir, field)
-    if empty:
-        return None
-    if overwrite:
-        if not _is_run(out_dir):
-            raise ExportError(f"{field}: {out_dir} holds files that are not a vla-lab run; refusing to delete them")
-        for child in out_dir.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        return None
-    if not resume:
-        what = "an earlier run" if _is_run(out_dir) else "other files"
-        raise ExportError(
-            f"{field}: {out_dir} already holds {what}; pass --resume to continue it or --overwrite to replace it"
-        )
-    if not (out_dir / TRAIN_CONFIG).is_file():
-        raise ConfigError(f"{field}: {out_dir} holds no {TRAIN_CONFIG}, expected a vla-lab run to resume")
-    stored = type(config).from_json(out_dir / TRAIN_CONFIG).to_dict()
-    given = config.to_dict()
-    problems = _differences({k: v for k, v in stored.items() if k not in run_settings},
-                            {k: v for k, v in given.items() if k not in run_settings})
-    if (out_dir / MODEL_CONFIG).is_file():
-        stored_model = VLAConfig.read(out_dir / MODEL_CONFIG).to_dict()
-        problems += _differences(stored_model, model_config.to_dict(), "model.")
-    if problems:
-        shown = "; ".join(problems[:4]) + (f" ({len(problems)} in all)" if len(problems) > 4 else "")
-        raise ConfigError(f"resume: the run in {out_dir} was started with other settings: {shown}")
-    files.remove_temporaries(out_dir)
+    run = training_run_dir(out_dir, type(config), field=field, run_settings=run_settings)
+
+    def model_differences() -> list[str]:
+        if not (out_dir / MODEL_CONFIG).is_file():
+            return []
+        return differences(VLAConfig.read(out_dir / MODEL_CONFIG).to_dict(), model_config.to_dict(), prefix="model.")
+
+    if not run.claim(config.to_dict(), resume=resume, overwrite=overwrite, check_also=model_differences,
+                     write=False):
+        return run, None
     latest = latest_checkpoint(out_dir)
     truncate_metrics(out_dir, step_of(latest) if latest is not None else 0)
-    return latest
+    return run, latest
 
 
 def step_of(step_dir: Path) -> int:

@@ -349,7 +349,8 @@ def train(
     """Train ``model_config`` (with ``config.attention``) on the world; return ``out_dir/final``.
 
     ``out_dir`` belongs to one run (:func:`prepare_run_dir`): a non-empty one is refused unless
-    ``resume`` continues it from its latest ``step-XXXXX`` (same settings) or ``overwrite`` replaces it.
+    ``resume`` continues it from its latest ``step-XXXXX`` (same settings) or ``overwrite`` replaces it
+    (a training run's files only). A run that fails before its first record leaves nothing behind.
     ``stop_at`` ends the run after that many steps (a checkpoint is written there) without changing the
     schedule, and then returns that step's directory. Checkpoints and ``final/`` appear whole or not at
     all; after an interrupt, ``resume`` continues from the last checkpoint. ``out_field`` names ``out_dir``
@@ -363,7 +364,15 @@ def train(
     tabletop.check_config(model_config)
     tokenizer = builtin_tokenizer(model_config.tokenizer) if config.libero else world.build_world_tokenizer()
     check_prompt(tokenizer, model_config.prompt)  # before the run directory is claimed
-    latest = prepare_run_dir(out_dir, config, model_config, resume=resume, overwrite=overwrite, field=out_field)
+    run, latest = prepare_run_dir(out_dir, config, model_config, resume=resume, overwrite=overwrite,
+                                  field=out_field)
+    with run.guard():  # a run that fails before its first metrics line leaves nothing behind
+        return _run(config, model_config, out_dir, device, tokenizer, latest, resume, stop_at, progress)
+
+
+def _run(config: TrainConfig, model_config: VLAConfig, out_dir: Path, device: torch.device, tokenizer: Any,
+         latest: Path | None, resume: bool, stop_at: int | None, progress: bool) -> Path:
+    """The body of :func:`train`, in its claimed run directory."""
     if resume and latest is None:
         warnings.warn(f"resume: {out_dir} holds no checkpoint yet; training starts again from step 0", stacklevel=2)
     if latest is not None and step_of(latest) == config.steps and (out_dir / "final").is_dir():

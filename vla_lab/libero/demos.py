@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ import numpy as np
 
 from vla_lab import files, parallel
 from vla_lab.errors import InputError, error_text
-from vla_lab.libero.evaluate import EpisodeKey, check_run_dir, run_episodes
+from vla_lab.libero.evaluate import EpisodeKey, run_dir, run_episodes
+from vla_lab.run_dir import RunDir
 from vla_lab.worlds.libero.env import LiberoEnv, task_info
 from vla_lab.worlds.libero.expert import FAILED, run_expert_episode
 from vla_lab.worlds.libero.observation import quat2axisangle
@@ -47,6 +47,7 @@ from vla_lab.worlds.libero.observation import quat2axisangle
 #: Render resolution of the demonstrations (both cameras), LIBERO's own.
 DEMO_RESOLUTION = 128
 PARTS_DIR, MANIFEST = "parts", "demos.json"
+DEMOS_KIND = "libero-demos"
 IMAGE_KEYS = {"agentview_rgb": "agentview_image", "eye_in_hand_rgb": "robot0_eye_in_hand_image"}
 
 
@@ -192,6 +193,13 @@ def assemble(out: Path, suite: str, keys: Sequence[EpisodeKey], records: Sequenc
             "total": sum(t["total"] for t in tasks.values())}
 
 
+def demos_run_dir(out: str | Path) -> RunDir:
+    """The run directory of ``libero demos``: an evaluation run's files plus ``parts/``, the per-task
+    ``*_demo.hdf5`` files and ``demos.json``."""
+    return run_dir(out, DEMOS_KIND, markers=(PARTS_DIR, "*_demo.hdf5", MANIFEST),
+                   records=(f"{PARTS_DIR}/*", "*_demo.hdf5", MANIFEST))
+
+
 def generate(
     suite: str,
     keys: Sequence[EpisodeKey],
@@ -212,15 +220,6 @@ def generate(
     parts = out / PARTS_DIR
     settings = {"model": "scripted expert", "max_steps": max_steps, "resolution": int(resolution)}
 
-    def clear() -> None:  # only once the directory is known to hold an earlier run that may be replaced
-        check_run_dir(out, {**settings, "suite": suite, "seed": seed}, resume=resume, overwrite=overwrite)
-        if overwrite:
-            shutil.rmtree(parts, ignore_errors=True)
-            for stale in [*out.glob("*_demo.hdf5"), out / MANIFEST]:
-                stale.unlink(missing_ok=True)
-
-    parallel.run_on_main(clear, world)
-
     def episode(env: LiberoEnv, init_state: int, frames: Any) -> dict[str, Any]:
         try:
             demo = record_demo(env, init_state, max_steps)
@@ -234,7 +233,7 @@ def generate(
 
     summary = run_episodes(episode, keys, out, settings, failed={**FAILED, "kept": False}, seed=seed,
                            resolution=resolution, resume=resume, overwrite=overwrite, progress=progress,
-                           world=world)
+                           world=world, run=demos_run_dir(out))
     manifest: dict[str, Any] = {}
     if world.is_main:
         manifest = assemble(out, suite, keys, summary["episodes"], int(resolution), seed)

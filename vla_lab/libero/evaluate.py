@@ -27,6 +27,7 @@ import numpy as np
 
 from vla_lab import files, parallel
 from vla_lab.errors import InputError, error_text
+from vla_lab.run_dir import RunDir
 from vla_lab.stats import wilson_interval
 from vla_lab.worlds.libero.env import LiberoEnv, check_suite, task_info
 from vla_lab.worlds.libero.observation import prepare_observation, process_action
@@ -186,32 +187,18 @@ def summarize(records: Sequence[dict[str, Any]], suite: str) -> dict[str, Any]:
     return {"suite": suite, **rate(records), "by_task": by_task, "episodes": list(records)}
 
 
-#: What marks a directory as an evaluation run.
-MARKERS = (RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR)
+EVAL_KIND, EXPERT_KIND = "eval-libero", "libero-expert"
+#: The files of an evaluation run, and those that hold its results.
+MARKERS, RECORDS = (RUN_FILE, EPISODES_FILE, RESULTS_FILE, VIDEO_DIR), (EPISODES_FILE, RESULTS_FILE, f"{VIDEO_DIR}/*")
 
 
-def check_run_dir(out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
-    """Refuse ``out`` unless it is new or empty, or holds an earlier run and ``resume`` (with the same
-    :data:`RESUME_SETTINGS`) or ``overwrite`` is given (:func:`vla_lab.files.check_run_dir`)."""
-    files.check_run_dir(out, settings, settings_file=RUN_FILE, markers=MARKERS, resume=resume, overwrite=overwrite,
-                        compare=RESUME_SETTINGS)
-
-
-def prepare_run_dir(
-    out: Path, settings: dict[str, Any], *, resume: bool, overwrite: bool, world: parallel.World
-) -> list[dict[str, Any]]:
-    """Claim ``out`` for this run on rank 0 (:func:`check_run_dir`; with ``overwrite`` the earlier run is
-    deleted; ``run.json`` is written); the records already there when resuming."""
-
-    def claim() -> None:
-        check_run_dir(out, settings, resume=resume, overwrite=overwrite)
-        if overwrite:
-            files.clear_run_dir(out, MARKERS)
-        files.remove_temporaries(out)
-        files.write_json(out / RUN_FILE, settings)
-
-    parallel.run_on_main(claim, world)
-    return read_records(out / EPISODES_FILE) if resume else []
+def run_dir(out: str | Path, kind: str = EVAL_KIND, *, markers: Sequence[str] = (),
+            records: Sequence[str] = ()) -> RunDir:
+    """The run directory of an evaluation of ``kind`` (``eval libero``'s, the expert's): ``run.json`` holds the
+    settings, ``resume`` requires the same :data:`RESUME_SETTINGS`; a run that writes more files (the
+    demonstrations) adds its ``markers`` and ``records``."""
+    return RunDir(out, kind, markers=(*MARKERS, *markers), records=(*RECORDS, *records), settings_file=RUN_FILE,
+                  compare=RESUME_SETTINGS)
 
 
 def _write_video(path: Path, frames: list[np.ndarray]) -> None:
@@ -276,13 +263,15 @@ def run_episodes(
     overwrite: bool = False,
     progress: bool = True,
     world: parallel.World | None = None,
+    run: RunDir | None = None,
 ) -> dict[str, Any]:
     """Run ``episode`` on each of ``keys`` (one suite) in the run directory ``out``, sharded over ``world``;
     the summary (:func:`summarize`) of every record, on every rank.
 
     ``failed`` is the result of an episode whose simulator could not be built (its ``error`` is added);
     ``render=False`` builds the simulators without cameras, else they render at ``resolution``. ``settings``
-    go to ``run.json`` with the suite and the seed.
+    go to ``run.json`` with the suite and the seed. ``run`` is the directory's kind (default: :func:`run_dir`,
+    ``eval libero``'s); a run that fails before its first record leaves nothing behind.
     """
     world = parallel.World() if world is None else world
     out = Path(out)
@@ -291,52 +280,55 @@ def run_episodes(
         raise InputError(f"keys: got suites {sorted(suites)}, expected episodes of one suite")
     suite = suites.pop()
     settings = {**settings, "suite": suite, "seed": seed}
-    done = prepare_run_dir(out, settings, resume=resume, overwrite=overwrite, world=world)
-    finished = {record_key(r) for r in done}
-    mine = parallel.shard([k for k in keys if k not in finished], world)
-    if video:
-        (out / VIDEO_DIR).mkdir(exist_ok=True)
-    records: list[dict[str, Any]] = []
-    env: LiberoEnv | None = None
-    bar = None
-    if progress and world.is_main:
-        from tqdm.auto import tqdm
+    run = run_dir(out) if run is None else run
+    run.claim(settings, resume=resume, overwrite=overwrite, world=world)
+    done = read_records(out / EPISODES_FILE) if resume else []
+    with run.guard():
+        finished = {record_key(r) for r in done}
+        mine = parallel.shard([k for k in keys if k not in finished], world)
+        if video:
+            (out / VIDEO_DIR).mkdir(exist_ok=True)
+        records: list[dict[str, Any]] = []
+        env: LiberoEnv | None = None
+        bar = None
+        if progress and world.is_main:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(mine), desc=f"{suite} (rank 0 of {world.size})", unit="episode")
-    try:
-        for _, task, init_state in mine:
-            info = task_info(suite, task)
-            frames: list[np.ndarray] | None = [] if video else None
-            try:
-                if env is None or env.task_id != task:
-                    if env is not None:
-                        env.close()
-                    env = None
-                    env = LiberoEnv(suite, task, resolution=resolution, seed=seed, render=render)
-                result = episode(env, init_state, frames)
-            except Exception as exc:  # the simulator could not be built: a failed episode, as any other
-                result = {**failed, "error": error_text(exc)}
-            record = {"suite": suite, "task": task, "task_name": info["task_name"],
-                      "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
-            if frames:
-                _write_video(out / VIDEO_DIR / f"{suite}_task{task:02d}_init{init_state:02d}.mp4", frames)
-            append_record(out / EPISODES_FILE, record)
-            records.append(record)
+            bar = tqdm(total=len(mine), desc=f"{suite} (rank 0 of {world.size})", unit="episode")
+        try:
+            for _, task, init_state in mine:
+                info = task_info(suite, task)
+                frames: list[np.ndarray] | None = [] if video else None
+                try:
+                    if env is None or env.task_id != task:
+                        if env is not None:
+                            env.close()
+                        env = None
+                        env = LiberoEnv(suite, task, resolution=resolution, seed=seed, render=render)
+                    result = episode(env, init_state, frames)
+                except Exception as exc:  # the simulator could not be built: a failed episode, as any other
+                    result = {**failed, "error": error_text(exc)}
+                record = {"suite": suite, "task": task, "task_name": info["task_name"],
+                          "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
+                if frames:
+                    _write_video(out / VIDEO_DIR / f"{suite}_task{task:02d}_init{init_state:02d}.mp4", frames)
+                append_record(out / EPISODES_FILE, record)
+                records.append(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(success=sum(r["success"] for r in records))
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(success=sum(r["success"] for r in records))
-    finally:
-        if bar is not None:
-            bar.close()
-        if env is not None:
-            env.close()
-    merged = {record_key(r): r for r in done}
-    for part in parallel.gather(records, world):
-        merged.update((record_key(r), r) for r in part)
-    ordered = [merged[k] for k in sorted(merged)]
-    summary = summarize(ordered, suite)
-    if world.is_main:
-        files.write_text(out / EPISODES_FILE, "".join(files.dumps(r, indent=None) + "\n" for r in ordered))
-        files.write_json(out / RESULTS_FILE, {**summary, "settings": settings})
-    parallel.barrier(world)
-    return summary
+                bar.close()
+            if env is not None:
+                env.close()
+        merged = {record_key(r): r for r in done}
+        for part in parallel.gather(records, world):
+            merged.update((record_key(r), r) for r in part)
+        ordered = [merged[k] for k in sorted(merged)]
+        summary = summarize(ordered, suite)
+        if world.is_main:
+            files.write_text(out / EPISODES_FILE, "".join(files.dumps(r, indent=None) + "\n" for r in ordered))
+            files.write_json(out / RESULTS_FILE, {**summary, "settings": settings})
+        parallel.barrier(world)
+        return summary

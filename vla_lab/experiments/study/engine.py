@@ -35,6 +35,7 @@ from vla_lab.config import PROMPTS, AttentionLike, resolve_device
 from vla_lab.errors import InputError
 from vla_lab.model import VLAAdapter
 from vla_lab.registry import ModelSpec
+from vla_lab.run_dir import RunDir
 from vla_lab.stats import PairedTest, bootstrap_interval, ratio_of_means_interval, wilson_interval
 from vla_lab.worlds import tabletop as world
 
@@ -299,15 +300,14 @@ def _unit_records(study: Study, loaded: list[tuple[ModelSpec, VLAAdapter]], unit
     return records
 
 
-def _claim(directory: Path, settings: dict[str, Any], resume: bool, overwrite: bool) -> None:
-    """Check that ``directory`` may hold this run, then prepare it (parts kept only when resuming)."""
-    resuming = files.check_run_dir(directory, settings, settings_file=STUDY_FILE, markers=MARKERS, resume=resume,
-                                   overwrite=overwrite, free=FREE_SETTINGS)
-    if not resuming:
-        files.clear_run_dir(directory, MARKERS)
-    files.remove_temporaries(directory)
-    (directory / PARTS_DIR).mkdir(exist_ok=True)
-    files.write_json(directory / STUDY_FILE, settings)
+STUDY_KIND = "study"
+
+
+def study_run_dir(directory: str | Path) -> RunDir:
+    """The run directory of ``study``: ``study.json`` holds the settings (only :data:`FREE_SETTINGS` may
+    change on resume); the parts, records and summary are its results."""
+    return RunDir(directory, STUDY_KIND, markers=MARKERS, records=(f"{PARTS_DIR}/*", RECORDS_FILE, SUMMARY_FILE),
+                  settings_file=STUDY_FILE, free=FREE_SETTINGS)
 
 
 def _load_part(path: Path) -> pd.DataFrame:
@@ -315,6 +315,7 @@ def _load_part(path: Path) -> pd.DataFrame:
 
 
 def _write_part(path: Path, records: pd.DataFrame) -> None:
+    path.parent.mkdir(exist_ok=True)
     files.write_atomic(path, lambda temporary: records.to_parquet(temporary, index=False))
 
 
@@ -337,14 +338,17 @@ def run_study(
     place = world_info or parallel.world_from_env()
     directory = Path(out) if out is not None else None
     specs = study.model_specs(registry.resolve(settings.models))
-    stored = settings.to_dict()
+    claimed: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if directory is not None:
-        parallel.run_on_main(lambda: _claim(directory, stored, resume, overwrite), place)
+        run = study_run_dir(directory)
+        run.claim(settings.to_dict(), resume=resume, overwrite=overwrite, world=place)
+        claimed = run.guard()  # a run that fails before its first part leaves nothing behind
     threads = torch.get_num_threads()
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
     try:
-        return _run(study, settings, specs, directory, progress, place, on_unit)
+        with claimed:
+            return _run(study, settings, specs, directory, progress, place, on_unit)
     finally:
         torch.set_num_threads(threads)
 
