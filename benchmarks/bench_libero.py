@@ -27,8 +27,10 @@ import torch
 
 from vla_lab import files
 from vla_lab.config import VLAConfig
-from vla_lab.libero.evaluate import model_policy
 from vla_lab.model import build_random
+from vla_lab.policy import Policy
+from vla_lab.worlds import Observation
+from vla_lab.worlds.libero import LiberoWorld
 from vla_lab.worlds.libero.env import CAMERA, DUMMY_ACTION, MAX_STEPS, LiberoEnv, object_masks
 from vla_lab.worlds.libero.observation import prepare_observation
 
@@ -67,19 +69,20 @@ def simulator(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
         result["physics_substep"] = _timed(sim.step, 5)[0]
         result["object_masks"] = _timed(lambda: object_masks(env), 3)[0]
         prepared = prepare_observation(obs)
-        instruction = env.instruction
+        observation = Observation([prepared["full_image"], prepared["wrist_image"]], env.instruction,
+                                  prepared["state"])
     with LiberoEnv(SUITE, 0, render=False) as physics:  # the scripted expert's simulator: no cameras
         physics.reset(0)
         result["step_physics_only"] = _timed(lambda: physics.step(DUMMY_ACTION), steps)[0]
         result["camera_images_both_256"] = _timed(physics.camera_images, 5)[0]
-    return result, {"obs": prepared, "instruction": instruction}
+    return result, {"observation": observation}
 
 
 def policy_query(preset: str, sample: dict[str, Any], repeats: int) -> dict[str, Any]:
-    model = build_random(VLAConfig.preset(preset), seed=0)
-    policy = model_policy(model, SUITE)
-    policy(sample["obs"], sample["instruction"])  # warm-up
-    return {"preset": preset, **_timed(lambda: policy(sample["obs"], sample["instruction"]), repeats)[0]}
+    model = build_random(VLAConfig.preset(preset), seed=0).eval()
+    policy = Policy(model, LiberoWorld(SUITE))
+    policy.predict([sample["observation"]])  # warm-up
+    return {"preset": preset, **_timed(lambda: policy.predict([sample["observation"]]), repeats)[0]}
 
 
 def episodes(processes: int, tasks: str, max_steps: int) -> dict[str, Any]:

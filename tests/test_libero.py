@@ -17,6 +17,9 @@ import testkit
 
 from vla_lab import parallel
 from vla_lab.libero import evaluate as libero_eval
+from vla_lab.worlds import Episode, Observation, Step
+from vla_lab.worlds.libero.observation import process_action
+from vla_lab.worlds.runner import OpenLoop
 
 HAVE_LIBERO = importlib.util.find_spec("libero") is not None
 needs_libero = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
@@ -70,54 +73,61 @@ def test_bad_options_are_one_line_errors(tmp_path, args, field):
     assert len(lines) == 1 and lines[0].startswith(f"vla-lab eval: error: {field}: got"), err
 
 
-class FakeEnv:
-    """Just enough of LiberoEnv for run_episode: reports done after ``done_at`` steps."""
+class FakeWorld:
+    """Just enough of LiberoWorld for run_episode: reports success after ``done_at`` steps."""
 
-    max_steps, instruction = 30, "pick up the bowl"
+    name = stats_key = SUITE
+    center_crop = True
 
-    def __init__(self, done_at: int | None = None) -> None:
-        self.done_at, self.steps, self.actions = done_at, 0, []
+    def __init__(self, done_at: int | None = None, max_steps: int = 30) -> None:
+        self.done_at, self.max_steps, self.steps, self.actions, self.observed = done_at, max_steps, 0, [], 0
+        self.raw = None
 
-    def reset(self, init_state):
-        self.steps = 0
-        return self.obs()
-
-    def obs(self):
+    def _observe(self):
         rng = np.random.default_rng(self.steps)
-        return {"agentview_image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
-                "robot0_eye_in_hand_image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
-                "robot0_eef_pos": np.zeros(3), "robot0_eef_quat": np.array([0.0, 0.0, 0.0, 1.0]),
-                "robot0_gripper_qpos": np.zeros(2)}
+        self.raw = {"agentview_image": rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)}
+        image = rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+        return Observation([image, image], "pick up the bowl", np.zeros(8))
 
-    def step(self, action):
+    def reset(self, episode, *, regions=True):
+        self.steps = 0
+        return self._observe()
+
+    def step(self, action, *, observe=True):
         self.steps += 1
         self.actions.append(np.asarray(action))
-        return self.obs(), 0.0, self.done_at is not None and self.steps >= self.done_at, {}
+        self.observed += observe
+        success = self.done_at is not None and self.steps >= self.done_at
+        observation = self._observe()
+        return Step(observation if observe else None, success or self.steps >= self.max_steps, success)
 
 
 def test_episode_protocol_open_loop_chunks_and_errors():
     seen = []
 
-    def policy(obs, instruction):
-        seen.append((obs["full_image"].shape, obs["state"].shape, instruction))
-        chunk = np.zeros((8, 7))
-        chunk[:, 0] = np.arange(8)
-        chunk[:, 6] = 0.9  # close -> LIBERO's -1 after the sign inversion
+    def chunks(observations, slots):
+        seen.append((observations[0].full_image.shape, observations[0].proprio.shape, observations[0].instruction))
+        chunk = np.zeros((1, 8, 7))
+        chunk[0, :, 0] = np.arange(8)
+        chunk[0, :, 6] = 0.9  # close -> LIBERO's -1 after the sign inversion
         return chunk
 
-    env = FakeEnv(done_at=11)
-    result = libero_eval.run_episode(env, policy, 0)
+    episode = Episode(SUITE, (SUITE, 0, 0), "pick up the bowl", {})
+    world, frames = FakeWorld(done_at=11), []
+    policy = OpenLoop(chunks, libero_eval.NUM_OPEN_LOOP_STEPS, process_action)
+    result = libero_eval.run_episode(world, policy, episode, frames)
     assert result["success"] and result["steps"] == 11 and result["queries"] == 2 and result["error"] is None
-    assert seen[0] == ((224, 224, 3), (8,), "pick up the bowl")
-    assert [a[0] for a in env.actions] == [*range(8), 0, 1, 2] and all(a[6] == -1 for a in env.actions)
-    timeout = libero_eval.run_episode(FakeEnv(), policy, 0, max_steps=5)
-    assert not timeout["success"] and timeout["steps"] == 5
+    assert seen[0] == ((224, 224, 3), (8,), "pick up the bowl") and len(frames) == 11
+    assert [a[0] for a in world.actions] == [*range(8), 0, 1, 2] and all(a[6] == -1 for a in world.actions)
+    assert world.observed == 1  # only after step 8, where the next chunk is needed
+    timeout = libero_eval.run_episode(FakeWorld(max_steps=5), policy, episode)
+    assert not timeout["success"] and timeout["steps"] == 5 and timeout["queries"] == 1
 
-    def broken(obs, instruction):
+    def broken(observations, slots):
         raise RuntimeError("no weights")
 
-    failed = libero_eval.run_episode(FakeEnv(), broken, 0)
-    assert not failed["success"] and failed["error"] == "RuntimeError: no weights"
+    failed = libero_eval.run_episode(FakeWorld(), OpenLoop(broken), episode)
+    assert not failed["success"] and failed["error"] == "RuntimeError: no weights" and failed["steps"] == 0
 
 
 def test_records_file_tolerates_a_cut_line_and_summary(tmp_path):

@@ -222,11 +222,15 @@ def test_training_on_demonstrations_resumes_bit_exactly(demos, tmp_path) -> None
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
     assert all("aux_target_loss" in m and "aux_patch_loss" not in m for m in metrics if "loss" in m)
     # The saved model acts on a LIBERO observation with the suite's statistics.
-    from vla_lab.libero import model_policy
+    from vla_lab.policy import Policy
+    from vla_lab.worlds import Observation
+    from vla_lab.worlds.libero import LiberoWorld
 
     obs = np.load(DATA / "libero_spatial_observation.npz")
-    chunk = model_policy(model, "libero_spatial")(dict(obs), INSTRUCTIONS[0])
-    assert chunk.shape == (8, 7) and np.isfinite(chunk).all()
+    policy = Policy(model, LiberoWorld("libero_spatial"))
+    assert policy.unnorm_key == "libero_spatial"
+    chunk = policy.predict([Observation([obs["full_image"], obs["wrist_image"]], INSTRUCTIONS[0], obs["state"])])
+    assert chunk.shape == (1, 8, 7) and np.isfinite(chunk).all()
 
 
 def test_another_seed_gives_other_crops_and_weights(demos, tmp_path) -> None:

@@ -360,8 +360,8 @@ def run_expert(args: argparse.Namespace) -> int:
     def work() -> int:
         from vla_lab.worlds.libero.expert import FAILED, expert_record
 
-        def episode(env: Any, init_state: int, frames: Any) -> dict[str, Any]:
-            return expert_record(env, init_state, max_steps=args.max_steps)
+        def episode(suite_world: Any, key: Any, frames: Any) -> dict[str, Any]:
+            return expert_record(suite_world.simulator(key), int(key.key[2]), max_steps=args.max_steps)
 
         with parallel.process_group("cpu") as world:
             summary = libero_eval.run_episodes(
@@ -410,8 +410,11 @@ def _evaluate_model(args: argparse.Namespace, suite: str, keys: Any, out: Path, 
         args.device = parallel.device_for(args.device, world)
         _registry_name(args)
         model = options.load_model(args)
-        policy = libero_eval.model_policy(model, suite)
-        recorded = {**settings, "device": args.device, "unnorm_key": libero_eval.unnorm_key_for(model, suite),
+        from vla_lab.policy import Policy
+        from vla_lab.worlds.libero import LiberoWorld
+
+        policy = Policy(model.eval(), LiberoWorld(suite), execute=libero_eval.NUM_OPEN_LOOP_STEPS)
+        recorded = {**settings, "device": args.device, "unnorm_key": policy.unnorm_key,
                     "cpu": cpu_model(), "torch": torch.__version__, "vla_lab": __version__}
         summary = libero_eval.evaluate(
             policy, keys, out, recorded, max_steps=args.max_steps, seed=args.env_seed, resolution=args.resolution,

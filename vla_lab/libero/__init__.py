@@ -10,6 +10,6 @@
 hide its module.)
 """
 
-from vla_lab.libero.evaluate import model_policy, run_episode, summarize, unnorm_key_for
+from vla_lab.libero.evaluate import run_episode, summarize
 
-__all__ = ["model_policy", "run_episode", "summarize", "unnorm_key_for"]
+__all__ = ["run_episode", "summarize"]

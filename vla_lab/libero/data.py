@@ -4,7 +4,7 @@ One example per demonstration step: both cameras, the 8-d state (end-effector po
 positions) as proprio, and the action chunk from that step on (past the end, the last action repeats).
 Actions are converted as upstream's LIBERO datasets are (the gripper from LIBERO's -1 open / +1 close to
 1 open / 0 close) and normalised with statistics of the training demonstrations (``bounds_q99``, the
-gripper passes through), stored under the suite's name so that :func:`vla_lab.libero.model_policy` finds
+gripper passes through), stored under the suite's name so that :class:`vla_lab.policy.Policy` finds
 them.
 
 Images go through the evaluation's steps: rotated 180 degrees, the JPEG round trip and Lanczos-3 resize

@@ -40,9 +40,11 @@ from vla_lab import files, parallel
 from vla_lab.errors import InputError, error_text
 from vla_lab.libero.evaluate import EpisodeKey, run_dir, run_episodes
 from vla_lab.run_dir import RunDir
+from vla_lab.worlds.base import Episode
 from vla_lab.worlds.libero.env import LiberoEnv, task_info
 from vla_lab.worlds.libero.expert import FAILED, run_expert_episode
 from vla_lab.worlds.libero.observation import quat2axisangle
+from vla_lab.worlds.libero.world import LiberoWorld
 
 #: Render resolution of the demonstrations (both cameras), LIBERO's own.
 DEMO_RESOLUTION = 128
@@ -220,8 +222,9 @@ def generate(
     parts = out / PARTS_DIR
     settings = {"model": "scripted expert", "max_steps": max_steps, "resolution": int(resolution)}
 
-    def episode(env: LiberoEnv, init_state: int, frames: Any) -> dict[str, Any]:
+    def episode(suite_world: LiberoWorld, key: Episode, frames: Any) -> dict[str, Any]:
         try:
+            env, init_state = suite_world.simulator(key), int(key.key[2])
             demo = record_demo(env, init_state, max_steps)
             if demo["success"]:
                 parts.mkdir(parents=True, exist_ok=True)

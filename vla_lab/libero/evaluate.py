@@ -29,8 +29,10 @@ from vla_lab import files, parallel
 from vla_lab.errors import InputError, error_text
 from vla_lab.run_dir import RunDir
 from vla_lab.stats import wilson_interval
-from vla_lab.worlds.libero.env import LiberoEnv, check_suite, task_info
-from vla_lab.worlds.libero.observation import prepare_observation, process_action
+from vla_lab.worlds.base import Episode, Step
+from vla_lab.worlds.libero.env import check_suite, task_info
+from vla_lab.worlds.libero.world import LiberoWorld
+from vla_lab.worlds.runner import OpenLoop, run_lockstep
 
 #: Actions of each predicted chunk executed before the policy is queried again (upstream's value).
 NUM_OPEN_LOOP_STEPS = 8
@@ -43,84 +45,58 @@ VIDEO_FPS = 30
 #: Camera resolution of upstream's evaluation.
 RESOLUTION = 256
 
-#: (prepared observation, instruction) -> a (chunk, 7) action chunk in robot units, before post-processing.
-Policy = Callable[[dict[str, Any], str], np.ndarray]
 EpisodeKey = tuple[str, int, int]
-#: (simulator, init state, frames or None) -> the result fields of one episode (success, steps, error, ...).
-Episode = Callable[[LiberoEnv, int, "list[np.ndarray] | None"], dict[str, Any]]
-
-
-def unnorm_key_for(model: Any, suite: str) -> str | None:
-    """Upstream's choice of statistics: ``suite``, else ``<suite>_no_noops``; None for a model without any."""
-    stats = model.config.norm_stats
-    if not stats:
-        return None
-    for key in (suite, f"{suite}_no_noops"):
-        if key in stats:
-            return key
-    raise InputError(f"unnorm_key: got a model with statistics for {sorted(stats)}, "
-                     f"expected {suite!r} or {suite + '_no_noops'!r}")
-
-
-def model_policy(model: Any, suite: str) -> Policy:
-    """A :data:`Policy` from a :class:`~vla_lab.model.VLAAdapter`: full and wrist images (as many as the
-    model takes), the 8-d state as proprio, the suite's statistics, LIBERO's centre crop."""
-    import torch
-
-    key = unnorm_key_for(model, suite)
-    num_images = model.config.num_images
-    if num_images > 2:
-        raise InputError(f"model: got a model taking {num_images} images, expected 1 or 2 (LIBERO has two cameras)")
-    model.eval()
-
-    def policy(obs: dict[str, Any], instruction: str) -> np.ndarray:
-        images = [obs["full_image"], obs["wrist_image"]][:num_images]
-        proprio = obs["state"] if model.config.use_proprio else None
-        with torch.inference_mode():
-            pred = model.predict_action(images, instruction, proprio, unnorm_key=key, center_crop=True)
-        actions = pred.actions if pred.actions is not None else pred.normalized_actions
-        return np.asarray(actions, dtype=np.float64)[0]
-
-    return policy
+#: (the suite's world, the episode, frames or None) -> the result fields of one episode (success, steps, error, ...).
+EpisodeFn = Callable[[LiberoWorld, Episode, "list[np.ndarray] | None"], dict[str, Any]]
 
 
 def run_episode(
-    env: LiberoEnv, policy: Policy, init_state: int, max_steps: int | None = None,
-    frames: list[np.ndarray] | None = None,
+    world: LiberoWorld, policy: OpenLoop, episode: Episode, frames: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """One episode; ``{"success", "steps", "queries", "error", "policy_ms", "sim_ms", "reset_ms"}``.
+    """One episode (:func:`vla_lab.worlds.runner.run_lockstep`); ``{"success", "steps", "queries", "error",
+    "policy_ms", "sim_ms", "reset_ms"}``. ``policy``: e.g. :class:`vla_lab.policy.Policy` of a model in ``world``.
 
     ``frames`` (if given) receives the agentview frame of every step, rotated 180° as the policy sees it.
+    ``policy_ms`` is the time in the policy's chunk function, ``reset_ms`` the reset with its settle steps and
+    ``sim_ms`` the rest (steps and observations).
     """
-    limit = env.max_steps if max_steps is None else max_steps
     result: dict[str, Any] = {"success": False, "steps": 0, "queries": 0, "error": None,
                               "policy_ms": 0.0, "sim_ms": 0.0, "reset_ms": 0.0}
-    try:
-        start = time.perf_counter()
-        obs = env.reset(init_state)
+    timed = policy.chunks
+
+    def chunks(observations: Any, slots: Any) -> Any:
+        begin = time.perf_counter()
+        try:
+            return timed(observations, slots)
+        finally:
+            result["policy_ms"] += (time.perf_counter() - begin) * 1e3
+
+    def keep_frame() -> None:
+        if frames is not None and world.raw is not None:
+            frames.append(np.ascontiguousarray(world.raw["agentview_image"][::-1, ::-1]))
+
+    def reset(slot: int, _: Any) -> None:
         result["reset_ms"] = (time.perf_counter() - start) * 1e3
-        queue: list[np.ndarray] = []
-        while result["steps"] < limit:
-            if frames is not None:
-                frames.append(np.ascontiguousarray(obs["agentview_image"][::-1, ::-1]))
-            if not queue:
-                start = time.perf_counter()
-                chunk = np.asarray(policy(prepare_observation(obs), env.instruction), dtype=np.float64)
-                result["policy_ms"] += (time.perf_counter() - start) * 1e3
-                result["queries"] += 1
-                if chunk.ndim != 2 or chunk.shape[1] != 7 or len(chunk) < 1:
-                    raise InputError(f"policy output: got shape {chunk.shape}, expected (chunk, 7)")
-                queue = list(process_action(chunk[:NUM_OPEN_LOOP_STEPS]))
-            start = time.perf_counter()
-            obs, _, done, _ = env.step(queue.pop(0))
-            result["sim_ms"] += (time.perf_counter() - start) * 1e3
-            result["steps"] += 1
-            if done:
-                result["success"] = True
-                break
+        keep_frame()
+
+    def stepped(slot: int, step: Step) -> None:
+        result["steps"] += 1
+        if not step.done:
+            keep_frame()
+
+    start = time.perf_counter()
+    policy.chunks = chunks
+    try:
+        run = run_lockstep([world], [episode], policy, on_reset=reset, on_step=stepped)[0]
+        result["success"] = run.success
     except Exception as exc:  # upstream counts a crashed episode as a failure and goes on
         result["success"] = False
         result["error"] = error_text(exc)
+    finally:
+        policy.chunks = timed
+        result["queries"] = policy.queries[0] if policy.queries else 0
+    elapsed = (time.perf_counter() - start) * 1e3
+    result["sim_ms"] = max(elapsed - result["reset_ms"] - result["policy_ms"], 0.0)
     for name in TIMING_FIELDS:
         result[name] = round(result[name], 1)
     return result
@@ -217,7 +193,7 @@ def _write_video(path: Path, frames: list[np.ndarray]) -> None:
 
 
 def evaluate(
-    policy: Policy,
+    policy: OpenLoop,
     keys: Sequence[EpisodeKey],
     out: str | Path,
     settings: dict[str, Any],
@@ -239,17 +215,17 @@ def evaluate(
     returns the summary.
     """
 
-    def episode(env: LiberoEnv, init_state: int, frames: list[np.ndarray] | None) -> dict[str, Any]:
-        return run_episode(env, policy, init_state, max_steps, frames)
+    def episode(env: LiberoWorld, key: Episode, frames: list[np.ndarray] | None) -> dict[str, Any]:
+        return run_episode(env, policy, key, frames)
 
     failed = {"success": False, "steps": 0, "queries": 0, "error": None, **dict.fromkeys(TIMING_FIELDS, 0.0)}
     return run_episodes(episode, keys, out, {**settings, "max_steps": max_steps, "resolution": resolution},
-                        failed=failed, seed=seed, resolution=resolution, video=video, resume=resume,
-                        overwrite=overwrite, progress=progress, world=world)
+                        failed=failed, seed=seed, resolution=resolution, max_steps=max_steps, video=video,
+                        resume=resume, overwrite=overwrite, progress=progress, world=world)
 
 
 def run_episodes(
-    episode: Episode,
+    episode: EpisodeFn,
     keys: Sequence[EpisodeKey],
     out: str | Path,
     settings: dict[str, Any],
@@ -258,6 +234,7 @@ def run_episodes(
     seed: int = 0,
     render: bool = True,
     resolution: int = RESOLUTION,
+    max_steps: int | None = None,
     video: bool = False,
     resume: bool = False,
     overwrite: bool = False,
@@ -268,8 +245,9 @@ def run_episodes(
     """Run ``episode`` on each of ``keys`` (one suite) in the run directory ``out``, sharded over ``world``;
     the summary (:func:`summarize`) of every record, on every rank.
 
-    ``failed`` is the result of an episode whose simulator could not be built (its ``error`` is added);
-    ``render=False`` builds the simulators without cameras, else they render at ``resolution``. ``settings``
+    ``failed`` is the result of an episode that raised before it ran (its ``error`` is added); the episodes run
+    in one :class:`~vla_lab.worlds.libero.LiberoWorld` per rank (``render=False``: simulators without cameras,
+    else rendering at ``resolution``; ``max_steps``: its step limit, default the suite's). ``settings``
     go to ``run.json`` with the suite and the seed. ``run`` is the directory's kind (default: :func:`run_dir`,
     ``eval libero``'s); a run that fails before its first record leaves nothing behind.
     """
@@ -289,7 +267,7 @@ def run_episodes(
         if video:
             (out / VIDEO_DIR).mkdir(exist_ok=True)
         records: list[dict[str, Any]] = []
-        env: LiberoEnv | None = None
+        env = LiberoWorld(suite, resolution=resolution, seed=seed, max_steps=max_steps, render=render)
         bar = None
         if progress and world.is_main:
             from tqdm.auto import tqdm
@@ -300,13 +278,8 @@ def run_episodes(
                 info = task_info(suite, task)
                 frames: list[np.ndarray] | None = [] if video else None
                 try:
-                    if env is None or env.task_id != task:
-                        if env is not None:
-                            env.close()
-                        env = None
-                        env = LiberoEnv(suite, task, resolution=resolution, seed=seed, render=render)
-                    result = episode(env, init_state, frames)
-                except Exception as exc:  # the simulator could not be built: a failed episode, as any other
+                    result = episode(env, env.episode(task, init_state), frames)
+                except Exception as exc:  # the episode could not start: a failed episode, as any other
                     result = {**failed, "error": error_text(exc)}
                 record = {"suite": suite, "task": task, "task_name": info["task_name"],
                           "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
@@ -320,8 +293,7 @@ def run_episodes(
         finally:
             if bar is not None:
                 bar.close()
-            if env is not None:
-                env.close()
+            env.close()
         merged = {record_key(r): r for r in done}
         for part in parallel.gather(records, world):
             merged.update((record_key(r), r) for r in part)

@@ -31,6 +31,7 @@ from vla_lab.interp.regions import RegionMasks
 from vla_lab.libero.data import CROP_SCALE
 from vla_lab.model import VLAAdapter, forward_inputs
 from vla_lab.stats import ratio_of_means_interval
+from vla_lab.worlds.libero.world import LiberoWorld
 
 SOURCES = interp.READERS
 REGIONS = ("target", "distractors")
@@ -85,14 +86,12 @@ def observation_masks(observations: Sequence[Mapping[str, Any]]) -> RegionMasks:
 def observation_inputs(model: VLAAdapter, observations: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """Forward keyword arguments for the observations, as the evaluation prepares them (centre crop, the
     state as proprio normalised with the suite's statistics)."""
-    from vla_lab.libero.evaluate import unnorm_key_for
-
     suites = {str(o["suite"]) for o in observations}
     if len(suites) != 1:
         raise InputError(f"observations: got suites {sorted(suites)}, expected observations of one suite")
     images = [[o["full_image"], o["wrist_image"]][: model.config.num_images] for o in observations]
     proprio = np.stack([o["state"] for o in observations]) if model.config.use_proprio else None
-    key = unnorm_key_for(model, suites.pop())
+    key = LiberoWorld(suites.pop()).statistics_for(model.config.norm_stats or {})  # upstream's choice
     inputs = model.prepare_inputs(images, [str(o["instruction"]) for o in observations], proprio,
                                   unnorm_key=key, center_crop=True)
     return forward_inputs(inputs)

@@ -102,7 +102,8 @@ class LiberoWorld:
             out += [self.episode(task, i) for i in sorted(set(states))]
         return out
 
-    def _env_for(self, episode: Episode) -> LiberoEnv:
+    def simulator(self, episode: Episode) -> LiberoEnv:
+        """The simulator of the episode's task (built when the last one was another task's)."""
         if episode.world != self.name or not isinstance(episode.spec, int):
             raise InputError(f"episode: got an episode of {episode.world!r}, expected one of {self.name!r}")
         if self.env is None or self.env.task_id != episode.spec:
@@ -117,7 +118,7 @@ class LiberoWorld:
         return Observation([prepared["full_image"], prepared["wrist_image"]], instruction, prepared["state"])
 
     def reset(self, episode: Episode, *, regions: bool = True) -> Observation:
-        env = self._env_for(episode)
+        env = self.simulator(episode)
         self.raw = env.reset(episode.key[2])
         self.steps, self.instruction = 0, episode.instruction
         observation = self._observation(episode.instruction)
