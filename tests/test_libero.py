@@ -113,13 +113,13 @@ def test_episode_protocol_open_loop_chunks_and_errors():
         return chunk
 
     episode = Episode(SUITE, (SUITE, 0, 0), "pick up the bowl", {})
-    world, frames = FakeWorld(done_at=11), []
+    env, frames = FakeWorld(done_at=11), []
     policy = OpenLoop(chunks, libero_eval.NUM_OPEN_LOOP_STEPS, process_action)
-    result = libero_eval.run_episode(world, policy, episode, frames)
+    result = libero_eval.run_episode(env, policy, episode, frames)
     assert result["success"] and result["steps"] == 11 and result["queries"] == 2 and result["error"] is None
     assert seen[0] == ((224, 224, 3), (8,), "pick up the bowl") and len(frames) == 11
-    assert [a[0] for a in world.actions] == [*range(8), 0, 1, 2] and all(a[6] == -1 for a in world.actions)
-    assert world.observed == 1  # only after step 8, where the next chunk is needed
+    assert [a[0] for a in env.actions] == [*range(8), 0, 1, 2] and all(a[6] == -1 for a in env.actions)
+    assert env.observed == 1  # only after step 8, where the next chunk is needed
     timeout = libero_eval.run_episode(FakeWorld(max_steps=5), policy, episode)
     assert not timeout["success"] and timeout["steps"] == 5 and timeout["queries"] == 1
 
@@ -149,17 +149,17 @@ def test_records_file_tolerates_a_cut_line_and_summary(tmp_path):
 def test_world_and_shards(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    assert parallel.world_from_env() == parallel.World(0, 1, 0)
-    with parallel.process_group("cpu") as world:  # one process: no process group
-        assert not world.distributed and parallel.gather("x", world) == ["x"]
+    assert parallel.ranks_from_env() == parallel.Ranks(0, 1, 0)
+    with parallel.process_group("cpu") as ranks:  # one process: no process group
+        assert not ranks.distributed and parallel.gather("x", ranks) == ["x"]
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    world = parallel.world_from_env()
+    ranks = parallel.ranks_from_env()
     keys = [(SUITE, t, i) for t in (2, 0, 1) for i in (0, 1)]
-    shards = [parallel.shard(keys, parallel.World(r, 3, r)) for r in range(3)]
-    assert sorted(sum(shards, [])) == sorted(keys) and shards[1] == parallel.shard(keys, world)
-    assert parallel.device_for("cuda", world) == "cuda:1" and parallel.device_for("cpu", world) == "cpu"
+    shards = [parallel.shard(keys, parallel.Ranks(r, 3, r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == sorted(keys) and shards[1] == parallel.shard(keys, ranks)
+    assert parallel.device_for("cuda", ranks) == "cuda:1" and parallel.device_for("cpu", ranks) == "cpu"
 
 
 # --- on the simulator ---------------------------------------------------------------------------------

@@ -235,14 +235,14 @@ class RunDir:
         return resuming
 
     def claim(self, settings: Mapping[str, Any] | None, *, resume: bool = False, overwrite: bool = False,
-              world: parallel.World | None = None, check_also: Callable[[], list[str]] | None = None,
+              ranks: parallel.Ranks | None = None, check_also: Callable[[], list[str]] | None = None,
               write: bool = True) -> bool:
         """:meth:`check`, then on rank 0: with ``overwrite`` delete the earlier run's files, remove interrupted
         writes, create the directory, record the kind and (``write``) the settings. True on every rank when
         an earlier run is resumed; rank 0's error is raised on every rank."""
-        world = parallel.World() if world is None else world
-        self._main = world.is_main
-        return parallel.run_on_main(lambda: self._claim_here(settings, resume, overwrite, check_also, write), world)
+        ranks = parallel.Ranks() if ranks is None else ranks
+        self._main = ranks.is_main
+        return parallel.run_on_main(lambda: self._claim_here(settings, resume, overwrite, check_also, write), ranks)
 
     def release_failed_start(self) -> bool:
         """Remove what the claim of a new run created when the run has written no record yet: its files, then
@@ -275,8 +275,8 @@ class RunDir:
 
     @contextlib.contextmanager
     def claimed(self, settings: Mapping[str, Any] | None, *, resume: bool = False, overwrite: bool = False,
-                world: parallel.World | None = None) -> Iterator[bool]:
+                ranks: parallel.Ranks | None = None) -> Iterator[bool]:
         """:meth:`claim` the directory for the block (which gets True when resuming), under :meth:`guard`."""
-        resuming = self.claim(settings, resume=resume, overwrite=overwrite, world=world)
+        resuming = self.claim(settings, resume=resume, overwrite=overwrite, ranks=ranks)
         with self.guard():
             yield resuming

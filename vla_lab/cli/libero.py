@@ -238,7 +238,7 @@ def _check_tasks(suite: str, tasks: list[int] | None, text: str | None) -> None:
 
 def _claim(run: RunDir, settings: dict[str, Any], args: argparse.Namespace, work: Callable[[], int]) -> int:
     """Check the run directory on rank 0 before ``work`` (which claims it); the check creates nothing."""
-    if parallel.world_from_env().is_main:  # the other ranks learn rank 0's verdict when the run starts
+    if parallel.ranks_from_env().is_main:  # the other ranks learn rank 0's verdict when the run starts
         run.check(settings, resume=args.resume, overwrite=args.overwrite)
     return work()
 
@@ -247,7 +247,7 @@ def _claim(run: RunDir, settings: dict[str, Any], args: argparse.Namespace, work
 SHOWN_SETTINGS = ("model", "prompt", "dtype", "unnorm_key", "num_threads", "resolution", "device", "cpu", "vla_lab")
 
 
-def _report(summary: dict[str, Any], suite: str, out: Path, world: parallel.World, as_json: bool,
+def _report(summary: dict[str, Any], suite: str, out: Path, ranks: parallel.Ranks, as_json: bool,
             command: str, settings: dict[str, Any] | None = None) -> None:
     """The summary on stdout (a table, or JSON), with the model's ``settings`` when given; on stderr a warning
     when episodes failed with an error."""
@@ -256,14 +256,14 @@ def _report(summary: dict[str, Any], suite: str, out: Path, world: parallel.Worl
         result = {"suite": suite, **shown, "episodes": summary["episodes"], "success_rate": summary["success_rate"],
                   "success_ci95": summary["success_ci95"], "by_task": summary["by_task"],
                   "num_episodes": summary["num_episodes"], "errors": summary["errors"], "out": str(out),
-                  "world_size": world.size}
+                  "world_size": ranks.size}
         print(files.dumps(result))
     else:
         if shown:
             print(", ".join(f"{k} {v}" for k, v in shown.items()))
         low, high = summary["success_ci95"]
         print(f"{suite}: success {summary['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
-              f"{summary['num_episodes']} episodes ({world.size} process(es))")
+              f"{summary['num_episodes']} episodes ({ranks.size} process(es))")
         for task, row in summary["by_task"].items():
             lo, hi = row["success_ci95"]
             print(f"  task {task:>2} {row['success_rate']:6.1%} [{lo:.1%}, {hi:.1%}] n={row['num_episodes']:<3} "
@@ -295,19 +295,19 @@ def run_demos(args: argparse.Namespace) -> int:
     def work() -> int:
         from vla_lab.libero.demos import generate
 
-        with parallel.process_group("cpu") as world:
+        with parallel.process_group("cpu") as ranks:
             manifest = generate(suite, keys, out, resolution=args.resolution, max_steps=args.max_steps,
                                 seed=args.env_seed, resume=args.resume, overwrite=args.overwrite,
-                                progress=args.progress, world=world)
-        if world.is_main:
+                                progress=args.progress, ranks=ranks)
+        if ranks.is_main:
             if args.json:
-                print(files.dumps({**manifest, "out": str(out), "world_size": world.size}))
+                print(files.dumps({**manifest, "out": str(out), "world_size": ranks.size}))
             else:
                 run = manifest["run"]
                 low, high = run["success_ci95"]
                 print(f"{suite}: {manifest['num_demos']} demonstrations ({manifest['total']} steps) kept of "
                       f"{run['num_episodes']} expert episodes, success {run['success_rate']:.1%} "
-                      f"[{low:.1%}, {high:.1%}], {args.resolution} px ({world.size} process(es))")
+                      f"[{low:.1%}, {high:.1%}], {args.resolution} px ({ranks.size} process(es))")
                 for task, row in manifest["tasks"].items():
                     print(f"  task {task:>2} {row['num_demos']:>3} demos  {row['file']}")
                 print(f"manifest in {out / 'demos.json'}")
@@ -332,9 +332,9 @@ def run_attention(args: argparse.Namespace) -> int:
     from vla_lab.experiments.libero_attention import run
 
     out = Path(args.out)
-    with parallel.process_group("cpu") as world:
+    with parallel.process_group("cpu") as ranks:
         summary = run(args.model, out, suite=suite, tasks=tasks, selection_states=list(selection or []),
-                      report_states=list(report or []), overwrite=args.overwrite, world=world, prompt=args.prompt)
+                      report_states=list(report or []), overwrite=args.overwrite, ranks=ranks, prompt=args.prompt)
     if summary is None:
         return 0
     if args.json:
@@ -363,13 +363,13 @@ def run_expert(args: argparse.Namespace) -> int:
         def episode(suite_world: Any, key: Any, frames: Any) -> dict[str, Any]:
             return expert_record(suite_world.simulator(key), int(key.key[2]), max_steps=args.max_steps)
 
-        with parallel.process_group("cpu") as world:
+        with parallel.process_group("cpu") as ranks:
             summary = libero_eval.run_episodes(
                 episode, keys, out, {"model": settings["model"], "max_steps": args.max_steps}, failed=FAILED,
                 seed=args.env_seed, render=False, resume=args.resume, overwrite=args.overwrite,
-                progress=args.progress, world=world, run=expert_run)
-        if world.is_main:
-            _report(summary, suite, out, world, args.json, "libero")
+                progress=args.progress, ranks=ranks, run=expert_run)
+        if ranks.is_main:
+            _report(summary, suite, out, ranks, args.json, "libero")
         return 0
 
     expert_run = libero_eval.run_dir(out, libero_eval.EXPERT_KIND)
@@ -406,8 +406,8 @@ def _evaluate_model(args: argparse.Namespace, suite: str, keys: Any, out: Path, 
     from vla_lab.experiments.bench import cpu_model
     from vla_lab.version import __version__
 
-    with parallel.process_group(args.device) as world:
-        args.device = parallel.device_for(args.device, world)
+    with parallel.process_group(args.device) as ranks:
+        args.device = parallel.device_for(args.device, ranks)
         _registry_name(args)
         model = options.load_model(args)
         from vla_lab.policy import Policy
@@ -418,9 +418,9 @@ def _evaluate_model(args: argparse.Namespace, suite: str, keys: Any, out: Path, 
                     "cpu": cpu_model(), "torch": torch.__version__, "vla_lab": __version__}
         summary = libero_eval.evaluate(
             policy, keys, out, recorded, max_steps=args.max_steps, seed=args.env_seed, resolution=args.resolution,
-            video=args.video, resume=args.resume, overwrite=args.overwrite, progress=args.progress, world=world,
+            video=args.video, resume=args.resume, overwrite=args.overwrite, progress=args.progress, ranks=ranks,
         )
-    if not world.is_main:
+    if not ranks.is_main:
         return 0
-    _report(summary, suite, out, world, args.json, "eval", recorded)
+    _report(summary, suite, out, ranks, args.json, "eval", recorded)
     return 0

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         existed = out.exists()
         try:
             result = run_study(settings, out, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
-                               world_info=place)
+                               ranks=place)
         except BaseException:
             if place.is_main and not existed and out.is_dir() and files.is_empty_dir(out):
                 out.rmdir()  # a start that failed leaves no empty run directory behind

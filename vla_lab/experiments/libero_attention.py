@@ -100,13 +100,13 @@ def load_models(names: Sequence[str], prompt: str | None = None) -> dict[str, tu
 def run(
     names: Sequence[str], out: str | Path, *, suite: str = "libero_spatial", tasks: Sequence[int] | None = None,
     selection_states: Sequence[int] = range(5), report_states: Sequence[int] = range(40, 50),
-    overwrite: bool = False, world: parallel.World | None = None, prompt: str | None = None,
+    overwrite: bool = False, ranks: parallel.Ranks | None = None, prompt: str | None = None,
 ) -> dict[str, Any] | None:
     """Observations (sharded by task), then on rank 0 :func:`measure` of the models (``prompt`` overrides each
     model's); the summary (rank 0)."""
     from vla_lab.worlds.libero.env import num_tasks, observations
 
-    world = parallel.World() if world is None else world
+    ranks = parallel.Ranks() if ranks is None else ranks
     out = Path(out)
     models = load_models(names, prompt)
     tasks = list(range(num_tasks(suite))) if tasks is None else [int(t) for t in tasks]
@@ -115,15 +115,15 @@ def run(
                 "prompt_by_model": {label: model.config.prompt for label, (model, _) in models.items()}}
 
     run = attention_run_dir(out)
-    run.claim(settings, overwrite=overwrite, world=world)
+    run.claim(settings, overwrite=overwrite, ranks=ranks)
     with run.guard():  # a run that fails before its records leaves nothing behind
         states = sorted({*selection_states, *report_states})
         mine = []
-        for task in parallel.shard(tasks, world):
+        for task in parallel.shard(tasks, ranks):
             mine += observations(suite, [task], states)
-        gathered = [o for part in parallel.gather(mine, world) for o in part]
-        if not world.is_main:
-            parallel.barrier(world)
+        gathered = [o for part in parallel.gather(mine, ranks) for o in part]
+        if not ranks.is_main:
+            parallel.barrier(ranks)
             return None
         gathered.sort(key=lambda o: (o["task"], o["init_state"]))
         selection = [o for o in gathered if o["init_state"] in set(selection_states)]
@@ -132,7 +132,7 @@ def run(
         files.write_atomic(out / RECORDS, lambda temporary: records.to_parquet(temporary, index=False))
         summary = {"settings": settings, **summary}
         files.write_json(out / SUMMARY, summary)
-        parallel.barrier(world)
+        parallel.barrier(ranks)
         return summary
 
 

@@ -213,11 +213,11 @@ def generate(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    world: parallel.World | None = None,
+    ranks: parallel.Ranks | None = None,
 ) -> dict[str, Any]:
     """Expert demonstrations of the episodes ``keys`` in the run directory ``out``; the manifest (also written
     to ``out/demos.json``) with the run's summary (:func:`vla_lab.libero.evaluate.summarize`) under ``run``."""
-    world = parallel.World() if world is None else world
+    ranks = parallel.Ranks() if ranks is None else ranks
     out = Path(out)
     parts = out / PARTS_DIR
     settings = {"model": "scripted expert", "max_steps": max_steps, "resolution": int(resolution)}
@@ -236,13 +236,13 @@ def generate(
 
     summary = run_episodes(episode, keys, out, settings, failed={**FAILED, "kept": False}, seed=seed,
                            resolution=resolution, resume=resume, overwrite=overwrite, progress=progress,
-                           world=world, run=demos_run_dir(out))
+                           ranks=ranks, run=demos_run_dir(out))
     manifest: dict[str, Any] = {}
-    if world.is_main:
+    if ranks.is_main:
         manifest = assemble(out, suite, keys, summary["episodes"], int(resolution), seed)
         manifest["run"] = {k: v for k, v in summary.items() if k != "episodes"}
         files.write_json(out / MANIFEST, manifest)
-    parallel.barrier(world)
-    if not world.is_main:
+    parallel.barrier(ranks)
+    if not ranks.is_main:
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     return manifest

@@ -51,10 +51,10 @@ EpisodeFn = Callable[[LiberoWorld, Episode, "list[np.ndarray] | None"], dict[str
 
 
 def run_episode(
-    world: LiberoWorld, policy: OpenLoop, episode: Episode, frames: list[np.ndarray] | None = None,
+    env: LiberoWorld, policy: OpenLoop, episode: Episode, frames: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """One episode (:func:`vla_lab.worlds.runner.run_lockstep`); ``{"success", "steps", "queries", "error",
-    "policy_ms", "sim_ms", "reset_ms"}``. ``policy``: e.g. :class:`vla_lab.policy.Policy` of a model in ``world``.
+    "policy_ms", "sim_ms", "reset_ms"}``. ``policy``: e.g. :class:`vla_lab.policy.Policy` of a model in ``env``.
 
     ``frames`` (if given) receives the agentview frame of every step, rotated 180° as the policy sees it.
     ``policy_ms`` is the time in the policy's chunk function, ``reset_ms`` the reset with its settle steps and
@@ -72,8 +72,8 @@ def run_episode(
             result["policy_ms"] += (time.perf_counter() - begin) * 1e3
 
     def keep_frame() -> None:
-        if frames is not None and world.raw is not None:
-            frames.append(np.ascontiguousarray(world.raw["agentview_image"][::-1, ::-1]))
+        if frames is not None and env.raw is not None:
+            frames.append(np.ascontiguousarray(env.raw["agentview_image"][::-1, ::-1]))
 
     def reset(slot: int, _: Any) -> None:
         result["reset_ms"] = (time.perf_counter() - start) * 1e3
@@ -87,7 +87,7 @@ def run_episode(
     start = time.perf_counter()
     policy.chunks = chunks
     try:
-        run = run_lockstep([world], [episode], policy, on_reset=reset, on_step=stepped)[0]
+        run = run_lockstep([env], [episode], policy, on_reset=reset, on_step=stepped)[0]
         result["success"] = run.success
     except Exception as exc:  # upstream counts a crashed episode as a failure and goes on
         result["success"] = False
@@ -205,13 +205,13 @@ def evaluate(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    world: parallel.World | None = None,
+    ranks: parallel.Ranks | None = None,
 ) -> dict[str, Any]:
     """Run the policy on the episodes ``keys`` in the run directory ``out``; the summary (:func:`summarize`).
 
     ``settings`` (model, dtype, ...) are written to ``run.json`` with the suite, max_steps, seed and the
     cameras' ``resolution`` (upstream's 256 by default; the policy's images are 224² whatever it is). Each
-    rank of ``world`` runs its share of the episodes not yet recorded, with its own simulator; every rank
+    rank of ``ranks`` runs its share of the episodes not yet recorded, with its own simulator; every rank
     returns the summary.
     """
 
@@ -221,7 +221,7 @@ def evaluate(
     failed = {"success": False, "steps": 0, "queries": 0, "error": None, **dict.fromkeys(TIMING_FIELDS, 0.0)}
     return run_episodes(episode, keys, out, {**settings, "max_steps": max_steps, "resolution": resolution},
                         failed=failed, seed=seed, resolution=resolution, max_steps=max_steps, video=video,
-                        resume=resume, overwrite=overwrite, progress=progress, world=world)
+                        resume=resume, overwrite=overwrite, progress=progress, ranks=ranks)
 
 
 def run_episodes(
@@ -239,10 +239,10 @@ def run_episodes(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    world: parallel.World | None = None,
+    ranks: parallel.Ranks | None = None,
     run: RunDir | None = None,
 ) -> dict[str, Any]:
-    """Run ``episode`` on each of ``keys`` (one suite) in the run directory ``out``, sharded over ``world``;
+    """Run ``episode`` on each of ``keys`` (one suite) in the run directory ``out``, sharded over ``ranks``;
     the summary (:func:`summarize`) of every record, on every rank.
 
     ``failed`` is the result of an episode that raised before it ran (its ``error`` is added); the episodes run
@@ -251,7 +251,7 @@ def run_episodes(
     go to ``run.json`` with the suite and the seed. ``run`` is the directory's kind (default: :func:`run_dir`,
     ``eval libero``'s); a run that fails before its first record leaves nothing behind.
     """
-    world = parallel.World() if world is None else world
+    ranks = parallel.Ranks() if ranks is None else ranks
     out = Path(out)
     suites = {k[0] for k in keys}
     if len(suites) != 1:
@@ -259,20 +259,20 @@ def run_episodes(
     suite = suites.pop()
     settings = {**settings, "suite": suite, "seed": seed}
     run = run_dir(out) if run is None else run
-    run.claim(settings, resume=resume, overwrite=overwrite, world=world)
+    run.claim(settings, resume=resume, overwrite=overwrite, ranks=ranks)
     done = read_records(out / EPISODES_FILE) if resume else []
     with run.guard():
         finished = {record_key(r) for r in done}
-        mine = parallel.shard([k for k in keys if k not in finished], world)
+        mine = parallel.shard([k for k in keys if k not in finished], ranks)
         if video:
             (out / VIDEO_DIR).mkdir(exist_ok=True)
         records: list[dict[str, Any]] = []
         env = LiberoWorld(suite, resolution=resolution, seed=seed, max_steps=max_steps, render=render)
         bar = None
-        if progress and world.is_main:
+        if progress and ranks.is_main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(mine), desc=f"{suite} (rank 0 of {world.size})", unit="episode")
+            bar = tqdm(total=len(mine), desc=f"{suite} (rank 0 of {ranks.size})", unit="episode")
         try:
             for _, task, init_state in mine:
                 info = task_info(suite, task)
@@ -295,12 +295,12 @@ def run_episodes(
                 bar.close()
             env.close()
         merged = {record_key(r): r for r in done}
-        for part in parallel.gather(records, world):
+        for part in parallel.gather(records, ranks):
             merged.update((record_key(r), r) for r in part)
         ordered = [merged[k] for k in sorted(merged)]
         summary = summarize(ordered, suite)
-        if world.is_main:
+        if ranks.is_main:
             files.write_text(out / EPISODES_FILE, "".join(files.dumps(r, indent=None) + "\n" for r in ordered))
             files.write_json(out / RESULTS_FILE, {**summary, "settings": settings})
-        parallel.barrier(world)
+        parallel.barrier(ranks)
         return summary

@@ -326,22 +326,22 @@ def run_study(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    world_info: parallel.World | None = None,
+    ranks: parallel.Ranks | None = None,
     on_unit: Callable[[Unit], None] | None = None,
 ) -> StudyResult:
     """Run ``settings.study``; with ``out`` write the run directory described in the module docstring.
 
-    ``world_info``: this process's place under torchrun (default: from the environment, no process group
+    ``ranks``: this process's place under torchrun (default: from the environment, no process group
     needed for one process). ``on_unit`` is called after each unit this process finished.
     """
     study = STUDIES[settings.study]
-    place = world_info or parallel.world_from_env()
+    place = ranks or parallel.ranks_from_env()
     directory = Path(out) if out is not None else None
     specs = study.model_specs(registry.resolve(settings.models))
     claimed: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if directory is not None:
         run = study_run_dir(directory)
-        run.claim(settings.to_dict(), resume=resume, overwrite=overwrite, world=place)
+        run.claim(settings.to_dict(), resume=resume, overwrite=overwrite, ranks=place)
         claimed = run.guard()  # a run that fails before its first part leaves nothing behind
     threads = torch.get_num_threads()
     if settings.num_threads:
@@ -354,7 +354,7 @@ def run_study(
 
 
 def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], directory: Path | None, progress: bool,
-         place: parallel.World, on_unit: Callable[[Unit], None] | None) -> StudyResult:
+         place: parallel.Ranks, on_unit: Callable[[Unit], None] | None) -> StudyResult:
     stored = settings.to_dict()
     device = str(resolve_device(parallel.device_for(settings.device, place), "--device"))
     loaded = [(spec, registry.load(spec, device, settings.prompt)) for spec in specs]
