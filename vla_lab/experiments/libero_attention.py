@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from vla_lab import files, parallel, registry
+from vla_lab import files, interp, parallel, registry
 from vla_lab.libero import target_attention as ta
 from vla_lab.model import VLAAdapter
 from vla_lab.registry import RANDOM_PREFIX
@@ -48,14 +48,14 @@ def scene_ratios(values: pd.DataFrame, depth: int, column: str) -> pd.DataFrame:
 
 def measure(
     models: Mapping[str, VLAAdapter], selection: Sequence[Mapping[str, Any]], report: Sequence[Mapping[str, Any]],
-    sources: Sequence[str] = ta.SOURCES, n_resamples: int = 9999,
+    sources: Sequence[str] = interp.SOURCES, n_resamples: int = 9999,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Records and summary (see the module docstring) of ``models`` (name -> model; a name
     ``random-init:<name>`` is compared with ``<name>``)."""
     frames, rows, chosen = [], [], {}
     for name, model in models.items():
         for source in sources:
-            column = ta.DEPTH[source]
+            column = interp.SOURCE_DEPTH[source]
             parts = {split: ta.target_attention(model, obs, source) for split, obs in
                      (("selection", selection), ("report", report))}
             for split, values in parts.items():

@@ -43,19 +43,19 @@ from vla_lab.interp.interventions import (
     patch_segments_from,
 )
 from vla_lab.interp.regions import (
-    READER_DEPTH,
-    READERS,
+    SOURCE_DEPTH,
+    SOURCES,
     depth_column,
     pooled_ratio,
-    reader_patch_attention,
     region_attention,
     region_values,
     scene_ratio,
+    source_patch_attention,
 )
 
 __all__ = [
-    "READERS",
-    "READER_DEPTH",
+    "SOURCES",
+    "SOURCE_DEPTH",
     "ActivationCache",
     "InterventionResult",
     "MaskAudit",
@@ -82,7 +82,7 @@ __all__ = [
     "path_ablation",
     "pooled_ratio",
     "query_patch_attention",
-    "reader_patch_attention",
+    "source_patch_attention",
     "region_attention",
     "region_values",
     "rollout_maps",

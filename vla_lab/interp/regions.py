@@ -30,18 +30,19 @@ RegionMasks = Callable[[int, int, tuple[int, int]], Mapping[str, np.ndarray]]
 DEPTHS = ("layer", "block", "hidden_index")
 
 
-#: Who reads the patches: the LLM's action queries (per ``layer``) or the bridge head's task attention (per ``block``).
-READERS = ("llm", "head")
-READER_DEPTH = {"llm": "layer", "head": "block"}
+#: Where patch attention is read (a record's ``source``): the LLM's action queries (per ``layer``) or the bridge
+#: head's task attention (per ``block``).
+SOURCES = ("llm", "head")
+SOURCE_DEPTH = {"llm": "layer", "head": "block"}
 
 
-def reader_patch_attention(cache: ActivationCache, reader: str, offset: str = "released") -> pd.DataFrame:
-    """Patch attention of a ``reader`` (:data:`READERS`): :func:`~vla_lab.interp.query_patch_attention` of the
+def source_patch_attention(cache: ActivationCache, source: str, offset: str = "released") -> pd.DataFrame:
+    """Patch attention of a ``source`` (:data:`SOURCES`): :func:`~vla_lab.interp.query_patch_attention` of the
     action queries (``llm``) or :func:`~vla_lab.interp.head_task_patch_attention` with the model's hidden
     ``offset`` (``head``; the capture must record the head)."""
-    if reader not in READERS:
-        raise InputError(f"source: got {reader!r}, expected one of {READERS}")
-    if reader == "llm":
+    if source not in SOURCES:
+        raise InputError(f"source: got {source!r}, expected one of {SOURCES}")
+    if source == "llm":
         return query_patch_attention(cache, "action_queries")
     return head_task_patch_attention(cache, offset=offset)
 
@@ -136,6 +137,6 @@ def pooled_ratio(values: pd.DataFrame, numerator: str = "target", denominator: s
 
 
 __all__ = [
-    "DEPTHS", "READERS", "READER_DEPTH", "RegionMasks", "depth_column", "pooled_ratio", "reader_patch_attention",
+    "DEPTHS", "SOURCES", "SOURCE_DEPTH", "RegionMasks", "depth_column", "pooled_ratio", "source_patch_attention",
     "region_attention", "region_values", "scene_ratio",
 ]

@@ -7,7 +7,7 @@ rendering, in the policy's 224-px agentview frame. The model sees that frame cen
 the pixel masks the same way (a patch is ``target`` when any target pixel falls in it, ``distractors``
 when a distractor pixel does and no target pixel). The wrist image has no masks (its regions are empty).
 
-Per observation one forward pass is captured; the attention of a reader on each patch is measured with
+Per observation one forward pass is captured; the attention of a source on each patch is measured with
 :func:`vla_lab.interp.region_attention` (``source="llm"``: the action queries in the LLM per ``layer``;
 ``source="head"``: the bridge head's task attention per ``block``). The target-attention ratio at a depth is
 the mean over observations of the attention per target patch over the mean per distractor patch
@@ -33,9 +33,7 @@ from vla_lab.model import VLAAdapter, forward_inputs
 from vla_lab.stats import ratio_of_means_interval
 from vla_lab.worlds.libero.world import LiberoWorld
 
-SOURCES = interp.READERS
 REGIONS = ("target", "distractors")
-DEPTH = interp.READER_DEPTH
 
 
 def crop_mask(mask: np.ndarray, scale: float = CROP_SCALE) -> np.ndarray:
@@ -105,9 +103,9 @@ def target_attention(
 
     Columns: task, init_state, ``layer`` (``llm``) or ``block`` (``head``), region, value.
     """
-    if source not in SOURCES:
-        raise InputError(f"source: got {source!r}, expected one of {SOURCES}")
-    depth = DEPTH[source]
+    if source not in interp.SOURCES:
+        raise InputError(f"source: got {source!r}, expected one of {interp.SOURCES}")
+    depth = interp.SOURCE_DEPTH[source]
     was_training = model.training
     model.eval()
     frames = []
@@ -116,7 +114,7 @@ def target_attention(
             part = list(observations[lo : lo + batch_size])
             with interp.capture(model, "segments", hidden_states=False, head=source == "head") as cache:
                 model(**observation_inputs(model, part))
-            patch_df = interp.reader_patch_attention(cache, source, model.config.hidden_offset)
+            patch_df = interp.source_patch_attention(cache, source, model.config.hidden_offset)
             values = interp.region_values(interp.region_attention(patch_df, observation_masks(part), by=depth))
             values.insert(0, "init_state", [int(part[s]["init_state"]) for s in values["sample"]])
             values.insert(0, "task", [int(part[s]["task"]) for s in values["sample"]])
@@ -145,7 +143,7 @@ def target_attention_ratio(
         selected = ratio_by_depth(target_attention(model, selection, source))
         depth, rule = int(selected.idxmax()), f"argmax of the ratio on {len(selection)} selection observations"
     values = target_attention(model, report, source)
-    column = DEPTH[source]
+    column = interp.SOURCE_DEPTH[source]
     ratios = ratio_by_depth(values)
     if depth not in ratios.index:
         raise InputError(f"depth: got {depth}, expected one of {list(ratios.index)}")

@@ -2,7 +2,7 @@
 
 For every tabletop scene the patches covering the target and the distractor objects are known
 (:func:`vla_lab.worlds.tabletop.object_patch_masks`, via :func:`scene_masks`). At each scene's start
-observation one forward pass is captured and, per depth, the attention a reader puts on each image
+observation one forward pass is captured and, per depth, the attention a source puts on each image
 patch is measured with :func:`vla_lab.interp.region_attention`:
 
 * ``source="llm"``: the action queries in the LLM (mean over the queries and over heads), per decoder ``layer``;
@@ -31,10 +31,8 @@ from vla_lab.model import VLAAdapter
 from vla_lab.tabletop.evaluate import scene_inputs
 from vla_lab.worlds import tabletop as world
 
-SOURCES = interp.READERS
 REGIONS = ("target", "distractors")
 #: The depth column of each source.
-DEPTH = interp.READER_DEPTH
 #: Validation scenes behind :func:`select_layer`.
 SELECTION_EPISODES = 50
 
@@ -92,9 +90,9 @@ def target_attention(
     (``target`` | ``distractors``), value. Both images count; a scene whose region covers no patch is
     left out of that region.
     """
-    if source not in SOURCES:
-        raise InputError(f"source: got {source!r}, expected one of {SOURCES}")
-    depth = DEPTH[source]
+    if source not in interp.SOURCES:
+        raise InputError(f"source: got {source!r}, expected one of {interp.SOURCES}")
+    depth = interp.SOURCE_DEPTH[source]
     was_training = model.training
     model.eval()
     frames = []
@@ -103,7 +101,7 @@ def target_attention(
             forward, scenes, _ = scene_inputs(model, split, min(batch_size, n - lo), start + lo)
             with interp.capture(model, "segments", hidden_states=False, head=source == "head") as cache:
                 model(**forward)
-            regions = interp.region_attention(interp.reader_patch_attention(cache, source, model.config.hidden_offset),
+            regions = interp.region_attention(interp.source_patch_attention(cache, source, model.config.hidden_offset),
                                             scene_masks(scenes), by=depth)
             values = interp.region_values(regions)
             values.insert(0, "kind", [scenes[s].kind for s in values["sample"]])
@@ -146,7 +144,7 @@ def target_attention_ratio(
         raise InputError(f"layer: got {layer}, expected one of {list(ratios.index)}")
     return {
         "source": source,
-        "depth": DEPTH[source],
+        "depth": interp.SOURCE_DEPTH[source],
         "layer": int(layer),
         "layer_rule": rule,
         "target_attention_ratio": float(ratios.loc[layer]),

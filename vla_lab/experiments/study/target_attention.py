@@ -1,4 +1,4 @@
-"""``target-attention``: does a reader look at the object it was asked for, more than at the others?
+"""``target-attention``: does a source look at the object it was asked for, more than at the others?
 
 Per model (each trained model and its random-init baseline, :func:`~vla_lab.registry.random_init_of`),
 scene, source and depth -- the LLM's action queries per ``layer``, the bridge head's task attention per
@@ -37,9 +37,6 @@ from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.tabletop.target_attention import scene_masks
 from vla_lab.worlds import tabletop as world
 
-SOURCES = interp.READERS
-DEPTH = interp.READER_DEPTH
-
 
 def _region_rows(patch_df: pd.DataFrame, scenes: list[world.Scene], depth: str, head: int | None) -> pd.DataFrame:
     regions = interp.region_attention(patch_df, scene_masks(scenes), by=depth)
@@ -70,9 +67,9 @@ class TargetAttention(Study):
         with interp.capture(model, "segments", hidden_states=False, head=True) as cache:
             model(**inputs)
         frames = []
-        for source in SOURCES:
-            depth = DEPTH[source]
-            patch_df = interp.reader_patch_attention(cache, source, model.config.hidden_offset)
+        for source in interp.SOURCES:
+            depth = interp.SOURCE_DEPTH[source]
+            patch_df = interp.source_patch_attention(cache, source, model.config.hidden_offset)
             per_source = [_region_rows(patch_df, scenes, depth, None)]
             for head, part in patch_df.groupby("head", sort=True):
                 per_source.append(_region_rows(part, scenes, depth, int(head)))
@@ -92,8 +89,8 @@ class TargetAttention(Study):
         tests: list[dict[str, Any]] = []
         selected: dict[tuple[str, str], pd.Series] = {}
         for keys, part in model_keys(records):
-            for source in SOURCES:
-                depth = DEPTH[source]
+            for source in interp.SOURCES:
+                depth = interp.SOURCE_DEPTH[source]
                 sub = part[(part["source"] == source)]
                 wide = per_scene_wide(sub, depth)
                 if wide.empty:
@@ -120,7 +117,7 @@ class TargetAttention(Study):
             if keys["random_init"]:
                 continue
             baseline = RANDOM_PREFIX + keys["model"]
-            for source in SOURCES:
+            for source in interp.SOURCES:
                 a, b = selected.get((keys["model"], source)), selected.get((baseline, source))
                 if a is None or b is None:
                     continue
