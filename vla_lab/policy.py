@@ -17,21 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.model import VLAAdapter
 from vla_lab.worlds import Observation, World
 from vla_lab.worlds.runner import OpenLoop, QueryHook
 
 
-def check_world_model(model: VLAAdapter, world: World) -> None:
-    """A one-line error unless ``model`` can act in ``world`` (7-d actions, 8-d proprio, 1-2 views)."""
-    config = model.config
+def check_world_config(config: VLAConfig, world: str) -> None:
+    """A one-line error unless a model of ``config`` can act in the world named ``world`` (every world has
+    7-d actions, an 8-d proprio and two views)."""
     if config.robot.action_dim != 7:
-        raise InputError(f"robot.action_dim: got {config.robot.action_dim}, expected 7 ({world.name}'s actions)")
+        raise InputError(f"robot.action_dim: got {config.robot.action_dim}, expected 7 ({world}'s actions)")
     if config.use_proprio and config.robot.proprio_dim != 8:
-        raise InputError(f"robot.proprio_dim: got {config.robot.proprio_dim}, expected 8 ({world.name}'s proprio)")
+        raise InputError(f"robot.proprio_dim: got {config.robot.proprio_dim}, expected 8 ({world}'s proprio)")
     if config.num_images not in (1, 2):
-        raise InputError(f"num_images: got {config.num_images}, expected 1 or 2 ({world.name} has two views)")
+        raise InputError(f"num_images: got {config.num_images}, expected 1 or 2 ({world} has two views)")
 
 
 class Policy(OpenLoop):
@@ -42,7 +43,7 @@ class Policy(OpenLoop):
 
     def __init__(self, model: VLAAdapter, world: World, *, execute: int = 8, prompt: str | None = None,
                  on_query: QueryHook | None = None) -> None:
-        check_world_model(model, world)
+        check_world_config(model.config, world.name)
         self.model, self.world, self.prompt = model, world, prompt
         self.unnorm_key = world.statistics_for(model.config.norm_stats or {})
         self.last_normalized: np.ndarray | None = None

@@ -5,7 +5,8 @@ For each shipped model (trained with the causal and with the bidirectional LLM m
 1. closed-loop success and action L1 on held-out ``test`` scenes of the tabletop world;
 2. the target-attention ratio (:mod:`vla_lab.tabletop.target_attention`): action queries -> target patches vs
    distractor patches in the LLM, at the layer chosen on the ``validation`` split, and the same for the
-   bridge head's task attention; the same rule applied to a randomly initialised copy is the baseline;
+   bridge head's task attention; the same rule applied to the model's own initial weights (its training run's
+   seed and initialisation, ``random-init:tabletop-<mask>`` of :mod:`vla_lab.registry`) is the baseline;
 3. the standard attention figures (:func:`vla_lab.viz.attention_report`) of one scene under both
    masks (an inference-time swap on the model's own weights), plus an action-query -> target overlay at
    the selected layer.
@@ -19,15 +20,13 @@ from typing import Any
 
 import torch
 
-from vla_lab import files, interp, tabletop, viz
+from vla_lab import files, interp, registry, tabletop, viz
 from vla_lab.model import VLAAdapter
 from vla_lab.run_dir import RunDir
 from vla_lab.tabletop import MASKS, example_inputs, example_outlines, load_shipped, target_attention
 
 DEFAULT_OUT = "vla_lab_demo"
 DEMO_KIND, DEMO_FILE = "demo", "demo.json"
-#: Seed of the randomly initialised baseline's weights.
-BASELINE_SEED = 12345
 
 
 def _model_metrics(model: VLAAdapter, episodes: int, ratio_episodes: int, closed_loop: bool = True) -> dict[str, Any]:
@@ -120,7 +119,7 @@ def _run_demo(root: Path, start: float, episodes: int, ratio_episodes: int | Non
         metrics["inference_swap_action_l1"] = report["comparison"]["action_l1"]
         summary["models"][mask] = metrics
         if baseline:
-            random_model = tabletop.build_model(model.config, seed=BASELINE_SEED)
+            random_model = registry.create(f"{registry.RANDOM_PREFIX}tabletop-{mask}")
             summary["random_baseline"][mask] = _model_metrics(random_model, episodes, ratio_episodes, closed_loop=False)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary = viz.to_jsonable(summary)

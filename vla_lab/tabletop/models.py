@@ -23,6 +23,7 @@ import torch
 from vla_lab.config import AttentionLike, VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.model import VLAAdapter, forward_inputs, load_pretrained
+from vla_lab.policy import check_world_config
 from vla_lab.processing import QwenTokenizer, VLAProcessor
 from vla_lab.worlds import tabletop as world
 
@@ -69,13 +70,9 @@ def world_processor(config: VLAConfig, tokenizer: QwenTokenizer | None = None) -
 
 
 def check_config(config: VLAConfig) -> None:
-    """Raise InputError unless ``config`` can act in the world (7-d actions, 8-d proprio, 1-2 images)."""
-    if config.robot.action_dim != 7:
-        raise InputError(f"robot.action_dim: got {config.robot.action_dim}, the world takes 7-d actions")
-    if config.use_proprio and config.robot.proprio_dim != 8:
-        raise InputError(f"robot.proprio_dim: got {config.robot.proprio_dim}, the world gives 8-d proprio")
-    if config.num_images not in (1, 2):
-        raise InputError(f"num_images: got {config.num_images}, the world renders 2 views (full, wrist)")
+    """Raise InputError unless ``config`` can act in the world (:func:`vla_lab.policy.check_world_config`)
+    with the world's statistics."""
+    check_world_config(config, world.TabletopWorld.name)
     if not config.norm_stats:
         raise InputError("norm_stats: the model needs dataset statistics (see world_statistics())")
 
