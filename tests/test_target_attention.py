@@ -28,7 +28,7 @@ def test_ratio_is_a_ratio_of_means() -> None:
         ],
         columns=["seed", "kind", "layer", "region", "value"],
     )
-    ratios = ta.ratio_by_layer(df)
+    ratios = ta.ratio_by_depth(df)
     assert ratios.loc[0] == pytest.approx(3.0) and ratios.loc[1] == pytest.approx(0.5)
 
 
@@ -48,15 +48,18 @@ def test_llm_values_are_the_action_queries_attention_on_the_objects(model) -> No
         assert got == pytest.approx(expected, rel=1e-9)
 
 
-def test_head_source_and_layer_rule(model) -> None:
+def test_head_source_and_depth_rule(model) -> None:
     head = ta.target_attention(model, "test", 2, source="head")
     assert "layer" not in head.columns
     assert set(head.block) == set(range(model.action_head.num_blocks)) and (head.value >= 0).all()
     result = ta.target_attention_ratio(model, "test", 4, selection_episodes=4)
-    validation = result["validation_ratio_by_layer"]
-    assert result["layer"] == max(validation, key=validation.get)
-    assert result["target_attention_ratio"] == result["ratio_by_layer"][result["layer"]]
-    fixed = ta.target_attention_ratio(model, "test", 4, layer=0)
-    assert fixed["layer"] == 0 and fixed["validation_ratio_by_layer"] is None
+    validation = result["validation_ratio_by_depth"]
+    assert result["depth"] == "layer" and result["layer"] == max(validation, key=validation.get)
+    assert result["target_attention_ratio"] == result["ratio_by_depth"][result["layer"]]
+    fixed = ta.target_attention_ratio(model, "test", 4, at=0)
+    assert fixed["layer"] == 0 and fixed["validation_ratio_by_depth"] is None
+    blocks = ta.target_attention_ratio(model, "test", 4, source="head", selection_episodes=4)
+    assert blocks["depth"] == "block" and "layer" not in blocks  # a head block is never called a layer
+    assert blocks["block"] == max(blocks["validation_ratio_by_depth"], key=blocks["validation_ratio_by_depth"].get)
     with pytest.raises(Exception, match="source"):
         ta.target_attention(model, source="vision")

@@ -11,7 +11,7 @@ patch is measured with :func:`vla_lab.interp.region_attention`:
 
 The target-attention ratio at a depth is mean attention per target patch / mean attention per distractor
 patch, both averaged over the scenes first (:func:`vla_lab.interp.pooled_ratio`, a ratio of means). The
-depth it is reported at is fixed by :func:`select_layer` on the ``validation`` split, never chosen on the
+depth it is reported at is fixed by :func:`select_depth` on the ``validation`` split, never chosen on the
 split it is reported on. :func:`object_attention_ratio` is the per-scene, per-image ratio.
 """
 
@@ -33,7 +33,7 @@ from vla_lab.worlds import tabletop as world
 
 REGIONS = ("target", "distractors")
 #: The depth column of each source.
-#: Validation scenes behind :func:`select_layer`.
+#: Validation scenes behind :func:`select_depth`.
 SELECTION_EPISODES = 50
 
 
@@ -113,41 +113,44 @@ def target_attention(
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
-def ratio_by_layer(df: pd.DataFrame) -> pd.Series:
-    """Target-attention ratio per layer (or block): mean over scenes per target patch / per distractor patch."""
+def ratio_by_depth(df: pd.DataFrame) -> pd.Series:
+    """Target-attention ratio per layer or block: mean over scenes per target patch / per distractor patch."""
     return interp.pooled_ratio(df).rename("target_attention_ratio")
 
 
-def select_layer(model: VLAAdapter, source: str = "llm", n: int = SELECTION_EPISODES) -> tuple[int, pd.Series]:
-    """The layer (or block) with the highest ratio on ``n`` validation scenes (the rule; apply it before testing)."""
-    ratios = ratio_by_layer(target_attention(model, "validation", n, source=source))
+def select_depth(model: VLAAdapter, source: str = "llm", n: int = SELECTION_EPISODES) -> tuple[int, pd.Series]:
+    """The layer (``llm``) or block (``head``) with the highest ratio on ``n`` validation scenes (the rule; apply
+    it before testing)."""
+    ratios = ratio_by_depth(target_attention(model, "validation", n, source=source))
     return int(ratios.idxmax()), ratios
 
 
 def target_attention_ratio(
-    model: VLAAdapter, split: str = "test", n: int = 200, *, source: str = "llm", layer: int | None = None,
+    model: VLAAdapter, split: str = "test", n: int = 200, *, source: str = "llm", at: int | None = None,
     selection_episodes: int = SELECTION_EPISODES,
 ) -> dict[str, Any]:
-    """The ratio on ``n`` scenes of ``split`` at ``layer`` (default: :func:`select_layer` on validation).
+    """The ratio on ``n`` scenes of ``split`` at depth ``at`` (default: :func:`select_depth` on validation).
 
-    For ``source="head"`` the depth is a head block. Returns ``{"source", "depth", "layer", "layer_rule",
-    "target_attention_ratio", "ratio_by_layer", "validation_ratio_by_layer"}``; ``ratio_by_layer`` (every
-    depth of ``split``) is for inspection only.
+    The depth is an LLM ``layer`` for ``source="llm"`` and a head ``block`` for ``source="head"``
+    (:data:`vla_lab.interp.SOURCE_DEPTH`); the result names it by its kind. Returns ``{"source", "depth"
+    (``layer`` or ``block``), <that kind>: the index, "depth_rule", "target_attention_ratio", "ratio_by_depth",
+    "validation_ratio_by_depth"}``; ``ratio_by_depth`` (every depth of ``split``) is for inspection only.
     """
     validation = None
     rule = "given"
-    if layer is None:
-        layer, validation = select_layer(model, source, selection_episodes)
+    if at is None:
+        at, validation = select_depth(model, source, selection_episodes)
         rule = f"argmax of the ratio on {selection_episodes} validation scenes"
-    ratios = ratio_by_layer(target_attention(model, split, n, source=source))
-    if layer not in ratios.index:
-        raise InputError(f"layer: got {layer}, expected one of {list(ratios.index)}")
+    ratios = ratio_by_depth(target_attention(model, split, n, source=source))
+    depth = interp.SOURCE_DEPTH[source]
+    if at not in ratios.index:
+        raise InputError(f"at: got {at}, expected a {depth} in {list(ratios.index)}")
     return {
         "source": source,
-        "depth": interp.SOURCE_DEPTH[source],
-        "layer": int(layer),
-        "layer_rule": rule,
-        "target_attention_ratio": float(ratios.loc[layer]),
-        "ratio_by_layer": {int(k): float(v) for k, v in ratios.items()},
-        "validation_ratio_by_layer": None if validation is None else {int(k): float(v) for k, v in validation.items()},
+        "depth": depth,
+        depth: int(at),
+        "depth_rule": rule,
+        "target_attention_ratio": float(ratios.loc[at]),
+        "ratio_by_depth": {int(k): float(v) for k, v in ratios.items()},
+        "validation_ratio_by_depth": None if validation is None else {int(k): float(v) for k, v in validation.items()},
     }
