@@ -221,3 +221,21 @@ def test_console_script(model_and_dirs, image_paths, entry):
     result = json.loads(done.stdout)
     pred = load_pretrained(one).predict_action(image_paths, INSTRUCTION, proprio=RAW_PROPRIO)
     np.testing.assert_array_equal(np.asarray(result["actions"]), pred.actions[0])
+
+
+def test_model_names_a_registry_model_as_the_other_sources_do(capsys, model_and_dirs, image_paths):
+    """``--model`` takes registry names and directories: the same predictions as ``--checkpoint`` /
+    ``--preset``; an unknown name is one line."""
+    from vla_lab.tabletop import shipped_path
+
+    _, one, _ = model_and_dirs
+    common = [*image_args(image_paths), "--instruction", "pick up the red cube"]
+    by_dir = predict_json(capsys, "--model", str(one), *common)
+    assert by_dir["actions"] == predict_json(capsys, "--checkpoint", str(one), *common)["actions"]
+    shipped = predict_json(capsys, "--model", "tabletop-causal", *common)
+    assert shipped["actions"] == predict_json(capsys, "--checkpoint", str(shipped_path()), *common)["actions"]
+    preset = predict_json(capsys, "--model", "tiny", "--seed", "3", *common)
+    assert preset["actions"] == predict_json(capsys, "--preset", "tiny", "--seed", "3", *common)["actions"]
+    code, out, err = run(capsys, "--model", "tabletop-causl", *common)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("vla-lab predict: error: --model: got 'tabletop-causl', expected a shipped model name")
