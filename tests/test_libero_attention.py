@@ -97,8 +97,8 @@ def test_the_reported_depth_is_chosen_on_the_selection_set(model) -> None:
 def test_trained_models_are_measured_against_their_initial_weights(tmp_path) -> None:
     """``vla-lab libero attention``'s measurement on real frames: a trained checkpoint and its random init."""
     import testkit
+    from testkit import tiny_libero_recipe, write_demos
 
-    from tests.test_libero_data import tiny_libero_recipe, write_demos
     from vla_lab.experiments import libero_attention as la
     from vla_lab.experiments.train import train
 
