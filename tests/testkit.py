@@ -8,15 +8,18 @@ notebooks' one would shadow these."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import os
+import pickle
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -95,6 +98,8 @@ def make_inputs(config: VLAConfig, lengths: list[int], seed: int = 0) -> dict[st
 
 ALL_BACKBONES = sorted(VISION_BACKBONES)
 
+T = TypeVar("T")
+
 
 def run_torchrun(argv: list, nproc: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
     """``vla-lab argv`` under torchrun with ``nproc`` local processes (standalone rendezvous, without this
@@ -103,6 +108,120 @@ def run_torchrun(argv: list, nproc: int = 2, timeout: int = 600) -> subprocess.C
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
                "-m", "vla_lab", *(str(a) for a in argv)]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def run_ranks(fn: Callable[[Any], T], size: int = 2) -> list[T]:
+    """``fn(world)`` for each rank of a world of ``size`` processes, simulated by threads of this process; the
+    results in rank order (the first error, if any rank raised, is raised).
+
+    While it runs, ``vla_lab.parallel``'s ``world_from_env`` and ``process_group`` give each thread its own
+    rank, and ``gather`` and ``barrier`` meet across the threads: every rank gets every rank's object in rank
+    order, each a copy made through pickle, as ``torch.distributed.all_gather_object`` sends it. One rank
+    runs at a time, handing over at each meeting, so a simulator or a torch setting is never used by two
+    threads at once. What it does not test is torchrun itself (the environment, gloo): one real torchrun run
+    per command does.
+    """
+    import threading
+
+    from vla_lab import parallel
+
+    local = threading.local()
+    baton = threading.Lock()  # held by the one rank that runs
+    meeting = threading.Condition()
+    state = {"arrived": 0, "round": 0, "broken": False}
+    slots: list[bytes] = [b""] * size
+
+    def meet() -> None:
+        """Wait until every rank has come here (a rank that raised, or returned, breaks the meeting)."""
+        baton.release()
+        try:
+            with meeting:
+                if state["broken"]:
+                    raise threading.BrokenBarrierError
+                this_round = state["round"]
+                state["arrived"] += 1
+                if state["arrived"] == size:
+                    state.update(arrived=0, round=this_round + 1)
+                    meeting.notify_all()
+                    return
+                meeting.wait_for(lambda: state["round"] != this_round or state["broken"], timeout=300)
+                if state["round"] == this_round:
+                    state["broken"] = True
+                    meeting.notify_all()
+                    raise threading.BrokenBarrierError
+        finally:
+            baton.acquire()
+
+    def world_from_env() -> Any:
+        return local.world
+
+    @contextlib.contextmanager
+    def process_group(device: str = "cpu") -> Iterator[Any]:
+        yield local.world
+
+    def gather(obj: Any, world: Any) -> list[Any]:
+        if not world.distributed:
+            return [obj]
+        meet()  # every rank has read the previous gather's slots
+        slots[world.rank] = pickle.dumps(obj)
+        meet()
+        return [pickle.loads(s) for s in slots]
+
+    def barrier(world: Any) -> None:
+        if world.distributed:
+            meet()
+
+    results: list[Any] = [None] * size
+    errors: list[BaseException | None] = [None] * size
+
+    def rank_main(rank: int) -> None:
+        local.world = parallel.World(rank, size, rank)
+        with baton:
+            try:
+                results[rank] = fn(local.world)
+            except BaseException as exc:
+                errors[rank] = exc
+            finally:
+                with meeting:  # a rank that is done meets no one again: a rank still waiting fails, not hangs
+                    state["broken"] = True
+                    meeting.notify_all()
+
+    import pytest
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, replacement in (("world_from_env", world_from_env), ("process_group", process_group),
+                                  ("gather", gather), ("barrier", barrier)):
+            patch.setattr(parallel, name, replacement)
+        threads = [threading.Thread(target=rank_main, args=(rank,), name=f"rank-{rank}") for rank in range(size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    raised = [e for e in errors if e is not None]
+    first = next((e for e in raised if not isinstance(e, threading.BrokenBarrierError)), raised[0] if raised else None)
+    if first is not None:
+        raise first
+    return results
+
+
+def run_cli_ranks(argv: list, size: int = 2) -> tuple[list[int], str, str]:
+    """``vla-lab argv`` as ``size`` ranks in threads of this process (:func:`run_ranks`): each rank's exit
+    status, and what all of them wrote to stdout and to stderr."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from vla_lab.cli import main
+
+    def one_rank(world: Any) -> int:
+        try:
+            return main([str(a) for a in argv])
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 1
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        statuses = run_ranks(one_rank, size)
+    return statuses, out.getvalue(), err.getvalue()
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
