@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from testkit import randomize
+from testkit import randomize, tiny_libero_recipe, write_demos
 
 from vla_lab import VLAAdapter, VLAConfig
 
@@ -39,6 +41,49 @@ def tiny_config() -> VLAConfig:
 def tiny_model(tiny_config: VLAConfig) -> VLAAdapter:
     torch.manual_seed(0)
     return randomize(VLAAdapter(tiny_config), seed=1).eval()
+
+
+# --- expensive things built once a session, for the tests that only observe, reset or read them -----------
+# A test that changes what it is given (steps a simulator it then resets, writes into a run directory it must
+# own) resets it first, or copies the directory into its tmp_path.
+
+
+@pytest.fixture(scope="session")
+def libero_spatial_world() -> Iterator[Any]:
+    """LIBERO-Spatial as a ``vla_lab.worlds.World`` (cameras at 256 px, seed 0): one simulator for the session,
+    rebuilt only when a test resets an episode of another task (~20 s a build on 2 cores). Every test resets
+    the episode it looks at first."""
+    from vla_lab.worlds.libero import LiberoWorld
+
+    with LiberoWorld("libero_spatial") as world:
+        yield world
+
+
+@pytest.fixture(scope="session")
+def libero_spatial_physics() -> Iterator[Any]:
+    """Task 0 of LIBERO-Spatial without cameras (``LiberoEnv(..., render=False)``), for the session: the
+    scripted expert and the demonstration replays, each from a reset to its init state."""
+    from vla_lab.worlds.libero.env import LiberoEnv
+
+    with LiberoEnv("libero_spatial", 0, render=False) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def libero_demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Demonstrations in the layout of ``vla-lab libero demos``, written without the simulator
+    (``testkit.write_demos``); read only (the data pipeline adds its frame cache beside them)."""
+    pytest.importorskip("h5py")
+    return write_demos(tmp_path_factory.mktemp("libero-demos") / "demos")
+
+
+@pytest.fixture(scope="session")
+def libero_two_step_run(libero_demos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The final checkpoint of the LIBERO recipe trained 2 steps on :func:`libero_demos` (seed 5); read only."""
+    from vla_lab.experiments.train import train
+
+    out = tmp_path_factory.mktemp("libero-run") / "run"
+    return train(tiny_libero_recipe(libero_demos, steps=2), VLAConfig.preset("libero-small"), out, progress=False)
 
 
 def _source(function: object) -> str:

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
+from testkit import tiny_tabletop_config
 
-from tests.test_tabletop import tiny_tabletop_config
 from vla_lab import VLAConfig, tabletop
 from vla_lab.config import VISION_BACKBONES
 from vla_lab.errors import ConfigError, InputError

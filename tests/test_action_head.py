@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from testkit import literal_block, literal_rope
 
 from vla_lab.model.action_head import L1RegressionActionHead, UpstreamRoPE, apply_rope, rotate_interleaved
-
-
-def literal_rope(x: torch.Tensor, positions: int) -> torch.Tensor:
-    """Upstream's Pro-head RoPE written out element by element (slow, for testing)."""
-    dim = x.shape[-1]
-    inv = [1.0 / (10000 ** (2 * i / dim)) for i in range(dim // 2)]
-    out = torch.empty_like(x)
-    for t in range(positions):
-        for j in range(dim):
-            angle = t * inv[j % (dim // 2)]  # cos/sin tables are [freqs, freqs]
-            partner = -x[..., t, j + 1] if j % 2 == 0 else x[..., t, j - 1]  # interleaved rotate-half
-            out[..., t, j] = x[..., t, j] * math.cos(angle) + partner * math.sin(angle)
-    return out
 
 
 def test_rope_matches_literal_formula():
@@ -41,33 +27,6 @@ def test_rope_positions_follow_buffer_dtype():
     cos, _ = rope(300, torch.float32)
     # In bf16 the position 257 is not representable: upstream's bf16 head sees it as 256.
     torch.testing.assert_close(cos[257], cos[256])
-
-
-def literal_block(block, x, adapter, task, version):
-    """One bridge block as upstream computes it, with explicit loops over heads."""
-    heads, hd = block.num_heads, block.head_dim
-    gate = torch.tanh(block.gating_factor)
-    if version == "v1":
-        kq = [block.k_proj(g) for g in (x, adapter, task)]
-        vq = [block.v_proj(g) for g in (x, adapter, task)]
-    else:
-        kq = [block.k_self(x), block.k_adapter(adapter), block.k_task(task)]
-        vq = [block.v_self(x), block.v_adapter(adapter), block.v_task(task)]
-    q = block.q_proj(x)
-    outs = []
-    for h in range(heads):
-        sl = slice(h * hd, (h + 1) * hd)
-        qh = q[..., sl]
-        ks = [k[..., sl] for k in kq]
-        if version == "pro":
-            qh = literal_rope(qh[:, None], qh.shape[1])[:, 0]
-            ks = [literal_rope(k[:, None], k.shape[1])[:, 0] for k in ks]
-        scores = [qh @ k.transpose(-1, -2) for k in ks]
-        logits = torch.cat([scores[0], scores[1], scores[2] * gate], -1)
-        w = torch.softmax(logits / math.sqrt(hd), -1)
-        outs.append(w @ torch.cat([v[..., sl] for v in vq], 1))
-    out = block.o_proj(torch.cat(outs, -1))
-    return block.ffn(out + x)
 
 
 @pytest.mark.parametrize("version", ["v1", "pro"])

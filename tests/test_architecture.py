@@ -1,7 +1,9 @@
-"""The package's shape: layers that depend one way, no import cycles, small modules, nothing read from outside."""
+"""The package's shape: layers that depend one way, no import cycles, small modules, nothing read from outside;
+and the tests' own: no test module imports another."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -85,3 +87,26 @@ def test_the_package_is_typed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert config["tool"]["mypy"]["packages"] == ["vla_lab"]
     assert config["project"]["requires-python"] == ">=3.11" and config["project"]["license"] == "MIT"
+
+
+def _test_module_imports(source: str) -> list[str]:
+    """The modules a test file imports that are test modules, ``conftest`` or anything under ``tests.`` (at any
+    depth of the file: function-level imports count)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        found += [n for n in names if n.split(".")[0] in ("tests", "conftest") or
+                  any(part.startswith("test_") for part in n.split("."))]
+    return found
+
+
+def test_no_test_module_imports_another():
+    """Shared helpers live in ``tests/testkit.py`` and shared fixtures in ``conftest.py``: a test module imported
+    by another runs twice under two names (``test_x`` and ``tests.test_x``) and ties the two modules' tiers."""
+    assert _test_module_imports("from tests.test_train import read_metrics\n\ndef f():\n    import test_checkpoint\n"
+                                "    from testkit import snapshot\n    from vla_lab.testing import x\n") == \
+        ["tests.test_train", "test_checkpoint"]
+    files = [*(ROOT / "tests").rglob("*.py"), *(ROOT / "notebooks").rglob("*.py")]
+    found = {str(p.relative_to(ROOT)): _test_module_imports(p.read_text()) for p in files}
+    assert {k: v for k, v in found.items() if v} == {}

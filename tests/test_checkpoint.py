@@ -21,10 +21,23 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from testkit import DATA, data_path, make_inputs, randomize, shrink
+from testkit import (
+    DATA,
+    NORM_STATS,
+    RAW_PROPRIO,
+    TEST_IMAGE_SIZE,
+    TEST_TIMM_IDS,
+    data_path,
+    file_tensors,
+    make_inputs,
+    random_images,
+    randomize,
+    released_test_config,
+    shrink,
+    write_released,
+)
 
 from vla_lab import VLAAdapter, VLAConfig
-from vla_lab.config import QWEN25_05B_TEXT_CONFIG
 from vla_lab.errors import CheckpointError, ExportError, InputError
 from vla_lab.model import build_on_meta, load_pretrained, save_pretrained
 from vla_lab.model.action_head import L1RegressionActionHead
@@ -34,192 +47,7 @@ from vla_lab.processing.tokenizer import load_qwen25_tokenizer
 
 PRO_PRESET, V1_PRESET = "vla-adapter-pro-qwen2.5-0.5b", "vla-adapter-qwen2.5-0.5b"
 HEAD_SECTION = {"pro": "action_head (Pro)", "v1": "action_head (v1)"}
-
-# --- the hand-written released layout ------------------------------------------------------------
-
-TEST_TIMM_IDS = ["test_vit2", "test_vit"]
-TEST_IMAGE_SIZE = 64
 INSTRUCTION = "Put the Red Block in the Bowl"
-
-#: LIBERO-like dataset statistics (7-D actions with the gripper un-masked, 8-D proprio).
-NORM_STATS = {
-    "libero_spatial_no_noops": {
-        "action": {
-            "mask": [True] * 6 + [False],
-            "q01": [-0.75, -0.8, -0.9, -0.1, -0.15, -0.2, -1.0],
-            "q99": [0.9, 0.85, 0.95, 0.12, 0.2, 0.18, 1.0],
-            "min": [-0.94, -0.94, -0.94, -0.2, -0.3, -0.37, -1.0],
-            "max": [0.94, 0.94, 0.94, 0.2, 0.3, 0.37, 1.0],
-            "mean": [0.15, 0.13, -0.14, -0.01, 0.0, 0.0, -0.04],
-            "std": [0.41, 0.35, 0.5, 0.04, 0.06, 0.08, 0.99],
-        },
-        "proprio": {
-            "q01": [-0.3, -0.3, 0.0, 2.8, -0.5, -0.3, 0.0, -0.04],
-            "q99": [0.1, 0.3, 1.2, 3.3, 0.5, 0.3, 0.04, 0.0],
-            "min": [-0.4, -0.4, -0.1, 2.7, -0.6, -0.4, 0.0, -0.05],
-            "max": [0.2, 0.4, 1.3, 3.4, 0.6, 0.4, 0.05, 0.0],
-            "mean": [-0.05, 0.0, 0.8, 3.0, 0.0, 0.0, 0.02, -0.02],
-            "std": [0.1, 0.15, 0.3, 0.1, 0.2, 0.1, 0.01, 0.01],
-        },
-        "num_transitions": 52970,
-        "num_trajectories": 432,
-    }
-}
-RAW_PROPRIO = [-0.2, 0.25, 0.6, 3.1, 0.4, -0.28, 0.03, -0.01]
-
-#: The fields of a released ``config.json`` other than the ones filled in per checkpoint.
-RELEASED_CONFIG_FIELDS = {
-    "arch_specifier": "no-align+fused-gelu-mlp",
-    "architectures": ["OpenVLAForActionPrediction"],
-    "auto_map": {
-        "AutoConfig": "configuration_prismatic.OpenVLAConfig",
-        "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction",
-    },
-    "hf_llm_id": "",
-    "image_resize_strategy": "resize-naive",
-    "llm_backbone_id": "qwen25-0_5b-extra",
-    "llm_max_length": 2048,
-    "model_type": "openvla",
-    "n_action_bins": 256,
-    "output_projector_states": False,
-    "pad_to_multiple_of": 64,
-    "pad_token_id": 32000,
-    "timm_override_act_layers": [None, None],
-    "transformers_version": "4.40.1",
-    "use_fused_vision_backbone": True,
-    "vision_backbone_id": "dinosiglip-vit-test-64px",
-}
-
-
-def tiny_text_config() -> dict:
-    """A released-style ``text_config`` (Qwen2, full vocabulary) with tiny widths."""
-    text = copy.deepcopy(QWEN25_05B_TEXT_CONFIG)
-    text.update(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_window_layers=2,
-        use_cache=True,
-        use_mrope=False,
-    )
-    return text
-
-
-def released_test_config(head_version: str) -> VLAConfig:
-    """The VLAConfig equivalent to the hand-written ``config.json`` + files."""
-    return VLAConfig(
-        vision={
-            "backbone_id": "custom",
-            "timm_model_ids": list(TEST_TIMM_IDS),
-            "image_sizes": [TEST_IMAGE_SIZE] * 2,
-            "act_layers": [None, None],
-            "fused": True,
-        },
-        num_images=2,
-        projector="fused-gelu-mlp",
-        llm=tiny_text_config(),
-        robot="libero",
-        use_proprio=True,
-        head_version=head_version,
-        norm_stats=copy.deepcopy(NORM_STATS),
-    )
-
-
-def preprocessor_config(size: int) -> dict:
-    """``preprocessor_config.json`` with the released file's structure (DINOv2-style then SigLIP-style)."""
-    means, stds = [[0.484375, 0.455078125, 0.40625], [0.5] * 3], [[0.228515625, 0.2236328125, 0.224609375], [0.5] * 3]
-    return {
-        "auto_map": {
-            "AutoImageProcessor": "processing_prismatic.PrismaticImageProcessor",
-            "AutoProcessor": "processing_prismatic.PrismaticProcessor",
-        },
-        "image_processor_type": "PrismaticImageProcessor",
-        "image_resize_strategy": "resize-naive",
-        "input_sizes": [[3, size, size], [3, size, size]],
-        "interpolations": ["bicubic", "bicubic"],
-        "means": [[0.485, 0.456, 0.406], [0.5] * 3],
-        "processor_class": "PrismaticProcessor",
-        "stds": [[0.229, 0.224, 0.225], [0.5] * 3],
-        "tvf_crop_params": [{"output_size": [size, size]}] * 2,
-        "tvf_do_letterbox": False,
-        "tvf_letterbox_fill": None,
-        "tvf_normalize_params": [{"inplace": False, "mean": m, "std": s} for m, s in zip(means, stds)],
-        "tvf_resize_params": [{"antialias": True, "interpolation": 3, "max_size": None, "size": [size, size]}] * 2,
-        "use_fused_vision_backbone": True,
-    }
-
-
-def released_name(name: str) -> str:
-    """Our module name -> the released file's key (written independently of vla_lab.model.checkpoint)."""
-    return re.sub(r"\.(ls[12])\.gamma$", r".\1.scale_factor", name)
-
-
-def file_tensors(model: VLAAdapter, dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
-    """The model's weights split like the released files, cast to ``dtype``, lm_head left out."""
-    parts: dict[str, dict[str, torch.Tensor]] = {"model": {}, "action_head": {}, "proprio_projector": {}}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().to(dtype).clone().contiguous()
-        if name == "language_model.lm_head.weight":
-            continue
-        head, _, rest = name.partition(".")
-        if head in ("action_head", "proprio_projector"):
-            parts[head][rest] = tensor
-        else:
-            parts["model"][released_name(name)] = tensor
-    return parts
-
-
-def write_released(
-    directory: Path,
-    model: VLAAdapter,
-    *,
-    dtype: torch.dtype = torch.bfloat16,
-    prefix: str = "",
-    steps: tuple = ("latest",),
-    shards: int = 1,
-    config: dict | None = None,
-) -> Path:
-    """Write ``model`` in the released directory layout by hand (no vla_lab save code)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    parts = file_tensors(model, dtype)
-    cfg = model.config
-    config_json = dict(RELEASED_CONFIG_FIELDS)
-    config_json.update(
-        arch_specifier=f"no-align+{cfg.projector}",
-        timm_model_ids=list(cfg.vision.timm_model_ids),
-        image_sizes=list(cfg.vision.image_sizes),
-        text_config=dict(cfg.llm, torch_dtype=str(dtype).removeprefix("torch.")),
-        torch_dtype=str(dtype).removeprefix("torch."),
-        # Released config.json files hold the pre-training mixture's statistics, not the fine-tuning set's.
-        norm_stats={"bridge_orig": copy.deepcopy(NORM_STATS["libero_spatial_no_noops"])},
-    )
-    config_json.update(config or {})
-    (directory / "config.json").write_text(json.dumps(config_json, indent=2))
-    (directory / "dataset_statistics.json").write_text(json.dumps(NORM_STATS, indent=2))
-    (directory / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(cfg.vision.image_size)))
-    (directory / "generation_config.json").write_text(json.dumps({"_from_model_config": True}))
-
-    keys = list(parts["model"])
-    if shards == 1:
-        save_file(parts["model"], str(directory / "model.safetensors"), metadata={"format": "pt"})
-    else:
-        groups = [keys[i::shards] for i in range(shards)]
-        weight_map = {}
-        for i, group in enumerate(groups):
-            name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-            save_file({k: parts["model"][k] for k in group}, str(directory / name), metadata={"format": "pt"})
-            weight_map.update(dict.fromkeys(group, name))
-        total = sum(t.numel() * t.element_size() for t in parts["model"].values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (directory / "model.safetensors.index.json").write_text(json.dumps(index))
-    for step in steps:
-        for component in ("action_head", "proprio_projector"):
-            state = {prefix + k: v for k, v in parts[component].items()}
-            torch.save(state, directory / f"{component}--{step}_checkpoint.pt")
-    return directory
-
 
 def rounded_copy(model: VLAAdapter, dtype: torch.dtype) -> VLAAdapter:
     """A float32 copy of ``model`` holding its weights rounded through ``dtype`` (what the files hold)."""
@@ -228,11 +56,6 @@ def rounded_copy(model: VLAAdapter, dtype: torch.dtype) -> VLAAdapter:
         for p in ref.parameters():
             p.copy_(p.to(dtype).float())
     return ref
-
-
-def random_images(seed: int, n: int = 2, size: int = 80) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
 
 
 def assert_same_state(loaded: VLAAdapter, ref: VLAAdapter, dtype: torch.dtype) -> None:

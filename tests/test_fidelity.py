@@ -13,8 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_action_head import literal_block
-from testkit import make_inputs, randomize
+from testkit import literal_block, make_inputs, randomize
 
 from vla_lab import VLAAdapter, VLAConfig
 
@@ -104,8 +103,7 @@ def test_released_directory_with_the_chat_prompt_matches_upstream(version, tmp_p
     import shutil
 
     import transformers
-    from test_checkpoint import RAW_PROPRIO, random_images, released_test_config, write_released
-    from testkit import DATA
+    from testkit import DATA, RAW_PROPRIO, random_images, released_test_config, write_released
 
     from vla_lab import load_pretrained
     from vla_lab.processing.tokenizer import SAVED_FILES

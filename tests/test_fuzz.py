@@ -21,10 +21,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
-from testkit import run_cli, snapshot
+from testkit import run_cli, snapshot, tiny_tabletop_config, tiny_train_config
 
-from tests.test_tabletop import tiny_tabletop_config
-from tests.test_train import tiny_train_config
 from vla_lab import tabletop
 from vla_lab.errors import VLALabError
 from vla_lab.model import load_pretrained, save_pretrained

@@ -14,10 +14,8 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from testkit import assert_one_line_error, run_cli, snapshot
+from testkit import assert_one_line_error, run_cli, snapshot, tiny_tabletop_config, tiny_train_config
 
-from tests.test_tabletop import tiny_tabletop_config
-from tests.test_train import tiny_train_config
 from vla_lab import VLAConfig, capture, files, tabletop
 from vla_lab.errors import CheckpointError, ConfigError, InputError
 from vla_lab.experiments.train import train

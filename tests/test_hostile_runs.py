@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from testkit import assert_one_line_error, run_cli, snapshot
+from testkit import assert_one_line_error, read_metrics, run_cli, snapshot, tiny_tabletop_config, tiny_train_config
 
-from tests.test_tabletop import tiny_tabletop_config
-from tests.test_train import read_metrics, tiny_train_config
 from vla_lab import tabletop
 from vla_lab.errors import CheckpointError, InputError
 from vla_lab.experiments import run_dir

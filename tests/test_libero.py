@@ -220,16 +220,17 @@ def test_two_ranks_equal_one(reference, tmp_path):
 
 
 @needs_libero
-def test_object_masks_on_a_spatial_task():
-    from vla_lab.worlds.libero.env import LiberoEnv, object_masks, object_segmentation
+def test_object_masks_on_a_spatial_task(libero_spatial_world):
+    from vla_lab.worlds.libero.env import object_masks, object_segmentation
     from vla_lab.worlds.libero.observation import prepare_observation
 
-    with LiberoEnv(SUITE, 0) as env:
-        first = prepare_observation(env.reset(0))
-        assert env.target_objects == ["akita_black_bowl_1", "plate_1"]
-        masks = object_masks(env)
-        labels, names = object_segmentation(env)
-        again = prepare_observation(env.reset(0))  # the same init state gives the same scene
+    libero_spatial_world.reset(libero_spatial_world.episode(0, 0), regions=False)
+    env = libero_spatial_world.env  # LiberoEnv(SUITE, 0): cameras at 256 px, seed 0, shared by the session
+    first = prepare_observation(env.reset(0))
+    assert env.target_objects == ["akita_black_bowl_1", "plate_1"]
+    masks = object_masks(env)
+    labels, names = object_segmentation(env)
+    again = prepare_observation(env.reset(0))  # the same init state gives the same scene
     assert np.array_equal(first["full_image"], again["full_image"]) and np.allclose(first["state"], again["state"])
     target, others = masks["target"], masks["distractors"]
     assert target.shape == others.shape == labels.shape == (224, 224)

@@ -95,17 +95,13 @@ def test_the_reported_depth_is_chosen_on_the_selection_set(model) -> None:
     assert low <= given["target_attention_ratio"] <= high
 
 
-def test_trained_models_are_measured_against_their_initial_weights(tmp_path) -> None:
+def test_trained_models_are_measured_against_their_initial_weights(libero_two_step_run, tmp_path) -> None:
     """``vla-lab libero attention``'s measurement on real frames: a trained checkpoint and its random init."""
     import testkit
 
-    from tests.test_libero_data import tiny_libero_recipe, write_demos
     from vla_lab.experiments import libero_attention as la
-    from vla_lab.experiments.train import train
 
-    demos = write_demos(tmp_path / "demos")
-    checkpoint = train(tiny_libero_recipe(demos, steps=2), VLAConfig.preset("libero-small"), tmp_path / "run",
-                       progress=False)
+    checkpoint = libero_two_step_run  # the LIBERO recipe, 2 steps on testkit.write_demos' demonstrations
     models = la.load_models([str(checkpoint)])
     assert list(models) == ["final", "random-init:final"]
     assert {m.config.prompt for m, _ in models.values()} == {"openvla"}  # the recipe's, baseline included

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from testkit import DEMO_INSTRUCTIONS as INSTRUCTIONS
+from testkit import tiny_libero_recipe, write_demos
 
 from vla_lab.cli import build_parser
 from vla_lab.cli.train import train_configs
@@ -28,50 +30,10 @@ from vla_lab.worlds.libero.tokenizer import VOCABULARY, build_libero_tokenizer, 
 h5py = pytest.importorskip("h5py")
 
 DATA = Path(__file__).parent / "data"
-SCENES = ("libero_spatial_0", "libero_object_3", "libero_goal_5", "libero_10_1")
-INSTRUCTIONS = ("pick up the black bowl next to the ramekin and place it on the plate",
-                "pick up the black bowl on the stove and place it on the plate")
-
-
-def write_demos(directory: Path, tasks: int = 2, demos: int = 2, steps: int = 11, size: int = 128) -> Path:
-    """A demonstrations directory in the layout of ``vla-lab libero demos``: task t, demo k shows scene
-    (t + k) % 4, its actions are deterministic functions of (t, k, step)."""
-    frames = np.load(DATA / "libero_sim_observations.npz")
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest = {"suite": "libero_spatial", "resolution": size, "seed": 0, "tasks": {}, "num_demos": 0, "total": 0}
-    for t in range(tasks):
-        name = f"task_{t}_demo.hdf5"
-        with h5py.File(directory / name, "w") as f:
-            group = f.create_group("data")
-            for k in range(demos):
-                scene = SCENES[(t + k) % len(SCENES)]
-                demo = group.create_group(f"demo_{k}")
-                n = steps + k
-                step = np.arange(n)[:, None]
-                actions = np.concatenate([np.sin(step * 0.3 + t + k * np.arange(1, 7)) * 0.8,
-                                          np.where(step < n // 2, -1.0, 1.0)], axis=1)
-                demo["actions"] = actions
-                demo["obs/ee_states"] = np.cos(step * 0.1 + np.arange(6)) * 0.5
-                demo["obs/gripper_states"] = np.concatenate([0.04 - step * 0.001, step * 0.001 - 0.04], axis=1)
-                demo["target_pos"] = np.concatenate([step * 0.01 + t, -step * 0.01 + k, np.ones_like(step)], axis=1)
-                for camera, key in (("agentview_rgb", "agentview"), ("eye_in_hand_rgb", "wrist")):
-                    image = frames[f"{scene}_{key}"][:: 256 // size, :: 256 // size]
-                    demo[f"obs/{camera}"] = np.stack([np.roll(image, s, axis=1) for s in range(n)])
-                demo.attrs["init_state_index"] = k
-                demo.attrs["num_samples"] = n
-            group.attrs["num_demos"] = demos
-        total = sum(steps + k for k in range(demos))
-        manifest["tasks"][str(t)] = {"task_name": f"task_{t}", "instruction": INSTRUCTIONS[t % 2], "file": name,
-                                     "num_demos": demos, "total": total, "init_states": list(range(demos))}
-        manifest["num_demos"] += demos
-        manifest["total"] += total
-    (directory / "demos.json").write_text(json.dumps(manifest))
-    return directory
-
-
-@pytest.fixture(scope="module")
-def demos(tmp_path_factory) -> Path:
-    return write_demos(tmp_path_factory.mktemp("demos"))
+@pytest.fixture()
+def demos(libero_demos) -> Path:
+    """The session's demonstrations (tests/conftest.py), read only."""
+    return libero_demos
 
 
 def libero_config(demos_dir: Path) -> VLAConfig:
@@ -190,12 +152,6 @@ def test_a_directory_without_a_manifest_is_refused(tmp_path) -> None:
 # --- training ------------------------------------------------------------------------------------
 
 
-def tiny_libero_recipe(demos_dir: Path, **changes) -> TrainConfig:
-    base = {"steps": 6, "batch_size": 4, "warmup_steps": 2, "mse_warmup_steps": 2, "log_interval": 1,
-            "checkpoint_interval": 0, "num_threads": 1, "seed": 5}
-    return TrainConfig.libero_recipe(str(demos_dir), **{**base, **changes})
-
-
 def test_training_on_demonstrations_resumes_bit_exactly(demos, tmp_path) -> None:
     config = tiny_libero_recipe(demos)
     model_config = VLAConfig.preset("libero-small")
@@ -233,8 +189,8 @@ def test_training_on_demonstrations_resumes_bit_exactly(demos, tmp_path) -> None
     assert chunk.shape == (1, 8, 7) and np.isfinite(chunk).all()
 
 
-def test_another_seed_gives_other_crops_and_weights(demos, tmp_path) -> None:
-    a = train(tiny_libero_recipe(demos, steps=2), VLAConfig.preset("libero-small"), tmp_path / "a", progress=False)
+def test_another_seed_gives_other_crops_and_weights(demos, libero_two_step_run, tmp_path) -> None:
+    a = libero_two_step_run  # tiny_libero_recipe(demos, steps=2): seed 5
     b = train(tiny_libero_recipe(demos, steps=2, seed=6), VLAConfig.preset("libero-small"), tmp_path / "b",
               progress=False)
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))

@@ -85,25 +85,23 @@ def test_demonstrations_are_written_in_libero_layout(one_process):
 
 
 @needs_libero
-def test_the_stored_actions_replay_to_the_stored_states(one_process):
+def test_the_stored_actions_replay_to_the_stored_states(one_process, libero_spatial_physics):
     """As LIBERO's own dataset script checks: the actions from the init state lead through the states."""
-    from vla_lab.worlds.libero.env import LiberoEnv
-
     out, manifest = one_process
     demo = read_file(out / manifest["tasks"]["0"]["file"])["demo_1"]
-    with LiberoEnv(SUITE, 0, render=False) as env:
-        env.reset(1)
-        assert np.array_equal(env.sim_state(), demo["states"][0])
-        done = False
-        for t, action in enumerate(demo["actions"]):
-            if t:
-                assert np.array_equal(env.sim_state(), demo["states"][t]), t
-            done = env.step(action)[2]
+    env = libero_spatial_physics  # LiberoEnv(SUITE, 0, render=False), whatever ran on it before
+    env.reset(1)
+    assert np.array_equal(env.sim_state(), demo["states"][0])
+    done = False
+    for t, action in enumerate(demo["actions"]):
+        if t:
+            assert np.array_equal(env.sim_state(), demo["states"][t]), t
+        done = env.step(action)[2]
     assert done  # the last action finishes the task
 
 
 @needs_libero
-def test_libero_dataset_script_builds_the_environment_from_env_args(one_process):
+def test_libero_dataset_script_builds_the_environment_from_env_args(one_process, libero_spatial_physics):
     """``env_args`` as LIBERO's ``scripts/create_dataset.py`` uses it: ``TASK_MAPPING[problem_name](**env_kwargs)``
     builds the raw environment the expert ran in. Run through the evaluation's protocol (seed, reset, the init
     state, the settle steps), it reproduces a stored demonstration state for state; replayed as the script does
@@ -113,7 +111,7 @@ def test_libero_dataset_script_builds_the_environment_from_env_args(one_process)
     from libero.libero.envs import TASK_MAPPING
     from libero.libero.utils.utils import postprocess_model_xml
 
-    from vla_lab.worlds.libero.env import DUMMY_ACTION, NUM_STEPS_WAIT, LiberoEnv
+    from vla_lab.worlds.libero.env import DUMMY_ACTION, NUM_STEPS_WAIT
 
     out, manifest = one_process
     content = read_file(out / manifest["tasks"]["0"]["file"])
@@ -121,9 +119,9 @@ def test_libero_dataset_script_builds_the_environment_from_env_args(one_process)
     kwargs = env_args["env_kwargs"]
     assert kwargs["controller_configs"]["type"] == "OSC_POSE" and "controller" not in kwargs
     assert (kwargs["camera_heights"], kwargs["camera_widths"]) == (128, 128)
-    with LiberoEnv(SUITE, 0, render=False) as ours:
-        init_states = ours.init_states
-        samplers = len(ours.env.env.object_property_initializers)
+    ours = libero_spatial_physics  # LiberoEnv(SUITE, 0, render=False)
+    init_states = ours.init_states
+    samplers = ours._num_property_samplers  # len(ours.env.env.object_property_initializers) when it was built
     env = TASK_MAPPING[env_args["problem_name"]](**kwargs)
     try:
         assert len(env.object_property_initializers) == samplers

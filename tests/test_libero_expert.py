@@ -65,13 +65,12 @@ def test_a_trial_is_the_same_whatever_ran_before_and_without_cameras():
 
 
 @needs_libero
-def test_the_expert_puts_the_bowl_on_the_plate_deterministically():
-    from vla_lab.worlds.libero.env import LiberoEnv
+def test_the_expert_puts_the_bowl_on_the_plate_deterministically(libero_spatial_physics):
     from vla_lab.worlds.libero.expert import PHASES, run_expert_episode
 
-    with LiberoEnv(SUITE, 0, render=False) as env:
-        one = run_expert_episode(env, 0)
-        two = run_expert_episode(env, 0)
+    env = libero_spatial_physics  # LiberoEnv(SUITE, 0, render=False), whatever ran on it before
+    one = run_expert_episode(env, 0)
+    two = run_expert_episode(env, 0)
     assert one["success"] and one["steps"] < env.max_steps
     assert one["phase"] in PHASES[PHASES.index("lower"):]
     assert np.array_equal(one["actions"], two["actions"]) and np.array_equal(one["states"], two["states"])
@@ -90,9 +89,11 @@ def test_expert_runs_sharded_over_two_ranks_give_the_records_of_one(tmp_path):
     assert one["num_episodes"] == 2 and one["errors"] == 0
     assert [r["task"] for r in one["episodes"]] == [0, 4]
     assert all(r["success"] for r in one["episodes"])  # both scenes in the run above
-    proc = testkit.run_torchrun([*common, "--out", tmp_path / "two"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    two = json.loads(proc.stdout)
+    # two ranks in threads of this process (the real torchrun run is test_libero_demos', through the same
+    # run_episodes): rank 0 alone prints
+    statuses, stdout, err = testkit.run_cli_ranks([*common, "--out", tmp_path / "two"], 2)
+    assert statuses == [0, 0], err
+    two = json.loads(stdout)
     assert two["world_size"] == 2
     assert untimed(two["episodes"]) == untimed(one["episodes"])
     assert json.loads((tmp_path / "two" / "run.json").read_text())["model"] == "scripted expert"

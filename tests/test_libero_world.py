@@ -1,5 +1,5 @@
 """LIBERO as a ``vla_lab.worlds.World`` on the real simulator (``pip install -e '.[libero]'``): one task's
-simulator is built once for the module (~20 s on 2 cores)."""
+simulator is built once for the session (~20 s on 2 cores; ``libero_spatial_world`` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ pytestmark = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed
 SUITE = "libero_spatial"
 
 
-@pytest.fixture(scope="module")
-def env():
-    with LiberoWorld(SUITE) as world:
-        yield world
+@pytest.fixture()
+def env(libero_spatial_world):
+    assert isinstance(libero_spatial_world, LiberoWorld) and libero_spatial_world.name == SUITE
+    return libero_spatial_world
 
 
 def test_episodes_are_tasks_and_init_states(env):

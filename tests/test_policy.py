@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from testkit import tiny_tabletop_config
 
-from tests.test_tabletop import tiny_tabletop_config
 from vla_lab import VLAAdapter
 from vla_lab.errors import InputError
 from vla_lab.policy import Policy

@@ -16,8 +16,17 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from test_checkpoint import RAW_PROPRIO, random_images, released_test_config, write_released
-from testkit import DATA, assert_one_line_error, make_inputs, randomize, run_cli
+from testkit import (
+    DATA,
+    RAW_PROPRIO,
+    assert_one_line_error,
+    make_inputs,
+    random_images,
+    randomize,
+    released_test_config,
+    run_cli,
+    write_released,
+)
 
 import vla_lab
 from vla_lab import VLAAdapter, VLAConfig, load_pretrained, save_pretrained

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from testkit import tiny_tabletop_config
 
 from vla_lab import VLAConfig, registry, tabletop
 from vla_lab.errors import InputError
@@ -17,25 +17,6 @@ from vla_lab.processing.normalization import normalize_actions, normalize_propri
 from vla_lab.processing.tokenizer import bytes_to_unicode
 from vla_lab.processing.tokenizer_files import load_tokenizer_from_files
 from vla_lab.worlds import tabletop as world
-
-
-def tiny_tabletop_config(attention: str = "causal") -> VLAConfig:
-    """The tabletop topology (fused DINOv2 + SigLIP, 64 px, Pro head, proprio) at test sizes."""
-    data = VLAConfig.preset("tabletop").to_dict()
-    data["vision"]["timm_kwargs"] = [
-        {"embed_dim": 16, "depth": 2, "num_heads": 2, "patch_size": 16},
-        {"embed_dim": 24, "depth": 2, "num_heads": 2, "patch_size": 16},
-    ]
-    llm = copy.deepcopy(data["llm"])
-    llm.update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, max_window_layers=2)
-    data.update(
-        llm=llm,
-        num_action_queries=8,
-        head_num_heads=4,
-        attention=attention,
-        norm_stats=tabletop.world_statistics(500),
-    )
-    return VLAConfig.from_dict(data)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from testkit import tiny_tabletop_config
 
-from tests.test_tabletop import tiny_tabletop_config
 from vla_lab import interp, tabletop
 from vla_lab.interp import capture
 from vla_lab.tabletop import target_attention as ta

@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file
+from testkit import read_metrics, tiny_tabletop_config, tiny_train_config
 
-from tests.test_tabletop import tiny_tabletop_config
 from vla_lab import tabletop
 from vla_lab.cli import build_parser
 from vla_lab.cli.train import train_configs
@@ -24,32 +24,6 @@ from vla_lab.experiments.train import (
 )
 from vla_lab.model import load_pretrained
 from vla_lab.worlds import tabletop as world
-
-
-def tiny_train_config(**changes) -> TrainConfig:
-    base = {
-        "steps": 12,
-        "batch_size": 8,
-        "lr": 3e-3,
-        "warmup_steps": 2,
-        "num_examples": 96,
-        "val_examples": 16,
-        "eval_interval": 0,
-        "eval_episodes": 2,
-        "eval_execute": 4,
-        "test_episodes": 0,
-        "checkpoint_interval": 0,
-        "log_interval": 1,
-        "num_threads": 1,
-        "seed": 3,
-    }
-    base.update(changes)
-    return TrainConfig(**base)
-
-
-def read_metrics(directory) -> list[dict]:
-    return [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
-
 
 # --- configuration and schedule ----------------------------------------------------------------
 

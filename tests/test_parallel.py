@@ -1,0 +1,126 @@
+"""vla_lab.parallel with its ranks simulated in this process: the shards of N ranks are the single process's
+work, ``gather`` gives every rank every rank's object in rank order, ``run_on_main`` runs on rank 0 only.
+
+The ranks are threads (``testkit.run_ranks``); the commands' "N ranks give the records of one" checks run the
+same way where a real torchrun run of the same command is tested elsewhere (one per command).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from testkit import run_ranks
+
+from vla_lab import parallel
+from vla_lab.errors import InputError
+
+KEYS = [("libero_spatial", t, i) for t in (2, 0, 1) for i in (1, 0)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("items", [KEYS, list(range(10, 0, -1)), [3, 1, 3, 2, 1], [], ["only"]])
+def test_the_shards_of_every_rank_are_the_single_process_work_round_robin(items, size):
+    shards = [parallel.shard(items, parallel.World(rank, size, rank)) for rank in range(size)]
+    assert parallel.shard(items, parallel.World()) == sorted(items)
+    # round robin over the sorted items: interleaving the shards rank by rank gives back the sorted list
+    interleaved = [shards[i % size][i // size] for i in range(len(items))]
+    assert interleaved == sorted(items)
+    assert sum(len(s) for s in shards) == len(items) and max(map(len, shards)) - min(map(len, shards)) <= 1
+    # the input's order does not matter: every rank sorts the same list
+    assert shards == [parallel.shard(list(reversed(items)), parallel.World(r, size, r)) for r in range(size)]
+
+
+def test_the_threads_are_ranks_with_their_own_world():
+    def place(world):
+        assert parallel.world_from_env() == world
+        with parallel.process_group("cpu") as same:
+            assert same == world
+        return world, threading.current_thread().name
+
+    places = run_ranks(place, 3)
+    assert [w for w, _ in places] == [parallel.World(r, 3, r) for r in range(3)]
+    assert len({name for _, name in places}) == 3
+
+
+def test_gather_gives_every_rank_every_object_in_rank_order_as_copies():
+    shared = {"mutable": []}
+
+    def work(world):
+        mine = {"rank": world.rank, "items": parallel.shard(KEYS, world), "shared": shared}
+        first = parallel.gather(mine, world)
+        first[world.rank]["shared"]["mutable"].append(world.rank)  # a copy: no other rank sees it
+        second = parallel.gather(world.rank * 10, world)  # a second round does not mix with the first
+        parallel.barrier(world)
+        return first, second
+
+    results = run_ranks(work, 3)
+    for rank, (first, second) in enumerate(results):
+        assert [g["rank"] for g in first] == [0, 1, 2] and second == [0, 10, 20]
+        assert sorted(k for g in first for k in g["items"]) == sorted(KEYS)
+        assert [g["shared"]["mutable"] for g in first] == [[rank] if r == rank else [] for r in range(3)]
+    assert shared == {"mutable": []}
+
+
+def test_a_world_of_one_needs_no_process_group(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    world = parallel.world_from_env()
+    assert world == parallel.World(0, 1, 0) and world.is_main and not world.distributed
+    assert parallel.gather("x", world) == ["x"] and parallel.run_on_main(lambda: 5, world) == 5
+    parallel.barrier(world)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK/WORLD_SIZE: got rank 2 of 2"),
+    ({"WORLD_SIZE": "two"}, "WORLD_SIZE: got 'two', expected an integer"),
+    ({"WORLD_SIZE": "0"}, "RANK/WORLD_SIZE: got rank 0 of 0"),
+])
+def test_a_bad_torchrun_environment_is_an_input_error(monkeypatch, env, message):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match=f"^{message}"):
+        parallel.world_from_env()
+
+
+def test_run_on_main_runs_once_and_every_rank_gets_its_result_or_its_error():
+    calls = []
+
+    def claim():
+        calls.append(threading.current_thread().name)
+        return {"claimed": len(calls)}
+
+    assert run_ranks(lambda world: parallel.run_on_main(claim, world), 3) == [{"claimed": 1}] * 3
+    assert calls == ["rank-0"]
+
+    def refuse():
+        raise InputError("--out: holds an earlier run")
+
+    def each(world):
+        try:
+            parallel.run_on_main(refuse, world)
+        except InputError as exc:
+            return str(exc)
+        return None
+
+    assert run_ranks(each, 3) == ["--out: holds an earlier run"] * 3
+
+
+def test_a_rank_that_fails_or_leaves_early_stops_the_others_waiting():
+    def broken(world):
+        if world.rank == 1:
+            raise RuntimeError("rank 1 died")
+        return parallel.gather(world.rank, world)
+
+    with pytest.raises(RuntimeError, match="rank 1 died"):
+        run_ranks(broken, 2)
+
+    def leaves(world):
+        if world.rank == 0:
+            return None
+        return parallel.gather(world.rank, world)
+
+    with pytest.raises(threading.BrokenBarrierError):
+        run_ranks(leaves, 2)
