@@ -21,37 +21,37 @@ KEYS = [("libero_spatial", t, i) for t in (2, 0, 1) for i in (1, 0)]
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("items", [KEYS, list(range(10, 0, -1)), [3, 1, 3, 2, 1], [], ["only"]])
 def test_the_shards_of_every_rank_are_the_single_process_work_round_robin(items, size):
-    shards = [parallel.shard(items, parallel.World(rank, size, rank)) for rank in range(size)]
-    assert parallel.shard(items, parallel.World()) == sorted(items)
+    shards = [parallel.shard(items, parallel.Ranks(rank, size, rank)) for rank in range(size)]
+    assert parallel.shard(items, parallel.Ranks()) == sorted(items)
     # round robin over the sorted items: interleaving the shards rank by rank gives back the sorted list
     interleaved = [shards[i % size][i // size] for i in range(len(items))]
     assert interleaved == sorted(items)
     assert sum(len(s) for s in shards) == len(items) and max(map(len, shards)) - min(map(len, shards)) <= 1
     # the input's order does not matter: every rank sorts the same list
-    assert shards == [parallel.shard(list(reversed(items)), parallel.World(r, size, r)) for r in range(size)]
+    assert shards == [parallel.shard(list(reversed(items)), parallel.Ranks(r, size, r)) for r in range(size)]
 
 
-def test_the_threads_are_ranks_with_their_own_world():
-    def place(world):
-        assert parallel.world_from_env() == world
+def test_the_threads_are_ranks_with_their_own_place():
+    def place(ranks):
+        assert parallel.ranks_from_env() == ranks
         with parallel.process_group("cpu") as same:
-            assert same == world
-        return world, threading.current_thread().name
+            assert same == ranks
+        return ranks, threading.current_thread().name
 
     places = run_ranks(place, 3)
-    assert [w for w, _ in places] == [parallel.World(r, 3, r) for r in range(3)]
+    assert [w for w, _ in places] == [parallel.Ranks(r, 3, r) for r in range(3)]
     assert len({name for _, name in places}) == 3
 
 
 def test_gather_gives_every_rank_every_object_in_rank_order_as_copies():
     shared = {"mutable": []}
 
-    def work(world):
-        mine = {"rank": world.rank, "items": parallel.shard(KEYS, world), "shared": shared}
-        first = parallel.gather(mine, world)
-        first[world.rank]["shared"]["mutable"].append(world.rank)  # a copy: no other rank sees it
-        second = parallel.gather(world.rank * 10, world)  # a second round does not mix with the first
-        parallel.barrier(world)
+    def work(ranks):
+        mine = {"rank": ranks.rank, "items": parallel.shard(KEYS, ranks), "shared": shared}
+        first = parallel.gather(mine, ranks)
+        first[ranks.rank]["shared"]["mutable"].append(ranks.rank)  # a copy: no other rank sees it
+        second = parallel.gather(ranks.rank * 10, ranks)  # a second round does not mix with the first
+        parallel.barrier(ranks)
         return first, second
 
     results = run_ranks(work, 3)
@@ -62,13 +62,13 @@ def test_gather_gives_every_rank_every_object_in_rank_order_as_copies():
     assert shared == {"mutable": []}
 
 
-def test_a_world_of_one_needs_no_process_group(monkeypatch):
+def test_one_process_needs_no_process_group(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    world = parallel.world_from_env()
-    assert world == parallel.World(0, 1, 0) and world.is_main and not world.distributed
-    assert parallel.gather("x", world) == ["x"] and parallel.run_on_main(lambda: 5, world) == 5
-    parallel.barrier(world)
+    ranks = parallel.ranks_from_env()
+    assert ranks == parallel.Ranks(0, 1, 0) and ranks.is_main and not ranks.distributed
+    assert parallel.gather("x", ranks) == ["x"] and parallel.run_on_main(lambda: 5, ranks) == 5
+    parallel.barrier(ranks)
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -82,7 +82,7 @@ def test_a_bad_torchrun_environment_is_an_input_error(monkeypatch, env, message)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(InputError, match=f"^{message}"):
-        parallel.world_from_env()
+        parallel.ranks_from_env()
 
 
 def test_run_on_main_runs_once_and_every_rank_gets_its_result_or_its_error():
@@ -92,15 +92,15 @@ def test_run_on_main_runs_once_and_every_rank_gets_its_result_or_its_error():
         calls.append(threading.current_thread().name)
         return {"claimed": len(calls)}
 
-    assert run_ranks(lambda world: parallel.run_on_main(claim, world), 3) == [{"claimed": 1}] * 3
+    assert run_ranks(lambda ranks: parallel.run_on_main(claim, ranks), 3) == [{"claimed": 1}] * 3
     assert calls == ["rank-0"]
 
     def refuse():
         raise InputError("--out: holds an earlier run")
 
-    def each(world):
+    def each(ranks):
         try:
-            parallel.run_on_main(refuse, world)
+            parallel.run_on_main(refuse, ranks)
         except InputError as exc:
             return str(exc)
         return None
@@ -109,18 +109,18 @@ def test_run_on_main_runs_once_and_every_rank_gets_its_result_or_its_error():
 
 
 def test_a_rank_that_fails_or_leaves_early_stops_the_others_waiting():
-    def broken(world):
-        if world.rank == 1:
+    def broken(ranks):
+        if ranks.rank == 1:
             raise RuntimeError("rank 1 died")
-        return parallel.gather(world.rank, world)
+        return parallel.gather(ranks.rank, ranks)
 
     with pytest.raises(RuntimeError, match="rank 1 died"):
         run_ranks(broken, 2)
 
-    def leaves(world):
-        if world.rank == 0:
+    def leaves(ranks):
+        if ranks.rank == 0:
             return None
-        return parallel.gather(world.rank, world)
+        return parallel.gather(ranks.rank, ranks)
 
     with pytest.raises(threading.BrokenBarrierError):
         run_ranks(leaves, 2)

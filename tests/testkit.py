@@ -111,10 +111,10 @@ def run_torchrun(argv: list, nproc: int = 2, timeout: int = 600) -> subprocess.C
 
 
 def run_ranks(fn: Callable[[Any], T], size: int = 2) -> list[T]:
-    """``fn(world)`` for each rank of a world of ``size`` processes, simulated by threads of this process; the
+    """``fn(ranks)`` for each rank of ``size`` processes, simulated by threads of this process; the
     results in rank order (the first error, if any rank raised, is raised).
 
-    While it runs, ``vla_lab.parallel``'s ``world_from_env`` and ``process_group`` give each thread its own
+    While it runs, ``vla_lab.parallel``'s ``ranks_from_env`` and ``process_group`` give each thread its own
     rank, and ``gather`` and ``barrier`` meet across the threads: every rank gets every rank's object in rank
     order, each a copy made through pickle, as ``torch.distributed.all_gather_object`` sends it. One rank
     runs at a time, handing over at each meeting, so a simulator or a torch setting is never used by two
@@ -152,33 +152,33 @@ def run_ranks(fn: Callable[[Any], T], size: int = 2) -> list[T]:
         finally:
             baton.acquire()
 
-    def world_from_env() -> Any:
-        return local.world
+    def ranks_from_env() -> Any:
+        return local.ranks
 
     @contextlib.contextmanager
     def process_group(device: str = "cpu") -> Iterator[Any]:
-        yield local.world
+        yield local.ranks
 
-    def gather(obj: Any, world: Any) -> list[Any]:
-        if not world.distributed:
+    def gather(obj: Any, ranks: Any) -> list[Any]:
+        if not ranks.distributed:
             return [obj]
         meet()  # every rank has read the previous gather's slots
-        slots[world.rank] = pickle.dumps(obj)
+        slots[ranks.rank] = pickle.dumps(obj)
         meet()
         return [pickle.loads(s) for s in slots]
 
-    def barrier(world: Any) -> None:
-        if world.distributed:
+    def barrier(ranks: Any) -> None:
+        if ranks.distributed:
             meet()
 
     results: list[Any] = [None] * size
     errors: list[BaseException | None] = [None] * size
 
     def rank_main(rank: int) -> None:
-        local.world = parallel.World(rank, size, rank)
+        local.ranks = parallel.Ranks(rank, size, rank)
         with baton:
             try:
-                results[rank] = fn(local.world)
+                results[rank] = fn(local.ranks)
             except BaseException as exc:
                 errors[rank] = exc
             finally:
@@ -189,7 +189,7 @@ def run_ranks(fn: Callable[[Any], T], size: int = 2) -> list[T]:
     import pytest
 
     with pytest.MonkeyPatch.context() as patch:
-        for name, replacement in (("world_from_env", world_from_env), ("process_group", process_group),
+        for name, replacement in (("ranks_from_env", ranks_from_env), ("process_group", process_group),
                                   ("gather", gather), ("barrier", barrier)):
             patch.setattr(parallel, name, replacement)
         threads = [threading.Thread(target=rank_main, args=(rank,), name=f"rank-{rank}") for rank in range(size)]
@@ -212,7 +212,7 @@ def run_cli_ranks(argv: list, size: int = 2) -> tuple[list[int], str, str]:
 
     from vla_lab.cli import main
 
-    def one_rank(world: Any) -> int:
+    def one_rank(ranks: Any) -> int:
         try:
             return main([str(a) for a in argv])
         except SystemExit as exc:
