@@ -172,6 +172,7 @@ def test_training_on_demonstrations_resumes_bit_exactly(demos, tmp_path) -> None
     assert demos_manifest(tmp_path / "resumed" / "step-00003")["resolution"] == 128
     options = {"resolution": None, "shipped": None, "checkpoint": str(straight)}
     assert camera_resolution(argparse.Namespace(**options)) == 128
+    assert camera_resolution(argparse.Namespace(**{**options, "checkpoint": None, "model": str(straight)})) == 128
     assert camera_resolution(argparse.Namespace(**{**options, "resolution": 200})) == 200
     assert camera_resolution(argparse.Namespace(**{**options, "checkpoint": None, "preset": "tiny"})) == 256
     metrics = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]

@@ -282,7 +282,7 @@ def test_eval_of_a_released_checkpoint_records_its_inputs(released_dir, tmp_path
                          (["--num-threads", "2"], "num_threads")):
         status, _, err = run_cli([*argv, *extra, "--resume"])
         line = assert_one_line_error(status, err, "eval")
-        assert f"{named} stored" in line
+        assert f": {named}: got " in line
     status, _, err = run_cli([*argv, "--num-threads", "0", "--overwrite"])
     assert "--num-threads: got 0, expected a positive integer" in assert_one_line_error(status, err, "eval")
 

@@ -167,11 +167,12 @@ def model_name(args: argparse.Namespace) -> str:
     from vla_lab import registry
 
     _registry_name(args)
-    if args.model and args.model in registry.list_models("shipped"):
-        return f"shipped {args.model}"
-    if args.model:
-        path = registry.path_of(args.model)
-        if args.model.startswith(registry.RANDOM_PREFIX) or path is None:
+    name = getattr(args, "model", None)
+    if name and name in registry.list_models("shipped"):
+        return f"shipped {name}"
+    if name:
+        path = registry.path_of(name)
+        if name.startswith(registry.RANDOM_PREFIX) or path is None:
             return options.model_source(args)
         return str(path.resolve())
     if args.checkpoint:
@@ -184,8 +185,9 @@ def _model_directory(args: argparse.Namespace) -> Path | None:
     from vla_lab import registry
 
     _registry_name(args)
-    if args.model:
-        return registry.path_of(args.model)
+    name = getattr(args, "model", None)
+    if name:
+        return registry.path_of(name)
     return Path(args.checkpoint) if args.checkpoint else None
 
 
