@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vla_lab.errors import InputError
-from vla_lab.worlds import COUNTERFACTUALS, WORLD_NAMES, World, create_world
+from vla_lab.worlds import COUNTERFACTUALS, WORLD_NAMES, Episode, World, create_world
 from vla_lab.worlds import tabletop as world
 from vla_lab.worlds.tabletop import TabletopWorld
 
@@ -24,6 +24,11 @@ def test_both_worlds_implement_the_interface(env):
     assert set(WORLD_NAMES) == {"tabletop", *world_suites()}
     with pytest.raises(InputError, match=r"^world: got 'tabletop2', expected one of \['tabletop'"):
         create_world("tabletop2")
+    physics = create_world("libero_spatial", render=False)
+    episode = Episode("libero_spatial", ("libero_spatial", 0, 0), "x", {}, spec=0)
+    with pytest.raises(InputError, match=r"^render: got a LiberoWorld without cameras"):
+        physics.reset(episode)  # refused before any simulator is built
+    assert physics.env is None
 
 
 def world_suites() -> tuple[str, ...]:

@@ -118,6 +118,9 @@ class LiberoWorld:
         return Observation([prepared["full_image"], prepared["wrist_image"]], instruction, prepared["state"])
 
     def reset(self, episode: Episode, *, regions: bool = True) -> Observation:
+        if not self.render:
+            raise InputError("render: got a LiberoWorld without cameras (render=False), expected one that renders "
+                             "to make observations (use simulator() for physics only)")
         env = self.simulator(episode)
         self.raw = env.reset(episode.key[2])
         self.steps, self.instruction = 0, episode.instruction
