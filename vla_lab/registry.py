@@ -130,12 +130,18 @@ def _mask_of(path: Path, train_config: dict[str, Any]) -> str:
     return attention if isinstance(attention, str) else "custom"
 
 
-def spec_for_path(path: str | Path, name: str | None = None, world: str = "tabletop") -> ModelSpec:
-    """The :class:`ModelSpec` of a checkpoint directory (mask and seed from its stored configuration)."""
+def _checkpoint_dir(path: str | Path) -> Path:
+    """``path`` if it holds a checkpoint (``config.json``), else the one-line error of an unknown model."""
     directory = Path(path)
     if not (directory / "config.json").is_file():
         raise InputError(f"--model: got {str(path)!r}, expected a shipped model name or a checkpoint directory "
                          "holding config.json")
+    return directory
+
+
+def spec_for_path(path: str | Path, name: str | None = None, world: str = "tabletop") -> ModelSpec:
+    """The :class:`ModelSpec` of a checkpoint directory (mask and seed from its stored configuration)."""
+    directory = _checkpoint_dir(path)
     train_config = _train_config(directory)
     seed = train_config.get("seed")
     mask = _mask_of(directory, train_config)
@@ -145,10 +151,16 @@ def spec_for_path(path: str | Path, name: str | None = None, world: str = "table
                      f"{recipe}; {architecture}" if architecture else recipe, str(directory), world=world)
 
 
+def _shipped(world: str | None = None) -> dict[str, tuple[str, Path]]:
+    """Shipped model name -> (world, directory), from the checkpoint directories alone (no file is read)."""
+    worlds = WORLDS_SHIPPED if world is None else (world,)
+    return {p.name: (w, p) for w in worlds for p in sorted(checkpoints_dir(w).iterdir())
+            if (p / "config.json").is_file()}
+
+
 def shipped_specs(world: str = "tabletop") -> list[ModelSpec]:
     """Every shipped model of ``world``, sorted by recipe, mask and seed."""
-    directory = checkpoints_dir(world)
-    specs = [spec_for_path(p, world=world) for p in directory.iterdir() if (p / "config.json").is_file()]
+    specs = [spec_for_path(path, world=world) for _, path in _shipped(world).values()]
     order = {r: i for i, r in enumerate(RECIPES)}
     return sorted(specs, key=lambda s: (order.get(s.recipe, len(order)), s.trained_with, s.seed or 0, s.name))
 
@@ -167,7 +179,7 @@ def list_models(kind: str | None = None) -> list[str]:
     kinds = ("preset", "shipped", "random-init")
     if kind is not None and kind not in kinds:
         raise InputError(f"kind: got {kind!r}, expected one of {list(kinds)}")
-    shipped = [s.name for world in WORLDS_SHIPPED for s in shipped_specs(world)]
+    shipped = list(_shipped())
     names = {"preset": sorted(PRESETS), "shipped": shipped, "random-init": [RANDOM_PREFIX + n for n in shipped]}
     return [name for k in kinds if kind in (None, k) for name in names[k]]
 
@@ -177,11 +189,11 @@ def resolve(names: list[str] | None, world: str = "tabletop") -> list[ModelSpec]
     directories (default: every shipped model of ``world``)."""
     if not names:
         return shipped_specs(world)
-    shipped = {s.name: s for w in WORLDS_SHIPPED for s in shipped_specs(w)}
+    shipped = _shipped()
     specs = []
     for name in names:
-        base = name[len(RANDOM_PREFIX):] if name.startswith(RANDOM_PREFIX) else name
-        spec = shipped.get(base) or spec_for_path(base)
+        base = name.removeprefix(RANDOM_PREFIX)
+        spec = spec_for_path(shipped[base][1], world=shipped[base][0]) if base in shipped else spec_for_path(base)
         specs.append(random_init_of(spec) if name.startswith(RANDOM_PREFIX) else spec)
     if len({s.name for s in specs}) != len(specs):
         raise InputError(f"--model: got {names}, expected distinct models")
@@ -189,8 +201,12 @@ def resolve(names: list[str] | None, world: str = "tabletop") -> list[ModelSpec]
 
 
 def path_of(name: str) -> Path | None:
-    """The checkpoint directory behind ``name`` (None for a preset: random weights)."""
-    return None if name in PRESETS else Path(resolve([name])[0].path)
+    """The checkpoint directory behind ``name`` (None for a preset: random weights); reads no checkpoint file."""
+    if name in PRESETS:
+        return None
+    base = name.removeprefix(RANDOM_PREFIX)
+    shipped = _shipped()
+    return shipped[base][1] if base in shipped else _checkpoint_dir(base)
 
 
 def create(
@@ -212,21 +228,28 @@ def create(
         weights = getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.float32
         model = build_random(VLAConfig.preset(name, **overrides), seed=seed, dtype=weights, device=device)
         return model.eval()
-    spec = resolve([name])[0]
-    return load(spec, device, prompt, attention=attention, dtype=dtype or default_dtype(spec.path))
+    path = path_of(name)
+    assert path is not None
+    return _load(path, name, name.startswith(RANDOM_PREFIX), device, prompt, attention, dtype or default_dtype(path))
 
 
 def load(spec: ModelSpec, device: str | torch.device = "cpu", prompt: str | None = None, *,
          attention: AttentionLike | None = None, dtype: torch.dtype | str = torch.float32) -> VLAAdapter:
     """The model of ``spec`` in eval mode (a random-init spec: the stored run's initial weights); ``prompt``
     and ``attention`` override its prompt and mask."""
-    model = load_pretrained(spec.path, device=device, prompt=prompt, attention=attention, dtype=dtype)
-    if spec.random_init:
-        train_config = _train_config(Path(spec.path))
-        if spec.seed is None:
-            raise InputError(f"model {spec.name}: its train_config.json names no seed, expected one to rebuild "
+    return _load(Path(spec.path), spec.name, spec.random_init, device, prompt, attention, dtype)
+
+
+def _load(path: Path, name: str, random_init: bool, device: str | torch.device, prompt: str | None,
+          attention: AttentionLike | None, dtype: torch.dtype | str) -> VLAAdapter:
+    model = load_pretrained(path, device=device, prompt=prompt, attention=attention, dtype=dtype)
+    if random_init:
+        train_config = _train_config(path)
+        seed = train_config.get("seed")
+        if not isinstance(seed, int):
+            raise InputError(f"model {name}: its train_config.json names no seed, expected one to rebuild "
                              "the initial weights")
-        initial = build_model(copy.deepcopy(model.config), seed=spec.seed,
+        initial = build_model(copy.deepcopy(model.config), seed=seed,
                               init=str(train_config.get("init", "sincos")),
                               gate=float(train_config.get("gate_init", 1.0)))
         initial.processor = model.processor
