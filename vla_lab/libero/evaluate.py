@@ -62,15 +62,6 @@ def run_episode(
     """
     result: dict[str, Any] = {"success": False, "steps": 0, "queries": 0, "error": None,
                               "policy_ms": 0.0, "sim_ms": 0.0, "reset_ms": 0.0}
-    timed = policy.chunks
-
-    def chunks(observations: Any, slots: Any) -> Any:
-        begin = time.perf_counter()
-        try:
-            return timed(observations, slots)
-        finally:
-            result["policy_ms"] += (time.perf_counter() - begin) * 1e3
-
     def keep_frame() -> None:
         if frames is not None and env.raw is not None:
             frames.append(np.ascontiguousarray(env.raw["agentview_image"][::-1, ::-1]))
@@ -85,7 +76,6 @@ def run_episode(
             keep_frame()
 
     start = time.perf_counter()
-    policy.chunks = chunks
     try:
         run = run_lockstep([env], [episode], policy, on_reset=reset, on_step=stepped)[0]
         result["success"] = run.success
@@ -93,8 +83,8 @@ def run_episode(
         result["success"] = False
         result["error"] = error_text(exc)
     finally:
-        policy.chunks = timed
         result["queries"] = policy.queries[0] if policy.queries else 0
+        result["policy_ms"] = policy.query_seconds * 1e3
     elapsed = (time.perf_counter() - start) * 1e3
     result["sim_ms"] = max(elapsed - result["reset_ms"] - result["policy_ms"], 0.0)
     for name in TIMING_FIELDS:

@@ -13,6 +13,7 @@ action needs one (the others step with ``observe=False``). An episode ends when 
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ class OpenLoop:
     """Action queues over ``chunks``: each slot executes ``execute`` actions of a chunk before it asks again.
 
     ``process`` maps a chunk to the world's action units (LIBERO's gripper convention; identity by default);
-    ``on_query`` sees every query. ``queries[slot]`` counts them since :meth:`reset`.
+    ``on_query`` sees every query. ``queries[slot]`` counts them since :meth:`reset`, and ``query_seconds`` is
+    the time spent in ``chunks`` since then.
     """
 
     def __init__(self, chunks: ChunkFn, execute: int = 8, process: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -57,6 +59,7 @@ class OpenLoop:
         """Empty queues for ``slots`` episodes."""
         self.queues: list[deque[np.ndarray]] = [deque() for _ in range(slots)]
         self.queries = [0] * slots
+        self.query_seconds = 0.0
 
     def needs_observation(self, slot: int) -> bool:
         """Whether the next action of ``slot`` needs a new chunk (so an observation)."""
@@ -70,7 +73,11 @@ class OpenLoop:
         if missing:
             raise InputError(f"observations: got none for slots {missing}, expected one for every slot that queries")
         if asking:
-            chunks = self.chunks([observations[s] for s in asking], asking)
+            start = time.perf_counter()
+            try:
+                chunks = self.chunks([observations[s] for s in asking], asking)
+            finally:
+                self.query_seconds += time.perf_counter() - start
             if len(chunks) != len(asking):
                 raise InputError(f"policy output: got {len(chunks)} chunks, expected one per observation "
                                  f"({len(asking)})")
