@@ -78,9 +78,11 @@ def check_config(config: VLAConfig) -> None:
 
 
 def stats_key(config: VLAConfig) -> str:
-    """The dataset whose statistics a world model uses (``tabletop``, else its only one)."""
-    norm_stats = config.norm_stats or {}
-    return DATASET if DATASET in norm_stats else next(iter(norm_stats))
+    """The dataset whose statistics a world model uses (:func:`vla_lab.worlds.tabletop.statistics_key`)."""
+    key = world.statistics_key(config.norm_stats or {})
+    if key is None:
+        raise InputError("norm_stats: the model needs dataset statistics (see world_statistics())")
+    return key
 
 
 # ---------------------------------------------------------------------------------------------

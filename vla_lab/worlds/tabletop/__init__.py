@@ -16,7 +16,14 @@ from vla_lab.worlds.tabletop.dynamics import (
     sample_training_example,
     step,
 )
-from vla_lab.worlds.tabletop.env import STATS_KEY, TabletopWorld, relabeled_scenes, scene_regions, verb_of
+from vla_lab.worlds.tabletop.env import (
+    STATS_KEY,
+    TabletopWorld,
+    relabeled_scenes,
+    scene_regions,
+    statistics_key,
+    verb_of,
+)
 from vla_lab.worlds.tabletop.render import (
     VIEWS,
     Observation,
@@ -98,6 +105,7 @@ __all__ = [
     "SceneObject",
     "SHAPES",
     "split_seeds",
+    "statistics_key",
     "SPLIT_SIZE",
     "SPLITS",
     "State",

@@ -29,6 +29,12 @@ from vla_lab.worlds.tabletop.scenes import (
 STATS_KEY = "tabletop"
 
 
+def statistics_key(available: Collection[str]) -> str | None:
+    """Which of a model's statistics a tabletop model uses: ``tabletop``, else its first (None without any)."""
+    keys = list(available)
+    return None if not keys else STATS_KEY if STATS_KEY in keys else keys[0]
+
+
 def verb_of(instruction: str) -> str:
     """The verb an instruction starts with (the first of :data:`VERBS` if none)."""
     return next((v for v in VERBS if instruction.startswith(v + " ")), VERBS[0])
@@ -82,9 +88,8 @@ class TabletopWorld:
         return self._max_steps
 
     def statistics_for(self, available: Collection[str]) -> str | None:
-        """``tabletop`` if the model has it, else its only statistics (None without any)."""
-        keys = list(available)
-        return None if not keys else STATS_KEY if STATS_KEY in keys else keys[0]
+        """``tabletop`` if the model has it, else its first statistics (None without any)."""
+        return statistics_key(available)
 
     def process_chunk(self, chunk: np.ndarray) -> np.ndarray:
         """The world takes a model's actions as they are."""
