@@ -234,6 +234,16 @@ def object_segmentation(env: LiberoEnv, size: int = 224) -> tuple[np.ndarray, li
     return _nearest(labels[::-1, ::-1], size), names
 
 
+def objects_of_interest(env: LiberoEnv, names: Sequence[str], hint: str = "") -> list[str]:
+    """The task's objects of interest that are objects or fixtures of the scene (``names``), in LIBERO's order;
+    LIBERO also lists regions there (e.g. a stove's front), which are not objects."""
+    wanted = [n for n in env.target_objects if n in names]
+    if not wanted:
+        raise InputError(f"task: got objects of interest {env.target_objects}, none of them an object of the "
+                         f"scene ({list(names)}){hint}")
+    return wanted
+
+
 def object_masks(env: LiberoEnv, names: Sequence[str] | None = None, size: int = 224) -> dict[str, np.ndarray]:
     """Pixel masks (size, size) bool: ``target`` (the objects ``names``, default the task's objects of
     interest that are objects or fixtures -- LIBERO also lists regions there) and ``distractors`` (every other
@@ -242,13 +252,7 @@ def object_masks(env: LiberoEnv, names: Sequence[str] | None = None, size: int =
     The region names are the tabletop world's, so :mod:`vla_lab.interp` region tools take them as they are.
     """
     labels, all_names = object_segmentation(env, size)
-    if names is None:  # LIBERO's objects of interest may include a region (e.g. a stove's front): not an object
-        wanted = [n for n in env.target_objects if n in all_names]
-        if not wanted:
-            raise InputError(f"task: got objects of interest {env.target_objects}, none of them an object of the "
-                             f"scene ({all_names}); pass names")
-    else:
-        wanted = list(names)
+    wanted = objects_of_interest(env, all_names, "; pass names") if names is None else list(names)
     unknown = [n for n in wanted if n not in all_names]
     if unknown or not wanted:
         raise InputError(f"names: got {unknown or wanted}, expected object names of the scene: {all_names}")

@@ -20,7 +20,15 @@ import numpy as np
 
 from vla_lab.errors import InputError
 from vla_lab.worlds.base import Episode, Observation, Step, check_action, check_variant
-from vla_lab.worlds.libero.env import MAX_STEPS, LiberoEnv, check_suite, num_tasks, object_segmentation, task_info
+from vla_lab.worlds.libero.env import (
+    MAX_STEPS,
+    LiberoEnv,
+    check_suite,
+    num_tasks,
+    object_segmentation,
+    objects_of_interest,
+    task_info,
+)
 from vla_lab.worlds.libero.observation import prepare_observation, process_action
 
 #: Size of the policy's square views.
@@ -30,10 +38,7 @@ POLICY_SIZE = 224
 def episode_regions(env: LiberoEnv, size: int = POLICY_SIZE) -> dict[str, np.ndarray]:
     """``target`` / ``place`` / ``distractors`` pixel masks (size, size) of the current state (module docstring)."""
     labels, names = object_segmentation(env, size)
-    wanted = [n for n in env.target_objects if n in names]
-    if not wanted:
-        raise InputError(f"task: got objects of interest {env.target_objects}, none of them an object of the "
-                         f"scene ({names})")
+    wanted = objects_of_interest(env, names)
     regions = {"target": labels == names.index(wanted[0]) + 1}
     if len(wanted) > 1:
         regions["place"] = labels == names.index(wanted[1]) + 1
