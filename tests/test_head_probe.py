@@ -155,7 +155,7 @@ def test_object_attention_ratio():
     assert row["ratio"] == pytest.approx(2.0)
     assert row["target_patches"] == int(masks["target"].sum())
     assert row["distractors_patches"] == int(masks["distractors"].sum())
-    with pytest.raises(InputError, match="scenes"):
+    with pytest.raises(InputError, match="one per sample"):
         object_attention_ratio(df.assign(sample=3), [scene])
     with pytest.raises(InputError, match="lacks"):
         object_attention_ratio(df.drop(columns="head"), [scene])

@@ -48,7 +48,9 @@ def test_reset_is_upstreams_observation_with_regions(env):
     np.testing.assert_array_equal(observation.wrist_image, again["wrist_image"])
     np.testing.assert_array_equal(observation.proprio, again["state"])
     assert observation.full_image.shape == (224, 224, 3) and observation.instruction == episode.instruction
-    regions = env.reset(episode).regions
+    views = env.reset(episode).regions
+    assert len(views) == 1  # the agentview; the wrist view has no masks
+    regions = views[0]
     assert set(regions) == {"target", "place", "distractors"}
     assert all(regions[name].shape == (224, 224) and regions[name].any() for name in regions)
     assert not (regions["target"] & regions["place"]).any()

@@ -26,7 +26,7 @@ def test_ratio_is_a_ratio_of_means() -> None:
             (1, "attribute", 0, "distractors", 0.1), (2, "attribute", 0, "distractors", 0.1),
             (1, "attribute", 1, "target", 0.1), (1, "attribute", 1, "distractors", 0.2),
         ],
-        columns=["seed", "kind", "layer", "region", "value"],
+        columns=["scene", "kind", "layer", "region", "value"],
     )
     ratios = ta.ratio_by_depth(df)
     assert ratios.loc[0] == pytest.approx(3.0) and ratios.loc[1] == pytest.approx(0.5)
@@ -44,7 +44,7 @@ def test_llm_values_are_the_action_queries_attention_on_the_objects(model) -> No
         masks = [world.object_patch_masks(scene, grid, view=v) for v in ("full", "wrist")]
         maps = [interp.patch_grid(patches, sample=b, layer=1, image=i) for i in range(2)]
         expected = np.concatenate([maps[i][masks[i]["target"]] for i in range(2)]).mean()
-        got = df[(df.seed == scene.seed) & (df.layer == 1) & (df.region == "target")]["value"].item()
+        got = df[(df.scene == scene.seed) & (df.layer == 1) & (df.region == "target")]["value"].item()
         assert got == pytest.approx(expected, rel=1e-9)
 
 
@@ -53,13 +53,16 @@ def test_head_source_and_depth_rule(model) -> None:
     assert "layer" not in head.columns
     assert set(head.block) == set(range(model.action_head.num_blocks)) and (head.value >= 0).all()
     result = ta.target_attention_ratio(model, "test", 4, selection_episodes=4)
-    validation = result["validation_ratio_by_depth"]
-    assert result["depth"] == "layer" and result["layer"] == max(validation, key=validation.get)
-    assert result["target_attention_ratio"] == result["ratio_by_depth"][result["layer"]]
+    selection = result["selection_ratio_by_depth"]
+    assert result["depth_kind"] == "layer" and result["depth"] == max(selection, key=selection.get)
+    assert result["value"] == pytest.approx(result["ratio_by_depth"][result["depth"]])
+    assert result["n"] == 4 and result["interval"].startswith("bootstrap")
+    low, high = result["ci95"]
+    assert low <= result["value"] <= high
     fixed = ta.target_attention_ratio(model, "test", 4, at=0)
-    assert fixed["layer"] == 0 and fixed["validation_ratio_by_depth"] is None
+    assert fixed["depth"] == 0 and fixed["selection_ratio_by_depth"] is None and fixed["rule"] == "given"
     blocks = ta.target_attention_ratio(model, "test", 4, source="head", selection_episodes=4)
-    assert blocks["depth"] == "block" and "layer" not in blocks  # a head block is never called a layer
-    assert blocks["block"] == max(blocks["validation_ratio_by_depth"], key=blocks["validation_ratio_by_depth"].get)
+    assert blocks["depth_kind"] == "block" and "layer" not in blocks  # a head block is never called a layer
+    assert blocks["depth"] == max(blocks["selection_ratio_by_depth"], key=blocks["selection_ratio_by_depth"].get)
     with pytest.raises(Exception, match="source"):
         ta.target_attention(model, source="vision")

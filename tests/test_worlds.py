@@ -60,14 +60,16 @@ def test_reset_is_the_rendered_start_with_the_object_regions(env):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(observation.proprio, expected.proprio)
     assert observation.instruction == episode.instruction and observation.full_image is observation.images[0]
-    pixels = world.object_pixel_masks(episode.spec)
-    regions = observation.regions
-    assert set(regions) == {"target", "distractors"}  # the tabletop has no place target
-    np.testing.assert_array_equal(regions["target"], pixels[episode.spec.target])
-    others = np.any([pixels[i] for i in episode.spec.distractors], axis=0)
-    np.testing.assert_array_equal(regions["distractors"], others & ~pixels[episode.spec.target])
-    assert regions["target"].shape == observation.full_image.shape[:2] and regions["target"].any()
-    assert env.reset(episode, regions=False).regions == {}
+    assert len(observation.regions) == len(world.VIEWS)  # one dict per view, the wrist view centred on the gripper
+    for view, regions in zip(world.VIEWS, observation.regions):
+        pixels = world.object_pixel_masks(episode.spec, view)
+        assert set(regions) == {"target", "distractors"}  # the tabletop has no place target
+        np.testing.assert_array_equal(regions["target"], pixels[episode.spec.target])
+        others = np.any([pixels[i] for i in episode.spec.distractors], axis=0)
+        np.testing.assert_array_equal(regions["distractors"], others & ~pixels[episode.spec.target])
+    assert observation.regions[0]["target"].shape == observation.full_image.shape[:2]
+    assert observation.regions[0]["target"].any()
+    assert env.reset(episode, regions=False).regions == []
 
 
 def test_stepping_the_world_is_the_lockstep_runner(env):
@@ -129,7 +131,8 @@ def test_target_swap_names_another_object_of_the_same_scene(env):
         images = env.reset(swapped).images
         for got, want in zip(images, world.render(scene).images):
             np.testing.assert_array_equal(got, want)  # same scene, same pixels
-        assert env.reset(swapped).regions["target"].tolist() == world.object_pixel_masks(scene)[changed.target].tolist()
+        target = env.reset(swapped).regions[0]["target"]
+        assert target.tolist() == world.object_pixel_masks(scene)[changed.target].tolist()
 
 
 def test_other_instruction_keeps_the_scene_and_its_target(env):

@@ -19,7 +19,7 @@ import torch
 
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.model import VLAAdapter
+from vla_lab.model import VLAAdapter, forward_inputs
 from vla_lab.worlds import Observation, World
 from vla_lab.worlds.runner import OpenLoop, QueryHook
 
@@ -54,6 +54,13 @@ class Policy(OpenLoop):
         n = self.model.config.num_images
         proprio = np.stack([o.proprio for o in observations]) if self.model.config.use_proprio else None
         return [list(o.images[:n]) for o in observations], [o.instruction for o in observations], proprio
+
+    def forward_inputs(self, observations: Sequence[Observation]) -> dict[str, torch.Tensor]:
+        """The model's forward keyword arguments for ``observations`` (one batch), prepared as :meth:`predict`
+        prepares them (views, the world's statistics for the proprio, its centre crop, the prompt)."""
+        inputs = self.model.prepare_inputs(*self.inputs(observations), unnorm_key=self.unnorm_key,
+                                           center_crop=self.world.center_crop, prompt=self.prompt)
+        return forward_inputs(inputs)
 
     def predict(self, observations: Sequence[Observation], slots: Sequence[int] = ()) -> np.ndarray:
         """(B, chunk, 7) chunks for ``observations`` (un-normalised when the model has statistics), before the

@@ -5,12 +5,15 @@
 * :mod:`.attention` -- where the LLM's attention goes (segment mass, patches, entropy, rollout, mask audit);
 * :mod:`.interventions` -- two masks on the same input, blocked paths, patched states;
 * :mod:`.head` -- the bridge-attention head: key groups, gates, task patches, ablations of its inputs;
-* :mod:`.regions` -- attention on image regions (target vs distractors).
+* :mod:`.regions` -- attention on image regions (target vs distractors);
+* :mod:`.target_attention` -- the target-attention measurement of every world (depth chosen on one set of
+  episodes, reported on another, with its interval and paired test).
 
 Every analysis returns a tidy (long) DataFrame. Depth vocabulary: ``layer`` (LLM decoder layer, 0-based),
 ``hidden_index`` (0 = embeddings), ``block`` (action-head block; block b reads hidden_index b + 1).
 """
 
+from vla_lab.interp import target_attention
 from vla_lab.interp.attention import (
     MaskAudit,
     attention_entropy,
@@ -84,6 +87,7 @@ __all__ = [
     "query_patch_attention",
     "source_patch_attention",
     "region_attention",
+    "target_attention",
     "region_values",
     "rollout_maps",
     "run_with_cache",

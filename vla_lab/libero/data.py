@@ -37,13 +37,13 @@ from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.libero.demos import MANIFEST, _require_h5py
 from vla_lab.processing import ImageProcessor, QwenTokenizer
-from vla_lab.processing.images import pixel_values
+from vla_lab.processing.images import CENTER_CROP_SCALE, pixel_values
 from vla_lab.processing.normalization import array_statistics, normalize_actions, normalize_proprio
 from vla_lab.processing.processor import right_pad
 from vla_lab.worlds.libero.observation import resize_image_for_policy
 
 #: Area fraction of the crop (upstream's random-resized-crop scale and the evaluation's centre crop).
-CROP_SCALE = 0.9
+CROP_SCALE = CENTER_CROP_SCALE
 CAMERAS = ("agentview_rgb", "eye_in_hand_rgb")
 #: Size of the images the policy is given (``prepare_observation``).
 POLICY_SIZE = 224

@@ -353,7 +353,11 @@ def _tf_sample_grid(
     return low, high, lerp.astype(np.float32), inside
 
 
-def center_crop_image(image: np.ndarray | PIL.Image.Image, scale: float = 0.9) -> PIL.Image.Image:
+#: The area fraction upstream's evaluation keeps when it centre-crops (its models train on random crops of it).
+CENTER_CROP_SCALE = 0.9
+
+
+def center_crop_image(image: np.ndarray | PIL.Image.Image, scale: float = CENTER_CROP_SCALE) -> PIL.Image.Image:
     """Crop the central ``scale`` of the area and resize back to the input size, as upstream does in TF."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
         raise InputError(f"scale: got {scale!r}, expected an area fraction in (0, 1]")
@@ -502,6 +506,7 @@ def _describe(x: Any) -> str:
 
 
 __all__ = [
+    "CENTER_CROP_SCALE",
     "RESIZE_STRATEGIES",
     "ImageProcessor",
     "pixel_values",

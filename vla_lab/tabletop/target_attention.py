@@ -1,18 +1,12 @@
-"""Does the model look at the object it was asked for? Attention on the target vs the distractors.
+"""Does a tabletop model look at the object it was asked for? The target-attention ratio on tabletop scenes.
 
-For every tabletop scene the patches covering the target and the distractor objects are known
-(:func:`vla_lab.worlds.tabletop.object_patch_masks`, via :func:`scene_masks`). At each scene's start
-observation one forward pass is captured and, per depth, the attention a source puts on each image
-patch is measured with :func:`vla_lab.interp.region_attention`:
-
-* ``source="llm"``: the action queries in the LLM (mean over the queries and over heads), per decoder ``layer``;
-* ``source="head"``: the bridge head's attention on its task keys (mean over chunk rows and heads), per
-  ``block``, with the patch positions of ``config.hidden_offset``.
-
-The target-attention ratio at a depth is mean attention per target patch / mean attention per distractor
-patch, both averaged over the scenes first (:func:`vla_lab.interp.pooled_ratio`, a ratio of means). The
-depth it is reported at is fixed by :func:`select_depth` on the ``validation`` split, never chosen on the
-split it is reported on. :func:`object_attention_ratio` is the per-scene, per-image ratio.
+The measurement is :mod:`vla_lab.interp.target_attention` (the one for every world) on the start observation
+of tabletop scenes (:class:`~vla_lab.worlds.tabletop.TabletopWorld`; both views, the wrist view centred on the
+gripper): per scene and depth the mean attention per target patch and per distractor patch of a source
+(``llm``: the action queries per decoder ``layer``; ``head``: the bridge head's task attention per ``block``).
+:func:`target_attention_ratio` chooses the depth on validation scenes and reports it on others, with a
+bootstrap interval over scenes. :func:`object_attention_ratio` is the per-scene, per-image ratio of a
+patch-attention DataFrame.
 """
 
 from __future__ import annotations
@@ -20,44 +14,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
 from vla_lab import interp
 from vla_lab.errors import InputError
-from vla_lab.interp.regions import RegionMasks
+from vla_lab.interp import target_attention as ta
 from vla_lab.model import VLAAdapter
-from vla_lab.tabletop.evaluate import scene_inputs
+from vla_lab.tabletop.evaluate import check_config, world_config
 from vla_lab.worlds import tabletop as world
 
-REGIONS = ("target", "distractors")
-#: The depth column of each source.
 #: Validation scenes behind :func:`select_depth`.
 SELECTION_EPISODES = 50
-
-
-def scene_masks(
-    scenes: Sequence[world.Scene],
-    states: Sequence[world.State] | None = None,
-    views: Sequence[str] = world.VIEWS,
-    regions: Sequence[str] = REGIONS,
-) -> RegionMasks:
-    """Region masks for :func:`vla_lab.interp.region_attention`: sample s is ``scenes[s]`` (gripper at
-    ``states[s]``, the start state when omitted; it centres the wrist view), image i the view ``views[i]``."""
-    if states is not None and len(states) != len(scenes):
-        raise InputError(f"states: got {len(states)} states, expected {len(scenes)} (one per scene)")
-
-    def masks(sample: int, image: int, grid: tuple[int, int]) -> dict[str, np.ndarray]:
-        if sample >= len(scenes):
-            raise InputError(f"scenes: got {len(scenes)} scenes, expected one per sample (sample {sample})")
-        if image >= len(views):
-            raise InputError(f"views: got {len(views)} view names, expected one for image {image}")
-        state = states[sample] if states is not None else None
-        found = world.object_patch_masks(scenes[sample], grid, view=views[image], state=state)
-        return {region: found[region] for region in regions}
-
-    return masks
+#: The columns naming a tabletop episode in :func:`target_attention`'s records.
+UNIT = ("scene",)
 
 
 def object_attention_ratio(
@@ -70,12 +40,18 @@ def object_attention_ratio(
     """Mean attention per target patch / mean attention per distractor patch, per sample, ``by`` and image.
 
     ``patch_df`` as for :func:`vla_lab.interp.region_attention` (e.g. from
-    :func:`vla_lab.interp.head_task_patch_attention`). Columns: sample, ``by``, image, view,
+    :func:`vla_lab.interp.head_task_patch_attention`); sample s is ``scenes[s]`` with the gripper at ``states[s]``
+    (default: the start state), image i the view ``views[i]``. Columns: sample, ``by``, image, view,
     target_patches, distractors_patches, target_mean, distractors_mean, ratio (NaN when a view shows no
     target or no distractor patch).
     """
-    regions = interp.region_attention(patch_df, scene_masks(scenes, states, views), by=by)
-    out = interp.scene_ratio(regions)
+    if states is not None and len(states) != len(scenes):
+        raise InputError(f"states: got {len(states)} states, expected {len(scenes)} (one per scene)")
+    at = list(states) if states is not None else [None] * len(scenes)
+    pixels = [[world.scene_regions(scene, state, view) for view in views] for scene, state in zip(scenes, at)]
+    out = interp.scene_ratio(interp.region_attention(patch_df, ta.region_masks(pixels), by=by))
+    if len(out) and int(out["image"].max()) >= len(views):
+        raise InputError(f"views: got {len(views)} view names, expected one per image")
     out.insert(3, "view", [views[i] for i in out["image"]])
     return out
 
@@ -86,71 +62,54 @@ def target_attention(
 ) -> pd.DataFrame:
     """Mean attention per target patch and per distractor patch, per scene and depth (tidy).
 
-    Columns: seed, kind, ``layer`` (source ``llm``) or ``block`` (source ``head``), region
+    Columns: scene (its seed), kind, ``layer`` (source ``llm``) or ``block`` (source ``head``), region
     (``target`` | ``distractors``), value. Both images count; a scene whose region covers no patch is
     left out of that region.
     """
     if source not in interp.SOURCES:
         raise InputError(f"source: got {source!r}, expected one of {interp.SOURCES}")
+    check_config(model.config)
+    env = world.TabletopWorld(world_config(model.config))
+    episodes = env.episodes(split, n, start)
+    values = ta.measure(model, env, [env.reset(e) for e in episodes], [source], batch_size=batch_size)
+    values.insert(0, "kind", [episodes[s].columns["kind"] for s in values["sample"]])
+    values.insert(0, "scene", [episodes[s].columns["scene"] for s in values["sample"]])
     depth = interp.SOURCE_DEPTH[source]
-    was_training = model.training
-    model.eval()
-    frames = []
-    try:
-        for lo in range(0, n, batch_size):
-            forward, scenes, _ = scene_inputs(model, split, min(batch_size, n - lo), start + lo)
-            with interp.capture(model, "segments", hidden_states=False, head=source == "head") as cache:
-                model(**forward)
-            regions = interp.region_attention(interp.source_patch_attention(cache, source, model.config.hidden_offset),
-                                            scene_masks(scenes), by=depth)
-            values = interp.region_values(regions)
-            values.insert(0, "kind", [scenes[s].kind for s in values["sample"]])
-            values.insert(0, "seed", [scenes[s].seed for s in values["sample"]])
-            frames.append(values.drop(columns="sample"))
-    finally:
-        model.train(was_training)
-    columns = ["seed", "kind", depth, "region", "value"]
-    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+    return values.rename(columns={"depth": depth})[["scene", "kind", depth, "region", "value"]]
+
+
+def _table(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`target_attention`'s records -> :func:`vla_lab.interp.target_attention.per_unit`'s table."""
+    depth = interp.depth_column(df)
+    return ta.per_unit(df.rename(columns={depth: "depth"}), UNIT)
 
 
 def ratio_by_depth(df: pd.DataFrame) -> pd.Series:
     """Target-attention ratio per layer or block: mean over scenes per target patch / per distractor patch."""
-    return interp.pooled_ratio(df).rename("target_attention_ratio")
+    return ta.ratio_by_depth(_table(df))
 
 
 def select_depth(model: VLAAdapter, source: str = "llm", n: int = SELECTION_EPISODES) -> tuple[int, pd.Series]:
     """The layer (``llm``) or block (``head``) with the highest ratio on ``n`` validation scenes (the rule; apply
     it before testing)."""
-    ratios = ratio_by_depth(target_attention(model, "validation", n, source=source))
-    return int(ratios.idxmax()), ratios
+    return ta.select_depth(_table(target_attention(model, "validation", n, source=source)))
 
 
 def target_attention_ratio(
     model: VLAAdapter, split: str = "test", n: int = 200, *, source: str = "llm", at: int | None = None,
-    selection_episodes: int = SELECTION_EPISODES,
+    selection_episodes: int = SELECTION_EPISODES, seed: int = 0,
 ) -> dict[str, Any]:
-    """The ratio on ``n`` scenes of ``split`` at depth ``at`` (default: :func:`select_depth` on validation).
+    """The ratio on ``n`` scenes of ``split`` at depth ``at`` (default: the highest ratio on
+    ``selection_episodes`` validation scenes), with a 95 % bootstrap interval over scenes (``seed``).
 
-    The depth is an LLM ``layer`` for ``source="llm"`` and a head ``block`` for ``source="head"``
-    (:data:`vla_lab.interp.SOURCE_DEPTH`); the result names it by its kind. Returns ``{"source", "depth"
-    (``layer`` or ``block``), <that kind>: the index, "depth_rule", "target_attention_ratio", "ratio_by_depth",
-    "validation_ratio_by_depth"}``; ``ratio_by_depth`` (every depth of ``split``) is for inspection only.
+    Returns :meth:`RatioReport.to_dict <vla_lab.interp.target_attention.RatioReport.to_dict>` with ``source`` and
+    ``depth_kind`` (``layer`` for ``llm``, ``block`` for ``head``): depth, rule, value, ci95, n, interval,
+    ratio_by_depth (every depth of ``split``, for inspection only), selection_ratio_by_depth.
     """
-    validation = None
-    rule = "given"
+    if source not in interp.SOURCES:
+        raise InputError(f"source: got {source!r}, expected one of {interp.SOURCES}")
+    selection = None
     if at is None:
-        at, validation = select_depth(model, source, selection_episodes)
-        rule = f"argmax of the ratio on {selection_episodes} validation scenes"
-    ratios = ratio_by_depth(target_attention(model, split, n, source=source))
-    depth = interp.SOURCE_DEPTH[source]
-    if at not in ratios.index:
-        raise InputError(f"at: got {at}, expected a {depth} in {list(ratios.index)}")
-    return {
-        "source": source,
-        "depth": depth,
-        depth: int(at),
-        "depth_rule": rule,
-        "target_attention_ratio": float(ratios.loc[at]),
-        "ratio_by_depth": {int(k): float(v) for k, v in ratios.items()},
-        "validation_ratio_by_depth": None if validation is None else {int(k): float(v) for k, v in validation.items()},
-    }
+        selection = _table(target_attention(model, "validation", selection_episodes, source=source))
+    result = ta.report(_table(target_attention(model, split, n, source=source)), selection, at=at, seed=seed)
+    return {"source": source, "depth_kind": interp.SOURCE_DEPTH[source], **result.to_dict()}

@@ -6,7 +6,7 @@ which pixels show which object. Models act in it from above (:mod:`vla_lab.model
 * :class:`Episode` -- one episode of a world: a sortable ``key`` (unique within the world), the
   instruction, the record columns that identify it, and which counterfactual it is (``variant``);
 * :class:`Observation` -- the policy's views (in ``VLAConfig.num_images`` order), instruction, 8-d proprio
-  and, when asked, pixel masks of :data:`REGIONS` in the frame of the first view;
+  and, when asked, pixel masks of :data:`REGIONS` per view;
 * :class:`World` -- the protocol: :meth:`~World.episodes` of a selection, :meth:`~World.reset` to an
   episode, :meth:`~World.step` with a 7-d action, :meth:`~World.counterfactual` episodes, ``max_steps``
   and the ``stats_key`` of its actions' statistics.
@@ -57,12 +57,13 @@ class Episode:
 @dataclass
 class Observation:
     """What a policy sees: ``images`` (uint8 (H, W, 3), primary view first), the instruction, the 8-d
-    ``proprio``; ``regions`` (bool (H, W) masks of :data:`REGIONS` over ``images[0]``) when asked for."""
+    ``proprio``; when asked for, ``regions``: per image (in ``images`` order; a world may stop early when the
+    later views have none) bool (H, W) masks of the :data:`REGIONS` that image shows."""
 
     images: list[np.ndarray]
     instruction: str
     proprio: np.ndarray
-    regions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    regions: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
 
     @property
     def full_image(self) -> np.ndarray:

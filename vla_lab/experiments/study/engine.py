@@ -37,7 +37,9 @@ from vla_lab.model import VLAAdapter
 from vla_lab.registry import ModelSpec
 from vla_lab.run_dir import RunDir
 from vla_lab.stats import PairedTest, bootstrap_interval, ratio_of_means_interval, wilson_interval
+from vla_lab.worlds import Episode, Observation, World, create_world
 from vla_lab.worlds import tabletop as world
+from vla_lab.worlds.libero.env import check_suite
 
 STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR = "study.json", "records.parquet", "summary.json", "parts"
 MARKERS = (STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR)
@@ -45,7 +47,8 @@ MARKERS = (STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR)
 FREE_SETTINGS = ("device", "num_threads")
 #: Columns every record starts with.
 MODEL_COLUMNS = ("model", "trained_with", "model_seed", "recipe", "random_init")
-SCENE_COLUMNS = ("split", "scene", "kind")
+#: The worlds a study runs in (``--world``).
+STUDY_WORLDS = ("tabletop", "libero")
 
 
 @dataclass
@@ -61,10 +64,19 @@ class StudySettings:
     per process (0: torch's default): matrix products can round differently with another thread count,
     so the records of N processes equal those of one at the same count (torchrun's default is 1).
     ``prompt`` overrides every model's prompt (None: each model's own).
+
+    ``world`` is ``tabletop`` (scenes as above) or ``libero``: the episodes of ``suite`` (default
+    libero_spatial), ``tasks`` (default every task) and ``init_states`` (reported; default 40-49, held out from
+    training), with ``selection_states`` (default 0-4, training init states) for studies that select.
     """
 
     study: str
     models: list[str] = field(default_factory=list)
+    world: str = "tabletop"
+    suite: str | None = None
+    tasks: list[int] | None = None
+    init_states: list[int] | None = None
+    selection_states: list[int] | None = None
     scenes: int = 200
     split: str = "test"
     start: int = 0
@@ -98,7 +110,47 @@ class StudySettings:
                 raise InputError(f"--{name.replace('_', '-')}: got {value!r}, expected a positive integer")
         if self.split not in ("test", "validation"):
             raise InputError(f"--split: got {self.split!r}, expected 'test' or 'validation'")
-        world.split_seeds(self.split, self.scenes, self.start)
+        if self.world not in STUDY_WORLDS:
+            raise InputError(f"--world: got {self.world!r}, expected one of {list(STUDY_WORLDS)}")
+        study = STUDIES[self.study]
+        if self.world not in study.worlds:
+            raise InputError(f"--world: got {self.world!r} for {self.study}, expected one of {list(study.worlds)} "
+                             "(the study is not written for that world yet)")
+        if self.world == "tabletop":
+            for name in ("suite", "tasks", "init_states", "selection_states"):
+                if getattr(self, name) is not None:
+                    raise InputError(f"--{name.replace('_', '-')}: got {getattr(self, name)!r}, expected it only "
+                                     "with --world libero")
+            world.split_seeds(self.split, self.scenes, self.start)
+            return
+        defaults = StudySettings.__dataclass_fields__
+        for name in ("scenes", "start", "validation_scenes", "closed_loop_scenes", "split"):
+            if getattr(self, name) != defaults[name].default:
+                raise InputError(f"--{name.replace('_', '-')}: got {getattr(self, name)!r}, expected it only with "
+                                 "--world tabletop (LIBERO episodes are --tasks x --init-states)")
+        self.suite = check_suite(self.suite or "libero_spatial", "--suite")
+        self.init_states = list(range(40, 50)) if self.init_states is None else [int(i) for i in self.init_states]
+        self.selection_states = (list(range(5)) if self.selection_states is None
+                                 else [int(i) for i in self.selection_states])
+        for name in ("tasks", "init_states", "selection_states"):
+            values = getattr(self, name)
+            if values is not None and (not values or any(isinstance(v, bool) or int(v) < 0 for v in values)):
+                raise InputError(f"--{name.replace('_', '-')}: got {values!r}, expected non-negative integers")
+
+    @property
+    def world_name(self) -> str:
+        """The world's name in :func:`vla_lab.worlds.create_world` (``tabletop`` or the LIBERO suite)."""
+        return "tabletop" if self.world == "tabletop" else str(self.suite)
+
+    @property
+    def report_split(self) -> str:
+        """The ``split`` of the records a study reports on."""
+        return self.split if self.world == "tabletop" else "report"
+
+    @property
+    def selection_split(self) -> str:
+        """The ``split`` of the records a study selects on (before it looks at the reported ones)."""
+        return "validation" if self.world == "tabletop" else "selection"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,15 +158,41 @@ class StudySettings:
 
 @dataclass(frozen=True)
 class Unit:
-    """``seeds`` of one ``split``: the smallest piece of work, written as one part file."""
+    """Episodes of one ``split`` (their :attr:`Episode.key <vla_lab.worlds.Episode.key>`): the smallest piece of
+    work, written as one part file."""
 
     index: int
     split: str
-    seeds: tuple[int, ...]
+    keys: tuple[tuple[Any, ...], ...]
 
     @property
     def name(self) -> str:
         return f"{self.index:05d}-{self.split}"
+
+
+class UnitEpisodes:
+    """A unit's episodes in one world (built for one model's configuration): the episodes, their first
+    observations (with region masks; made once, shared by the models that act in the same world)."""
+
+    def __init__(self, env: World, episodes: list[Episode]) -> None:
+        self.world, self.episodes = env, episodes
+        self._first: list[Observation] | None = None
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def first_observations(self) -> list[Observation]:
+        """Each episode's observation after :meth:`World.reset <vla_lab.worlds.World.reset>` (with regions)."""
+        if self._first is None:
+            self._first = [self.world.reset(e) for e in self.episodes]
+        return self._first
+
+    @property
+    def scenes(self) -> list[world.Scene]:
+        """The tabletop scenes of the episodes (a one-line error in another world)."""
+        if not all(isinstance(e.spec, world.Scene) for e in self.episodes):
+            raise InputError(f"world: got {self.world.name!r}, expected tabletop scenes for this study")
+        return [e.spec for e in self.episodes]
 
 
 @dataclass
@@ -149,28 +227,42 @@ class Study:
 
     name: str = ""
     description: str = ""
-    #: Whether the study also measures validation scenes (for a selection made before testing).
+    #: Whether the study also measures selection episodes (validation scenes, training init states) for a
+    #: selection made before it looks at the reported ones.
     uses_validation: bool = False
+    #: The worlds the study is written for.
+    worlds: tuple[str, ...] = ("tabletop",)
 
     def model_specs(self, specs: list[ModelSpec]) -> list[ModelSpec]:
         """The models measured (default: those given)."""
         return specs
 
     def units(self, settings: StudySettings) -> list[Unit]:
-        """Validation units (when the study selects on them) then test units, ``batch_size`` seeds each."""
+        """Selection units (when the study selects on them) then reported units, ``batch_size`` episodes each."""
         splits = []
-        if self.uses_validation and settings.validation_scenes:
-            splits.append(("validation", list(world.split_seeds("validation", settings.validation_scenes))))
-        splits.append((settings.split, list(world.split_seeds(settings.split, settings.scenes, settings.start))))
+        if settings.world == "tabletop":
+            if self.uses_validation and settings.validation_scenes:
+                splits.append(("validation", [("validation", s) for s in
+                                              world.split_seeds("validation", settings.validation_scenes)]))
+            splits.append((settings.split, [(settings.split, s) for s in
+                                            world.split_seeds(settings.split, settings.scenes, settings.start)]))
+        else:
+            env = create_world(settings.world_name)
+            if self.uses_validation:
+                splits.append(("selection", [e.key for e in env.episodes(tasks=settings.tasks,
+                                                                         init_states=settings.selection_states)]))
+            splits.append(("report", [e.key for e in env.episodes(tasks=settings.tasks,
+                                                                 init_states=settings.init_states)]))
         units: list[Unit] = []
-        for split, seeds in splits:
-            for lo in range(0, len(seeds), settings.batch_size):
-                units.append(Unit(len(units), split, tuple(seeds[lo : lo + settings.batch_size])))
+        for split, keys in splits:
+            for lo in range(0, len(keys), settings.batch_size):
+                units.append(Unit(len(units), split, tuple(keys[lo : lo + settings.batch_size])))
         return units
 
-    def records(self, model: VLAAdapter, spec: ModelSpec, scenes: list[world.Scene], settings: StudySettings,
+    def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:
-        """Per-scene records of one model on one unit's scenes (a ``scene`` column, the study's columns)."""
+        """Per-episode records of one model on one unit's episodes: an ``episode`` column (the index into
+        ``episodes``; the engine replaces it by the columns naming the episode), then the study's columns."""
         raise NotImplementedError
 
     def summarize(self, records: pd.DataFrame, settings: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -277,19 +369,52 @@ def _plain(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
+class Worlds:
+    """The worlds of a run, one per model configuration that changes what a world shows (the tabletop renders at
+    the model's image size and plans its chunk), and each unit's episodes in them (observations made once)."""
+
+    def __init__(self, settings: StudySettings) -> None:
+        self.settings = settings
+        self._worlds: dict[Any, World] = {}
+
+    def get(self, model: VLAAdapter) -> World:
+        if self.settings.world == "tabletop":
+            key: Any = (model.config.vision.image_size, model.config.robot.chunk)
+            if key not in self._worlds:
+                self._worlds[key] = world.TabletopWorld(world.WorldConfig(image_size=key[0], chunk=key[1]))
+        else:
+            key = self.settings.world_name
+            if key not in self._worlds:
+                self._worlds[key] = create_world(key)
+        return self._worlds[key]
+
+    def episodes(self, env: World, unit: Unit) -> UnitEpisodes:
+        if isinstance(env, world.TabletopWorld):
+            return UnitEpisodes(env, [env.episode(*key) for key in unit.keys])
+        return UnitEpisodes(env, [env.episode(*key[1:]) for key in unit.keys])  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for env in self._worlds.values():
+            env.close()
+        self._worlds.clear()
+
+
 def _unit_records(study: Study, loaded: list[tuple[ModelSpec, VLAAdapter]], unit: Unit,
-                  settings: StudySettings) -> pd.DataFrame:
+                  settings: StudySettings, worlds: Worlds) -> pd.DataFrame:
     frames = []
+    shared: dict[int, UnitEpisodes] = {}
     for spec, model in loaded:
-        config = world.WorldConfig(image_size=model.config.vision.image_size, chunk=model.config.robot.chunk)
-        scenes = [world.sample_scene(seed, config) for seed in unit.seeds]
+        env = worlds.get(model)
+        if id(env) not in shared:
+            shared[id(env)] = worlds.episodes(env, unit)
+        episodes = shared[id(env)]
         with torch.inference_mode():
-            part = study.records(model, spec, scenes, settings, unit)
-        kinds = {s.seed: s.kind for s in scenes}
-        part.insert(0, "kind", [kinds[int(s)] for s in part["scene"]])
-        part.insert(0, "split", unit.split)
-        scene = part.pop("scene")
-        part.insert(1, "scene", scene.astype("int64"))
+            part = study.records(model, spec, episodes, settings, unit)
+        named = pd.DataFrame([{"split": unit.split, **episodes.episodes[int(i)].columns} for i in part["episode"]],
+                             index=part.index)
+        if "scene" in named.columns:
+            named["scene"] = named["scene"].astype("int64")
+        part = pd.concat([named, part.drop(columns="episode")], axis=1)
         for i, column in enumerate(MODEL_COLUMNS):
             value = {"model": spec.name, "trained_with": spec.trained_with, "model_seed": spec.seed,
                      "recipe": spec.recipe, "random_init": spec.random_init}[column]
@@ -337,7 +462,7 @@ def run_study(
     study = STUDIES[settings.study]
     place = ranks or parallel.ranks_from_env()
     directory = Path(out) if out is not None else None
-    specs = study.model_specs(registry.resolve(settings.models))
+    specs = study.model_specs(registry.resolve(settings.models, world=settings.world_name))
     claimed: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if directory is not None:
         run = study_run_dir(directory)
@@ -358,6 +483,7 @@ def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], director
     stored = settings.to_dict()
     device = str(resolve_device(parallel.device_for(settings.device, place), "--device"))
     loaded = [(spec, registry.load(spec, device, settings.prompt)) for spec in specs]
+    worlds = Worlds(settings)
     units = study.units(settings)
     mine = [u for u in units if u.index in set(parallel.shard([u.index for u in units], place))]
     bar = None
@@ -372,7 +498,7 @@ def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], director
             if path is not None and path.exists():
                 done[unit.index] = _load_part(path)
             else:
-                done[unit.index] = _unit_records(study, loaded, unit, settings)
+                done[unit.index] = _unit_records(study, loaded, unit, settings, worlds)
                 if path is not None:
                     _write_part(path, done[unit.index])
             if on_unit is not None:
@@ -380,6 +506,7 @@ def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], director
             if bar is not None:
                 bar.update(1)
     finally:
+        worlds.close()
         if bar is not None:
             bar.close()
     gathered: dict[int, pd.DataFrame] = {}

@@ -33,6 +33,7 @@ from vla_lab.experiments.study.engine import (
     Study,
     StudySettings,
     Unit,
+    UnitEpisodes,
     closed_loop_mask,
     frame,
     mean_row,
@@ -112,8 +113,9 @@ class Knockout(Study):
     name = "knockout"
     description = "block vision/text -> queries, queries -> vision/text, prefix-lm, random-key controls"
 
-    def records(self, model: VLAAdapter, spec: ModelSpec, scenes: list[world.Scene], settings: StudySettings,
+    def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:
+        scenes = episodes.scenes
         base = model.attention
         start = [world.render(s) for s in scenes]
         inputs = observation_inputs(model, start)
@@ -137,10 +139,10 @@ class Knockout(Study):
             delta = np.abs(out.normalized_actions.float().cpu().numpy() - base_actions).mean(axis=(1, 2))
             if looped and (changes or condition == "none"):
                 closed[condition] = self._episodes(model, scenes, looped, options, settings)
-            episodes = closed.get(condition) or closed.get("none") or {}
-            for b, scene in enumerate(scenes):
-                episode = episodes.get(b)
-                rows.append({"scene": scene.seed, "condition": condition, "changes_mask": changes,
+            looped_records = closed.get(condition) or closed.get("none") or {}
+            for b in range(len(scenes)):
+                episode = looped_records.get(b)
+                rows.append({"episode": b, "condition": condition, "changes_mask": changes,
                              "blocked_keys": per_scene[b], **where[b], "delta_action": float(delta[b]),
                              "success": pd.NA if episode is None else episode["success"],
                              "outcome": pd.NA if episode is None else episode["outcome"],

@@ -15,6 +15,7 @@ from vla_lab.experiments.study.engine import (
     Study,
     StudySettings,
     Unit,
+    UnitEpisodes,
     frame,
     mean_row,
     model_keys,
@@ -27,7 +28,6 @@ from vla_lab.experiments.study.engine import (
 from vla_lab.model import VLAAdapter
 from vla_lab.registry import ModelSpec
 from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
-from vla_lab.worlds import tabletop as world
 
 MASKS = ("causal", "bidirectional")
 
@@ -44,19 +44,20 @@ class MaskSwap(Study):
     name = "mask-swap"
     description = "each model under its own and the other LLM mask: success, action L1, paired tests"
 
-    def records(self, model: VLAAdapter, spec: ModelSpec, scenes: list[world.Scene], settings: StudySettings,
+    def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:
+        scenes = episodes.scenes
         frames = []
         for condition in conditions_for(spec.trained_with):
             with using_attention(model, condition):
-                episodes, first = tabletop.evaluate_scenes(model, scenes, settings.execute, settings.max_steps)
+                results, first = tabletop.evaluate_scenes(model, scenes, settings.execute, settings.max_steps)
             part = pd.DataFrame({
-                "scene": [s.seed for s in scenes],
+                "episode": range(len(scenes)),
                 "condition": condition,
                 "own_mask": condition == spec.trained_with,
-                "success": [e["success"] for e in episodes],
-                "outcome": [e["outcome"] for e in episodes],
-                "steps": [e["steps"] for e in episodes],
+                "success": [e["success"] for e in results],
+                "outcome": [e["outcome"] for e in results],
+                "steps": [e["steps"] for e in results],
                 "action_l1": first,
             })
             frames.append(part)

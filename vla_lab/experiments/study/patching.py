@@ -37,6 +37,7 @@ from vla_lab.experiments.study.engine import (
     Study,
     StudySettings,
     Unit,
+    UnitEpisodes,
     closed_loop_mask,
     frame,
     mean_row,
@@ -171,9 +172,11 @@ class Patching(Study):
     name = "patching"
     description = "counterfactual target swap (instruction or scene), states patched per depth and segment"
 
-    def records(self, model: VLAAdapter, spec: ModelSpec, scenes: list[world.Scene], settings: StudySettings,
+    def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:
+        scenes = episodes.scenes
         rows: list[dict[str, Any]] = []
+        position = {scene.seed: i for i, scene in enumerate(scenes)}
         for counterfactual in COUNTERFACTUALS:
             pairs: list[Pair] = []
             for scene in scenes:
@@ -192,14 +195,14 @@ class Patching(Study):
             for condition in conditions(model):
                 normalized, valid = _run(model, clean, cf, condition)
                 cos_new, cos_old = _cosines(model, normalized, pairs)
-                episodes = self._episodes(model, looped, condition, settings) if looped else {}
+                looped_records = self._episodes(model, looped, condition, settings) if looped else {}
                 kind, hidden_index, segment = condition
                 for b, pair in enumerate(pairs):
-                    row = {"scene": pair.clean.seed, "counterfactual": counterfactual, "condition": kind,
+                    row = {"episode": position[pair.clean.seed], "counterfactual": counterfactual, "condition": kind,
                            "hidden_index": hidden_index, "segment": segment, "valid": valid[b],
                            "cos_new": cos_new[b] if valid[b] else np.nan, "cos_old": cos_old[b] if valid[b] else np.nan,
                            "success_new": pd.NA, "outcome": pd.NA}
-                    episode = episodes.get(pair.clean.seed)
+                    episode = looped_records.get(pair.clean.seed)
                     if episode is not None and valid[b] and episode["valid"]:
                         row.update(success_new=episode["success"], outcome=episode["outcome"])
                     rows.append(row)

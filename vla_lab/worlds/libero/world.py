@@ -131,7 +131,7 @@ class LiberoWorld:
         self.steps, self.instruction = 0, episode.instruction
         observation = self._observation(episode.instruction)
         if regions:
-            observation.regions = episode_regions(env)
+            observation.regions = [episode_regions(env)]  # the wrist view has no masks
         return observation
 
     def step(self, action: Sequence[float] | np.ndarray, *, observe: bool = True) -> Step:

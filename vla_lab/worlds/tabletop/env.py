@@ -11,7 +11,7 @@ import numpy as np
 from vla_lab.errors import InputError
 from vla_lab.worlds.base import Episode, Observation, Step, check_action, check_variant
 from vla_lab.worlds.tabletop.dynamics import step
-from vla_lab.worlds.tabletop.render import object_pixel_masks, render
+from vla_lab.worlds.tabletop.render import VIEWS, object_pixel_masks, render
 from vla_lab.worlds.tabletop.scenes import (
     SPLIT_SIZE,
     SPLITS,
@@ -58,10 +58,10 @@ def relabeled_scenes(scene: Scene, rng: np.random.Generator) -> list[Scene]:
     return out
 
 
-def scene_regions(scene: Scene, state: State | None = None) -> dict[str, np.ndarray]:
-    """Pixel masks of the full view: ``target`` and ``distractors`` (every other object, target pixels
-    excluded); the world has no place target."""
-    pixels = object_pixel_masks(scene, "full", state)
+def scene_regions(scene: Scene, state: State | None = None, view: str = "full") -> dict[str, np.ndarray]:
+    """Pixel masks of one view (the wrist view centred on ``state``): ``target`` and ``distractors`` (every
+    other object, target pixels excluded); the world has no place target."""
+    pixels = object_pixel_masks(scene, view, state)
     target = pixels[scene.target]
     others = np.zeros_like(target)
     for i in scene.distractors:
@@ -117,7 +117,7 @@ class TabletopWorld:
         self.state = initial_state(self.scene)
         observation = render(self.scene, self.state)
         if regions:
-            observation.regions = scene_regions(self.scene, self.state)
+            observation.regions = [scene_regions(self.scene, self.state, view) for view in VIEWS]
         return observation
 
     def step(self, action: Sequence[float] | np.ndarray, *, observe: bool = True) -> Step:
