@@ -35,11 +35,13 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
         assert sum(kind["num_episodes"] for kind in model["by_kind"].values()) == 4
         assert model["action_l1"] >= 0 and model["target_attention_ratio"] > 0
         rule = model["target_attention"]["llm_action_queries"]
-        validation = rule["validation_ratio_by_depth"]  # JSON keys are strings
-        assert str(rule["layer"]) == max(validation, key=validation.get)
+        validation = rule["selection_ratio_by_depth"]  # JSON keys are strings
+        assert rule["depth_kind"] == "layer" and str(rule["depth"]) == max(validation, key=validation.get)
+        low, high = model["target_attention_ratio_ci95"]  # bootstrap over the test scenes
+        assert low <= model["target_attention_ratio"] <= high
         assert summary["random_baseline"][mask]["target_attention_ratio"] > 0
         head = model["target_attention"]["head_task_attention"]
-        assert head["depth"] == "block" and "layer" not in head
+        assert head["depth_kind"] == "block" and "layer" not in head
         names = {p.split("/")[-1] for p in model["figures"]}
         assert {"action_query_target_overlay.png", "segment_mass_layers.png", "mode_difference.png"} <= names
         assert all((tmp_path / "demo").joinpath(*p.split(str(out) + "/")[-1].split("/")).exists()

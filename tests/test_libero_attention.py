@@ -1,5 +1,6 @@
-"""Target attention on LIBERO frames (vla_lab.libero.target_attention), without the simulator: real frames
-from tests/data with hand-made object masks."""
+"""Target attention on LIBERO (vla_lab.interp.target_attention, the measurement of every world): on real frames
+from tests/data with hand-made region masks (no simulator), then ``vla-lab study target-attention --world libero``
+on the simulator's episodes."""
 
 from __future__ import annotations
 
@@ -7,17 +8,20 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from vla_lab import registry
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.libero import target_attention as ta
+from vla_lab.interp import target_attention as ta
 from vla_lab.model import VLAAdapter
+from vla_lab.worlds import Observation
+from vla_lab.worlds.libero.world import LiberoWorld
 
 DATA = Path(__file__).parent / "data"
 SCENES = ("libero_spatial_0", "libero_object_3", "libero_goal_5", "libero_10_1")
+needs_libero = pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="LIBERO is not installed")
 
 
 def stats() -> dict:
@@ -27,7 +31,7 @@ def stats() -> dict:
     return {"libero_spatial": {"action": entry, "proprio": proprio, "num_transitions": 1, "num_trajectories": 1}}
 
 
-def observations(swap: bool = False) -> list[dict]:
+def observations(swap: bool = False) -> list[Observation]:
     frames = np.load(DATA / "libero_sim_fixtures.npz")
     out = []
     for i, scene in enumerate(SCENES):
@@ -35,12 +39,11 @@ def observations(swap: bool = False) -> list[dict]:
         target[50:80, 30 + 30 * i : 90 + 30 * i] = True  # patch rows 1-2 of the 6x6 grid
         distractors = np.zeros((224, 224), dtype=bool)
         distractors[150:190, 20 + 20 * i : 120 + 20 * i] = True  # rows 4-5: never the target's patches
-        masks = {"target": distractors, "distractors": target} if swap else {"target": target,
-                                                                             "distractors": distractors}
-        out.append({"suite": "libero_spatial", "task": i, "init_state": 40 + i, "instruction":
-                    "pick up the black bowl between the plate and the ramekin and place it on the plate",
-                    "full_image": frames[f"{scene}_full_image"], "wrist_image": frames[f"{scene}_wrist_image"],
-                    "state": frames[f"{scene}_state"], "masks": masks})
+        regions = {"target": distractors, "distractors": target} if swap else {"target": target,
+                                                                               "distractors": distractors}
+        out.append(Observation([frames[f"{scene}_full_image"], frames[f"{scene}_wrist_image"]],
+                               "pick up the black bowl between the plate and the ramekin and place it on the plate",
+                               frames[f"{scene}_state"], [regions]))
     return out
 
 
@@ -50,120 +53,125 @@ def model() -> VLAAdapter:
     return VLAAdapter(VLAConfig.preset("libero-small", norm_stats=stats())).eval()
 
 
-def test_the_crop_keeps_the_centre_and_drops_the_border() -> None:
+def table(values: pd.DataFrame, tasks: list[int]) -> pd.DataFrame:
+    """Per-unit table with a task per sample (two init states per task when ``tasks`` repeats)."""
+    named = values.assign(task=[tasks[s] for s in values["sample"]], init_state=values["sample"])
+    return ta.per_unit(named[named["source"] == "llm"], ["task", "init_state"])
+
+
+def test_the_crop_keeps_the_centre_and_a_patch_goes_to_the_first_region_it_shows() -> None:
     mask = np.zeros((224, 224), dtype=bool)
     mask[112, 112] = mask[2, 2] = True
     cropped = ta.crop_mask(mask)
     assert cropped[111:114, 111:114].any() and not cropped[:6, :6].any()
     full = np.ones((224, 224), dtype=bool)
-    patches = ta.patch_masks({"target": full, "distractors": full}, (6, 6))
-    assert patches["target"].all() and not patches["distractors"].any()  # a target patch is never a distractor
+    patches = ta.patch_regions({"target": full, "place": full, "distractors": full}, (6, 6), center_crop=True)
+    assert patches["target"].all() and not patches["place"].any() and not patches["distractors"].any()
+    place = np.zeros_like(full)
+    place[:, 112:] = True
+    split = ta.patch_regions({"target": np.zeros_like(full), "place": place, "distractors": full}, (6, 6))
+    assert split["place"][:, 3:].all() and split["distractors"][:, :3].all() and not split["distractors"][:, 3:].any()
+    with pytest.raises(InputError, match="regions: got \\['bowl'\\]"):
+        ta.patch_regions({"bowl": full}, (6, 6))
 
 
-def test_patch_masks_follow_the_model_grid() -> None:
+def test_patch_regions_follow_the_model_grid() -> None:
     target = np.zeros((224, 224), dtype=bool)
     target[100:124, 100:124] = True  # the centre: patches (2..3, 2..3) of a 6x6 grid
-    patches = ta.patch_masks({"target": target, "distractors": np.zeros_like(target)}, (6, 6))
+    patches = ta.patch_regions({"target": target, "distractors": np.zeros_like(target)}, (6, 6), center_crop=True)
     assert set(zip(*np.nonzero(patches["target"]))) <= {(2, 2), (2, 3), (3, 2), (3, 3)}
     assert patches["target"].sum() >= 1
 
 
 def test_ratio_per_layer_and_its_inverse_when_the_regions_swap(model) -> None:
-    values = ta.target_attention(model, observations())
-    assert set(values["layer"]) == set(range(model.config.llm["num_hidden_layers"]))
+    world = LiberoWorld("libero_spatial")
+    values = ta.measure(model, world, observations(), ["llm"])
+    assert set(values["depth"]) == set(range(model.config.llm["num_hidden_layers"]))
     assert set(values["region"]) == {"target", "distractors"} and len(values) == 4 * 4 * 2
-    ratios = ta.ratio_by_depth(values)
-    swapped = ta.ratio_by_depth(ta.target_attention(model, observations(swap=True)))
-    # The regions cover disjoint patches, so naming them the other way round inverts the ratio exactly.
+    assert values["head"].isna().all()  # head means only unless heads=True
+    ratios = ta.ratio_by_depth(table(values, [0, 1, 2, 3]))
+    swapped = ta.ratio_by_depth(table(ta.measure(model, world, observations(swap=True), ["llm"]), [0, 1, 2, 3]))
+    masks = ta.region_masks([o.regions for o in observations()], center_crop=True)
     for sample in range(4):
-        a = ta.observation_masks(observations())(sample, 0, (6, 6))
-        b = ta.observation_masks(observations(swap=True))(sample, 0, (6, 6))
-        assert (a["target"] == b["distractors"]).all() and (a["distractors"] == b["target"]).all()
+        a = masks(sample, 0, (6, 6))
         assert a["target"][1:3].any() and not a["target"][3:].any() and a["distractors"][4:].any()
+        assert masks(sample, 1, (6, 6)) == {}  # the wrist image has no regions
+    # The regions cover disjoint patches, so naming them the other way round inverts the ratio exactly.
     assert np.isfinite(ratios).all() and (ratios > 0).all()
     assert np.allclose(ratios.values * swapped.values, 1.0)
+    per_head = ta.measure(model, world, observations()[:1], ["head"], heads=True)
+    heads = model.action_head.config.num_heads if hasattr(model.action_head, "config") else None
+    assert per_head["head"].isna().any() and per_head["head"].notna().any()
+    assert heads is None or set(per_head["head"].dropna()) == set(range(heads))
 
 
-def test_the_reported_depth_is_chosen_on_the_selection_set(model) -> None:
-    result = ta.target_attention_ratio(model, observations()[:2], observations()[2:], n_resamples=200)
-    chosen = max(result["selection_ratio_by_depth"], key=result["selection_ratio_by_depth"].get)
-    assert result["layer"] == chosen and result["n"] == 2
-    assert result["target_attention_ratio"] == pytest.approx(result["ratio_by_depth"][chosen])
-    given = ta.target_attention_ratio(model, [], observations(), depth=1, n_resamples=200)
-    assert given["rule"] == "given" and given["layer"] == 1 and given["selection_ratio_by_depth"] is None
-    low, high = given["ci95"]
-    assert low <= given["target_attention_ratio"] <= high
+def test_the_reported_depth_is_chosen_on_the_selection_set_and_tasks_are_resampled(model) -> None:
+    values = ta.measure(model, LiberoWorld("libero_spatial"), observations() * 4, ["llm"])
+    units = table(values, [s % 4 for s in range(16)])  # four tasks, each shown twice in both sets
+    selection, shown = units[units["init_state"] < 8], units[units["init_state"] >= 8]
+    result = ta.report(shown, selection, cluster="task", n_resamples=200)
+    chosen = max(result.selection_ratio_by_depth, key=result.selection_ratio_by_depth.get)
+    assert result.depth == chosen and result.n == 8 and result.n_clusters == 4
+    assert result.value == pytest.approx(result.ratio_by_depth[chosen])
+    assert result.interval == "bootstrap over tasks (percentile, paired)"
+    given = ta.report(shown, at=1, n_resamples=200)
+    assert given.rule == "given" and given.depth == 1 and given.selection_ratio_by_depth is None
+    low, high = given.ci95
+    assert low <= given.value <= high
+    with pytest.raises(InputError, match="at: got 9"):
+        ta.report(shown, at=9)
+    same = ta.compare(result, result, ["task", "init_state"], cluster="task")
+    assert same.p == 1.0 and same.n == 4  # one pair per task
+    by_episode = ta.compare(result, given, ["task", "init_state"])
+    assert by_episode.n == 8
 
 
-def test_trained_models_are_measured_against_their_initial_weights(libero_two_step_run, tmp_path) -> None:
-    """``vla-lab libero attention``'s measurement on real frames: a trained checkpoint and its random init."""
-    import testkit
+@needs_libero
+def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
+    """``study target-attention --world libero``: a trained checkpoint and its random init on simulator frames;
+    depth chosen on the selection init state, reported on the held-out one, tasks as the interval's unit."""
+    from vla_lab.experiments.study import StudySettings, load_result, run_study
 
-    from vla_lab.experiments import libero_attention as la
-
-    checkpoint = libero_two_step_run  # the LIBERO recipe, 2 steps on testkit.write_demos' demonstrations
-    models = la.load_models([str(checkpoint)])
-    assert list(models) == ["final", "random-init:final"]
-    assert {m.config.prompt for m, _ in models.values()} == {"openvla"}  # the recipe's, baseline included
-    with pytest.raises(InputError, match="^prompt: got 'qwen-chat', expected one of \\('openvla',\\)"):
-        la.load_models([str(checkpoint)], prompt="qwen-chat")  # the LIBERO tokenizer has no chat tokens
-    initial = models["random-init:final"][0]
-    again = registry.load(registry.random_init_of(registry.resolve([str(checkpoint)])[0]))
-    assert all(torch.equal(a, b) for a, b in zip(initial.state_dict().values(), again.state_dict().values()))
-    trained = models["final"][0]
-    assert not all(torch.equal(a, b) for a, b in zip(initial.state_dict().values(), trained.state_dict().values()))
-    records, summary = la.measure({k: m for k, (m, _) in models.items()}, observations()[:2], observations()[2:],
-                                  n_resamples=200)
+    checkpoint = str(libero_two_step_run)
+    settings = StudySettings("target-attention", models=[checkpoint], world="libero", tasks=[0],
+                             init_states=[40], selection_states=[0], batch_size=1)
+    result = run_study(settings, tmp_path / "run", progress=False)
+    records = result.records
+    assert set(records["model"]) == {"final", "random-init:final"}
     assert set(records["split"]) == {"selection", "report"} and set(records["source"]) == {"llm", "head"}
-    assert {(r["model"], r["source"]) for r in summary["rows"]} == {
-        (m, s) for m in models for s in ("llm", "head")}
-    for row in summary["rows"]:
-        assert row["n"] == 2 and row["depth"] == max(row["selection_ratio_by_depth"],
-                                                     key=row["selection_ratio_by_depth"].get)
-    assert [(t["model"], t["source"]) for t in summary["tests"]] == [("final", "llm"), ("final", "head")]
-    status, _, err = testkit.run_cli(["libero", "attention", "--model", str(tmp_path / "nothing"), "--out",
-                                       tmp_path / "x", "--report-states", "40:60"])
-    assert status == 2 and err.startswith("vla-lab libero: error: --")
+    assert set(records["region"]) == {"target", "place", "distractors"}  # the bowl, the plate, everything else
+    assert {"suite", "task", "task_name", "init_state"} <= set(records.columns) and "scene" not in records
+    assert set(zip(records["split"], records["init_state"])) == {("selection", 0), ("report", 40)}
+    rows = result.summary[(result.summary["metric"] == "target_attention_ratio") & result.summary["head"].isna()]
+    assert set(rows["model"]) == {"final", "random-init:final"} and (rows["n"] == 1).all()
+    assert (rows["n_tasks"] == 1).all() and set(rows["interval"]) == {"bootstrap over tasks (percentile, paired)"}
+    assert rows.groupby(["model", "source"])["selected"].sum().eq(1).all()
+    assert [(t["model"], t["source"]) for t in result.tests.to_dict("records")] == [("final", "llm"), ("final", "head")]
+    stored = load_result(tmp_path / "run")
+    pd.testing.assert_frame_equal(stored.records, records)
+    with pytest.raises(InputError, match="^prompt: got 'qwen-chat', expected one of \\('openvla',\\)"):
+        run_study(StudySettings("target-attention", models=[checkpoint], world="libero", tasks=[0], init_states=[40],
+                                selection_states=[0], prompt="qwen-chat"), progress=False)
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--selection-states", "5:1", "--selection-states: got '5:1', expected 0 <= A < B"),
-    ("--report-states", "abc", "--report-states: got 'abc', expected A:B such as 0:10"),
+@pytest.mark.parametrize("argv, message", [
+    (["--world", "libero", "--selection-states", "5:1"], "--selection-states: got '5:1', expected 0 <= A < B"),
+    (["--world", "libero", "--init-states", "abc"], "--init-states: got 'abc', expected A:B such as 0:10"),
+    (["--suite", "libero_spatial"], "--suite: got 'libero_spatial', expected it only with --world libero"),
+    (["--world", "libero", "--scenes", "20"], "--scenes: got 20, expected it only with --world tabletop"),
 ])
-def test_state_range_errors_name_their_own_option(tmp_path, flag, value, message) -> None:
+def test_world_options_are_checked_before_anything_runs(tmp_path, argv, message) -> None:
     import testkit
 
-    status, _, err = testkit.run_cli(["libero", "attention", "--model", "libero-spatial-causal", "--out",
-                                       tmp_path / "x", flag, value])
-    assert message in testkit.assert_one_line_error(status, err, "libero")
+    status, _, err = testkit.run_cli(["study", "target-attention", "--model", "libero-spatial-causal", "--out",
+                                       str(tmp_path / "x"), *argv])
+    assert message in testkit.assert_one_line_error(status, err, "study")
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="LIBERO is not installed")
-def test_overwrite_removes_the_earlier_runs_records_before_the_new_run(tmp_path, monkeypatch) -> None:
-    """An --overwrite run that fails after claiming the directory leaves no record of the earlier run (and, as a
-    start that failed before its records, nothing of its own); another command's run is never overwritten."""
-    from testkit import snapshot
+def test_a_study_not_written_for_libero_is_refused(tmp_path) -> None:
+    import testkit
 
-    from vla_lab.experiments import libero_attention as la
-    from vla_lab.run_dir import RunDir
-    from vla_lab.worlds.libero import env as libero_env
-
-    out = tmp_path / "run"
-    out.mkdir()
-    for name, text in ((la.SETTINGS, '{"suite": "earlier"}'), (la.RECORDS, "old"), (la.SUMMARY, "{}")):
-        (out / name).write_text(text)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("simulator down")
-
-    monkeypatch.setattr(libero_env, "observations", broken)
-    with pytest.raises(RuntimeError, match="simulator down"):
-        la.run(["libero-spatial-causal"], out, tasks=[0], selection_states=[0], report_states=[40], overwrite=True)
-    assert list(out.iterdir()) == []
-    other = tmp_path / "eval"
-    RunDir(other, "eval-libero", markers=("run.json",), records=(), settings_file="run.json").claim({"suite": "x"})
-    before = snapshot(other)
-    with pytest.raises(InputError, match="holds a vla-lab eval-libero run"):
-        la.run(["libero-spatial-causal"], other, tasks=[0], selection_states=[0], report_states=[40], overwrite=True)
-    assert snapshot(other) == before
+    status, _, err = testkit.run_cli(["study", "mask-swap", "--world", "libero", "--out", str(tmp_path / "x")])
+    assert "--world: got 'libero' for mask-swap, expected one of ['tabletop']" in testkit.assert_one_line_error(
+        status, err, "study")

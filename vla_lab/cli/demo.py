@@ -31,12 +31,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"shipped tabletop models on {summary['episodes']} held-out test scenes (closed loop):")
     for mask, m in summary["models"].items():
-        layer = m["target_attention"]["llm_action_queries"]["layer"]
+        layer = m["target_attention"]["llm_action_queries"]["depth"]
         low, high = m["success_ci95"]
         print(f"  {mask:<14} success {m['success_rate']:6.1%} [{low:.1%}, {high:.1%}]  action L1 {m['action_l1']:.4f}"
               f"  target-attention ratio {m['target_attention_ratio']:5.2f}x (LLM layer {layer})")
     for mask, m in summary["random_baseline"].items():
-        layer = m["target_attention"]["llm_action_queries"]["layer"]
+        layer = m["target_attention"]["llm_action_queries"]["depth"]
         print(f"  random init, {mask:<14}{'':53}target-attention ratio {m['target_attention_ratio']:5.2f}x "
               f"(LLM layer {layer})")
     print(f"figures and demo.json in {summary['out_dir']}/ ({summary['seconds']} s)")

@@ -1,5 +1,5 @@
-"""``vla-lab eval libero``, ``vla-lab libero expert``, ``vla-lab libero demos`` and ``vla-lab libero attention``:
-parsers and handlers.
+"""``vla-lab eval libero``, ``vla-lab libero expert`` and ``vla-lab libero demos``: parsers and handlers
+(target attention on LIBERO is ``vla-lab study target-attention --world libero``).
 
 The model options of ``eval libero`` are those of the other commands, plus ``--shipped`` (a shipped tabletop or
 LIBERO model). Everything cheap is checked before the model is loaded or a simulator is built: the options,
@@ -26,7 +26,7 @@ EXPERT_SUITE = "libero_spatial"
 
 
 def register(sub: options.Subparsers) -> None:
-    """Add ``eval`` (its ``libero`` benchmark) and ``libero`` (``expert``, ``demos``, ``attention``) to the
+    """Add ``eval`` (its ``libero`` benchmark) and ``libero`` (``expert``, ``demos``) to the
     subparsers of the ``vla-lab`` parser."""
     _add_eval_parser(sub)
     _add_libero_parser(sub)
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab eval libero`` and of ``vla-lab libero <tool>``."""
     if args.command == "eval":
         return run_eval(args)
-    handlers = {"demos": run_demos, "attention": run_attention, "expert": run_expert}
+    handlers = {"demos": run_demos, "expert": run_expert}
     return handlers[args.tool](args)
 
 
@@ -77,19 +77,6 @@ def _add_libero_parser(sub: options.Subparsers) -> None:
                     f"camera resolution of the stored images (default {DEMO_RESOLUTION}, LIBERO's own)")
     _add_episode_arguments(q, "vla_lab_demos", trials=False)
     q.set_defaults(trials_flag="--episodes-per-task")
-    q = tools.add_parser("attention", help="target attention of LIBERO models on real frames vs random init")
-    options.add_models(q, "model", "a shipped LIBERO model (libero-spatial-causal, ...) or a checkpoint directory; "
-                                   "repeatable", required=True)
-    _add_suite(q, "the suite whose scenes are shown (default libero_spatial)", EXPERT_SUITE)
-    _add_tasks(q)
-    q.add_argument("--selection-states", dest="selection_states", default="0:5",
-                   help="init states A:B that choose each model's layer (default 0:5, training init states)")
-    q.add_argument("--report-states", dest="report_states", default="40:50",
-                   help="init states A:B the ratio is reported on (default 40:50, held out)")
-    options.add_prompt(q, options.EACH_MODEL_PROMPT_HELP)
-    options.add_out(q, "output directory (records.parquet, summary.json)", required=True)
-    options.add_overwrite(q, "replace an earlier run in --out")
-    options.add_json(q)
 
 
 def _add_suite(q: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
@@ -120,39 +107,6 @@ def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str, trials: bo
     options.add_overwrite(q)
     options.add_no_progress(q)
     options.add_json(q)
-
-
-def parse_tasks(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        tasks = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise InputError(f"--tasks: got {text!r}, expected comma-separated task ids such as 0,3") from None
-    if any(t < 0 for t in tasks):
-        raise InputError(f"--tasks: got {text!r}, expected non-negative task ids")
-    return tasks
-
-
-def parse_init_states(trials: int | None, text: str | None, trials_flag: str = "--trials",
-                      states_flag: str = "--init-states") -> range | None:
-    """``--trials N`` -> 0..N-1, ``--init-states A:B`` -> A..B-1; None (all) when neither is given. The flags
-    name the options in error messages (``states_flag``: the A:B option, e.g. ``--selection-states``)."""
-    if trials is not None and text is not None:
-        raise InputError(f"{trials_flag}/{states_flag}: got both, expected one")
-    if trials is not None:
-        if trials < 1:
-            raise InputError(f"{trials_flag}: got {trials}, expected a positive integer")
-        return range(trials)
-    if text is None:
-        return None
-    try:
-        low, high = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise InputError(f"{states_flag}: got {text!r}, expected A:B such as 0:10") from None
-    if not 0 <= low < high:
-        raise InputError(f"{states_flag}: got {text!r}, expected 0 <= A < B")
-    return range(low, high)
 
 
 def _registry_name(args: argparse.Namespace) -> None:
@@ -219,8 +173,8 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _plan(args: argparse.Namespace) -> tuple[str, Any]:
     """The suite and the episode keys that the options name, checked (LIBERO must be installed)."""
     suite = libero_env.check_suite(args.suite, "--suite")
-    tasks = parse_tasks(args.tasks)
-    init_states = parse_init_states(args.trials, args.init_states, getattr(args, "trials_flag", "--trials"))
+    tasks = options.parse_tasks(args.tasks)
+    init_states = options.parse_init_states(args.trials, args.init_states, getattr(args, "trials_flag", "--trials"))
     if args.max_steps is not None and args.max_steps < 1:
         raise InputError(f"--max-steps: got {args.max_steps}, expected a positive integer")
     resolution = getattr(args, "resolution", None)
@@ -318,38 +272,6 @@ def run_demos(args: argparse.Namespace) -> int:
     from vla_lab.libero.demos import demos_run_dir
 
     return _claim(demos_run_dir(out), settings, args, work)
-
-
-def run_attention(args: argparse.Namespace) -> int:
-    """The handler of ``vla-lab libero attention``."""
-    suite = libero_env.check_suite(args.suite, "--suite")
-    selection = parse_init_states(None, args.selection_states, states_flag="--selection-states")
-    report = parse_init_states(None, args.report_states, states_flag="--report-states")
-    tasks = parse_tasks(args.tasks)
-    _check_tasks(suite, tasks, args.tasks)
-    available = libero_env.task_info(suite, 0)["num_init_states"]
-    for flag, states in (("--selection-states", selection), ("--report-states", report)):
-        if states is not None and states.stop > available:
-            raise InputError(f"{flag}: got {states.start}:{states.stop}, expected init states in 0..{available - 1}")
-    from vla_lab.experiments.libero_attention import run
-
-    out = Path(args.out)
-    with parallel.process_group("cpu") as ranks:
-        summary = run(args.model, out, suite=suite, tasks=tasks, selection_states=list(selection or []),
-                      report_states=list(report or []), overwrite=args.overwrite, ranks=ranks, prompt=args.prompt)
-    if summary is None:
-        return 0
-    if args.json:
-        print(files.dumps({**summary, "out": str(out)}))
-        return 0
-    for row in summary["rows"]:
-        low, high = row["ci95"]
-        print(f"{row['model']:<40} {row['source']:<4} {row['depth_name']} {row['depth']}: target-attention ratio "
-              f"{row['value']:.2f} [{low:.2f}, {high:.2f}] n={row['n']}")
-    for test in summary["tests"]:
-        print(f"{test['model']} ({test['source']}) vs random init: {test['test']} p={test['p']:.2g} n={test['n']}")
-    print(f"records in {out / 'records.parquet'}, summary in {out / 'summary.json'}")
-    return 0
 
 
 def run_expert(args: argparse.Namespace) -> int:

@@ -230,3 +230,37 @@ def read_images(paths: list[str]) -> list[np.ndarray]:
     from vla_lab.processing.images import load_image
 
     return [np.asarray(load_image(path, "--image")) for path in paths]
+
+
+def parse_tasks(text: str | None) -> list[int] | None:
+    """``--tasks 0,3`` -> [0, 3] (None: every task); non-negative ids, checked against the suite later."""
+    if text is None:
+        return None
+    try:
+        tasks = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise InputError(f"--tasks: got {text!r}, expected comma-separated task ids such as 0,3") from None
+    if any(t < 0 for t in tasks):
+        raise InputError(f"--tasks: got {text!r}, expected non-negative task ids")
+    return tasks
+
+
+def parse_init_states(trials: int | None, text: str | None, trials_flag: str = "--trials",
+                      states_flag: str = "--init-states") -> range | None:
+    """``--trials N`` -> 0..N-1, ``--init-states A:B`` -> A..B-1; None (all) when neither is given. The flags
+    name the options in error messages (``states_flag``: the A:B option, e.g. ``--selection-states``)."""
+    if trials is not None and text is not None:
+        raise InputError(f"{trials_flag}/{states_flag}: got both, expected one")
+    if trials is not None:
+        if trials < 1:
+            raise InputError(f"{trials_flag}: got {trials}, expected a positive integer")
+        return range(trials)
+    if text is None:
+        return None
+    try:
+        low, high = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise InputError(f"{states_flag}: got {text!r}, expected A:B such as 0:10") from None
+    if not 0 <= low < high:
+        raise InputError(f"{states_flag}: got {text!r}, expected 0 <= A < B")
+    return range(low, high)

@@ -1,4 +1,4 @@
-"""``vla-lab study NAME``: the parser and the handler.
+"""``vla-lab study NAME [--world tabletop|libero]``: the parser and the handler.
 
 Everything cheap is checked before any model is loaded: the options, the models named, and that ``--out``
 can hold this run (a run directory is never reused without ``--resume`` or ``--overwrite``). Under
@@ -28,6 +28,14 @@ def register(sub: options.Subparsers) -> None:
                                                                   for k, v in sorted(STUDIES.items())))
     options.add_models(p, "models", "a shipped model name (e.g. tabletop-causal), random-init:<name> or a checkpoint "
                                     "directory (repeat; default: every shipped tabletop model)")
+    p.add_argument("--world", choices=("tabletop", "libero"), default="tabletop",
+                   help="the world the episodes are in (default tabletop; libero: where the study is written for it)")
+    p.add_argument("--suite", help="libero: the suite (default libero_spatial)")
+    p.add_argument("--tasks", help="libero: comma-separated task ids (default: every task of the suite)")
+    p.add_argument("--init-states", dest="init_states",
+                   help="libero: init states A:B reported on (default 40:50, held out from training)")
+    p.add_argument("--selection-states", dest="selection_states",
+                   help="libero: init states A:B that selections are made on (default 0:5, training init states)")
     p.add_argument("--scenes", type=int, default=200, help="test scenes (default 200)")
     p.add_argument("--start", type=int, default=0, help="first test scene (default 0)")
     p.add_argument("--validation-scenes", dest="validation_scenes", type=int, default=50,
@@ -54,13 +62,21 @@ def run(args: argparse.Namespace) -> int:
     from vla_lab import registry
     from vla_lab.experiments.study import StudySettings, run_study
 
+    states = {flag: options.parse_init_states(None, getattr(args, flag.strip("-").replace("-", "_")), states_flag=flag)
+              for flag in ("--init-states", "--selection-states")}
+    tasks = options.parse_tasks(args.tasks)
     settings = StudySettings(
-        study=args.name, models=list(args.models or []), scenes=args.scenes, start=args.start,
+        study=args.name, models=list(args.models or []), world=args.world, suite=args.suite, tasks=tasks,
+        init_states=None if states["--init-states"] is None else list(states["--init-states"]),
+        selection_states=None if states["--selection-states"] is None else list(states["--selection-states"]),
+        scenes=args.scenes, start=args.start,
         validation_scenes=args.validation_scenes, closed_loop_scenes=args.closed_loop_scenes,
         closed_loop=args.closed_loop, batch_size=args.batch_size, seed=args.seed, device=args.device,
         num_threads=args.num_threads, prompt=args.prompt,
     )
-    registry.resolve(settings.models)
+    if settings.world == "libero":
+        _check_episodes(settings)
+    registry.resolve(settings.models, world=settings.world_name)
     out = Path(args.out or Path("vla_lab_study") / args.name)
     with parallel.process_group(args.device) as place:
         existed = out.exists()
@@ -78,6 +94,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_summary(result)
     return 0
+
+
+def _check_episodes(settings: Any) -> None:
+    """LIBERO is installed and the tasks and init states exist in the suite."""
+    from vla_lab.worlds.libero import env as libero_env
+
+    libero_env.require_libero()
+    n = libero_env.num_tasks(settings.suite)
+    if settings.tasks is not None and any(t >= n for t in settings.tasks):
+        raise InputError(f"--tasks: got {settings.tasks}, expected task ids of {settings.suite} in 0..{n - 1}")
+    available = libero_env.task_info(settings.suite, 0)["num_init_states"]
+    for flag, states in (("--init-states", settings.init_states), ("--selection-states", settings.selection_states)):
+        if max(states) >= available:
+            raise InputError(f"{flag}: got {min(states)}:{max(states) + 1}, expected init states in 0..{available - 1}")
 
 
 def _print_summary(result: Any) -> None:
