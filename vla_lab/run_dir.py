@@ -1,7 +1,7 @@
 """A run directory: claimed by one kind of run, resumed with the same settings, cleared only of its own files.
 
 Every command that writes a run (``train``, ``eval libero``, ``libero expert``, ``libero demos``, ``study``,
-``libero attention``, ``demo``) claims its directory through a :class:`RunDir` before any long work:
+``demo``) claims its directory through a :class:`RunDir` before any long work:
 
 * the run records its *kind* in :data:`KIND_FILE` (``{"run_kind": ..., "settings_file": ...}``), so
   ``--resume`` and ``--overwrite`` refuse a directory that holds another command's run;

@@ -60,6 +60,8 @@ for MASK in causal bidirectional; do
       --out $REC/libero-eval/libero-spatial-$MASK --no-progress
 done
 
-# 5. Target attention on real frames: layer chosen on init states 0-4, reported on 40-49, vs random init
-$TORCHRUN -m vla_lab libero attention --model libero-spatial-causal --model libero-spatial-bidirectional \
-    --out $REC/libero-attention/libero_spatial
+# 5. Target attention on real frames (the target-attention study on the LIBERO world): depth chosen on init
+#    states 0-4, reported on 40-49, interval over tasks, vs random init
+$TORCHRUN -m vla_lab study target-attention --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
+    --out $REC/libero-target-attention/libero_spatial --no-progress

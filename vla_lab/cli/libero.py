@@ -180,16 +180,11 @@ def _plan(args: argparse.Namespace) -> tuple[str, Any]:
     resolution = getattr(args, "resolution", None)
     if resolution is not None and not 16 <= resolution <= 1024:
         raise InputError(f"--resolution: got {resolution}, expected a camera size in pixels, 16..1024")
-    _check_tasks(suite, tasks, args.tasks)
-    return suite, libero_eval.plan(suite, tasks, init_states)
+    options.check_libero_selection(suite, tasks, {getattr(args, "trials_flag", "--trials") if args.trials is not None
+                                                  else "--init-states": init_states})
+    from vla_lab.worlds.libero import LiberoWorld
 
-
-def _check_tasks(suite: str, tasks: list[int] | None, text: str | None) -> None:
-    """LIBERO is installed and ``--tasks`` names tasks of ``suite``."""
-    libero_env.require_libero()
-    n = libero_env.num_tasks(suite)
-    if tasks is not None and any(t >= n for t in tasks):
-        raise InputError(f"--tasks: got {text!r}, expected task ids of {suite} in 0..{n - 1}")
+    return suite, [e.key for e in LiberoWorld(suite).episodes(tasks, init_states)]
 
 
 def _claim(run: RunDir, settings: dict[str, Any], args: argparse.Namespace, work: Callable[[], int]) -> int:

@@ -264,3 +264,21 @@ def parse_init_states(trials: int | None, text: str | None, trials_flag: str = "
     if not 0 <= low < high:
         raise InputError(f"{states_flag}: got {text!r}, expected 0 <= A < B")
     return range(low, high)
+
+
+def check_libero_selection(suite: str, tasks: list[int] | None, init_states: dict[str, Any]) -> None:
+    """LIBERO is installed, ``--tasks`` names tasks of ``suite`` and each init-state option (flag -> its states,
+    None: all) names init states the suite has."""
+    from vla_lab.worlds.libero import env as libero_env
+
+    libero_env.require_libero()
+    n = libero_env.num_tasks(suite)
+    if tasks is not None and any(t >= n for t in tasks):
+        raise InputError(f"--tasks: got {','.join(map(str, tasks))}, expected task ids of {suite} in 0..{n - 1}")
+    available = min(libero_env.task_info(suite, t)["num_init_states"] for t in (tasks or range(n)))
+    for flag, states in init_states.items():
+        if states is not None and max(states) >= available:
+            counted = flag in ("--trials", "--episodes-per-task")  # N init states from 0, else A:B
+            got = str(len(states)) if counted else f"{min(states)}:{max(states) + 1}"
+            raise InputError(f"{flag}: got {got}, expected {'at most ' + str(available) if counted else ''}"
+                             f"{'' if counted else 'init states in 0..' + str(available - 1)} (of {suite})")

@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         num_threads=args.num_threads, prompt=args.prompt,
     )
     if settings.world == "libero":
-        _check_episodes(settings)
+        options.check_libero_selection(str(settings.suite), settings.tasks, {
+            "--init-states": settings.init_states, "--selection-states": settings.selection_states})
     registry.resolve(settings.models, world=settings.world_name)
     out = Path(args.out or Path("vla_lab_study") / args.name)
     with parallel.process_group(args.device) as place:
@@ -94,20 +95,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_summary(result)
     return 0
-
-
-def _check_episodes(settings: Any) -> None:
-    """LIBERO is installed and the tasks and init states exist in the suite."""
-    from vla_lab.worlds.libero import env as libero_env
-
-    libero_env.require_libero()
-    n = libero_env.num_tasks(settings.suite)
-    if settings.tasks is not None and any(t >= n for t in settings.tasks):
-        raise InputError(f"--tasks: got {settings.tasks}, expected task ids of {settings.suite} in 0..{n - 1}")
-    available = libero_env.task_info(settings.suite, 0)["num_init_states"]
-    for flag, states in (("--init-states", settings.init_states), ("--selection-states", settings.selection_states)):
-        if max(states) >= available:
-            raise InputError(f"{flag}: got {min(states)}:{max(states) + 1}, expected init states in 0..{available - 1}")
 
 
 def _print_summary(result: Any) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from vla_lab.errors import InputError, error_text
 from vla_lab.run_dir import RunDir
 from vla_lab.stats import wilson_interval
 from vla_lab.worlds.base import Episode, Step
-from vla_lab.worlds.libero.env import check_suite, task_info
+from vla_lab.worlds.libero.env import task_info
 from vla_lab.worlds.libero.world import LiberoWorld
 from vla_lab.worlds.runner import OpenLoop, run_lockstep
 
@@ -90,23 +90,6 @@ def run_episode(
     for name in TIMING_FIELDS:
         result[name] = round(result[name], 1)
     return result
-
-
-def plan(suite: str, tasks: Sequence[int] | None = None, init_states: Iterable[int] | None = None) -> list[EpisodeKey]:
-    """The sorted episode keys (suite, task, init state); default every task and every init state."""
-    from vla_lab.worlds.libero.env import num_tasks
-
-    check_suite(suite, "--suite")
-    tasks = list(range(num_tasks(suite))) if tasks is None else list(tasks)
-    states = None if init_states is None else list(init_states)
-    keys = []
-    for task in tasks:
-        available = task_info(suite, task)["num_init_states"]
-        for i in range(available) if states is None else states:
-            if not 0 <= i < available:
-                raise InputError(f"--init-states: got init state {i}, expected 0..{available - 1} (task {task})")
-            keys.append((suite, int(task), int(i)))
-    return sorted(set(keys))
 
 
 def record_key(record: dict[str, Any]) -> EpisodeKey:
