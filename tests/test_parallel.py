@@ -62,6 +62,28 @@ def test_gather_gives_every_rank_every_object_in_rank_order_as_copies():
     assert shared == {"mutable": []}
 
 
+def test_run_shards_gives_every_rank_every_result_in_key_order_and_skips_finished_keys():
+    keys = [5, 1, 4, 2, 3, 0, 6]
+    done = {4: "held 4", 0: "held 0"}
+
+    def work(ranks):
+        computed = []
+
+        def compute(key):
+            computed.append(key)
+            return f"rank {ranks.rank} made {key}"
+
+        return parallel.run_shards(keys, compute, ranks, done=done), computed
+
+    one = parallel.run_shards(keys, lambda k: f"made {k}", parallel.Ranks(), done=done)
+    assert list(one) == keys and one[4] == "held 4" and one[5] == "made 5"
+    results = run_ranks(work, 2)
+    assert results[0][0] == results[1][0] and list(results[0][0]) == keys
+    assert results[0][1] == [1, 3, 6] and results[1][1] == [2, 5]  # round robin over the unfinished keys, sorted
+    assert {k: v.split(" made ")[-1] for k, v in results[0][0].items() if k not in done} == {
+        k: str(k) for k in keys if k not in done}
+
+
 def test_one_process_needs_no_process_group(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from vla_lab.errors import InputError
 
 T = TypeVar("T")
+K = TypeVar("K")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,41 @@ def barrier(ranks: Ranks) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def run_shards(
+    keys: Sequence[K], compute: Callable[[K], R], ranks: Ranks, *, done: Mapping[K, R] | None = None,
+    progress: str | None = None, postfix: Callable[[list[R]], dict[str, Any]] | None = None,
+) -> dict[K, R]:
+    """The sharded, resumable loop of every run over many items (a study's units, LIBERO episodes).
+
+    The keys not in ``done`` (the results a resumed run already holds) are dealt round robin over the ranks
+    (:func:`shard`); each rank calls ``compute`` on its own, one at a time (``compute`` saves its result as soon as
+    it has it, so a killed run loses at most the items in progress). Every rank returns every key's result, in
+    the order of ``keys``. ``progress``: a tqdm description (rank 0 shows its bar); ``postfix`` turns rank 0's
+    results so far into the bar's postfix.
+    """
+    finished = dict(done or {})
+    mine = shard([k for k in keys if k not in finished], ranks)
+    bar = None
+    if progress is not None and ranks.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), desc=progress, unit="item")
+    results: dict[K, R] = {}
+    try:
+        for key in mine:
+            results[key] = compute(key)
+            if bar is not None:
+                bar.update(1)
+                if postfix is not None:
+                    bar.set_postfix(postfix(list(results.values())))
+    finally:
+        if bar is not None:
+            bar.close()
+    for part in gather(results, ranks):
+        finished.update(part)
+    return {k: finished[k] for k in keys}
 
 
 def run_on_main(fn: Callable[[], T], ranks: Ranks) -> T:

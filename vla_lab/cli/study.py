@@ -103,12 +103,20 @@ def _print_summary(result: Any) -> None:
     if summary.empty:
         raise InputError("study: got no summary rows, expected at least one (no scene was measured)")
     keys = [c for c in summary.columns if c not in ("n", "value", "ci95", "interval", "statistic", "trained_with",
-                                                    "model_seed", "recipe", "random_init")]
+                                                    "model_seed", "recipe", "random_init", "rule")
+            and not c.startswith("n_")]
+
+    def shown(value: Any) -> str:
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
     for row in summary.to_dict(orient="records"):
-        label = " ".join(str(row[k]) for k in keys if row.get(k) is not None and str(row[k]) not in ("nan", "<NA>"))
+        label = " ".join(shown(row[k]) for k in keys if row.get(k) is not None and str(row[k]) not in ("nan", "<NA>"))
         low, high = row["ci95"]
         print(f"  {label}: {row['value']:.4g} [{low:.4g}, {high:.4g}] n={row['n']}")
     for row in result.tests.to_dict(orient="records"):
-        print(f"  test {row['model']} {row.get('comparison', '')} ({row['metric']}): {row['name']} "
+        print(f"  test {row['model']} {row.get('source') or ''} {row.get('comparison', '')} ({row['metric']}): "
+              f"{row['name']} "
               f"statistic {row['statistic']:.4g}, p = {row['p']:.3g}, n={row['n']}")
     print(f"summary in {result.out / 'summary.json'}", file=sys.stdout)

@@ -235,42 +235,34 @@ def run_episodes(
     run.claim(settings, resume=resume, overwrite=overwrite, ranks=ranks)
     done = read_records(out / EPISODES_FILE) if resume else []
     with run.guard():
-        finished = {record_key(r) for r in done}
-        mine = parallel.shard([k for k in keys if k not in finished], ranks)
         if video:
             (out / VIDEO_DIR).mkdir(exist_ok=True)
-        records: list[dict[str, Any]] = []
         env = LiberoWorld(suite, resolution=resolution, seed=seed, max_steps=max_steps, render=render)
-        bar = None
-        if progress and ranks.is_main:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(mine), desc=f"{suite} (rank 0 of {ranks.size})", unit="episode")
+        def compute(key: EpisodeKey) -> dict[str, Any]:
+            _, task, init_state = key
+            info = task_info(suite, task)
+            frames: list[np.ndarray] | None = [] if video else None
+            try:
+                result = episode(env, env.episode(task, init_state), frames)
+            except Exception as exc:  # the episode could not start: a failed episode, as any other
+                result = {**failed, "error": error_text(exc)}
+            record = {"suite": suite, "task": task, "task_name": info["task_name"],
+                      "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
+            if frames:
+                _write_video(out / VIDEO_DIR / f"{suite}_task{task:02d}_init{init_state:02d}.mp4", frames)
+            append_record(out / EPISODES_FILE, record)
+            return record
+
         try:
-            for _, task, init_state in mine:
-                info = task_info(suite, task)
-                frames: list[np.ndarray] | None = [] if video else None
-                try:
-                    result = episode(env, env.episode(task, init_state), frames)
-                except Exception as exc:  # the episode could not start: a failed episode, as any other
-                    result = {**failed, "error": error_text(exc)}
-                record = {"suite": suite, "task": task, "task_name": info["task_name"],
-                          "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
-                if frames:
-                    _write_video(out / VIDEO_DIR / f"{suite}_task{task:02d}_init{init_state:02d}.mp4", frames)
-                append_record(out / EPISODES_FILE, record)
-                records.append(record)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(success=sum(r["success"] for r in records))
+            merged = parallel.run_shards(
+                sorted({*keys, *(record_key(r) for r in done)}), compute, ranks,
+                done={record_key(r): r for r in done},
+                progress=f"{suite} (rank 0 of {ranks.size})" if progress else None,
+                postfix=lambda rows: {"success": sum(r["success"] for r in rows)})
         finally:
-            if bar is not None:
-                bar.close()
             env.close()
-        merged = {record_key(r): r for r in done}
-        for part in parallel.gather(records, ranks):
-            merged.update((record_key(r), r) for r in part)
-        ordered = [merged[k] for k in sorted(merged)]
+        ordered = list(merged.values())
         summary = summarize(ordered, suite)
         if ranks.is_main:
             files.write_text(out / EPISODES_FILE, "".join(files.dumps(r, indent=None) + "\n" for r in ordered))

@@ -485,33 +485,27 @@ def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], director
     loaded = [(spec, registry.load(spec, device, settings.prompt)) for spec in specs]
     worlds = Worlds(settings)
     units = study.units(settings)
-    mine = [u for u in units if u.index in set(parallel.shard([u.index for u in units], place))]
-    bar = None
-    if progress and place.is_main:
-        from tqdm.auto import tqdm
+    by_index = {u.index: u for u in units}
 
-        bar = tqdm(total=len(mine), desc=f"study {settings.study}", unit="unit")
-    done: dict[int, pd.DataFrame] = {}
+    def part_path(unit: Unit) -> Path | None:
+        return directory / PARTS_DIR / f"{unit.name}.parquet" if directory is not None else None
+
+    def compute(index: int) -> pd.DataFrame:
+        unit = by_index[index]
+        records = _unit_records(study, loaded, unit, settings, worlds)
+        path = part_path(unit)
+        if path is not None:
+            _write_part(path, records)
+        if on_unit is not None:
+            on_unit(unit)
+        return records
+
+    done = {u.index: _load_part(path) for u in units if (path := part_path(u)) is not None and path.exists()}
     try:
-        for unit in mine:
-            path = directory / PARTS_DIR / f"{unit.name}.parquet" if directory is not None else None
-            if path is not None and path.exists():
-                done[unit.index] = _load_part(path)
-            else:
-                done[unit.index] = _unit_records(study, loaded, unit, settings, worlds)
-                if path is not None:
-                    _write_part(path, done[unit.index])
-            if on_unit is not None:
-                on_unit(unit)
-            if bar is not None:
-                bar.update(1)
+        gathered = parallel.run_shards(list(by_index), compute, place, done=done,
+                                       progress=f"study {settings.study}" if progress else None)
     finally:
         worlds.close()
-        if bar is not None:
-            bar.close()
-    gathered: dict[int, pd.DataFrame] = {}
-    for part in parallel.gather(done, place):
-        gathered.update(part)
     records = pd.concat([gathered[u.index] for u in units], ignore_index=True)
     summary, tests = study.summarize(records, settings)
     result = StudyResult(settings.study, records, summary, tests, directory)

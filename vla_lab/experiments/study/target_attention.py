@@ -120,7 +120,10 @@ class TargetAttention(Study):
                 tests.append(test_row(ta.compare(a, b, unit, cluster), **keys, source=source,
                                       comparison=f"{keys['model']} vs {baseline} ({per}, selected depths)",
                                       metric="target_attention_ratio"))
-        return frame(rows), frame(tests)
+        summary = frame(rows)
+        for column in [c for c in summary.columns if c.startswith("n_")]:
+            summary[column] = summary[column].astype("Int64")  # absent on the selection rows
+        return summary, frame(tests)
 
 
 def _row(result: ta.RatioReport, label: dict[str, Any], depth: int, head: int | None, selected: bool, noun: str,
