@@ -8,7 +8,7 @@
 #
 # The pins are the versions the notebooks run with here. The list is the closure, over each wheel's
 # Requires-Dist, of what that machine lacks; the end of this script checks it with
-# vla_lab.experiments.gpu_wheels (PYTHON: an interpreter that imports vla_lab, e.g. the project's venv).
+# vla_lab.bench.gpu_wheels (PYTHON: an interpreter that imports vla_lab, e.g. the project's venv).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PIP_PYTHON=${PIP_PYTHON:-python3}
@@ -42,7 +42,7 @@ if ((count != ${#WHEELS[@]})); then
     exit 1
 fi
 if PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "${PYTHON:-python3}" -c "import vla_lab" 2>/dev/null; then
-    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "${PYTHON:-python3}" -m vla_lab.experiments.gpu_wheels .whl
+    PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} "${PYTHON:-python3}" -m vla_lab.bench.gpu_wheels .whl
 else
     du -ch .whl/*.whl | tail -1 | sed "s/total/in $count wheels in .whl/"
     echo "closure not checked: set PYTHON to an interpreter that imports vla_lab"

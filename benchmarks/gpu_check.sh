@@ -98,7 +98,7 @@ else
     export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-CHECK=("$PYTHON" -m vla_lab.experiments.gpu_check)
+CHECK=("$PYTHON" -m vla_lab.bench.gpu_check)
 # shellcheck disable=SC2086  # BATCHES and FIDELITY_BATCHES are lists of numbers
 {
     run_step env 60 "$OUT/gpu-env.json" "${CHECK[@]}" env --out "$OUT/gpu-env.json"

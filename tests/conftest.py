@@ -80,7 +80,7 @@ def libero_demos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def libero_two_step_run(libero_demos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The final checkpoint of the LIBERO recipe trained 2 steps on :func:`libero_demos` (seed 5); read only."""
-    from vla_lab.experiments.train import train
+    from vla_lab.training.train import train
 
     out = tmp_path_factory.mktemp("libero-run") / "run"
     return train(tiny_libero_recipe(libero_demos, steps=2), VLAConfig.preset("libero-small"), out, progress=False)

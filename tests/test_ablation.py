@@ -1,4 +1,4 @@
-"""Tests of the architecture ablation helpers (vla_lab.experiments.ablation) at tiny sizes."""
+"""Tests of the architecture ablation helpers (vla_lab.studies.ablation) at tiny sizes."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from testkit import tiny_tabletop_config
 from vla_lab import VLAConfig, tabletop
 from vla_lab.config import VISION_BACKBONES
 from vla_lab.errors import ConfigError, InputError
-from vla_lab.experiments import ablation
-from vla_lab.experiments.ablation import Variant
-from vla_lab.experiments.ablation import plots as ablation_plots
-from vla_lab.experiments.train import TrainConfig
 from vla_lab.stats import wilson_interval
+from vla_lab.studies import ablation
+from vla_lab.studies.ablation import Variant
+from vla_lab.studies.ablation import plots as ablation_plots
+from vla_lab.training.train import TrainConfig
 from vla_lab.worlds import tabletop as world
 
 SINGLE = ("dinov2", "siglip", "clip")
@@ -179,7 +179,7 @@ def test_peak_memory_tracks_allocations_and_frees() -> None:
 
 
 def test_forward_memory_grows_with_the_batch_and_cost_rows(base) -> None:
-    from vla_lab.experiments.bench import synthetic_batch
+    from vla_lab.bench.inference import synthetic_batch
     from vla_lab.model import build_random
 
     model = build_random(ablation.variant_config(base, Variant("dinov2", "linear")))
@@ -414,7 +414,7 @@ def test_trained_architectures_are_compared_with_the_preset_seed_by_seed() -> No
 
 
 def test_the_trained_figure_draws_every_seed_with_its_interval() -> None:
-    from vla_lab.experiments.ablation import plots
+    from vla_lab.studies.ablation import plots
 
     good, mixed = [True] * 30, [True] * 24 + [False] * 6
     records = _swap_records({"p0": ("shipped", 0, good), "p1": ("shipped", 1, mixed),

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "vla_lab"
-MAX_MODULE_LINES = 600
+MAX_MODULE_LINES = 520  # "no module over ~500 lines"
 
 
 def _contracts() -> list[dict]:
@@ -32,7 +32,8 @@ def test_the_layers_contract_names_every_top_level_module():
     assert declared == present
     # the data path, in order, from the bottom up
     order = [name.strip() for layer in reversed(layers["layers"]) for name in re.split(r"[|:]", layer)]
-    path = ["config", "processing", "worlds", "model", "interp", "viz", "tabletop", "experiments", "cli"]
+    path = ["config", "processing", "worlds", "model", "policy", "interp", "viz", "tabletop", "training", "studies",
+            "cli"]
     assert [name for name in order if name in path] == path
 
 

@@ -1,7 +1,7 @@
 import torch
 
 from vla_lab import VLAConfig, build_random
-from vla_lab.experiments.claims import _matching_positions, check_seed_note_claims
+from vla_lab.studies.claims import _matching_positions, check_seed_note_claims
 from vla_lab.tabletop import example_inputs
 
 

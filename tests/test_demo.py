@@ -51,7 +51,7 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
     assert cli.main(["demo", "--out", str(out), "--episodes", "2", "--no-baseline"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     with pytest.raises(InputError, match="holds an earlier run"):
-        from vla_lab.experiments.demo import run_demo
+        from vla_lab.studies.demo import run_demo
 
         run_demo(out, episodes=1, baseline=False)
 

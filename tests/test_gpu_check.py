@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh and vla_lab.experiments.gpu_check on the CPU (behaviour, never timings)."""
+"""benchmarks/gpu_check.sh and vla_lab.bench.gpu_check on the CPU (behaviour, never timings)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import nbformat
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
+from vla_lab.bench import gpu_check
 from vla_lab.errors import InputError
-from vla_lab.experiments import gpu_check
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -175,7 +175,7 @@ def _wheel(folder: Path, name: str, version: str, *requires: str) -> None:
 
 
 def test_wheel_closure_reports_unmet_requirements(tmp_path, capsys):
-    from vla_lab.experiments import gpu_wheels
+    from vla_lab.bench import gpu_wheels
 
     _wheel(tmp_path, "nbclient", "0.11.0", "jupyter-client>=6.1.12", "traitlets>=5.4",
            "pytest; extra == 'test'", "pywin32; sys_platform == 'win32'")

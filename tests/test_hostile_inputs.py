@@ -18,8 +18,8 @@ from testkit import assert_one_line_error, run_cli, snapshot, tiny_tabletop_conf
 
 from vla_lab import VLAConfig, capture, files, tabletop
 from vla_lab.errors import CheckpointError, ConfigError, InputError
-from vla_lab.experiments.train import train
 from vla_lab.model import build_random, load_pretrained, save_pretrained
+from vla_lab.training.train import train
 
 INSTRUCTION = "pick up the red cube"
 PROPRIO = ["--proprio", "0,0,0,0,0,0,0,0"]
@@ -203,7 +203,7 @@ def test_devices_this_machine_lacks(image, monkeypatch) -> None:
 
 
 def test_unusable_outputs_fail_before_any_work(tmp_path, monkeypatch) -> None:
-    import vla_lab.experiments.bench as bench
+    import vla_lab.bench.inference as bench
 
     calls = []
     monkeypatch.setattr(bench, "run_benchmarks", lambda *a, **k: calls.append(a))
@@ -220,7 +220,7 @@ def test_unusable_outputs_fail_before_any_work(tmp_path, monkeypatch) -> None:
 
 
 def test_bench_never_overwrites_its_output(tmp_path, monkeypatch) -> None:
-    import vla_lab.experiments.bench as bench
+    import vla_lab.bench.inference as bench
 
     monkeypatch.setattr(bench, "run_benchmarks", lambda *a, **k: pytest.fail("ran before checking --out"))
     out = tmp_path / "bench.json"

@@ -18,11 +18,11 @@ from testkit import assert_one_line_error, read_metrics, run_cli, snapshot, tiny
 
 from vla_lab import tabletop
 from vla_lab.errors import CheckpointError, InputError
-from vla_lab.experiments import run_dir
-from vla_lab.experiments import train as train_module
-from vla_lab.experiments.train import train
 from vla_lab.model import load_pretrained, save_pretrained
 from vla_lab.run_dir import KIND_FILE, RunDir
+from vla_lab.training import run_dir
+from vla_lab.training import train as train_module
+from vla_lab.training.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

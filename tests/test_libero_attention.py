@@ -130,7 +130,7 @@ def test_the_reported_depth_is_chosen_on_the_selection_set_and_tasks_are_resampl
 def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
     """``study target-attention --world libero``: a trained checkpoint and its random init on simulator frames;
     depth chosen on the selection init state, reported on the held-out one, tasks as the interval's unit."""
-    from vla_lab.experiments.study import StudySettings, load_result, run_study
+    from vla_lab.studies import StudySettings, load_result, run_study
 
     checkpoint = str(libero_two_step_run)
     settings = StudySettings("target-attention", models=[checkpoint], world="libero", tasks=[0],

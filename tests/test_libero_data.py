@@ -21,10 +21,10 @@ from vla_lab.cli import build_parser
 from vla_lab.cli.train import train_configs
 from vla_lab.config import VLAConfig
 from vla_lab.errors import ConfigError, InputError
-from vla_lab.experiments.train import TrainConfig, train
 from vla_lab.libero import data as libero_data
 from vla_lab.model import load_pretrained
 from vla_lab.processing import VLAProcessor, build_prompt
+from vla_lab.training.train import TrainConfig, train
 from vla_lab.worlds.libero.tokenizer import VOCABULARY, build_libero_tokenizer, write_libero_tokenizer_files
 
 h5py = pytest.importorskip("h5py")

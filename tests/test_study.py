@@ -16,8 +16,8 @@ from testkit import assert_one_line_error, run_cli, run_torchrun, snapshot
 
 from vla_lab import registry, stats, tabletop
 from vla_lab.errors import InputError
-from vla_lab.experiments.study import STUDIES, StudySettings, knockout, load_result, patching, run_study, verify_records
 from vla_lab.run_dir import RunDir
+from vla_lab.studies import STUDIES, StudySettings, knockout, load_result, patching, run_study, verify_records
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.worlds import tabletop as world
 

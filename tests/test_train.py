@@ -1,4 +1,4 @@
-"""Tests of the trainer (vla_lab.experiments.train) at tiny sizes."""
+"""Tests of the trainer (vla_lab.training.train) at tiny sizes."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from vla_lab import tabletop
 from vla_lab.cli import build_parser
 from vla_lab.cli.train import train_configs
 from vla_lab.errors import ConfigError
-from vla_lab.experiments.train import (
+from vla_lab.model import load_pretrained
+from vla_lab.training.train import (
     TRAINER_STATE,
     TrainConfig,
     batch_indices,
     learning_rate,
     train,
 )
-from vla_lab.model import load_pretrained
 from vla_lab.worlds import tabletop as world
 
 # --- configuration and schedule ----------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_train_command_leaves_the_environment_alone(tmp_path, monkeypatch) -> No
     """--num-threads reaches torch through the trainer; the command does not set OMP_NUM_THREADS in its own
     environment (torch is imported long before, so it only leaked into later subprocesses)."""
     from vla_lab.cli.train import run
-    from vla_lab.experiments import train as train_module
+    from vla_lab.training import train as train_module
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     seen = {}

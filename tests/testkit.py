@@ -29,7 +29,7 @@ from vla_lab import VLAAdapter, VLAConfig
 from vla_lab.config import QWEN25_05B_TEXT_CONFIG, VISION_BACKBONES
 
 if TYPE_CHECKING:
-    from vla_lab.experiments.train import TrainConfig
+    from vla_lab.training.train import TrainConfig
 
 #: Reference data copied into the repository: released checkpoint files (MIT; the tokenizer files are
 #: Qwen2.5's, Apache-2.0), the released state-dict keys and one LIBERO-Spatial observation.
@@ -289,7 +289,7 @@ def tiny_tabletop_config(attention: str = "causal") -> VLAConfig:
 
 def tiny_train_config(**changes) -> TrainConfig:
     """A tabletop training run of 12 steps on 96 examples (one thread, seed 3)."""
-    from vla_lab.experiments.train import TrainConfig
+    from vla_lab.training.train import TrainConfig
 
     base = {
         "steps": 12,
@@ -597,7 +597,7 @@ def write_demos(directory: Path, tasks: int = 2, demos: int = 2, steps: int = 11
 
 def tiny_libero_recipe(demos_dir: Path, **changes) -> TrainConfig:
     """The LIBERO recipe on ``demos_dir`` for 6 steps (one thread, seed 5)."""
-    from vla_lab.experiments.train import TrainConfig
+    from vla_lab.training.train import TrainConfig
 
     base = {"steps": 6, "batch_size": 4, "warmup_steps": 2, "mse_warmup_steps": 2, "log_interval": 1,
             "checkpoint_interval": 0, "num_threads": 1, "seed": 5}

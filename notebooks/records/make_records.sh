@@ -7,7 +7,7 @@ set -euo pipefail
 launch=${VLA_LAB_LAUNCH:-vla-lab}
 models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
-  mapfile -t models < <(python -c "from vla_lab.experiments.study import shipped_specs; print('\n'.join(s.name for s in shipped_specs()))")
+  mapfile -t models < <(python -c "from vla_lab.studies import shipped_specs; print('\n'.join(s.name for s in shipped_specs()))")
 fi
 root=notebooks/records
 for model in "${models[@]}"; do

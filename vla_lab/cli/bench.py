@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab bench``."""
     import torch
 
-    from vla_lab.experiments.bench import run_benchmarks
+    from vla_lab.bench.inference import run_benchmarks
 
     out = files.check_output_file(args.out, "--out") if args.out else None
     for name in ("batch", "warmup", "repeats", "threads"):

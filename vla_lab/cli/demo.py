@@ -21,7 +21,7 @@ def register(sub: options.Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab demo``."""
-    from vla_lab.experiments.demo import run_demo
+    from vla_lab.studies.demo import run_demo
 
     if args.episodes < 1:
         raise InputError(f"--episodes: got {args.episodes}, expected a positive integer")

@@ -51,7 +51,7 @@ def _add_eval_parser(sub: options.Subparsers) -> None:
     source = options.add_model_arguments(q, attention=None, dtype_default=None)
     source.add_argument("--shipped", choices=(*MASKS, *SHIPPED),
                         help="a shipped model: tabletop (the mask it was trained with) or LIBERO (its name)")
-    _add_suite(q, f"one of {', '.join(libero_env.SUITES)}")
+    options.add_suite(q, f"one of {', '.join(libero_env.SUITES)}")
     _add_episode_arguments(q, "vla_lab_eval")
     _add_resolution(q, None, f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution "
                              "of the demonstrations a vla-lab LIBERO model was trained on)")
@@ -67,26 +67,16 @@ def _add_libero_parser(sub: options.Subparsers) -> None:
     p.set_defaults(func=run)
     tools = p.add_subparsers(dest="tool", required=True, parser_class=type(p))
     q = tools.add_parser("expert", help="run the scripted expert (physics only) and record its success")
-    _add_suite(q, "the suite (only libero_spatial has an expert)", EXPERT_SUITE)
+    options.add_suite(q, "the suite (only libero_spatial has an expert)", EXPERT_SUITE)
     _add_episode_arguments(q, "vla_lab_expert")
     q = tools.add_parser("demos", help="expert demonstrations in LIBERO's HDF5 layout (successful episodes only)")
-    _add_suite(q, "the suite (only libero_spatial has an expert)", EXPERT_SUITE)
+    options.add_suite(q, "the suite (only libero_spatial has an expert)", EXPERT_SUITE)
     q.add_argument("--episodes-per-task", dest="trials", type=int,
                    help="run init states 0..N-1 of each task, keep the successes (default: all 50)")
     _add_resolution(q, DEMO_RESOLUTION,
                     f"camera resolution of the stored images (default {DEMO_RESOLUTION}, LIBERO's own)")
     _add_episode_arguments(q, "vla_lab_demos", trials=False)
     q.set_defaults(trials_flag="--episodes-per-task")
-
-
-def _add_suite(q: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
-    """``--suite``: required where it has no default."""
-    q.add_argument("--suite", required=default is None, default=default, help=help)
-
-
-def _add_tasks(q: argparse.ArgumentParser) -> None:
-    """``--tasks``: comma-separated task ids of the suite (checked by :func:`parse_tasks`)."""
-    q.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
 
 
 def _add_resolution(q: argparse.ArgumentParser, default: int | None, help: str) -> None:
@@ -96,10 +86,10 @@ def _add_resolution(q: argparse.ArgumentParser, default: int | None, help: str) 
 
 def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str, trials: bool = True) -> None:
     """The options of a run of LIBERO episodes: which episodes, the simulator, the run directory, output."""
-    _add_tasks(q)
+    options.add_tasks(q)
     if trials:
         q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50, as upstream)")
-    q.add_argument("--init-states", dest="init_states", help="init states A:B (A included, B not)")
+    options.add_init_states(q, "init states A:B (A included, B not)")
     q.add_argument("--max-steps", dest="max_steps", type=int, help="steps per episode (default: the suite's)")
     q.add_argument("--env-seed", dest="env_seed", type=int, default=0, help="simulator seed (default 0, as upstream)")
     options.add_out(q, f"run directory (default: ./{out_root}/<suite>)")
@@ -322,7 +312,7 @@ def _evaluate(args: argparse.Namespace, suite: str, keys: Any, out: Path, settin
 def _evaluate_model(args: argparse.Namespace, suite: str, keys: Any, out: Path, settings: dict[str, Any]) -> int:
     import torch
 
-    from vla_lab.experiments.bench import cpu_model
+    from vla_lab.bench.inference import cpu_model
     from vla_lab.version import __version__
 
     with parallel.process_group(args.device) as ranks:

@@ -135,6 +135,22 @@ def add_observation(parser: argparse.ArgumentParser, required: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def add_suite(parser: argparse.ArgumentParser, help: str, default: str | None = None, *,
+              optional: bool = False) -> None:
+    """``--suite``: a LIBERO suite, required where it has no default unless ``optional``."""
+    parser.add_argument("--suite", required=default is None and not optional, default=default, help=help)
+
+
+def add_tasks(parser: argparse.ArgumentParser) -> None:
+    """``--tasks``: comma-separated task ids of the suite (checked by :func:`parse_tasks`)."""
+    parser.add_argument("--tasks", help="comma-separated task ids (default: every task of the suite)")
+
+
+def add_init_states(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--init-states A:B`` (checked by :func:`parse_init_states`)."""
+    parser.add_argument("--init-states", dest="init_states", help=help)
+
+
 def add_out(parser: argparse.ArgumentParser, help: str, required: bool = False, default: str | None = None) -> None:
     """``--out PATH``: where the command writes (``help``: what it writes there)."""
     parser.add_argument("--out", required=required, default=default, help=help)

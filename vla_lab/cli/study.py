@@ -20,7 +20,7 @@ from vla_lab.errors import InputError
 
 def register(sub: options.Subparsers) -> None:
     """Add ``study`` to the subparsers of the ``vla-lab`` parser."""
-    from vla_lab.experiments.study import STUDIES
+    from vla_lab.studies import STUDIES
 
     p = sub.add_parser("study", help="a study over many scenes: per-scene records, intervals, paired tests "
                                      "(sharded under torchrun)")
@@ -30,10 +30,9 @@ def register(sub: options.Subparsers) -> None:
                                     "directory (repeat; default: every shipped tabletop model)")
     p.add_argument("--world", choices=("tabletop", "libero"), default="tabletop",
                    help="the world the episodes are in (default tabletop; libero: where the study is written for it)")
-    p.add_argument("--suite", help="libero: the suite (default libero_spatial)")
-    p.add_argument("--tasks", help="libero: comma-separated task ids (default: every task of the suite)")
-    p.add_argument("--init-states", dest="init_states",
-                   help="libero: init states A:B reported on (default 40:50, held out from training)")
+    options.add_suite(p, "libero: the suite (default libero_spatial)", optional=True)
+    options.add_tasks(p)
+    options.add_init_states(p, "libero: init states A:B reported on (default 40:50, held out from training)")
     p.add_argument("--selection-states", dest="selection_states",
                    help="libero: init states A:B that selections are made on (default 0:5, training init states)")
     p.add_argument("--scenes", type=int, default=200, help="test scenes (default 200)")
@@ -60,7 +59,7 @@ def register(sub: options.Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab study``."""
     from vla_lab import registry
-    from vla_lab.experiments.study import StudySettings, run_study
+    from vla_lab.studies import StudySettings, run_study
 
     states = {flag: options.parse_init_states(None, getattr(args, flag.strip("-").replace("-", "_")), states_flag=flag)
               for flag in ("--init-states", "--selection-states")}

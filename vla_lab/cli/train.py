@@ -13,7 +13,7 @@ from vla_lab.config import VLAConfig, resolve_device
 from vla_lab.errors import ConfigError, InterruptError
 
 if TYPE_CHECKING:
-    from vla_lab.experiments.train import TrainConfig
+    from vla_lab.training.train import TrainConfig
 
 
 def register(sub: options.Subparsers) -> None:
@@ -49,8 +49,8 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
     overrides :class:`TrainConfig`'s defaults (with ``--data``: :meth:`TrainConfig.libero_recipe`); the model is
     ``--model-config``, else the tabletop architecture or, with ``--data``, the preset ``libero-small``."""
     from vla_lab import tabletop
-    from vla_lab.experiments.run_dir import MODEL_CONFIG, TRAIN_CONFIG
-    from vla_lab.experiments.train import TrainConfig
+    from vla_lab.training.run_dir import MODEL_CONFIG, TRAIN_CONFIG
+    from vla_lab.training.train import TrainConfig
 
     stored = Path(args.out) if getattr(args, "resume", False) else None
     demos = getattr(args, "data", None)
@@ -102,8 +102,8 @@ class _option:  # noqa: N801 - used as a context manager, like contextlib's
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab train``: train, then print the checkpoint and its test evaluation as JSON."""
-    from vla_lab.experiments.run_dir import latest_checkpoint
-    from vla_lab.experiments.train import train
+    from vla_lab.training.run_dir import latest_checkpoint
+    from vla_lab.training.train import train
 
     config, model_config = train_configs(args)
     resolve_device(config.device, "--device")

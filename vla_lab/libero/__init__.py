@@ -6,7 +6,7 @@
 * :mod:`.models` -- vla-lab's LIBERO models (``libero-spatial-<mask>``).
 
 Target attention on LIBERO frames is the ``target-attention`` study on the LIBERO world
-(:mod:`vla_lab.experiments.study`, measured by :mod:`vla_lab.interp.target_attention`).
+(:mod:`vla_lab.studies`, measured by :mod:`vla_lab.interp.target_attention`).
 
 (The run function is ``vla_lab.libero.evaluate.evaluate``; it is not re-exported here, where its name would
 hide its module.)

@@ -1,7 +1,7 @@
 """The LIBERO models vla-lab trains on its own demonstrations and ships (``vla_lab/libero/checkpoints``).
 
 ``libero-spatial-causal`` and ``libero-spatial-bidirectional``: preset ``libero-small`` trained with the
-recipe :meth:`vla_lab.experiments.train.TrainConfig.libero_recipe` on the expert's libero_spatial
+recipe :meth:`vla_lab.training.train.TrainConfig.libero_recipe` on the expert's libero_spatial
 demonstrations of init states 0-39, the LLM mask the only difference (``checkpoints/README.md`` gives the
 commands, seeds, steps and wall time). Each checkpoint carries ``libero_demos.json``, the manifest of the
 demonstrations it was trained on (suite, camera resolution, demonstrations per task and their init

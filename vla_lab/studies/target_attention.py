@@ -22,19 +22,21 @@ from typing import Any
 import pandas as pd
 
 from vla_lab import interp
-from vla_lab.experiments.study.engine import (
+from vla_lab.interp import target_attention as ta
+from vla_lab.model import VLAAdapter
+from vla_lab.registry import RANDOM_PREFIX, ModelSpec, random_init_of
+from vla_lab.studies.engine import (
     Study,
     StudySettings,
     Unit,
     UnitEpisodes,
+    register_study,
+)
+from vla_lab.studies.rows import (
     frame,
     model_keys,
-    register_study,
     test_row,
 )
-from vla_lab.interp import target_attention as ta
-from vla_lab.model import VLAAdapter
-from vla_lab.registry import RANDOM_PREFIX, ModelSpec, random_init_of
 
 #: Per world: the record columns naming an episode, the column episodes cluster by (None: independent) and
 #: the noun of the interval's resampling unit.

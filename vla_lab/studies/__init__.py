@@ -4,23 +4,18 @@
 Studies: ``mask-swap``, ``knockout``, ``target-attention`` and ``patching`` (see each module).
 """
 
-from vla_lab.experiments.study import knockout, mask_swap, patching, target_attention
-from vla_lab.experiments.study.engine import (
+from vla_lab.registry import ModelSpec, random_init_of, shipped_specs
+from vla_lab.studies import knockout, mask_swap, patching, target_attention
+from vla_lab.studies.engine import (
     STUDIES,
-    VERIFY_ATOL,
-    VERIFY_RTOL,
     Study,
     StudyResult,
     StudySettings,
     Unit,
-    load_result,
-    load_results,
     register_study,
     run_study,
-    summary_table,
-    verify_records,
 )
-from vla_lab.registry import ModelSpec, random_init_of, shipped_specs
+from vla_lab.studies.records import VERIFY_ATOL, VERIFY_RTOL, load_result, load_results, summary_table, verify_records
 
 __all__ = [
     "STUDIES",

@@ -11,23 +11,25 @@ from __future__ import annotations
 import pandas as pd
 
 from vla_lab import tabletop
-from vla_lab.experiments.study.engine import (
+from vla_lab.model import VLAAdapter
+from vla_lab.registry import ModelSpec
+from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
+from vla_lab.studies.engine import (
     Study,
     StudySettings,
     Unit,
     UnitEpisodes,
+    register_study,
+)
+from vla_lab.studies.rows import (
     frame,
     mean_row,
     model_keys,
     paired,
     rate_row,
-    register_study,
     test_row,
     using_attention,
 )
-from vla_lab.model import VLAAdapter
-from vla_lab.registry import ModelSpec
-from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
 
 MASKS = ("causal", "bidirectional")
 

@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vla_lab.config import CONTENT_SEGMENTS, PROJECTORS
-from vla_lab.experiments.ablation.grid import BACKBONES, MASKS, SCALES
-from vla_lab.experiments.ablation.runs import order_key, pooled_success
+from vla_lab.studies.ablation.grid import BACKBONES, MASKS, SCALES
+from vla_lab.studies.ablation.runs import order_key, pooled_success
 
 _MASK_COLORS = {"causal": "#1b9e77", "bidirectional": "#d95f02"}
 
@@ -245,7 +245,7 @@ def _interval_err(value: pd.Series, ci95: pd.Series) -> np.ndarray:
 
 def plot_trained(summary: pd.DataFrame, preset_label: str = "preset") -> Figure:
     """Own-mask success (Wilson 95 %) and action L1 (95 % bootstrap) per trained architecture: one marker with its
-    interval per training seed, a black bar for the seeds pooled (:func:`vla_lab.experiments.ablation.
+    interval per training seed, a black bar for the seeds pooled (:func:`vla_lab.studies.ablation.
     trained_summary`). The success axis is cut to the range the intervals span (a dot plot, no bars from 0)."""
     architectures = list(dict.fromkeys(summary["architecture"]))
     labels = [preset_label if a == "preset" else a for a in architectures]

@@ -1,6 +1,6 @@
 """Check that a folder of wheels is closed over its ``Requires-Dist`` on the GPU machine of issue 14.
 
-``benchmarks/fetch_gpu_wheels.sh`` runs ``python -m vla_lab.experiments.gpu_wheels .whl``: every
+``benchmarks/fetch_gpu_wheels.sh`` runs ``python -m vla_lab.bench.gpu_wheels .whl``: every
 requirement (markers evaluated for CPython 3.12 on Linux x86_64) must be met by a wheel in the folder, be
 a distribution that machine has (:data:`GPU_MACHINE`, versions unknown, so not checked), or be listed in
 :data:`NOT_NEEDED` with the reason it is never imported on the check's path.
@@ -83,7 +83,7 @@ def unresolved(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vla_lab.experiments.gpu_wheels FOLDER``: list the wheels; exit 1 on an unmet requirement."""
+    """``python -m vla_lab.bench.gpu_wheels FOLDER``: list the wheels; exit 1 on an unmet requirement."""
     args = list(sys.argv[1:] if argv is None else argv)
     folder = Path(args[0] if args else ".whl")
     wheels = read_wheels(folder)

@@ -13,10 +13,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from vla_lab.bench.inference import synthetic_batch, time_callable
 from vla_lab.config import VLAConfig
-from vla_lab.experiments.ablation.grid import Variant, deepened_config, parameter_counts, variant_config
-from vla_lab.experiments.bench import synthetic_batch, time_callable
 from vla_lab.model import VLAAdapter, build_random
+from vla_lab.studies.ablation.grid import Variant, deepened_config, parameter_counts, variant_config
 
 # ---------------------------------------------------------------------------------------------
 # Latency and memory

@@ -20,9 +20,7 @@ rank 0 and written in unit order, so the records are exactly those of one proces
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +29,11 @@ import pandas as pd
 import torch
 
 from vla_lab import files, parallel, registry
-from vla_lab.config import PROMPTS, AttentionLike, resolve_device
+from vla_lab.config import PROMPTS, resolve_device
 from vla_lab.errors import InputError
 from vla_lab.model import VLAAdapter
 from vla_lab.registry import ModelSpec
 from vla_lab.run_dir import RunDir
-from vla_lab.stats import PairedTest, bootstrap_interval, ratio_of_means_interval, wilson_interval
 from vla_lab.worlds import Episode, Observation, World, create_world
 from vla_lab.worlds import tabletop as world
 from vla_lab.worlds.libero.env import check_suite
@@ -280,91 +277,6 @@ def register_study(cls: type[Study]) -> type[Study]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers for studies
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def using_attention(model: VLAAdapter, attention: AttentionLike) -> Iterator[VLAAdapter]:
-    """``model`` with another default mask for the ``with`` block."""
-    before = model.config.attention
-    model.set_attention(attention)
-    try:
-        yield model
-    finally:
-        model.config.attention = before
-
-
-def rate_row(successes: Any, **keys: Any) -> dict[str, Any]:
-    """A summary row for a success rate: n, value, Wilson ci95."""
-    values = pd.Series(successes).dropna().astype(bool)
-    n, k = len(values), int(values.sum())
-    low, high = wilson_interval(k, n)
-    return {**keys, "statistic": "rate", "n": n, "value": k / n if n else math.nan, "ci95": [low, high],
-            "interval": "Wilson"}
-
-
-def mean_row(values: Any, seed: int = 0, **keys: Any) -> dict[str, Any]:
-    """A summary row for the mean of per-scene values: n, value, BCa bootstrap ci95 over scenes."""
-    array = pd.Series(values, dtype="float64").dropna().to_numpy()
-    low, high = bootstrap_interval(array, seed=seed) if array.size else (math.nan, math.nan)
-    return {**keys, "statistic": "mean", "n": int(array.size), "value": float(array.mean()) if array.size else math.nan,
-            "ci95": [low, high], "interval": "bootstrap over scenes (BCa)"}
-
-
-def ratio_row(numerators: Any, denominators: Any, seed: int = 0, **keys: Any) -> dict[str, Any]:
-    """A summary row for a ratio of means over scenes: n, value, percentile bootstrap ci95 (scenes paired)."""
-    pairs = pd.DataFrame({"a": pd.Series(numerators, dtype="float64").to_numpy(),
-                          "b": pd.Series(denominators, dtype="float64").to_numpy()}).dropna()
-    n = len(pairs)
-    value = float(pairs["a"].mean() / pairs["b"].mean()) if n and pairs["b"].mean() != 0 else math.nan
-    low, high = ratio_of_means_interval(pairs["a"], pairs["b"], seed=seed) if n else (math.nan, math.nan)
-    return {**keys, "statistic": "ratio of means", "n": n, "value": value, "ci95": [low, high],
-            "interval": "bootstrap over scenes (percentile, paired)"}
-
-
-def test_row(result: PairedTest, **keys: Any) -> dict[str, Any]:
-    """A tests row: the keys, then name, statistic, p, n, note."""
-    return {**keys, "name": result.name, "statistic": result.statistic, "p": result.p, "n": result.n,
-            "note": result.note}
-
-
-def closed_loop_mask(scenes: Sequence[world.Scene], settings: StudySettings, unit: Unit) -> list[bool]:
-    """Which of ``scenes`` get closed-loop episodes: all, unless ``closed_loop`` is off or
-    ``closed_loop_scenes`` keeps only the first N scenes the study takes from the unit's split."""
-    if not settings.closed_loop:
-        return [False] * len(scenes)
-    if settings.closed_loop_scenes is None:
-        return [True] * len(scenes)
-    first = world.SPLITS[unit.split].start + (settings.start if unit.split == settings.split else 0)
-    return [s.seed - first < settings.closed_loop_scenes for s in scenes]
-
-
-def paired(first: pd.Series, second: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Two per-scene series (indexed by scene) restricted to the scenes both measured."""
-    both = pd.concat([first.rename("first"), second.rename("second")], axis=1).dropna()
-    return both["first"], both["second"]
-
-
-def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(rows)
-
-
-def model_keys(records: pd.DataFrame) -> Iterator[tuple[dict[str, Any], pd.DataFrame]]:
-    """(model columns as a dict, that model's records) for each model, in order of appearance."""
-    for name in dict.fromkeys(records["model"]):
-        part = records[records["model"] == name]
-        first = part.iloc[0]
-        yield {c: _plain(first[c]) for c in MODEL_COLUMNS}, part
-
-
-def _plain(value: Any) -> Any:
-    if pd.isna(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
-
-
-# ---------------------------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------------------------
 
@@ -514,74 +426,3 @@ def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], director
         files.write_json(directory / SUMMARY_FILE, {**result.to_json(), "settings": stored})
     parallel.barrier(place)
     return result
-
-
-def load_result(out: str | Path) -> StudyResult:
-    """A finished run directory's records and summary."""
-    directory = Path(out)
-    records = pd.read_parquet(directory / RECORDS_FILE)
-    data = json.loads((directory / SUMMARY_FILE).read_text(encoding="utf-8"))
-    return StudyResult(data["study"], records, pd.DataFrame(data["summary"]), pd.DataFrame(data["tests"]), directory)
-
-
-def summary_table(result: StudyResult, digits: int = 3) -> pd.DataFrame:
-    """The summary with ``value [lo, hi]`` as text, for display."""
-    df = result.summary.copy()
-    if df.empty:
-        return df
-
-    def show(row: pd.Series) -> str:
-        low, high = row["ci95"]
-        return f"{row['value']:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
-
-    df["estimate"] = df.apply(show, axis=1)
-    return df
-
-
-def load_results(root: str | Path, study: str) -> StudyResult:
-    """Every finished run of ``study`` under ``root/<study>/<model>/``, records, summaries and tests
-    concatenated (one directory per model, as ``notebooks/records/make_records.sh`` writes them)."""
-    directories = sorted(p.parent for p in (Path(root) / study).glob(f"*/{SUMMARY_FILE}"))
-    if not directories:
-        raise InputError(f"records: got no finished {study} run under {Path(root) / study}, expected "
-                         "<model>/summary.json (see notebooks/records/make_records.sh)")
-    results = [load_result(d) for d in directories]
-    return StudyResult(
-        study,
-        pd.concat([r.records for r in results], ignore_index=True),
-        pd.concat([r.summary for r in results], ignore_index=True),
-        pd.concat([r.tests for r in results], ignore_index=True),
-        Path(root) / study,
-    )
-
-
-#: How far a recomputed float record may be from the stored one (``|a - b| <= atol + rtol * |b|``): float32
-#: rounding, which differs between CPUs (records made on an Intel Xeon, recomputed on an AMD EPYC: up to 6e-7).
-VERIFY_ATOL, VERIFY_RTOL = 1e-6, 1e-5
-
-
-def verify_records(
-    out: str | Path, units: int = 1, atol: float = VERIFY_ATOL, rtol: float = VERIFY_RTOL
-) -> pd.DataFrame:
-    """Recompute the first ``units`` test units of a finished run with its stored settings and compare them
-    with its records: every column but the float ones exactly, float columns within ``atol + rtol * |stored|``
-    (pass 0, 0 for an exact comparison). Returns the recomputed records, with ``attrs["max_abs_difference"]``
-    the largest float difference found (0.0 when identical); raises InputError naming the first difference."""
-    directory = Path(out)
-    stored = json.loads((directory / STUDY_FILE).read_text(encoding="utf-8"))
-    settings = StudySettings(**{**stored, "scenes": min(stored["scenes"], units * stored["batch_size"]),
-                                "validation_scenes": 0})
-    fresh = run_study(settings, progress=False).records.reset_index(drop=True)
-    saved = pd.read_parquet(directory / RECORDS_FILE)
-    saved = saved[(saved["split"] == settings.split) & saved["scene"].isin(set(fresh["scene"]))].reset_index(drop=True)
-    exact = atol == 0 and rtol == 0
-    try:
-        pd.testing.assert_frame_equal(fresh, saved, check_exact=exact, atol=atol, rtol=rtol)
-    except AssertionError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise InputError(f"records: {directory} differs from a recomputation of its first {units} unit(s): "
-                         f"{first}") from None
-    floats = [c for c in fresh.columns if pd.api.types.is_float_dtype(fresh[c])]
-    differences = [float((fresh[c] - saved[c]).abs().max()) for c in floats if fresh[c].notna().any()]
-    fresh.attrs["max_abs_difference"] = max(differences, default=0.0)
-    return fresh

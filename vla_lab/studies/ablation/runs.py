@@ -20,13 +20,13 @@ import torch
 from vla_lab import tabletop
 from vla_lab.config import CONTENT_SEGMENTS, PROJECTORS, AttentionLike, VLAConfig, coarse_segment
 from vla_lab.errors import InputError
-from vla_lab.experiments.ablation.grid import BACKBONES, MASKS, Variant, variant_config
-from vla_lab.experiments.run_dir import METRICS
-from vla_lab.experiments.train import TrainConfig, train
 from vla_lab.interp import capture, segment_mass
 from vla_lab.model import SequenceLayout, VLAAdapter, load_pretrained
 from vla_lab.processing import QwenTokenizer
 from vla_lab.stats import wilson_interval
+from vla_lab.studies.ablation.grid import BACKBONES, MASKS, Variant, variant_config
+from vla_lab.training.run_dir import METRICS
+from vla_lab.training.train import TrainConfig, train
 
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation
@@ -86,7 +86,7 @@ def trainer_config(train_config: TrainConfig, attention: AttentionLike) -> Train
 def train_variant(
     config: VLAConfig, train_config: TrainConfig, out_dir: str | Path | None = None
 ) -> TrainResult:
-    """Train ``config`` from scratch with the repository's trainer (:func:`vla_lab.experiments.train.train`), load it.
+    """Train ``config`` from scratch with the repository's trainer (:func:`vla_lab.training.train.train`), load it.
 
     The trainer's own validation, test evaluation and intermediate checkpoints are switched off (the
     ablation evaluates every variant itself) and it logs every step; ``train_config.attention`` is set

@@ -10,14 +10,14 @@
 * :mod:`.plots` -- figures of those tables (import it explicitly; the rest does not need matplotlib).
 """
 
-from vla_lab.experiments.ablation.cost import (
+from vla_lab.studies.ablation.cost import (
     PeakMemory,
     cost_table,
     equal_parameter_cost,
     forward_peak_bytes,
     measure_cost,
 )
-from vla_lab.experiments.ablation.grid import (
+from vla_lab.studies.ablation.grid import (
     BACKBONES,
     DESIGNS,
     MASKS,
@@ -35,7 +35,7 @@ from vla_lab.experiments.ablation.grid import (
     variant_config,
     variant_grid,
 )
-from vla_lab.experiments.ablation.runs import (
+from vla_lab.studies.ablation.runs import (
     TrainResult,
     VariantRun,
     action_query_attention,
@@ -51,7 +51,7 @@ from vla_lab.experiments.ablation.runs import (
     trainer_config,
     uniform_mass,
 )
-from vla_lab.experiments.ablation.trained import PRESET, architecture_of_recipe, compare_to_preset, trained_summary
+from vla_lab.studies.ablation.trained import PRESET, architecture_of_recipe, compare_to_preset, trained_summary
 
 __all__ = [
     "BACKBONES",

@@ -1,6 +1,6 @@
 """The steps of ``benchmarks/gpu_check.sh`` that are not ``vla-lab bench`` runs, each writing one JSON file.
 
-``python -m vla_lab.experiments.gpu_check STEP``:
+``python -m vla_lab.bench.gpu_check STEP``:
 
 * ``env`` -- interpreter, library versions, devices, driver (``nvidia-smi``), git commit and a hash of the
   sources (the GPU machine's copy of the tree may have no ``.git``);
@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
+from vla_lab.bench.inference import device_name, synthetic_batch
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.experiments.bench import device_name, synthetic_batch
 from vla_lab.model import FastVLA, build_random
 from vla_lab.version import __version__
 
@@ -246,7 +246,7 @@ def inject_parameters(nb: Any, parameters: dict[str, Any]) -> Any:
     index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if index is None:
         raise InputError("notebook: got no cell tagged 'parameters', expected one to inject after")
-    lines = ["# Parameters injected by vla_lab.experiments.gpu_check", *(f"{k} = {v!r}" for k, v in parameters.items())]
+    lines = ["# Parameters injected by vla_lab.bench.gpu_check", *(f"{k} = {v!r}" for k, v in parameters.items())]
     nb.cells.insert(index + 1, nbformat.v4.new_code_cell("\n".join(lines), metadata={"tags": ["injected-parameters"]}))
     return nb
 
@@ -408,8 +408,8 @@ def summarize(out_dir: Path, steps_file: Path, logs_dir: Path, started: float, d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vla_lab.experiments.gpu_check {env,fidelity,notebooks,summary} --out FILE ...``"""
-    parser = argparse.ArgumentParser(prog="python -m vla_lab.experiments.gpu_check")
+    """``python -m vla_lab.bench.gpu_check {env,fidelity,notebooks,summary} --out FILE ...``"""
+    parser = argparse.ArgumentParser(prog="python -m vla_lab.bench.gpu_check")
     sub = parser.add_subparsers(dest="step", required=True)
     p = sub.add_parser("env")
     p.add_argument("--out", required=True)

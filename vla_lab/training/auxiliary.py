@@ -1,4 +1,4 @@
-"""The trainer's auxiliary losses (:mod:`vla_lab.experiments.train`'s module docstring says why): linear probes
+"""The trainer's auxiliary losses (:mod:`vla_lab.training.train`'s module docstring says why): linear probes
 on the projector's output (patch description) and on the last LLM layer's action-query states (target
 position), trained along and discarded."""
 

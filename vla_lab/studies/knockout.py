@@ -29,25 +29,27 @@ import pandas as pd
 import torch
 
 from vla_lab.config import AttentionSpec
-from vla_lab.experiments.study.engine import (
+from vla_lab.model import VLAAdapter
+from vla_lab.model.sequence import SequenceLayout
+from vla_lab.registry import ModelSpec
+from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
+from vla_lab.studies.engine import (
     Study,
     StudySettings,
     Unit,
     UnitEpisodes,
+    register_study,
+)
+from vla_lab.studies.policies import run_closed_loop
+from vla_lab.studies.rows import (
     closed_loop_mask,
     frame,
     mean_row,
     model_keys,
     paired,
     rate_row,
-    register_study,
     test_row,
 )
-from vla_lab.experiments.study.policies import run_closed_loop
-from vla_lab.model import VLAAdapter
-from vla_lab.model.sequence import SequenceLayout
-from vla_lab.registry import ModelSpec
-from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.worlds import tabletop as world
 

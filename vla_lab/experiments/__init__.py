@@ -1,1 +1,0 @@
-"""Experiments built on everything below: training, ablations, benchmarks, the demo, the design note's claims."""
