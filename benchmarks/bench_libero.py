@@ -27,7 +27,7 @@ import torch
 
 from vla_lab import files
 from vla_lab.config import VLAConfig
-from vla_lab.model import build_random
+from vla_lab.model import random_model
 from vla_lab.policy import Policy
 from vla_lab.worlds import Observation
 from vla_lab.worlds.libero import LiberoWorld
@@ -79,7 +79,7 @@ def simulator(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def policy_query(preset: str, sample: dict[str, Any], repeats: int) -> dict[str, Any]:
-    model = build_random(VLAConfig.preset(preset), seed=0).eval()
+    model = random_model(VLAConfig.preset(preset), seed=0).eval()
     policy = Policy(model, LiberoWorld(SUITE))
     policy.predict([sample["observation"]])  # warm-up
     return {"preset": preset, **_timed(lambda: policy.predict([sample["observation"]]), repeats)[0]}

@@ -139,7 +139,7 @@ def test_parameter_counts_follow_the_projector_shapes(base) -> None:
 @pytest.mark.parametrize("backbone", list(ablation.BACKBONES))
 def test_unused_vision_parameters_are_the_ones_without_gradient(base, tokenizer, backbone) -> None:
     config = ablation.variant_config(base, Variant(backbone, "gelu-mlp"))
-    model = tabletop.build_model(config, tokenizer=tokenizer)
+    model = tabletop.initial_model(config, tokenizer=tokenizer)
     model.train()
     batch = {
         "pixel_values": torch.randn(2, config.vision.channels_per_image * 2, 64, 64),
@@ -180,9 +180,9 @@ def test_peak_memory_tracks_allocations_and_frees() -> None:
 
 def test_forward_memory_grows_with_the_batch_and_cost_rows(base) -> None:
     from vla_lab.bench.inference import synthetic_batch
-    from vla_lab.model import build_random
+    from vla_lab.model import random_model
 
-    model = build_random(ablation.variant_config(base, Variant("dinov2", "linear")))
+    model = random_model(ablation.variant_config(base, Variant("dinov2", "linear")))
     one = ablation.forward_peak_bytes(model, synthetic_batch(model, 1))
     four = ablation.forward_peak_bytes(model, synthetic_batch(model, 4))
     assert 0 < one < four
@@ -241,7 +241,7 @@ def test_train_variant_runs_the_trainer_and_loads_the_model(tmp_path, base, toke
     written = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert written["attention"] == "bidirectional" and written["test_episodes"] == 0 and written["seed"] == tc.seed
     # Trained weights differ from the initial ones, are reproducible, and depend on the seed.
-    start = tabletop.build_model(config, seed=tc.seed, tokenizer=tokenizer, init=tc.init, gate=tc.gate_init)
+    start = tabletop.initial_model(config, seed=tc.seed, tokenizer=tokenizer, init=tc.init, gate=tc.gate_init)
     assert not torch.equal(start.projector.fc1.weight, model.projector.fc1.weight)
     again = ablation.train_variant(config, tc).model
     torch.testing.assert_close(again.projector.fc1.weight, model.projector.fc1.weight, rtol=0, atol=0)
@@ -279,7 +279,7 @@ def test_uniform_mass_and_action_query_attention(base, tokenizer, pools) -> None
     frames = {}
     for mask in ("causal", "bidirectional"):
         config = ablation.variant_config(base, Variant("dinov2", "linear", mask))
-        model = tabletop.build_model(config, tokenizer=tokenizer)
+        model = tabletop.initial_model(config, tokenizer=tokenizer)
         frame = ablation.action_query_attention(model, ablation.data_for(val_pool, config, tokenizer), n=3)
         assert list(frame.columns) == ["layer", "key_segment", "value", "uniform", "ratio"]
         sums = frame.groupby("layer")[["value", "uniform"]].sum()

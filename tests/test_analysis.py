@@ -111,9 +111,9 @@ def test_rollout(tiny_model, inputs):
         interp.attention_rollout(run_with_cache(tiny_model, **inputs)[1])
 
 
-def test_compare_modes(tiny_model, inputs):
-    cmp = interp.compare_modes(tiny_model, inputs)
-    assert cmp.modes == ("causal", "bidirectional")
+def test_compare_masks(tiny_model, inputs):
+    cmp = interp.compare_masks(tiny_model, inputs)
+    assert cmp.masks == ("causal", "bidirectional")
     att = cmp.attention
     vision_to_q = att[(att.query_segment == "vision") & (att.key_segment == "action_queries")]
     assert (vision_to_q["causal"] == 0).all() and (vision_to_q["difference"] > 0).all()
@@ -157,14 +157,14 @@ def test_segment_mass_per_key_token_divides_by_the_key_segment_length(tiny_model
     assert len({len(layout.text) for layout in cache.layouts}) == 2  # samples differ in prompt length
 
 
-def test_compare_modes_counts_identical_zero_states_as_unchanged(tiny_model, inputs):
+def test_compare_masks_counts_identical_zero_states_as_unchanged(tiny_model, inputs):
     """A token whose states are identical zero vectors under both masks (e.g. an untrained action query's
     embedding) has not drifted: cosine 1, not torch's 0 for zero vectors."""
     with torch.no_grad():
         saved = tiny_model.action_queries.weight[-1].clone()
         tiny_model.action_queries.weight[-1].zero_()
         try:
-            cos = interp.compare_modes(tiny_model, inputs).hidden_cosine
+            cos = interp.compare_masks(tiny_model, inputs).hidden_cosine
         finally:
             tiny_model.action_queries.weight[-1].copy_(saved)
     first = cos[cos.hidden_index == 0]

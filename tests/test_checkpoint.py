@@ -39,7 +39,7 @@ from testkit import (
 
 from vla_lab import VLAAdapter, VLAConfig
 from vla_lab.errors import CheckpointError, ExportError, InputError
-from vla_lab.model import build_on_meta, load_pretrained, save_pretrained
+from vla_lab.model import load_pretrained, meta_model, save_pretrained
 from vla_lab.model.action_head import L1RegressionActionHead
 from vla_lab.model.checkpoint import config_from_released, from_released_key, split_state_dict, to_released_key
 from vla_lab.processing import VLAProcessor
@@ -91,7 +91,7 @@ def released_keys() -> dict:
 @pytest.mark.parametrize("preset, version", [(PRO_PRESET, "pro"), (V1_PRESET, "v1")])
 def test_full_size_preset_has_the_released_keys_and_shapes(preset, version):
     ref = released_keys()
-    model = build_on_meta(VLAConfig.preset(preset))
+    model = meta_model(VLAConfig.preset(preset))
     parts = split_state_dict(model.state_dict(), model.config)
     assert all(t.is_meta for part in parts.values() for t in part.values())
     sections = {
@@ -113,7 +113,7 @@ def test_layerscale_names_map_both_ways():
     scale = [k for k in ref if k.endswith("scale_factor")]
     # DINOv2-L has LayerScale in all 24 blocks; SigLIP has none.
     assert len(scale) == 48 and all(".featurizer." in k for k in scale)
-    ours = build_on_meta(VLAConfig.preset(PRO_PRESET)).state_dict()
+    ours = meta_model(VLAConfig.preset(PRO_PRESET)).state_dict()
     for key in ref:
         assert from_released_key(key) in ours
         assert to_released_key(from_released_key(key)) == key
@@ -142,7 +142,7 @@ def test_released_config_json_gives_the_full_size_architecture(preset, version):
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size"):
         assert config.llm[key] == expected.llm[key]
     assert len(config.norm_stats) == 25
-    model = build_on_meta(config)
+    model = meta_model(config)
     state = {from_released_key(k): v for k, v in weights.items()}
     state.update({f"action_head.{k}": v for k, v in head.items()})
     state.update({f"proprio_projector.{k}": v for k, v in proprio.items()})

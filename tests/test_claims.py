@@ -1,6 +1,6 @@
 import torch
 
-from vla_lab import VLAConfig, build_random
+from vla_lab import VLAConfig, random_model
 from vla_lab.studies.claims import _matching_positions, check_seed_note_claims
 from vla_lab.tabletop import example_inputs
 
@@ -23,7 +23,7 @@ def test_seed_note_claims_are_measured():
 
 def test_head_input_positions_follow_the_offset():
     for offset, shift in (("released", 1), ("aligned", 0)):
-        model = build_random(VLAConfig.preset("tiny").replace(hidden_offset=offset)).eval()
+        model = random_model(VLAConfig.preset("tiny").replace(hidden_offset=offset)).eval()
         forward, _, _ = example_inputs(model)
         with torch.no_grad():
             out = model(**forward)

@@ -43,7 +43,7 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
         head = model["target_attention"]["head_task_attention"]
         assert head["depth_kind"] == "block" and "layer" not in head
         names = {p.split("/")[-1] for p in model["figures"]}
-        assert {"action_query_target_overlay.png", "segment_mass_layers.png", "mode_difference.png"} <= names
+        assert {"action_query_target_overlay.png", "segment_mass_layers.png", "mask_difference.png"} <= names
         assert all((tmp_path / "demo").joinpath(*p.split(str(out) + "/")[-1].split("/")).exists()
                    for p in model["figures"])
     assert json.loads((out / "demo.json").read_text())["episodes"] == 4

@@ -30,7 +30,7 @@ def setup():
     model = randomize(VLAAdapter(VLAConfig.preset("tiny")), seed=1).eval()
     inputs, images, description = example_inputs(model)
     _, cache = run_with_cache(model, **inputs, attention="causal")
-    comparison = interp.compare_modes(model, inputs)
+    comparison = interp.compare_masks(model, inputs)
     return model, inputs, images, description, cache, comparison
 
 
@@ -90,14 +90,14 @@ def test_grid_and_curves(setup):
     assert np.allclose(got["value"], expected.sort_index()["mean"])
     assert np.allclose(got["head_min"], expected.sort_index()["min"])
 
-    both = pd.concat([df.assign(mode="causal"), interp.segment_mass(comparison.caches[1]).assign(mode="bidir")])
+    both = pd.concat([df.assign(mask="causal"), interp.segment_mass(comparison.caches[1]).assign(mask="bidir")])
     two = viz.layer_curves(both)
-    assert set(viz.plotted_data(two)["mode"]) == {"causal", "bidir"}
+    assert set(viz.plotted_data(two)["mask"]) == {"causal", "bidir"}
     assert len(two.axes[0].lines) == 2 * 5
-    assert set(viz.plotted_data(viz.layer_curves(comparison))["mode"]) == {"causal", "bidirectional"}
-    with pytest.raises(InputError, match="mode"):
+    assert set(viz.plotted_data(viz.layer_curves(comparison))["mask"]) == {"causal", "bidirectional"}
+    with pytest.raises(InputError, match="mask"):
         viz.segment_heatmap(both, layer=0)
-    picked = viz.plotted_data(viz.segment_heatmap(both, layer=0, mode="bidir"))
+    picked = viz.plotted_data(viz.segment_heatmap(both, layer=0, mask="bidir"))
     assert picked.set_index(["query_segment", "key_segment"])["value"][("vision", "action_queries")] > 0
 
 
@@ -183,7 +183,7 @@ def test_head_gates(setup):
 
 def test_mode_figures(setup):
     *_, comparison = setup
-    fig = viz.mode_difference_heatmap(comparison)
+    fig = viz.mask_difference_heatmap(comparison)
     _check_labels(fig, colorbar=True)
     image = fig.axes[0].images[0]
     assert image.norm.vcenter == 0 and image.norm.vmin == -image.norm.vmax
@@ -192,7 +192,7 @@ def test_mode_figures(setup):
         ["query_segment", "key_segment"])["difference"].mean()
     assert np.allclose(shown.sort_index(), expected.sort_index())
     assert shown[("vision", "action_queries")] > 0  # the bidirectional mask opens the future
-    layer_fig = viz.mode_difference_heatmap(comparison, layer=0)
+    layer_fig = viz.mask_difference_heatmap(comparison, layer=0)
     assert "layer 0" in layer_fig.axes[0].get_title()
 
     cos = viz.hidden_cosine_curves(comparison)

@@ -182,7 +182,7 @@ class Evil:
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("fuzz-ckpt") / "model"
-    save_pretrained(tabletop.build_model(tiny_tabletop_config(), seed=0), out, step=1)
+    save_pretrained(tabletop.initial_model(tiny_tabletop_config(), seed=0), out, step=1)
     return out
 
 

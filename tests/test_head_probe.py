@@ -18,7 +18,7 @@ from vla_lab.interp.head import (
     key_group_sizes,
     path_ablation,
 )
-from vla_lab.model import build_on_meta
+from vla_lab.model import meta_model
 from vla_lab.tabletop.target_attention import object_attention_ratio
 from vla_lab.worlds import tabletop as world
 
@@ -114,7 +114,7 @@ def test_parameter_parts_sum_to_head(tiny_config, version):
 def test_parameter_parts_on_meta():
     from vla_lab import VLAConfig
 
-    model = build_on_meta(VLAConfig.preset("vla-adapter-qwen2.5-0.5b"))
+    model = meta_model(VLAConfig.preset("vla-adapter-qwen2.5-0.5b"))
     df = head_parameter_parts(model)
     assert df["parameters"].sum() == model.parameter_counts()["action_head"]
     assert df["block"].max() == 23

@@ -18,7 +18,7 @@ from testkit import assert_one_line_error, run_cli, snapshot, tiny_tabletop_conf
 
 from vla_lab import VLAConfig, capture, files, tabletop
 from vla_lab.errors import CheckpointError, ConfigError, InputError
-from vla_lab.model import build_random, load_pretrained, save_pretrained
+from vla_lab.model import load_pretrained, random_model, save_pretrained
 from vla_lab.training.train import train
 
 INSTRUCTION = "pick up the red cube"
@@ -27,14 +27,14 @@ PROPRIO = ["--proprio", "0,0,0,0,0,0,0,0"]
 
 @pytest.fixture(scope="module")
 def model():
-    return build_random(VLAConfig.preset("tiny"), seed=0)
+    return random_model(VLAConfig.preset("tiny"), seed=0)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny tabletop checkpoint (with its own tokenizer files and dataset statistics)."""
     out = tmp_path_factory.mktemp("ckpt") / "model"
-    save_pretrained(tabletop.build_model(tiny_tabletop_config(), seed=0), out, step=1)
+    save_pretrained(tabletop.initial_model(tiny_tabletop_config(), seed=0), out, step=1)
     return out
 
 
@@ -339,7 +339,7 @@ def test_a_capture_filter_that_matches_nothing(model) -> None:
 def test_a_prompt_beyond_max_position_embeddings_warns_with_the_numbers(image) -> None:
     data = VLAConfig.preset("tiny").to_dict()
     data["llm"]["max_position_embeddings"] = 128
-    short = build_random(VLAConfig.from_dict(data))
+    short = random_model(VLAConfig.from_dict(data))
     images = [np.zeros((32, 32, 3), np.uint8)] * 2
     with pytest.warns(UserWarning, match=r"sequence: got \d+ tokens, more than the LLM's max_position_embeddings 128"):
         short.predict_action(images, "pick up the red cube " * 40, [0.0] * 8)

@@ -269,7 +269,7 @@ def test_a_failed_checkpoint_write_leaves_no_step_directory(tmp_path, monkeypatc
 
 
 def test_save_pretrained_over_an_old_checkpoint_keeps_no_stale_file(tmp_path, monkeypatch) -> None:
-    model = tabletop.build_model(tiny_tabletop_config(), seed=0)
+    model = tabletop.initial_model(tiny_tabletop_config(), seed=0)
     out = tmp_path / "ckpt"
     save_pretrained(model, out, step=100, max_shard_bytes=20_000)
     save_pretrained(model, out, step=200, overwrite=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vla_lab import build_random, registry
+from vla_lab import random_model, registry
 from vla_lab.config import PRESETS, VLAConfig
 from vla_lab.errors import InputError
 from vla_lab.libero import models as libero_models
@@ -51,7 +51,7 @@ def test_specs_say_which_world_a_model_acts_in():
 def test_create_builds_each_kind_of_name(tmp_path):
     preset = registry.create("tiny", seed=3)
     assert not preset.training and preset.dtype == torch.float32
-    assert same_weights(preset, build_random(VLAConfig.preset("tiny"), seed=3))
+    assert same_weights(preset, random_model(VLAConfig.preset("tiny"), seed=3))
     assert registry.create("tiny", attention="bidirectional").config.attention == "bidirectional"
     shipped = registry.create("tabletop-causal")
     assert not shipped.training and shipped.dtype == torch.float32  # the dtype it was saved in

@@ -63,17 +63,17 @@ def test_report_writes_the_files_and_the_verdicts(model, report):
     assert (out / "causal" / "action_query_patches_layer1.png").is_file()
 
     assert summary["input"] == description
-    assert summary["modes"]["causal"]["mask_audit"] == "causal"
-    assert summary["modes"]["bidirectional"]["mask_audit"] == "bidirectional"
-    causal = summary["modes"]["causal"]["segment_mass"]
-    bidir = summary["modes"]["bidirectional"]["segment_mass"]
+    assert summary["masks"]["causal"]["mask_audit"] == "causal"
+    assert summary["masks"]["bidirectional"]["mask_audit"] == "bidirectional"
+    causal = summary["masks"]["causal"]["segment_mass"]
+    bidir = summary["masks"]["bidirectional"]["segment_mass"]
     assert set(causal) == {f"{q}->{k}" for q in COARSE for k in COARSE}
     assert causal["vision->action_queries"] == 0.0 and causal["text->action_queries"] == 0.0
     assert bidir["vision->action_queries"] > 0.0 and bidir["text->action_queries"] > 0.0
     for mode in ("causal", "bidirectional"):
-        files = summary["modes"][mode]["files"]
+        files = summary["masks"][mode]["files"]
         assert all(str(out / mode) in f for f in files)
-        assert np.asarray(summary["modes"][mode]["normalized_actions"]).shape == (8, 7)
+        assert np.asarray(summary["masks"][mode]["normalized_actions"]).shape == (8, 7)
     assert summary["comparison"]["action_l1"] > 0
 
     assert json.loads((out / "report.json").read_text()) == summary
@@ -109,11 +109,11 @@ def test_cli_prints_json_and_refuses_to_overwrite(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["model"].startswith("preset tiny")
     assert "tabletop world scene 0" in printed["input"]
-    assert set(printed["modes"]) == {"causal", "bidirectional"}
-    assert printed["modes"]["causal"]["mask_audit"] == "causal"
-    assert printed["modes"]["bidirectional"]["mask_audit"] == "bidirectional"
-    assert printed["modes"]["causal"]["segment_mass"]["vision->action_queries"] == 0.0
-    assert printed["modes"]["bidirectional"]["segment_mass"]["vision->action_queries"] > 0.0
+    assert set(printed["masks"]) == {"causal", "bidirectional"}
+    assert printed["masks"]["causal"]["mask_audit"] == "causal"
+    assert printed["masks"]["bidirectional"]["mask_audit"] == "bidirectional"
+    assert printed["masks"]["causal"]["segment_mass"]["vision->action_queries"] == 0.0
+    assert printed["masks"]["bidirectional"]["segment_mass"]["vision->action_queries"] > 0.0
     assert "action_l1" in printed["comparison"]
     assert (out / "causal" / "head_gates.png").is_file() and not (out / "causal" / "head_gates.svg").exists()
 
@@ -128,7 +128,7 @@ def test_cli_prints_json_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(argv_causal) == 0
     text = capsys.readouterr().out
     assert "causal: mask audit causal" in text
-    assert list(json.loads((out / "report.json").read_text())["modes"]) == ["causal"]
+    assert list(json.loads((out / "report.json").read_text())["masks"]) == ["causal"]
 
 
 def test_cli_checks_its_arguments(tmp_path, capsys):

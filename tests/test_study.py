@@ -126,7 +126,7 @@ def test_shipped_models_and_random_init_baseline() -> None:
     initial = registry.load(baseline)
     trained = registry.load(specs["tabletop-causal"])
     # The baseline is the run's own step-0 weights: rebuilt from the stored seed and initialisation.
-    again = tabletop.build_model(trained.config, seed=0, init="sincos", gate=1.0)
+    again = tabletop.initial_model(trained.config, seed=0, init="sincos", gate=1.0)
     for (name, a), b in zip(initial.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
     assert not torch.equal(initial.action_queries.weight, trained.action_queries.weight)

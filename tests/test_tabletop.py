@@ -87,9 +87,9 @@ def test_tabletop_config_is_the_released_topology() -> None:
     assert (config.robot.chunk, config.robot.action_dim, config.robot.proprio_dim) == (8, 7, 8)
     assert config.llm["tie_word_embeddings"] and config.llm["vocab_size"] == 381
     assert set(config.norm_stats) == {"tabletop"}
-    from vla_lab.model import build_on_meta
+    from vla_lab.model import meta_model
 
-    model = build_on_meta(config)
+    model = meta_model(config)
     assert model.vision_backbone.patch_grid == (4, 4)
     assert model.action_head.num_blocks == config.num_llm_layers
     assert model.parameter_counts()["total"] < 2_000_000  # a few MB in float32
@@ -139,7 +139,7 @@ def test_batches_have_the_right_shapes_and_values(tokenizer) -> None:
 
 def test_model_trains_on_a_batch(tokenizer) -> None:
     config = tiny_tabletop_config()
-    model = tabletop.build_model(config, seed=0, tokenizer=tokenizer).train()
+    model = tabletop.initial_model(config, seed=0, tokenizer=tokenizer).train()
     data = tabletop.TabletopData.generate(config, world.split_seeds("train", 4), tokenizer)
     batch = data.batch(range(4))
     target = batch.pop("actions")
@@ -154,7 +154,7 @@ def test_model_trains_on_a_batch(tokenizer) -> None:
 
 @pytest.fixture(scope="module")
 def random_model(tokenizer):
-    model = tabletop.build_model(tiny_tabletop_config(), seed=3, tokenizer=tokenizer).eval()
+    model = tabletop.initial_model(tiny_tabletop_config(), seed=3, tokenizer=tokenizer).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():

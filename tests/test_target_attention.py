@@ -16,7 +16,7 @@ from vla_lab.worlds import tabletop as world
 
 @pytest.fixture(scope="module")
 def model():
-    return tabletop.build_model(tiny_tabletop_config(), seed=0).eval()
+    return tabletop.initial_model(tiny_tabletop_config(), seed=0).eval()
 
 
 def test_ratio_is_a_ratio_of_means() -> None:

@@ -34,8 +34,8 @@ def setup():
     return model, inputs, images, explorer
 
 
-def _expected(model, inputs, mode, layer, head):
-    _, cache = run_with_cache(model, **inputs, attention=mode)
+def _expected(model, inputs, mask, layer, head):
+    _, cache = run_with_cache(model, **inputs, attention=mask)
     df = interp.segment_mass(cache)
     sel = df[(df["sample"] == 0) & (df.layer == layer)]
     if head is not None:
@@ -66,7 +66,7 @@ def test_explorer_builds_controls_and_a_first_view(setup):
 
     model, _, _, explorer = setup
     assert isinstance(explorer.widget, w.VBox)
-    assert list(explorer.mode.options) == ["causal", "bidirectional"]
+    assert list(explorer.mask.options) == ["causal", "bidirectional"]
     assert explorer.layer.max == model.config.num_llm_layers - 1
     assert [v for _, v in explorer.head.options] == ["mean", 0, 1, 2, 3]
     assert "action_queries" in explorer.query_segment.options and "vision.1" in explorer.query_segment.options
@@ -80,8 +80,8 @@ def test_explorer_builds_controls_and_a_first_view(setup):
 @pytest.mark.parametrize(
     "selection",
     [
-        {"mode": "causal", "layer": 0, "head": "mean"},
-        {"mode": "bidirectional", "layer": 1, "head": 2, "query_segment": "text", "image": 1},
+        {"mask": "causal", "layer": 0, "head": "mean"},
+        {"mask": "bidirectional", "layer": 1, "head": 2, "query_segment": "text", "image": 1},
     ],
 )
 def test_controls_redraw_with_the_selection(setup, selection):
@@ -93,9 +93,9 @@ def test_controls_redraw_with_the_selection(setup, selection):
     assert len(explorer.output.outputs) == 2
 
     head = None if selection["head"] == "mean" else selection["head"]
-    expected, cache = _expected(model, inputs, selection["mode"], selection["layer"], head)
+    expected, cache = _expected(model, inputs, selection["mask"], selection["layer"], head)
     pd.testing.assert_series_equal(_shown(explorer), expected, check_names=False)
-    if selection["mode"] == "causal":
+    if selection["mask"] == "causal":
         assert expected[("vision", "action_queries")] == 0.0
     else:
         assert expected[("vision", "action_queries")] > 0.0

@@ -16,8 +16,8 @@ from vla_lab.model import (
     Span,
     VLAAdapter,
     VLAOutput,
-    build_random,
     load_pretrained,
+    random_model,
     save_pretrained,
 )
 from vla_lab.processing import load_qwen25_tokenizer
@@ -36,7 +36,7 @@ __all__ = [
     "VLAOutput",
     "VisionConfig",
     "__version__",
-    "build_random",
+    "random_model",
     "capture",
     "load_pretrained",
     "load_qwen25_tokenizer",

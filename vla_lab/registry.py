@@ -7,7 +7,7 @@
   ``tabletop-bidirectional-seed1``, ``tabletop-causal-v1-head``, ... (``vla_lab/tabletop/checkpoints``) and
   ``libero-spatial-causal`` / ``libero-spatial-bidirectional`` (``vla_lab/libero/checkpoints``);
 * ``random-init:<name>``: the model ``<name>`` before its first training step -- the same architecture,
-  statistics, seed and initialisation, from its ``train_config.json`` (:func:`vla_lab.tabletop.build_model`);
+  statistics, seed and initialisation, from its ``train_config.json`` (:func:`vla_lab.tabletop.initial_model`);
   the one definition of a random-init baseline;
 * a **checkpoint directory** (released or vla-lab's).
 
@@ -28,8 +28,8 @@ import torch
 from vla_lab.config import PRESETS, AttentionLike, VLAConfig
 from vla_lab.errors import ConfigError, InputError
 from vla_lab.libero import models as libero_models
-from vla_lab.model import VLAAdapter, build_random, default_dtype, load_pretrained
-from vla_lab.tabletop import build_model, shipped_path, tabletop_config
+from vla_lab.model import VLAAdapter, default_dtype, load_pretrained, random_model
+from vla_lab.tabletop import initial_model, shipped_path, tabletop_config
 
 RANDOM_PREFIX = "random-init:"
 #: Recipes of the shipped models, from their ``train_config.json``.
@@ -226,7 +226,7 @@ def create(
     if name in PRESETS:
         overrides = {k: v for k, v in (("attention", attention), ("prompt", prompt)) if v is not None}
         weights = getattr(torch, dtype) if isinstance(dtype, str) else dtype or torch.float32
-        model = build_random(VLAConfig.preset(name, **overrides), seed=seed, dtype=weights, device=device)
+        model = random_model(VLAConfig.preset(name, **overrides), seed=seed, dtype=weights, device=device)
         return model.eval()
     path = path_of(name)
     assert path is not None
@@ -249,7 +249,7 @@ def _load(path: Path, name: str, random_init: bool, device: str | torch.device, 
         if not isinstance(seed, int):
             raise InputError(f"model {name}: its train_config.json names no seed, expected one to rebuild "
                              "the initial weights")
-        initial = build_model(copy.deepcopy(model.config), seed=seed,
+        initial = initial_model(copy.deepcopy(model.config), seed=seed,
                               init=str(train_config.get("init", "sincos")),
                               gate=float(train_config.get("gate_init", 1.0)))
         initial.processor = model.processor

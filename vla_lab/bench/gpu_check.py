@@ -36,7 +36,7 @@ import torch
 from vla_lab.bench.inference import device_name, synthetic_batch
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.model import FastVLA, build_random
+from vla_lab.model import FastVLA, random_model
 from vla_lab.version import __version__
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,7 +164,7 @@ def fidelity(
     rows: list[dict[str, Any]] = []
     float32_reference: dict[tuple[int, int], torch.Tensor] = {}
     for dtype_name in dtypes:
-        model = build_random(config, seed=seed, dtype=getattr(torch, dtype_name), device=device)
+        model = random_model(config, seed=seed, dtype=getattr(torch, dtype_name), device=device)
         fast = FastVLA(model)
         for batch in batch_sizes:
             calls: list[dict[str, Any]] = []

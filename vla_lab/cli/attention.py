@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if unused:
         raise InputError(f"{unused[0]}: given without --image, expected it only with a user input "
                          "(the built-in example has its own)")
-    modes = list(options.MASK_CHOICES) if args.attention == "both" else [args.attention]
+    masks = list(options.MASK_CHOICES) if args.attention == "both" else [args.attention]
     formats = tuple(dict.fromkeys(args.formats or viz.EXPORT_FORMATS))
     if args.dpi < 10 or args.dpi > 2400:
         raise InputError(f"--dpi: got {args.dpi}, expected 10 to 2400")
@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
     images = options.read_images(args.image) if args.image else None
     out = files.check_output_dir(args.out, "--out")
     if not args.overwrite:  # the files whose names do not depend on the model, before loading it
-        viz.check_free([out / "report.json", *(out / report_dirname(m) / "mask_audit.json" for m in modes)])
+        viz.check_free([out / "report.json", *(out / report_dirname(m) / "mask_audit.json" for m in masks)])
     model = options.load_model(args)
     if not args.overwrite:
-        viz.check_free(viz.report_paths(out, modes, model.config.num_llm_layers, formats))
+        viz.check_free(viz.report_paths(out, masks, model.config.num_llm_layers, formats))
     outlines = None
     if images is not None:
         proprio, normalized = options.proprio_for(model, proprio_values)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         inputs, images, description = tabletop.example_inputs(model)
         outlines = tabletop.example_outlines(model)
-    summary = viz.attention_report(model, inputs, images, modes, out_dir=out, description=description,
+    summary = viz.attention_report(model, inputs, images, masks, out_dir=out, description=description,
                                    overwrite=args.overwrite, outlines=outlines, formats=formats, dpi=args.dpi)
     summary = {"model": options.model_source(args), **{k: v for k, v in summary.items() if k != "model"},
                "dtype": args.dtype, "device": args.device}
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {summary['model']}")
     print(f"input: {description}")
     picks = ("action_queries->vision", "action_queries->text", "vision->action_queries", "text->action_queries")
-    for label, result in summary["modes"].items():
+    for label, result in summary["masks"].items():
         shown = ", ".join(f"{k} {result['segment_mass'][k]:.3f}" for k in picks if k in result["segment_mass"])
         print(f"{label}: mask audit {result['mask_audit']}; {shown}; {len(result['files'])} files")
     if "comparison" in summary:

@@ -15,7 +15,7 @@ import numpy as np
 from vla_lab import files
 from vla_lab.config import PRESETS, PROMPTS, VLAConfig, resolve_device
 from vla_lab.errors import InputError
-from vla_lab.model import VLAAdapter, build_random, default_dtype, load_pretrained
+from vla_lab.model import VLAAdapter, default_dtype, load_pretrained, random_model
 from vla_lab.processing.normalization import finite_numbers
 
 #: What a command module's ``register`` is given: the subparsers of the ``vla-lab`` parser.
@@ -206,7 +206,7 @@ def load_model(args: argparse.Namespace) -> VLAAdapter:
     if args.checkpoint:
         return load_pretrained(args.checkpoint, attention=attention, dtype=dtype, device=args.device, prompt=prompt)
     overrides = {k: v for k, v in (("attention", attention), ("prompt", prompt)) if v}
-    return build_random(VLAConfig.preset(args.preset, **overrides), seed=args.seed, dtype=dtype, device=args.device)
+    return random_model(VLAConfig.preset(args.preset, **overrides), seed=args.seed, dtype=dtype, device=args.device)
 
 
 def model_source(args: argparse.Namespace) -> str:

@@ -6,7 +6,7 @@ import argparse
 
 from vla_lab.cli import options
 from vla_lab.config import VLAConfig
-from vla_lab.model import build_on_meta
+from vla_lab.model import meta_model
 
 
 def register(sub: options.Subparsers) -> None:
@@ -19,7 +19,7 @@ def register(sub: options.Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The handler of ``vla-lab params``."""
-    counts = build_on_meta(VLAConfig.preset(args.preset)).parameter_counts()
+    counts = meta_model(VLAConfig.preset(args.preset)).parameter_counts()
     if args.json:
         options.print_json(counts)
     else:

@@ -39,9 +39,9 @@ from vla_lab.interp.head import (
 from vla_lab.interp.hooks import head_hook, llm_hook, vision_hook
 from vla_lab.interp.interventions import (
     InterventionResult,
-    ModeComparison,
+    MaskComparison,
     block_paths,
-    compare_modes,
+    compare_masks,
     intervene,
     patch_segments_from,
 )
@@ -62,12 +62,12 @@ __all__ = [
     "ActivationCache",
     "InterventionResult",
     "MaskAudit",
-    "ModeComparison",
+    "MaskComparison",
     "attention_entropy",
     "attention_rollout",
     "block_paths",
     "capture",
-    "compare_modes",
+    "compare_masks",
     "depth_column",
     "estimate_full_bytes",
     "head_attention",

@@ -23,10 +23,10 @@ from vla_lab.model.vla import VLAAdapter
 
 
 @dataclass
-class ModeComparison:
+class MaskComparison:
     """One input under two attention masks."""
 
-    modes: tuple[str, str]
+    masks: tuple[str, str]
     attention: pd.DataFrame
     hidden_cosine: pd.DataFrame
     actions: pd.DataFrame
@@ -37,19 +37,19 @@ class ModeComparison:
         return float(self.actions["abs_difference"].mean())
 
 
-def compare_modes(
-    model: VLAAdapter, inputs: Mapping[str, Any], modes: Sequence[AttentionLike] = ("causal", "bidirectional")
-) -> ModeComparison:
+def compare_masks(
+    model: VLAAdapter, inputs: Mapping[str, Any], masks: Sequence[AttentionLike] = ("causal", "bidirectional")
+) -> MaskComparison:
     """Run ``inputs`` (``forward`` keyword arguments) under two masks on the same weights.
 
-    ``attention``: segment mass per layer/head under each mode and the difference (b - a).
+    ``attention``: segment mass per layer/head under each mask and the difference (b - a).
     ``hidden_cosine``: per sample, hidden_index (0 = embeddings) and segment, the mean cosine similarity
-    of the tokens' hidden states between the modes (1 for a token whose states are identical, zero vectors
-    included). ``actions``: normalised actions of both modes.
+    of the tokens' hidden states between the masks (1 for a token whose states are identical, zero vectors
+    included). ``actions``: normalised actions of both masks.
     """
-    if len(modes) != 2:
-        raise InputError(f"modes: got {len(modes)} modes, expected 2")
-    specs = [model.config.attention_spec(m) for m in modes]
+    if len(masks) != 2:
+        raise InputError(f"masks: got {len(masks)} masks, expected 2")
+    specs = [model.config.attention_spec(m) for m in masks]
     caches, outputs = [], []
     for spec in specs:
         with capture(model, "segments") as cache, torch.no_grad():
@@ -81,7 +81,7 @@ def compare_modes(
         specs[0].label: acts[0].ravel(), specs[1].label: acts[1].ravel(),
     })
     actions["abs_difference"] = np.abs(acts[1] - acts[0]).ravel()
-    return ModeComparison((specs[0].label, specs[1].label), merged, cosine, actions, (caches[0], caches[1]))
+    return MaskComparison((specs[0].label, specs[1].label), merged, cosine, actions, (caches[0], caches[1]))
 
 
 @dataclass

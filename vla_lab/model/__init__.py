@@ -14,9 +14,9 @@ from vla_lab.model.vla import (
     ActionPrediction,
     VLAAdapter,
     VLAOutput,
-    build_on_meta,
-    build_random,
     load_pretrained,
+    meta_model,
+    random_model,
     save_pretrained,
 )
 
@@ -29,8 +29,8 @@ __all__ = [
     "Span",
     "VLAAdapter",
     "VLAOutput",
-    "build_on_meta",
-    "build_random",
+    "meta_model",
+    "random_model",
     "default_dtype",
     "forward_inputs",
     "load_pretrained",

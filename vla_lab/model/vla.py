@@ -431,7 +431,7 @@ class VLAAdapter(nn.Module):
         device = resolve_device(device)
         found = checkpoint.read(path, attention=attention, step=step, num_images=num_images, robot=robot,
                                 prompt=prompt)
-        model = build_on_meta(found.config)
+        model = meta_model(found.config)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if found.config.llm.get("tie_word_embeddings", True):
             expected.pop("language_model.lm_head.weight", None)
@@ -472,19 +472,21 @@ def save_pretrained(model: VLAAdapter, directory: str | Path, **options: Any) ->
     return model.save_pretrained(directory, **options)
 
 
-def build_random(
+def random_model(
     config: VLAConfig,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     std: float = 0.02,
 ) -> VLAAdapter:
-    """A model with seeded random weights, built without materialising a default init first.
+    """A model with seeded N(0, ``std``) weights, built without materialising a default init first (fast for the
+    full-size presets; for timings and shapes). Not a training run's starting point: that is
+    :func:`vla_lab.tabletop.initial_model`, and ``random-init:NAME`` of :mod:`vla_lab.registry` reloads it.
 
     Matrices and embeddings ~ N(0, std), biases 0, norm weights 1; the action queries and the
-    head's gates start at 0 as upstream initialises them. Fast for the full-size presets.
+    head's gates start at 0 as upstream initialises them.
     """
-    model = build_on_meta(config).to(resolve_dtype(dtype)).to_empty(device=resolve_device(device))
+    model = meta_model(config).to(resolve_dtype(dtype)).to_empty(device=resolve_device(device))
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -501,7 +503,7 @@ def build_random(
     return model.eval()
 
 
-def build_on_meta(config: VLAConfig) -> VLAAdapter:
+def meta_model(config: VLAConfig) -> VLAAdapter:
     """A model on the ``meta`` device: real module shapes, no memory (for parameter counts)."""
     with torch.device("meta"):
         return VLAAdapter(config)

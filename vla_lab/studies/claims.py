@@ -13,7 +13,7 @@ import torch
 
 from vla_lab import interp
 from vla_lab.config import ROBOT_PRESETS, RobotConfig, VLAConfig
-from vla_lab.model import VLAAdapter, VLAOutput, build_on_meta, build_random
+from vla_lab.model import VLAAdapter, VLAOutput, meta_model, random_model
 from vla_lab.model.projector import FusedGeluMLPProjector
 from vla_lab.tabletop import example_inputs
 
@@ -30,7 +30,7 @@ def _family(model_id: str) -> str:
 
 def _tiny_forward(robot: str = "libero", seed: int = 0) -> tuple[VLAAdapter, VLAOutput, interp.ActivationCache]:
     config = VLAConfig.preset("tiny").replace(robot=RobotConfig.preset(robot))
-    model = build_random(config, seed=seed).eval()
+    model = random_model(config, seed=seed).eval()
     forward, _, _ = example_inputs(model)
     with interp.capture(model, "segments") as cache, torch.no_grad():
         out = model(**forward)
@@ -40,7 +40,7 @@ def _tiny_forward(robot: str = "libero", seed: int = 0) -> tuple[VLAAdapter, VLA
 def check_seed_note_claims(seed: int = 0) -> pd.DataFrame:
     """One row per claim of SPEC §7: ``claim``, ``note_says``, ``measured``, ``verdict``."""
     released = VLAConfig.preset(RELEASED_PRESET)
-    meta = build_on_meta(released)
+    meta = meta_model(released)
     vision = meta.vision_backbone
     model, out, cache = _tiny_forward(seed=seed)
     rows: list[dict[str, str]] = []

@@ -111,10 +111,10 @@ def _run_demo(root: Path, start: float, episodes: int, ratio_episodes: int | Non
         directory = root / f"tabletop-{mask}"
         forward, images, description = example_inputs(model)
         report = viz.attention_report(
-            model, forward, images, modes=("causal", "bidirectional"), out_dir=directory, description=description,
+            model, forward, images, masks=("causal", "bidirectional"), out_dir=directory, description=description,
             overwrite=True, outlines=example_outlines(model), formats=formats,
         )
-        written = [f for m in report["modes"].values() for f in m["files"]] + report["comparison"]["files"]
+        written = [f for m in report["masks"].values() for f in m["files"]] + report["comparison"]["files"]
         written += [str(p) for p in _overlay(model, metrics["target_attention"]["llm_action_queries"]["depth"],
                                             directory, formats)]
         metrics["figures"] = sorted(written)

@@ -16,7 +16,7 @@ import torch
 
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.model import build_on_meta
+from vla_lab.model import meta_model
 from vla_lab.processing import ImageProcessor, QwenTokenizer
 from vla_lab.processing.images import pixel_values
 from vla_lab.processing.normalization import normalize_actions, normalize_proprio
@@ -29,7 +29,7 @@ MIN_LABEL_PIXELS = 6
 
 
 def _patch_grid(config: VLAConfig) -> tuple[int, int]:
-    return build_on_meta(config).vision_backbone.patch_grid
+    return meta_model(config).vision_backbone.patch_grid
 
 
 def patch_labels(

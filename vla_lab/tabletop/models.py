@@ -2,7 +2,7 @@
 models, and a built-in example observation for any model.
 
 * :func:`tabletop_config`: the shipped architecture (preset ``"tabletop"``) with the world's statistics;
-* :func:`build_model` / :func:`initialize`: a model to train from scratch;
+* :func:`initial_model` / :func:`init_for_training`: a model to train from scratch;
 * :func:`load_shipped`: the models in ``vla_lab/tabletop/checkpoints/`` (trained with the causal and with
   the bidirectional mask; ``checkpoints/README.md`` gives the commands that reproduce them);
 * :func:`example_inputs` / :func:`example_outlines`: scene 0 of the world as input of any model, with
@@ -108,7 +108,7 @@ def sincos_position_embedding(grid: tuple[int, int], dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def initialize(model: VLAAdapter, init: str = "sincos", gate: float = 0.0) -> VLAAdapter:
+def init_for_training(model: VLAAdapter, init: str = "sincos", gate: float = 0.0) -> VLAAdapter:
     """Training-from-scratch initialisation on top of the modules' own.
 
     ``sincos`` sets each ViT's patch position embeddings to a 2-D sine-cosine table (MAE), so that
@@ -130,22 +130,23 @@ def initialize(model: VLAAdapter, init: str = "sincos", gate: float = 0.0) -> VL
     return model
 
 
-def build_model(
+def initial_model(
     config: VLAConfig,
     seed: int = 0,
     tokenizer: QwenTokenizer | None = None,
     init: str = "default",
     gate: float = 0.0,
 ) -> VLAAdapter:
-    """A randomly initialised model (``torch.manual_seed(seed)``) carrying the world processor.
+    """A training run's initial model: the modules' own initialisation under ``torch.manual_seed(seed)``, then
+    :func:`init_for_training`, carrying the world processor (what ``random-init:NAME`` reloads).
 
-    ``init`` / ``gate``: see :func:`initialize` (``default`` keeps the modules' own initialisation).
+    ``init`` / ``gate``: see :func:`init_for_training` (``default`` keeps the modules' own initialisation).
     """
     check_config(config)
     torch.manual_seed(seed)
     model = VLAAdapter(config)
     model.processor = world_processor(config, tokenizer)
-    return initialize(model, init, gate)
+    return init_for_training(model, init, gate)
 
 
 # ---------------------------------------------------------------------------------------------

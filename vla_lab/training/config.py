@@ -42,7 +42,7 @@ class TrainConfig(JSONConfig):
         grad_clip: max global gradient norm (0 disables clipping).
         train_noise_std: std of the action head's training noise (upstream 0.02).
         init: ``sincos`` (2-D sine-cosine ViT position embeddings) or ``default`` (the modules' own init);
-            see :func:`vla_lab.tabletop.initialize`.
+            see :func:`vla_lab.tabletop.init_for_training`.
         gate_init: initial ``gating_factor`` of the head's bridge blocks (0 upstream).
         num_examples: training examples held in memory (train-split seeds ``data_start ..``).
         data_start: first train-split seed of the pool.

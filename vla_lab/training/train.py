@@ -233,7 +233,7 @@ def _run(config: TrainConfig, model_config: VLAConfig, out_dir: Path, device: to
         model = load_pretrained(latest, dtype=torch.float32, device=device)
         model_config = model.config
     else:
-        model = tabletop.build_model(
+        model = tabletop.initial_model(
             model_config, seed=config.seed, tokenizer=tokenizer, init=config.init, gate=config.gate_init
         ).to(device)
     model.action_head.train_noise_std = config.train_noise_std

@@ -20,7 +20,7 @@ from vla_lab.viz.export import (
     to_jsonable,
     write_atomic,
 )
-from vla_lab.viz.masks import hidden_cosine_curves, mode_difference_heatmap
+from vla_lab.viz.masks import hidden_cosine_curves, mask_difference_heatmap
 from vla_lab.viz.overlays import outlines_for_image, patch_overlay
 from vla_lab.viz.plots import (
     head_gates,
@@ -41,7 +41,7 @@ __all__ = [
     "head_gates",
     "hidden_cosine_curves",
     "layer_curves",
-    "mode_difference_heatmap",
+    "mask_difference_heatmap",
     "outlines_for_image",
     "patch_overlay",
     "plotted_data",

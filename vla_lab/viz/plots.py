@@ -28,7 +28,7 @@ from vla_lab.config import FINE_SEGMENTS
 from vla_lab.errors import InputError
 from vla_lab.interp import (
     ActivationCache,
-    ModeComparison,
+    MaskComparison,
     head_attention,
     llm_hook,
     segment_mass,
@@ -68,19 +68,19 @@ def _is_cache(obj: Any) -> bool:
 
 
 def _is_comparison(obj: Any) -> bool:
-    return isinstance(obj, ModeComparison)
+    return isinstance(obj, MaskComparison)
 
 
 def _segment_df(obj: Any) -> pd.DataFrame:
-    """Segment mass from a DataFrame, a cache or a mode comparison (long, with a ``mode`` column)."""
+    """Segment mass from a DataFrame, a cache or a mask comparison (long, with a ``mask`` column)."""
     if isinstance(obj, pd.DataFrame):
         return obj
     if _is_cache(obj):
         return segment_mass(obj)
     if _is_comparison(obj):
         keys = ["sample", "layer", "head", "query_segment", "key_segment"]
-        return obj.attention.melt(id_vars=keys, value_vars=list(obj.modes), var_name="mode", value_name="value")
-    raise InputError(f"data: got {type(obj).__name__}, expected a DataFrame, an ActivationCache or a ModeComparison")
+        return obj.attention.melt(id_vars=keys, value_vars=list(obj.masks), var_name="mask", value_name="value")
+    raise InputError(f"data: got {type(obj).__name__}, expected a DataFrame, an ActivationCache or a MaskComparison")
 
 
 def _require(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
@@ -102,18 +102,18 @@ def _select(df: pd.DataFrame, what: str, **conditions: Any) -> pd.DataFrame:
     return sel
 
 
-def _one_mode(df: pd.DataFrame, mode: str | None, what: str) -> pd.DataFrame:
-    """The rows of one attention mode when ``df`` has a ``mode`` column holding several."""
-    if "mode" not in df.columns:
-        if mode is not None:
-            raise InputError(f"{what}: got mode={mode!r}, but the DataFrame has no mode column")
+def _one_mask(df: pd.DataFrame, mask: str | None, what: str) -> pd.DataFrame:
+    """The rows of one attention mask when ``df`` has a ``mask`` column holding several."""
+    if "mask" not in df.columns:
+        if mask is not None:
+            raise InputError(f"{what}: got mask={mask!r}, but the DataFrame has no mask column")
         return df
-    if mode is None:
-        modes = df["mode"].unique().tolist()
-        if len(modes) > 1:
-            raise InputError(f"{what}: the DataFrame holds modes {modes}, expected mode= one of them")
+    if mask is None:
+        masks = df["mask"].unique().tolist()
+        if len(masks) > 1:
+            raise InputError(f"{what}: the DataFrame holds masks {masks}, expected mask= one of them")
         return df
-    return _select(df, what, mode=mode)
+    return _select(df, what, mask=mask)
 
 
 def _order(names: Sequence[str]) -> list[str]:
@@ -170,14 +170,14 @@ def segment_heatmap(
     ax: Any = None,
     annotate: bool = True,
     cmap: str = "viridis",
-    mode: str | None = None,
+    mask: str | None = None,
 ) -> Figure:
     """Query segment x key segment attention mass of one layer (head-mean when ``head`` is None).
 
-    ``df``: :func:`vla_lab.interp.segment_mass` output (or an ActivationCache); with a ``mode``
-    column holding several masks, ``mode`` picks one.
+    ``df``: :func:`vla_lab.interp.segment_mass` output (or an ActivationCache); with a ``mask``
+    column holding several masks, ``mask`` picks one.
     """
-    df = _one_mode(_segment_df(df), mode, "segment_heatmap")
+    df = _one_mask(_segment_df(df), mask, "segment_heatmap")
     _require(df, ["sample", "layer", "head", "query_segment", "key_segment", "value"], "segment_heatmap")
     sel = _select(df, "segment_heatmap", sample=sample, layer=layer, head=head)
     tidy, matrix, queries, keys = _matrix(sel)
@@ -200,13 +200,13 @@ def segment_heatmap_grid(
     ncols: int | None = None,
     annotate: bool | None = None,
     cmap: str = "viridis",
-    mode: str | None = None,
+    mask: str | None = None,
 ) -> Figure:
     """One small segment heatmap per layer, on a shared 0..1 colour scale with one colourbar.
 
     Values are annotated when there are at most 12 layers (``annotate`` overrides).
     """
-    df = _one_mode(_segment_df(df), mode, "segment_heatmap_grid")
+    df = _one_mask(_segment_df(df), mask, "segment_heatmap_grid")
     _require(df, ["sample", "layer", "head", "query_segment", "key_segment", "value"], "segment_heatmap_grid")
     layers = sorted(df["layer"].unique().tolist()) if layers is None else list(layers)
     if not layers:
@@ -374,25 +374,25 @@ def layer_curves(
     """Attention mass vs layer: the mean over heads as a line, the range over heads (min..max) as a band.
 
     Rows are restricted to ``query_segment`` (None keeps all) and split into lines by ``hue``. A
-    ``mode`` column (two masks' DataFrames concatenated, or a ModeComparison) gives one line style per
-    mode. ``sample=None`` averages over samples first.
+    ``mask`` column (two masks' DataFrames concatenated, or a MaskComparison) gives one line style per
+    mask. ``sample=None`` averages over samples first.
     """
     df = _segment_df(df)
     _require(df, ["layer", "head", "value", hue], "layer_curves")
     sel = _select(df, "layer_curves", query_segment=query_segment, sample=sample)
-    has_mode = "mode" in sel.columns
-    groups = ([hue] if hue else []) + (["mode"] if has_mode else [])
+    has_mask = "mask" in sel.columns
+    groups = ([hue] if hue else []) + (["mask"] if has_mask else [])
     per_head = sel.groupby([*groups, "layer", "head"], sort=False)["value"].mean().reset_index()
     stats = per_head.groupby([*groups, "layer"], sort=False)["value"].agg(["mean", "min", "max"]).reset_index()
     stats = stats.rename(columns={"min": "head_min", "max": "head_max"})
     fig, ax = _figure_and_axes(ax, 7.2, 4.0)
     hue_values = _order(stats[hue]) if hue in ("key_segment", "query_segment") else list(dict.fromkeys(stats[hue]))
-    modes = list(dict.fromkeys(stats["mode"])) if has_mode else [None]
+    masks = list(dict.fromkeys(stats["mask"])) if has_mask else [None]
     colors = matplotlib.colormaps["tab10"]
     styles: tuple[Any, ...] = ("-", "--", ":", "-.")
     for i, value in enumerate(hue_values):
-        for j, mode in enumerate(modes):
-            part = stats[(stats[hue] == value) & ((stats["mode"] == mode) if has_mode else True)].sort_values("layer")
+        for j, mask in enumerate(masks):
+            part = stats[(stats[hue] == value) & ((stats["mask"] == mask) if has_mask else True)].sort_values("layer")
             if part.empty:
                 continue
             ax.plot(part["layer"], part["mean"], styles[j % len(styles)], color=colors(i % 10), marker="o",
@@ -409,10 +409,10 @@ def layer_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = [Line2D([], [], color=colors(i % 10), marker="o", markersize=3, label=str(v))
                for i, v in enumerate(hue_values)]
-    if has_mode:
+    if has_mask:
         handles.append(Line2D([], [], linestyle="none", label=""))
         handles += [Line2D([], [], color="0.3", linestyle=styles[j % len(styles)], label=str(m))
-                    for j, m in enumerate(modes)]
+                    for j, m in enumerate(masks)]
     ax.legend(handles=handles, title=hue.replace("_", " "), fontsize=7, title_fontsize=8, loc="upper left",
               bbox_to_anchor=(1.01, 1.0))
     source = query_segment or "all queries"

@@ -6,7 +6,7 @@ Used by ``vla-lab attention`` and ``vla-lab demo``::
     summary = viz.attention_report(model, inputs, images, ("causal", "bidirectional"), out_dir="report",
                                    description=description)
 
-Layout of ``out_dir``: ``{mode}/`` per mask (figures as png/svg/pdf + JSON sidecars, ``segment_mass.csv``,
+Layout of ``out_dir``: ``{mask}/`` per mask (figures as png/svg/pdf + JSON sidecars, ``segment_mass.csv``,
 ``query_patch_attention.csv``, ``entropy.csv``, ``head_attention.csv``, ``rollout.csv``,
 ``mask_audit.json``), ``comparison/`` for two masks, and ``report.json`` (the returned summary).
 """
@@ -42,8 +42,8 @@ HEAD_MEAN_BUDGET = 512 * 1024**2
 
 
 def report_dirname(label: str) -> str:
-    """The directory name of one mode's results (a file-system-safe form of its label)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "mode"
+    """The directory name of one mask's results (a file-system-safe form of its label)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "mask"
 
 
 def _layer_picks(num_layers: int) -> list[int]:
@@ -51,7 +51,7 @@ def _layer_picks(num_layers: int) -> list[int]:
     return sorted({(num_layers - 1) // 2, num_layers - 1})
 
 
-def _mode_figures(num_layers: int) -> list[str]:
+def _mask_figures(num_layers: int) -> list[str]:
     return [
         "segment_mass_layers",
         "action_query_layer_curves",
@@ -60,19 +60,19 @@ def _mode_figures(num_layers: int) -> list[str]:
     ]
 
 
-COMPARISON_FIGURES = ("mode_difference", "hidden_cosine", "action_query_layer_curves")
+COMPARISON_FIGURES = ("mask_difference", "hidden_cosine", "action_query_layer_curves")
 COMPARISON_TABLES = ("attention_difference.csv", "hidden_cosine.csv", "actions.csv")
 
 
 def report_paths(
     out_dir: str | Path, labels: Sequence[str], num_layers: int, formats: Sequence[str] = EXPORT_FORMATS
 ) -> list[Path]:
-    """Every file :func:`attention_report` writes for these modes (checked before anything is written)."""
+    """Every file :func:`attention_report` writes for these masks (checked before anything is written)."""
     root = Path(out_dir)
     paths: list[Path] = []
     for label in labels:
         directory = root / report_dirname(label)
-        for name in _mode_figures(num_layers):
+        for name in _mask_figures(num_layers):
             paths += export_paths(name, directory, formats)
         paths += [directory / t for t in TABLES] + [directory / "mask_audit.json"]
     if len(labels) == 2:
@@ -96,7 +96,7 @@ def attention_report(
     model: VLAAdapter,
     inputs: Mapping[str, Any],
     images: Sequence[np.ndarray],
-    modes: Sequence[AttentionLike] = ("causal", "bidirectional"),
+    masks: Sequence[AttentionLike] = ("causal", "bidirectional"),
     *,
     out_dir: str | Path,
     description: str = "",
@@ -107,23 +107,23 @@ def attention_report(
 ) -> dict[str, Any]:
     """Capture ``inputs`` under each mask and write the standard figures and tables; return a JSON-able summary.
 
-    Per mode (in ``out_dir/{mode}/``): segment heatmaps of every layer, action-query mass by layer,
+    Per mask (in ``out_dir/{mask}/``): segment heatmaps of every layer, action-query mass by layer,
     action-query -> patch overlays (middle and last layer), bridge-head gates and key-group shares,
-    and the tables. With two modes also ``out_dir/comparison/``. Summary::
+    and the tables. With two masks also ``out_dir/comparison/``. Summary::
 
-        {"model", "input", "out_dir", "modes": {mode: {"mask_audit": verdict, "mask_audit_evidence",
+        {"model", "input", "out_dir", "masks": {mask: {"mask_audit": verdict, "mask_audit_evidence",
          "segment_mass": {"QUERY->KEY": mean over layers and heads}, "normalized_actions", "files"}},
-         "comparison": {"modes", "action_l1", "action_max_abs", "files"}}
+         "comparison": {"masks", "action_l1", "action_max_abs", "files"}}
 
     Figures use sample 0 and ``images`` are its images; tables hold every sample. Nothing is written
     if any target file exists and ``overwrite`` is False (:class:`ExportError`).
     """
-    specs = [model.config.attention_spec(m) for m in modes]
+    specs = [model.config.attention_spec(m) for m in masks]
     labels = [s.label for s in specs]
     if not specs:
-        raise InputError("modes: got none, expected one or two attention masks")
+        raise InputError("masks: got none, expected one or two attention masks")
     if len({report_dirname(lab) for lab in labels}) != len(labels):
-        raise InputError(f"modes: got {labels}, expected distinct masks")
+        raise InputError(f"masks: got {labels}, expected distinct masks")
     forward = forward_inputs(inputs)
     num_layers = int(model.config.num_llm_layers)
     root = Path(out_dir)
@@ -134,7 +134,7 @@ def attention_report(
     images = [np.asarray(im) for im in images]
     batch, seq = int(forward["input_ids"].shape[0]), _sequence_length(model, forward)
     keep_mean = interp.estimate_full_bytes(num_layers, batch, 1, seq) <= HEAD_MEAN_BUDGET
-    summary: dict[str, Any] = {"model": model.source, "input": description, "out_dir": str(root), "modes": {}}
+    summary: dict[str, Any] = {"model": model.source, "input": description, "out_dir": str(root), "masks": {}}
     for spec, label in zip(specs, labels):
         directory = root / report_dirname(label)
         directory.mkdir(parents=True, exist_ok=True)
@@ -170,7 +170,7 @@ def attention_report(
         written.append(_write_csv(rollout, directory / "rollout.csv"))
         written.append(_write_json({"verdict": audit.verdict, "evidence": audit.evidence, "pairs": audit.pairs,
                                     "provenance": meta}, directory / "mask_audit.json"))
-        summary["modes"][label] = {
+        summary["masks"][label] = {
             "mask_audit": audit.verdict,
             "mask_audit_evidence": to_jsonable(audit.evidence),
             "segment_mass": interp.segment_mass_summary(cache),
@@ -195,15 +195,15 @@ def _comparison(
     model: VLAAdapter, forward: dict[str, Any], specs: list[AttentionSpec], directory: Path, description: str,
     formats: Sequence[str], dpi: int,
 ) -> dict[str, Any]:
-    comparison = interp.compare_modes(model, forward, specs)
-    first, second = comparison.modes
+    comparison = interp.compare_masks(model, forward, specs)
+    first, second = comparison.masks
     directory.mkdir(parents=True, exist_ok=True)
     meta = provenance(model, f"{first} vs {second}", description)
 
     def export(fig: Any, name: str) -> list[Path]:
         return export_figure(fig, name, directory, provenance=meta, formats=formats, overwrite=True, dpi=dpi)
 
-    written = export(masks.mode_difference_heatmap(comparison), "mode_difference")
+    written = export(masks.mask_difference_heatmap(comparison), "mask_difference")
     written += export(masks.hidden_cosine_curves(comparison), "hidden_cosine")
     written += export(plots.layer_curves(comparison, title=f"Attention mass of the action queries by layer: "
                                            f"{first} vs {second}\n(line: mean over heads, band: range over heads)"),
@@ -212,7 +212,7 @@ def _comparison(
     written.append(_write_csv(comparison.hidden_cosine, directory / "hidden_cosine.csv"))
     written.append(_write_csv(comparison.actions, directory / "actions.csv"))
     return {
-        "modes": [first, second],
+        "masks": [first, second],
         "action_l1": comparison.action_l1,
         "action_max_abs": float(comparison.actions["abs_difference"].max()),
         "files": [str(p) for p in written],

@@ -39,7 +39,7 @@ def _display_data(fig: Any, dpi: int) -> dict[str, Any]:
 class AttentionExplorer:
     """Segment attention and patch attention of one input under several masks, picked with controls.
 
-    One ``segments``-mode capture per mode is made up front. Controls (attributes): ``mode``,
+    One ``segments``-mask capture per mask is made up front. Controls (attributes): ``mask``,
     ``layer``, ``head`` (``"mean"`` or an index), ``query_segment``, ``image``. Each change redraws
     ``output``: the segment heatmap of that layer/head and the patch overlay of that query segment
     on that image. ``last_data`` / ``last_patch_data`` hold the numbers last drawn and
@@ -52,24 +52,24 @@ class AttentionExplorer:
         model: VLAAdapter,
         inputs: Mapping[str, Any],
         images: Sequence[np.ndarray],
-        modes: Sequence[AttentionLike] = ("causal", "bidirectional"),
+        masks: Sequence[AttentionLike] = ("causal", "bidirectional"),
         outlines: Mapping[str, Any] | None = None,
         dpi: int = 90,
     ) -> None:
         import ipywidgets as w
 
-        if not modes:
-            raise InputError("modes: got none, expected at least one attention mask")
+        if not masks:
+            raise InputError("masks: got none, expected at least one attention mask")
         self.model = model
         self.images = [np.asarray(im) for im in images]
         self.outlines = outlines
         self.dpi = dpi
         forward = forward_inputs(inputs)
         self.caches: dict[str, ActivationCache] = {}
-        for mode in modes:
-            label = AttentionSpec.parse(mode).label
+        for mask in masks:
+            label = AttentionSpec.parse(mask).label
             with capture(model, "segments", hidden_states=False, head=False) as cache, torch.no_grad():
-                model(**forward, attention=mode)
+                model(**forward, attention=mask)
             self.caches[label] = cache
         first = next(iter(self.caches.values()))
         layout = first.layouts[0]
@@ -80,7 +80,7 @@ class AttentionExplorer:
         heads = int(first[llm_hook("segment_pattern", 0)].shape[1])
         queries = [n for n, s in layout.segments(fine=True).items() if n != "padding" and len(s)]
 
-        self.mode = w.Dropdown(options=list(self.caches), description="mode")
+        self.mask = w.Dropdown(options=list(self.caches), description="mask")
         self.layer = w.IntSlider(value=first.num_layers - 1, min=0, max=first.num_layers - 1, description="layer")
         self.head = w.Dropdown(options=[("mean", "mean")] + [(str(h), h) for h in range(heads)], description="head")
         default_query = "action_queries" if "action_queries" in queries else queries[0]
@@ -92,7 +92,7 @@ class AttentionExplorer:
         self.last_figures: list[Any] = []
         self.redraws = 0
         self._hold = False
-        controls = [self.mode, self.layer, self.head, self.query_segment, self.image]
+        controls = [self.mask, self.layer, self.head, self.query_segment, self.image]
         for control in controls:
             control.observe(self._changed, names="value")
         self._box = w.VBox([w.HBox(controls[:3]), w.HBox(controls[3:]), self.output])
@@ -107,18 +107,18 @@ class AttentionExplorer:
     def selected_head(self) -> int | None:
         return None if self.head.value == "mean" else int(self.head.value)
 
-    def patch_frame(self, mode: str, query_segment: str) -> pd.DataFrame:
-        """:func:`interp.query_patch_attention` of a mode and query segment (computed once)."""
-        key = (mode, query_segment)
+    def patch_frame(self, mask: str, query_segment: str) -> pd.DataFrame:
+        """:func:`interp.query_patch_attention` of a mask and query segment (computed once)."""
+        key = (mask, query_segment)
         if key not in self._patch_frames:
-            self._patch_frames[key] = interp.query_patch_attention(self.caches[mode], query_segment)
+            self._patch_frames[key] = interp.query_patch_attention(self.caches[mask], query_segment)
         return self._patch_frames[key]
 
     def select(self, **values: Any) -> None:
-        """Set several controls (``mode=``, ``layer=``, ``head=``, ``query_segment=``, ``image=``), redraw once."""
-        unknown = set(values) - {"mode", "layer", "head", "query_segment", "image"}
+        """Set several controls (``mask=``, ``layer=``, ``head=``, ``query_segment=``, ``image=``), redraw once."""
+        unknown = set(values) - {"mask", "layer", "head", "query_segment", "image"}
         if unknown:
-            raise InputError(f"select: got {sorted(unknown)}, expected mode, layer, head, query_segment or image")
+            raise InputError(f"select: got {sorted(unknown)}, expected mask, layer, head, query_segment or image")
         self._hold = True
         try:
             for name, value in values.items():
@@ -133,17 +133,17 @@ class AttentionExplorer:
 
     def update(self) -> None:
         """Redraw both figures for the current control values."""
-        mode, layer, head = self.mode.value, int(self.layer.value), self.selected_head
+        mask, layer, head = self.mask.value, int(self.layer.value), self.selected_head
         query, image = self.query_segment.value, int(self.image.value)
         which = "mean over heads" if head is None else f"head {head}"
-        title = f"{mode}: segment attention mass, layer {layer}\n({which})"
-        heat = plots.segment_heatmap(self.segment_frames[mode], layer, head=head, title=title)
-        patches = self.patch_frame(mode, query)
+        title = f"{mask}: segment attention mass, layer {layer}\n({which})"
+        heat = plots.segment_heatmap(self.segment_frames[mask], layer, head=head, title=title)
+        patches = self.patch_frame(mask, query)
         patches = patches[(patches["image"] == image) & (patches["layer"] == layer)].assign(image=0)
         outlines = overlays.outlines_for_image(self.outlines, image, len(self.images))
         overlay = overlays.patch_overlay(
             [self.images[image]], patches, layer=layer, head=head, outlines=outlines or None,
-            title=f"{mode}: {query} → image {image} patches, layer {layer}", image_names=[f"image {image}"],
+            title=f"{mask}: {query} → image {image} patches, layer {layer}", image_names=[f"image {image}"],
         )
         self.last_data = plotted_data(heat)
         patch_data = plotted_data(overlay)

@@ -15,7 +15,7 @@ from torch.utils._pytree import tree_flatten
 
 from vla_lab.bench.inference import synthetic_batch, time_callable
 from vla_lab.config import VLAConfig
-from vla_lab.model import VLAAdapter, build_random
+from vla_lab.model import VLAAdapter, random_model
 from vla_lab.studies.ablation.grid import Variant, deepened_config, parameter_counts, variant_config
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def measure_cost(
     memory held before the forward). Measurements, not assertions.
     """
     device = torch.device(device)
-    rows = _measure(build_random(config, seed=seed, dtype=dtype, device=device).eval(), batch_sizes, warmup, repeats)
+    rows = _measure(random_model(config, seed=seed, dtype=dtype, device=device).eval(), batch_sizes, warmup, repeats)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
@@ -149,7 +149,7 @@ def cost_table(
                              "value": np.nan})
                 continue
             if model is None:
-                model = build_random(variant_config(base, v, scale), dtype=dtype, device=device).eval()
+                model = random_model(variant_config(base, v, scale), dtype=dtype, device=device).eval()
             model.set_attention(v.attention)
             rows.extend({**key, "status": "ok", "reason": "", **row} for row in _measure(model, **kwargs))
         del model
@@ -185,7 +185,7 @@ def equal_parameter_cost(
             continue
         config, depth = deepened_config(base, v, target)  # the reference keeps its own depth
         key.update(depth=depth, parameters=float(parameter_counts(config)["total"]))
-        model = build_random(config, dtype=dtype, device=device).eval()
+        model = random_model(config, dtype=dtype, device=device).eval()
         rows.extend({**key, "status": "ok", "reason": "", **row} for row in _measure(model, **kwargs))
         del model
         if device.type == "cuda":

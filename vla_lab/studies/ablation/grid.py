@@ -24,7 +24,7 @@ import torch
 
 from vla_lab.config import PROJECTORS, VISION_BACKBONES, VLAConfig
 from vla_lab.errors import ConfigError
-from vla_lab.model import VLAAdapter, build_on_meta
+from vla_lab.model import VLAAdapter, meta_model
 
 #: Short backbone names -> the SPEC section 3 backbone id whose timm models they use.
 BACKBONES: dict[str, str] = {
@@ -213,7 +213,7 @@ def unused_vision_parameters(model: VLAAdapter) -> int:
 
 def parameter_counts(config: VLAConfig) -> dict[str, int]:
     """``VLAAdapter.parameter_counts`` of ``config`` built on the meta device, plus unused ViT parameters."""
-    model = build_on_meta(config)
+    model = meta_model(config)
     counts = model.parameter_counts()
     counts["vision.unused"] = unused_vision_parameters(model)
     return counts

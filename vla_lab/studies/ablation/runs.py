@@ -217,7 +217,7 @@ def run_variant(
         return VariantRun(metrics, pd.DataFrame(), pd.DataFrame())
     config = variant_config(base, variant, scale)
     val_pool = data_for(val_data, config, tokenizer)
-    init_model = tabletop.build_model(config, seed=train_config.seed, tokenizer=tokenizer, init=train_config.init,
+    init_model = tabletop.initial_model(config, seed=train_config.seed, tokenizer=tokenizer, init=train_config.init,
                                       gate=train_config.gate_init).to(train_config.device)
     attention = [action_query_attention(init_model, val_pool, attention_examples).assign(stage="init")]
     if evaluate_init:
