@@ -3,7 +3,7 @@ episode, and episodes per hour with 1 and with 2 processes (``torchrun``) -- as 
 
     python benchmarks/bench_libero.py --out benchmarks/results/cpu-libero.json
 
-The episode runs are ``vla-lab eval libero --preset tiny`` on ``--tasks`` with ``--max-steps`` (default
+The episode runs are ``vla-lab eval libero --model tiny`` on ``--tasks`` with ``--max-steps`` (default
 40) steps each, so the policy costs almost nothing and the numbers are the simulator's; the full-size
 model's query is timed on its own (``--no-full-size`` skips it). A benchmark, not a test: nothing here
 asserts on time.
@@ -88,7 +88,7 @@ def policy_query(preset: str, sample: dict[str, Any], repeats: int) -> dict[str,
 def episodes(processes: int, tasks: str, max_steps: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        command = ["-m", "vla_lab", "eval", "libero", "--preset", "tiny", "--suite", SUITE, "--tasks", tasks,
+        command = ["-m", "vla_lab", "eval", "libero", "--model", "tiny", "--suite", SUITE, "--tasks", tasks,
                    "--trials", "1", "--max-steps", str(max_steps), "--out", str(out), "--json", "--no-progress"]
         if processes > 1:
             command = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes), *command]

@@ -104,9 +104,9 @@ CHECK=("$PYTHON" -m vla_lab.bench.gpu_check)
     run_step env 60 "$OUT/gpu-env.json" "${CHECK[@]}" env --out "$OUT/gpu-env.json"
     run_step fidelity 150 "$OUT/gpu-fidelity.json" "${CHECK[@]}" fidelity --preset "$PRESET" --device "$DEVICE" \
         --batch $FIDELITY_BATCHES --out "$OUT/gpu-fidelity.json"
-    run_step bench 180 "$OUT/gpu-bench.json" "$PYTHON" -m vla_lab bench --preset "$PRESET" --device "$DEVICE" \
+    run_step bench 180 "$OUT/gpu-bench.json" "$PYTHON" -m vla_lab bench --model "$PRESET" --device "$DEVICE" \
         --dtype bfloat16 --batch $BATCHES --warmup "$WARMUP" --repeats "$REPEATS" --out "$OUT/gpu-bench.json"
-    run_step capture 120 "$OUT/gpu-capture.json" "$PYTHON" -m vla_lab bench --preset "$PRESET" \
+    run_step capture 120 "$OUT/gpu-capture.json" "$PYTHON" -m vla_lab bench --model "$PRESET" \
         --device "$DEVICE" --dtype bfloat16 --batch 1 --paths straightforward --capture segments full \
         --capture-vision --warmup "$WARMUP" --repeats "$CAPTURE_REPEATS" --out "$OUT/gpu-capture.json"
 }

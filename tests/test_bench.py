@@ -14,7 +14,7 @@ KEYS = {"name", "device_name", "dtype", "batch", "median_ms", "min_ms", "max_ms"
 
 def test_bench_json(capsys, tmp_path):
     out = tmp_path / "bench.json"
-    args = ["bench", "--preset", "tiny", "--batch", "1", "2", "--repeats", "2", "--warmup", "1",
+    args = ["bench", "--model", "tiny", "--batch", "1", "2", "--repeats", "2", "--warmup", "1",
             "--capture", "segments", "--threads", "1", "--out", str(out), "--json"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
@@ -32,13 +32,13 @@ def test_bench_json(capsys, tmp_path):
     assert "exists" in capsys.readouterr().err
 
 
-def test_bench_rejects_unknown_preset():
-    with pytest.raises(SystemExit):
-        main(["bench", "--preset", "nope"])
+def test_bench_rejects_unknown_model(capsys):
+    assert main(["bench", "--model", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("vla-lab bench: error: --model: got 'nope'")
 
 
 def test_bench_capture_rows_record_the_cache_and_vision_option(capsys):
-    base = ["bench", "--preset", "tiny", "--paths", "straightforward", "--repeats", "1", "--warmup", "0",
+    base = ["bench", "--model", "tiny", "--paths", "straightforward", "--repeats", "1", "--warmup", "0",
             "--capture", "full", "--threads", "1", "--json"]
     rows = {}
     for extra in ([], ["--capture-vision"]):
@@ -52,7 +52,7 @@ def test_bench_capture_rows_record_the_cache_and_vision_option(capsys):
 
 
 def test_bench_fast_rows_say_whether_cuda_graphs_ran(capsys):
-    args = ["bench", "--preset", "tiny", "--paths", "fast", "--repeats", "2", "--warmup", "1", "--threads", "1",
+    args = ["bench", "--model", "tiny", "--paths", "fast", "--repeats", "2", "--warmup", "1", "--threads", "1",
             "--json"]
     assert main(args) == 0
     (row,) = json.loads(capsys.readouterr().out)["results"]

@@ -87,7 +87,7 @@ def test_a_shared_option_parses_the_same_in_every_command(tmp_path):
     given = ["--num-threads", "3", "--prompt", "openvla", "--device", "cpu"]
     train = parser.parse_args(["train", "--out", str(tmp_path), *given])
     study = parser.parse_args(["study", "knockout", *given])
-    libero = parser.parse_args(["eval", "libero", "--preset", "tiny", "--suite", "libero_spatial", *given])
+    libero = parser.parse_args(["eval", "libero", "--model", "tiny", "--suite", "libero_spatial", *given])
     for args in (train, study, libero):
         assert (args.num_threads, args.prompt, args.device) == (3, "openvla", "cpu")
     assert options.add_prompt.__module__ == "vla_lab.cli.options"

@@ -91,7 +91,7 @@ def image_args(paths: list[str]) -> list[str]:
 
 def test_checkpoint_json_matches_predict_action(capsys, model_and_dirs, image_paths):
     _, one, _ = model_and_dirs
-    common = ["--checkpoint", str(one), *image_args(image_paths), "--instruction", INSTRUCTION]
+    common = ["--model", str(one), *image_args(image_paths), "--instruction", INSTRUCTION]
     result = predict_json(capsys, *common, "--proprio", PROPRIO_ARG)  # a negative first value, as its own argument
     assert predict_json(capsys, *common, f"--proprio={PROPRIO_ARG}") == result
     for key in ("actions", "normalized_actions", "prompt", "prompt_text", "input_ids", "num_patches",
@@ -136,7 +136,7 @@ def test_checkpoint_json_matches_predict_action(capsys, model_and_dirs, image_pa
 
 def test_unnorm_key_chooses_statistics(capsys, model_and_dirs, image_paths):
     _, _, two = model_and_dirs
-    common = ["--checkpoint", str(two), *image_args(image_paths), "--instruction", INSTRUCTION]
+    common = ["--model", str(two), *image_args(image_paths), "--instruction", INSTRUCTION]
     common += ["--proprio", PROPRIO_ARG]
     spatial = predict_json(capsys, *common, "--unnorm-key", SPATIAL)
     other = predict_json(capsys, *common, "--unnorm-key", OBJECT)
@@ -149,7 +149,7 @@ def test_unnorm_key_chooses_statistics(capsys, model_and_dirs, image_paths):
 
 def test_attention_dtype_and_center_crop_options(capsys, model_and_dirs, image_paths):
     model, one, _ = model_and_dirs
-    common = ["--checkpoint", str(one), *image_args(image_paths), "--instruction", INSTRUCTION]
+    common = ["--model", str(one), *image_args(image_paths), "--instruction", INSTRUCTION]
     causal = predict_json(capsys, *common)
     both = predict_json(capsys, *common, "--attention", "bidirectional", "--device", "cpu")
     assert both["attention"] == "bidirectional" and both["actions"] != causal["actions"]
@@ -166,10 +166,10 @@ def test_attention_dtype_and_center_crop_options(capsys, model_and_dirs, image_p
 
 
 def test_preset_without_statistics(capsys, image_paths):
-    result = predict_json(capsys, "--preset", "tiny", *image_args(image_paths), "--instruction", INSTRUCTION)
+    result = predict_json(capsys, "--model", "tiny", *image_args(image_paths), "--instruction", INSTRUCTION)
     assert result["unnormalized"] is False and result["unnorm_key"] is None
     assert result["actions"] == result["normalized_actions"]
-    code, out, err = run(capsys, "--preset", "tiny", *image_args(image_paths), "--instruction", INSTRUCTION)
+    code, out, err = run(capsys, "--model", "tiny", *image_args(image_paths), "--instruction", INSTRUCTION)
     assert code == 0 and "normalized actions" in out and len(out.strip().splitlines()) == 3 + 8
 
 
@@ -194,7 +194,7 @@ def test_bad_input_exits_2_with_one_line(capsys, tmp_path, model_and_dirs, image
         images, extra = image_paths[:1], []
     if "--missing-image" in extra:
         images, extra = [image_paths[0], str(tmp_path / "no.png")], []
-    args = ["--checkpoint", str(directory), *image_args(images), "--instruction", INSTRUCTION, *extra]
+    args = ["--model", str(directory), *image_args(images), "--instruction", INSTRUCTION, *extra]
     code, out, err = run(capsys, *args)
     assert code == 2
     assert out == ""
@@ -213,7 +213,7 @@ def test_console_script(model_and_dirs, image_paths, entry):
     else:
         launcher = [sys.executable, "-m", "vla_lab"]
     _, one, _ = model_and_dirs
-    args = ["predict", "--checkpoint", str(one), *image_args(image_paths), "--instruction", INSTRUCTION]
+    args = ["predict", "--model", str(one), *image_args(image_paths), "--instruction", INSTRUCTION]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the same thread count as this process: identical sums
     command = [*launcher, *args, "--proprio", PROPRIO_ARG, "--json"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -223,19 +223,27 @@ def test_console_script(model_and_dirs, image_paths, entry):
     np.testing.assert_array_equal(np.asarray(result["actions"]), pred.actions[0])
 
 
-def test_model_names_a_registry_model_as_the_other_sources_do(capsys, model_and_dirs, image_paths):
-    """``--model`` takes registry names and directories: the same predictions as ``--checkpoint`` /
-    ``--preset``; an unknown name is one line."""
+def test_model_is_the_one_way_to_name_a_model(capsys, model_and_dirs, image_paths):
+    """``--model`` takes registry names and directories (a shipped name predicts as its directory, a preset as the
+    registry's seeded preset); ``--checkpoint`` / ``--preset`` are gone; an unknown name is one line."""
+    from vla_lab import registry
     from vla_lab.tabletop import shipped_path
 
     _, one, _ = model_and_dirs
     common = [*image_args(image_paths), "--instruction", "pick up the red cube"]
-    by_dir = predict_json(capsys, "--model", str(one), *common)
-    assert by_dir["actions"] == predict_json(capsys, "--checkpoint", str(one), *common)["actions"]
     shipped = predict_json(capsys, "--model", "tabletop-causal", *common)
-    assert shipped["actions"] == predict_json(capsys, "--checkpoint", str(shipped_path()), *common)["actions"]
+    assert shipped["actions"] == predict_json(capsys, "--model", str(shipped_path()), *common)["actions"]
     preset = predict_json(capsys, "--model", "tiny", "--seed", "3", *common)
-    assert preset["actions"] == predict_json(capsys, "--preset", "tiny", "--seed", "3", *common)["actions"]
+    tiny = registry.create("tiny", seed=3)
+    expected = tiny.predict_action(image_paths, "pick up the red cube", [0.0] * tiny.config.robot.proprio_dim,
+                                   proprio_is_normalized=True)  # the CLI's zero state without --proprio
+    np.testing.assert_allclose(np.asarray(preset["normalized_actions"]), expected.normalized_actions[0], atol=1e-6)
+    assert preset["model"] == "preset tiny (random weights, seed 3)"
+    for gone in ("--checkpoint", "--preset"):
+        with pytest.raises(SystemExit) as exit_info:
+            run(capsys, gone, str(one), *common)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--model" in err
     code, out, err = run(capsys, "--model", "tabletop-causl", *common)
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("vla-lab predict: error: --model: got 'tabletop-causl', expected a shipped model name")

@@ -70,13 +70,13 @@ class World:
 def bases(w: World) -> dict[str, list]:
     """A valid command line of each command (what the mutations break)."""
     return {
-        "predict": ["predict", "--preset", "tiny", "--image", w.image, "--image", w.image, "--instruction", "pick"],
-        "attention": ["attention", "--preset", "tiny", "--out", w.out],
-        "bench": ["bench", "--preset", "tiny", "--repeats", "1", "--warmup", "0", "--out", w.out / "bench.json"],
+        "predict": ["predict", "--model", "tiny", "--image", w.image, "--image", w.image, "--instruction", "pick"],
+        "attention": ["attention", "--model", "tiny", "--out", w.out],
+        "bench": ["bench", "--model", "tiny", "--repeats", "1", "--warmup", "0", "--out", w.out / "bench.json"],
         "train": ["train", "--out", w.out, "--config", w.train_json, "--model-config", w.model_json, "--no-progress"],
         "params": ["params", "--preset", "tiny"],
         "demo": ["demo", "--out", w.out, "--episodes", "2", "--no-baseline"],
-        "eval": ["eval", "libero", "--preset", "tiny", "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
+        "eval": ["eval", "libero", "--model", "tiny", "--suite", "libero_spatial", "--tasks", "0", "--trials", "1",
                  "--max-steps", "2", "--out", w.out, "--no-progress"],
         "study": ["study", "mask-swap", "--scenes", "1", "--batch-size", "1", "--model", "tabletop-causal",
                   "--out", w.out, "--no-progress"],
@@ -86,8 +86,8 @@ def bases(w: World) -> dict[str, list]:
 def mutations(w: World) -> dict[str, list[tuple[str, object]]]:
     """Invalid (option, value) pairs per command; None as value appends the option alone."""
     model = [("--device", d) for d in ("cuda", "tpu", "cuda:-1", "", "cpu:0:1", "gpu")]
-    model += [("--dtype", "int8"), ("--preset", "nope"), ("--seed", "x"), ("--seed", "1.5")]
-    model += [("--checkpoint", p) for p in (w.root / "missing", w.text, w.empty_dir, w.garbage_ckpt)]
+    model += [("--dtype", "int8"), ("--model", "nope"), ("--seed", "x"), ("--seed", "1.5")]
+    model += [("--model", p) for p in (w.root / "missing", w.text, w.empty_dir, w.garbage_ckpt)]
     outputs = [("--out", p) for p in (w.text, w.text / "sub", "/proc/vla-lab/out")]
     proprio = [("--proprio", v) for v in ("nan,0,0,0,0,0,0,0", "inf,0,0,0,0,0,0,0", "1e400,0,0,0,0,0,0,0", "1,2",
                                           "a,b,c,d,e,f,g,h", ",,,", "0;0;0;0;0;0;0;0")]
@@ -114,7 +114,7 @@ def mutations(w: World) -> dict[str, list[tuple[str, object]]]:
         "eval": model + outputs + common + [("--suite", v) for v in ("libero_spacial", "", "tabletop")]
         + [("--tasks", v) for v in ("x", "-1", "99", "0,,1", "")] + [("--trials", v) for v in ("0", "-1", "x", "51")]
         + [("--init-states", v) for v in ("5:2", "a:b", "60:70", "3", "-1:2")]
-        + [("--max-steps", v) for v in ("0", "-1", "x")] + [("--shipped", "causal"), ("--resume", None)],
+        + [("--max-steps", v) for v in ("0", "-1", "x")] + [("--resume", None)],
         "study": outputs + common + [("--scenes", v) for v in ("0", "-1", "x", "1000001")]
         + [(o, v) for o in ("--batch-size", "--closed-loop-scenes") for v in ("0", "-2", "x")]
         + [("--start", v) for v in ("-1", "1000000")] + [("--validation-scenes", "-1"), ("--seed", "-3")]

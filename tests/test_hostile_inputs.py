@@ -58,7 +58,7 @@ def copy_of(checkpoint, tmp_path):
 
 
 def predict_args(image: Path, *extra) -> list:
-    return ["predict", "--preset", "tiny", "--image", image, "--image", image, "--instruction", INSTRUCTION, *extra]
+    return ["predict", "--model", "tiny", "--image", image, "--image", image, "--instruction", INSTRUCTION, *extra]
 
 
 def bomb_png(path: Path, side: int = 40_000) -> Path:
@@ -134,7 +134,7 @@ def test_non_finite_weights_are_refused(copy_of) -> None:
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"NaN or infinite values in language_model\.model\.layers\.1\.mlp"):
         load_pretrained(directory)
-    status, _, stderr = run_cli(["predict", "--checkpoint", directory, "--image", "x.png", "--instruction", "a"])
+    status, _, stderr = run_cli(["predict", "--model", directory, "--image", "x.png", "--instruction", "a"])
     assert_one_line_error(status, stderr, "predict")
 
 
@@ -210,7 +210,7 @@ def test_unusable_outputs_fail_before_any_work(tmp_path, monkeypatch) -> None:
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     for out in (a_file / "sub", "/proc/vla-lab-cannot-write/out", a_file):
-        for command in (["attention", "--preset", "tiny"], ["bench", "--preset", "tiny"], ["train"]):
+        for command in (["attention", "--model", "tiny"], ["bench", "--model", "tiny"], ["train"]):
             target = f"{out}/result.json" if command[0] == "bench" else out
             status, _, stderr = run_cli([*command, "--out", target])
             line = assert_one_line_error(status, stderr, command[0])
@@ -225,7 +225,7 @@ def test_bench_never_overwrites_its_output(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(bench, "run_benchmarks", lambda *a, **k: pytest.fail("ran before checking --out"))
     out = tmp_path / "bench.json"
     out.write_text("{}")
-    status, _, stderr = run_cli(["bench", "--preset", "tiny", "--out", out])
+    status, _, stderr = run_cli(["bench", "--model", "tiny", "--out", out])
     assert "exists" in assert_one_line_error(status, stderr, "bench")
 
 
@@ -248,7 +248,7 @@ def test_a_tokenizer_config_that_is_not_an_object(copy_of, image, content) -> No
     (directory / "tokenizer_config.json").write_text(content)
     with pytest.raises(CheckpointError, match="tokenizer_config.json"):
         load_pretrained(directory)
-    status, _, stderr = run_cli(["predict", "--checkpoint", directory, "--image", image, "--image", image,
+    status, _, stderr = run_cli(["predict", "--model", directory, "--image", image, "--image", image,
                                  "--instruction", "a"])
     assert "tokenizer_config.json" in assert_one_line_error(status, stderr, "predict")
 
@@ -294,8 +294,8 @@ def test_non_numeric_proprio_in_the_python_api(model, proprio) -> None:
 
 
 def test_parser_errors_are_one_line() -> None:
-    for argv in (["predikt"], [], ["predict"], ["bench", "--preset", "tiny", "--batch", "x"],
-                 ["predict", "--preset", "nope", "--image", "a", "--instruction", "b"], ["train", "--bogus"]):
+    for argv in (["predikt"], [], ["predict"], ["bench", "--model", "tiny", "--batch", "x"],
+                 ["predict", "--model", "nope", "--image", "a", "--instruction", "b"], ["train", "--bogus"]):
         status, _, stderr = run_cli(argv)
         assert status == 2
         assert_one_line_error(status, stderr)

@@ -1,7 +1,7 @@
 """``vla-lab eval libero`` and ``vla_lab.libero`` on the real simulator (``pip install -e '.[libero]'``).
 
 Each simulated episode costs ~20 s on a 2-core machine (scene construction, reset, settle steps), so the
-runs are tiny: ``--preset tiny``, one init state, ``--max-steps 8`` (one policy query). One reference
+runs are tiny: ``--model tiny``, one init state, ``--max-steps 8`` (one policy query). One reference
 run (tasks 0 and 1) is shared: the resumed and the 2-process runs must give the same records.
 """
 
@@ -24,7 +24,7 @@ from vla_lab.worlds.runner import OpenLoop
 HAVE_LIBERO = importlib.util.find_spec("libero") is not None
 needs_libero = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
 SUITE = "libero_spatial"
-COMMON = ["eval", "libero", "--preset", "tiny", "--suite", SUITE, "--trials", "1", "--max-steps", "8", "--no-progress"]
+COMMON = ["eval", "libero", "--model", "tiny", "--suite", SUITE, "--trials", "1", "--max-steps", "8", "--no-progress"]
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:
@@ -255,7 +255,7 @@ def test_object_masks_skip_the_regions_among_the_objects_of_interest():
 @needs_libero
 def test_a_failed_start_leaves_no_run_directory(tmp_path):
     """The shipped tabletop models have no LIBERO statistics: one line, and --out is not left behind."""
-    code, stdout, err = run_cli("eval", "libero", "--shipped", "causal", "--suite", SUITE, "--tasks", "0",
+    code, stdout, err = run_cli("eval", "libero", "--model", "tabletop-causal", "--suite", SUITE, "--tasks", "0",
                                 "--trials", "1", "--out", str(tmp_path / "run"))
     assert code == 2 and stdout == ""
     lines = err.splitlines()

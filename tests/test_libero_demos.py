@@ -33,7 +33,7 @@ def test_bad_options_get_one_line(tmp_path, argv, message):
 
 
 def test_eval_checks_the_camera_resolution_before_building_anything(tmp_path):
-    status, stdout, err = testkit.run_cli(["eval", "libero", "--suite", SUITE, "--preset", "tiny", "--resolution",
+    status, stdout, err = testkit.run_cli(["eval", "libero", "--suite", SUITE, "--model", "tiny", "--resolution",
                                             "4", "--out", tmp_path / "x"])
     assert "--resolution: got 4" in testkit.assert_one_line_error(status, err, "eval")
     assert not (tmp_path / "x").exists()
@@ -240,7 +240,7 @@ def test_other_commands_refuse_a_demonstrations_directory(tmp_path, legacy):
     (out / "parts" / "task00_init00.hdf5").write_bytes(b"a demonstration")
     before = testkit.snapshot(out)
     expected = "other files (demos.json, parts)" if legacy else "holds a vla-lab libero-demos run"
-    commands = (["eval", "libero", "--suite", SUITE, "--preset", "tiny", "--tasks", "0", "--trials", "1"],
+    commands = (["eval", "libero", "--suite", SUITE, "--model", "tiny", "--tasks", "0", "--trials", "1"],
                 ["libero", "expert", "--tasks", "0", "--trials", "1"])
     for command in commands:
         for flag in ("--overwrite", "--resume"):

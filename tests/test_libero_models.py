@@ -51,12 +51,12 @@ def test_the_manifest_names_the_training_demonstrations_and_holds_out_40_to_49()
 def test_eval_renders_at_the_demonstrations_resolution_unless_told(tmp_path) -> None:
     parser = build_parser()
     common = ["eval", "libero", "--suite", SUITE, "--out", str(tmp_path / "run")]
-    args = parser.parse_args([*common, "--shipped", shipped_name("bidirectional")])
+    args = parser.parse_args([*common, "--model", shipped_name("bidirectional")])
     assert camera_resolution(args) == 128
-    assert camera_resolution(parser.parse_args([*common, "--shipped", shipped_name("causal"), "--resolution",
+    assert camera_resolution(parser.parse_args([*common, "--model", shipped_name("causal"), "--resolution",
                                                 "256"])) == 256
-    assert camera_resolution(parser.parse_args([*common, "--checkpoint", str(shipped_path("causal"))])) == 128
-    assert camera_resolution(parser.parse_args([*common, "--preset", "libero-small"])) == 256  # upstream's
+    assert camera_resolution(parser.parse_args([*common, "--model", str(shipped_path("causal"))])) == 128
+    assert camera_resolution(parser.parse_args([*common, "--model", "libero-small"])) == 256  # upstream's
 
 
 def test_the_models_act_on_a_libero_instruction(models) -> None:

@@ -263,7 +263,7 @@ RECORDS = DATA.parent.parent / "notebooks" / "records" / "libero-eval"
 @needs_libero
 def test_eval_of_a_released_checkpoint_records_its_inputs(released_dir, tmp_path):
     out = tmp_path / "run"
-    argv = ["eval", "libero", "--checkpoint", released_dir, "--suite", "libero_spatial", "--tasks", "0", "--trials",
+    argv = ["eval", "libero", "--model", released_dir, "--suite", "libero_spatial", "--tasks", "0", "--trials",
             "1", "--max-steps", "16", "--no-progress", "--out", out]
     status, stdout, err = run_cli([*argv, "--json"])
     assert status == 0, err
@@ -295,7 +295,7 @@ def test_shipped_libero_record_reproduces_with_one_thread(tmp_path):
     records = [json.loads(line) for line in (RECORDS / "libero-spatial-causal" / "episodes.jsonl").open()]
     record = min((r for r in records if r["success"]), key=lambda r: r["steps"])
     state = record["init_state"]
-    status, stdout, err = run_cli(["eval", "libero", "--shipped", "libero-spatial-causal", "--suite", "libero_spatial",
+    status, stdout, err = run_cli(["eval", "libero", "--model", "libero-spatial-causal", "--suite", "libero_spatial",
                                    "--tasks", str(record["task"]), "--init-states", f"{state}:{state + 1}",
                                    "--no-progress", "--json", "--out", tmp_path / "run"])
     assert status == 0, err

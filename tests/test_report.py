@@ -103,7 +103,7 @@ def test_report_refuses_to_overwrite(model, report):
 
 def test_cli_prints_json_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "attention"
-    argv = ["attention", "--preset", "tiny", "--attention", "both", "--out", str(out), "--json", "--format", "png",
+    argv = ["attention", "--model", "tiny", "--attention", "both", "--out", str(out), "--json", "--format", "png",
             "--dpi", "60"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -123,7 +123,7 @@ def test_cli_prints_json_and_refuses_to_overwrite(tmp_path, capsys):
     assert error.startswith("vla-lab attention: error: export: ") and "report.json" in error
     assert len(error.strip().splitlines()) == 1
     assert (out / "report.json").read_bytes() == report_json
-    argv_causal = ["attention", "--preset", "tiny", "--attention", "causal", "--out", str(out), "--format", "png",
+    argv_causal = ["attention", "--model", "tiny", "--attention", "causal", "--out", str(out), "--format", "png",
                    "--dpi", "60", "--overwrite"]
     assert main(argv_causal) == 0
     text = capsys.readouterr().out
@@ -133,6 +133,6 @@ def test_cli_prints_json_and_refuses_to_overwrite(tmp_path, capsys):
 
 def test_cli_checks_its_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["attention", "--preset", "tiny"])  # --out is required
-    assert main(["attention", "--preset", "tiny", "--out", str(tmp_path), "--instruction", "pick up the cup"]) == 2
+        main(["attention", "--model", "tiny"])  # --out is required
+    assert main(["attention", "--model", "tiny", "--out", str(tmp_path), "--instruction", "pick up the cup"]) == 2
     assert "vla-lab attention: error: --image/--instruction:" in capsys.readouterr().err

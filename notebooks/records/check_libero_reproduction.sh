@@ -12,11 +12,11 @@ export MUJOCO_GL=egl
 rm -rf $RUN
 EVAL="-m vla_lab eval libero --suite libero_spatial --tasks 0 --no-progress"
 for MASK in causal bidirectional; do
-  python $EVAL --shipped libero-spatial-$MASK --init-states 44:48 --num-threads 1 --out $RUN/$MASK-1-process > /dev/null
+  python $EVAL --model libero-spatial-$MASK --init-states 44:48 --num-threads 1 --out $RUN/$MASK-1-process > /dev/null
 done
-torchrun --standalone --nproc-per-node 2 $EVAL --shipped libero-spatial-causal --init-states 40:50 --num-threads 1 \
+torchrun --standalone --nproc-per-node 2 $EVAL --model libero-spatial-causal --init-states 40:50 --num-threads 1 \
     --out $RUN/causal-2-ranks > /dev/null
-python $EVAL --shipped libero-spatial-causal --init-states 47:48 --num-threads 2 --out $RUN/causal-2-threads > /dev/null
+python $EVAL --model libero-spatial-causal --init-states 47:48 --num-threads 2 --out $RUN/causal-2-threads > /dev/null
 python - "$RUN" "$REC" <<'PY'
 import datetime, json, pathlib, sys
 run, rec = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

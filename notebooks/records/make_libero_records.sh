@@ -56,7 +56,7 @@ PY
 
 # 4. Closed loop on the held-out init states 40-49 of every task (100 episodes per model)
 for MASK in causal bidirectional; do
-  $TORCHRUN -m vla_lab eval libero --shipped libero-spatial-$MASK --suite libero_spatial --init-states 40:50 \
+  $TORCHRUN -m vla_lab eval libero --model libero-spatial-$MASK --suite libero_spatial --init-states 40:50 \
       --out $REC/libero-eval/libero-spatial-$MASK --no-progress
 done
 

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model = options.load_model(args)
     result = run_benchmarks(model, args.batch, tuple(args.paths), tuple(args.capture), args.warmup, args.repeats,
-                            preset=args.checkpoint or args.preset, capture_vision=args.capture_vision)
+                            preset=args.model, capture_vision=args.capture_vision)
     text = files.dumps(result)
     if out is not None:
         files.write_text(out, text + "\n")

@@ -1,8 +1,7 @@
 """``vla-lab eval libero``, ``vla-lab libero expert`` and ``vla-lab libero demos``: parsers and handlers
 (target attention on LIBERO is ``vla-lab study target-attention --world libero``).
 
-The model options of ``eval libero`` are those of the other commands, plus ``--shipped`` (a shipped tabletop or
-LIBERO model). Everything cheap is checked before the model is loaded or a simulator is built: the options,
+The model options of ``eval libero`` are those of the other commands (``--model NAME_OR_DIR``). Everything cheap is checked before the model is loaded or a simulator is built: the options,
 that LIBERO is installed, the tasks and init states, and that ``--out`` can hold this run.
 """
 
@@ -41,16 +40,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _add_eval_parser(sub: options.Subparsers) -> None:
-    from vla_lab.libero.models import SHIPPED
-    from vla_lab.tabletop import MASKS
 
     p = sub.add_parser("eval", help="closed-loop evaluation on a benchmark (LIBERO), sharded under torchrun")
     p.set_defaults(func=run)
     benchmarks = p.add_subparsers(dest="benchmark", required=True, parser_class=type(p))
     q = benchmarks.add_parser("libero", help="LIBERO with upstream's protocol (pip install -e '.[libero]')")
-    source = options.add_model_arguments(q, attention=None, dtype_default=None)
-    source.add_argument("--shipped", choices=(*MASKS, *SHIPPED),
-                        help="a shipped model: tabletop (the mask it was trained with) or LIBERO (its name)")
+    options.add_model_arguments(q, attention=None, dtype_default=None)
     options.add_suite(q, f"one of {', '.join(libero_env.SUITES)}")
     _add_episode_arguments(q, "vla_lab_eval")
     _add_resolution(q, None, f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution "
@@ -99,40 +94,24 @@ def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str, trials: bo
     options.add_json(q)
 
 
-def _registry_name(args: argparse.Namespace) -> None:
-    """``--shipped NAME`` is ``--model`` of its registry name (a tabletop mask means ``tabletop-<mask>``)."""
-    if getattr(args, "shipped", None):
-        args.model = args.shipped if args.shipped.startswith("libero") else f"tabletop-{args.shipped}"
-        args.shipped = None
-
-
 def model_name(args: argparse.Namespace) -> str:
     """The model as ``run.json`` records it: a shipped model as ``shipped <name>``, a directory resolved."""
     from vla_lab import registry
 
-    _registry_name(args)
-    name = getattr(args, "model", None)
-    if name and name in registry.list_models("shipped"):
+    name = args.model
+    if name in registry.list_models("shipped"):
         return f"shipped {name}"
-    if name:
-        path = registry.path_of(name)
-        if name.startswith(registry.RANDOM_PREFIX) or path is None:
-            return options.model_source(args)
-        return str(path.resolve())
-    if args.checkpoint:
-        return str(Path(args.checkpoint).resolve())
-    return f"preset {args.preset} (random weights, seed {args.seed})"
+    path = registry.path_of(name)
+    if name.startswith(registry.RANDOM_PREFIX) or path is None:
+        return options.model_source(args)
+    return str(path.resolve())
 
 
 def _model_directory(args: argparse.Namespace) -> Path | None:
-    """The checkpoint directory of ``--model`` / ``--shipped`` / ``--checkpoint`` (None for a preset)."""
+    """The checkpoint directory of ``--model`` (None for a preset)."""
     from vla_lab import registry
 
-    _registry_name(args)
-    name = getattr(args, "model", None)
-    if name:
-        return registry.path_of(name)
-    return Path(args.checkpoint) if args.checkpoint else None
+    return registry.path_of(args.model)
 
 
 def camera_resolution(args: argparse.Namespace) -> int:
@@ -156,7 +135,7 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
     directory = _model_directory(args)
     args.dtype = args.dtype or default_dtype(directory)
     if args.prompt is None:
-        args.prompt = stored_prompt(directory) if directory is not None else VLAConfig.preset(args.preset).prompt
+        args.prompt = stored_prompt(directory) if directory is not None else VLAConfig.preset(args.model).prompt
     return {"dtype": args.dtype, "prompt": args.prompt}
 
 
@@ -317,7 +296,6 @@ def _evaluate_model(args: argparse.Namespace, suite: str, keys: Any, out: Path, 
 
     with parallel.process_group(args.device) as ranks:
         args.device = parallel.device_for(args.device, ranks)
-        _registry_name(args)
         model = options.load_model(args)
         from vla_lab.policy import Policy
         from vla_lab.worlds.libero import LiberoWorld

@@ -13,9 +13,9 @@ from typing import Any, TypeAlias
 import numpy as np
 
 from vla_lab import files
-from vla_lab.config import PRESETS, PROMPTS, VLAConfig, resolve_device
+from vla_lab.config import PRESETS, PROMPTS, resolve_device
 from vla_lab.errors import InputError
-from vla_lab.model import VLAAdapter, default_dtype, load_pretrained, random_model
+from vla_lab.model import VLAAdapter, default_dtype
 from vla_lab.processing.normalization import finite_numbers
 
 #: What a command module's ``register`` is given: the subparsers of the ``vla-lab`` parser.
@@ -56,16 +56,12 @@ def add_model_arguments(
     attention_default: str | None = None,
     prompt: bool = True,
     dtype_default: str | None = "float32",
-) -> Any:
-    """``--model NAME_OR_DIR | --checkpoint DIR | --preset NAME`` (random weights, ``--seed``), ``--dtype``
-    (``dtype_default``; None: the model's own, :data:`DTYPE_HELP`), ``--device``, ``--prompt`` (when
-    ``prompt``: commands that build inputs from an instruction) and, unless ``attention`` is None,
-    ``--attention`` with those choices. Returns the group of model sources (a command may add a source of its
-    own to it)."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    add_models(source, "model", MODEL_HELP, repeat=False)
-    source.add_argument("--checkpoint", help="a checkpoint directory in the released layout")
-    add_preset(source)
+) -> None:
+    """``--model NAME_OR_DIR`` (:func:`vla_lab.registry.create`: a preset with random weights from ``--seed``, a
+    shipped model, ``random-init:NAME``, a checkpoint directory), ``--dtype`` (``dtype_default``; None: the
+    model's own, :data:`DTYPE_HELP`), ``--device``, ``--prompt`` (when ``prompt``: commands that build inputs from
+    an instruction) and, unless ``attention`` is None, ``--attention`` with those choices."""
+    add_models(parser, "model", MODEL_HELP, required=True, repeat=False)
     if attention is not None:
         add_attention(parser, attention, attention_default)
     if prompt:
@@ -73,8 +69,7 @@ def add_model_arguments(
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=dtype_default,
                         help=f"weights and activations (default: {dtype_default or DTYPE_HELP})")
     add_device(parser)
-    add_seed(parser, 0, "seed for random preset weights")
-    return source
+    add_seed(parser, 0, "seed of a preset's random weights")
 
 
 def add_preset(target: Any, required: bool = False, help: str = "a preset with random weights") -> None:
@@ -187,36 +182,24 @@ def print_json(data: object) -> None:
 
 
 def load_model(args: argparse.Namespace) -> VLAAdapter:
-    """The model named by ``--model`` (:func:`vla_lab.registry.create`), ``--checkpoint`` or ``--preset``
-    (random weights) with the CLI's options."""
+    """The model ``--model`` names (:func:`vla_lab.registry.create`) with the CLI's options."""
     import torch
 
     from vla_lab import registry
 
-    name = getattr(args, "model", None)
-    args.dtype = args.dtype or default_dtype(registry.path_of(name) if name else args.checkpoint)
-    dtype = getattr(torch, args.dtype)
+    args.dtype = args.dtype or default_dtype(registry.path_of(args.model))
     args.device = str(resolve_device(args.device, "--device"))
     attention = getattr(args, "attention", None)
-    attention = None if attention == "both" else attention
-    prompt = getattr(args, "prompt", None)
-    if name:
-        return registry.create(name, attention=attention, dtype=dtype, device=args.device, prompt=prompt,
-                               seed=args.seed)
-    if args.checkpoint:
-        return load_pretrained(args.checkpoint, attention=attention, dtype=dtype, device=args.device, prompt=prompt)
-    overrides = {k: v for k, v in (("attention", attention), ("prompt", prompt)) if v}
-    return random_model(VLAConfig.preset(args.preset, **overrides), seed=args.seed, dtype=dtype, device=args.device)
+    return registry.create(args.model, attention=None if attention == "both" else attention,
+                           dtype=getattr(torch, args.dtype), device=args.device, prompt=getattr(args, "prompt", None),
+                           seed=args.seed)
 
 
 def model_source(args: argparse.Namespace) -> str:
-    """``--model``, ``--checkpoint`` or ``--preset`` (with its seed) in words."""
-    name = getattr(args, "model", None)
-    if name:
-        from vla_lab.config import PRESETS
+    """``--model`` in words (a preset with its seed)."""
+    from vla_lab.config import PRESETS
 
-        return f"preset {name} (random weights, seed {args.seed})" if name in PRESETS else name
-    return str(args.checkpoint) if args.checkpoint else f"preset {args.preset} (random weights, seed {args.seed})"
+    return f"preset {args.model} (random weights, seed {args.seed})" if args.model in PRESETS else str(args.model)
 
 
 def parse_proprio(text: str | None) -> list[float] | None:

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         "sequence_length": pred.layout.num_tokens,
         "segments": pred.layout.to_dict(),
         "attention": pred.attention,
-        "model": str(args.checkpoint or args.preset),
+        "model": options.model_source(args),
         "dtype": args.dtype,
         "device": args.device,
     }
