@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from vla_lab.cli import main
 
 KEYS = {"name", "device_name", "dtype", "batch", "median_ms", "min_ms", "max_ms", "actions_per_second",
