@@ -2,7 +2,8 @@
 (target attention on LIBERO is ``vla-lab study target-attention --world libero``).
 
 The model options of ``eval libero`` are those of the other commands (``--model NAME_OR_DIR``). Everything cheap
-is checked before the model is loaded or a simulator is built: the options, that LIBERO is installed, the tasks and init states, and that ``--out`` can hold this run.
+is checked before the model is loaded or a simulator is built: the options, that LIBERO is installed, the tasks
+and init states, and that ``--out`` can hold this run.
 """
 
 from __future__ import annotations
