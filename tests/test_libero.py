@@ -16,6 +16,7 @@ import pytest
 import testkit
 
 from vla_lab import parallel
+from vla_lab.errors import InputError
 from vla_lab.libero import evaluate as libero_eval
 from vla_lab.worlds import Episode, Observation, Step
 from vla_lab.worlds.libero.observation import process_action
@@ -204,6 +205,29 @@ def test_resume_after_a_crash_gives_the_same_records(reference, tmp_path, monkey
     resumed = json.loads(stdout)
     assert untimed(resumed["episodes"]) == untimed(expected["episodes"])
     assert resumed["episodes"][0] == json.loads((out / "episodes.jsonl").read_text().splitlines()[0])
+
+
+@needs_libero
+def test_resume_refuses_records_outside_the_selection(tmp_path):
+    """A resumed run counts only the episodes it was asked for: a record of another task is refused in one line,
+    before anything runs, and the run directory is left as it was."""
+    out = tmp_path / "run"
+    keys = [("libero_spatial", 0, 0), ("libero_spatial", 1, 0)]
+
+    def episode(env, key, frames):
+        return {"success": key.key[1] == 0, "steps": 1, "queries": 1, "error": None}
+
+    failed = {"success": False, "steps": 0, "queries": 0, "error": None}
+    first = libero_eval.run_episodes(episode, keys, out, {"model": "fake"}, failed=failed, progress=False)
+    assert first["num_episodes"] == 2 and first["successes"] == 1
+    before = testkit.snapshot(out)
+    with pytest.raises(InputError, match="^--resume: got 1 recorded episode\\(s\\) in .* outside this run's episodes "
+                                         "\\(first: task 1, init state 0\\)"):
+        libero_eval.run_episodes(episode, keys[:1], out, {"model": "fake"}, failed=failed, resume=True, progress=False)
+    assert testkit.snapshot(out) == before
+    grown = libero_eval.run_episodes(episode, [*keys, ("libero_spatial", 2, 0)], out, {"model": "fake"},
+                                     failed=failed, resume=True, progress=False)  # a larger selection goes on
+    assert grown["num_episodes"] == 3
 
 
 @needs_libero

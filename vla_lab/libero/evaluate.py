@@ -234,6 +234,12 @@ def run_episodes(
     run = run_dir(out) if run is None else run
     run.claim(settings, resume=resume, overwrite=overwrite, ranks=ranks)
     done = read_records(out / EPISODES_FILE) if resume else []
+    outside = sorted({record_key(r) for r in done} - set(keys))
+    if outside:  # the summary would count episodes this run was not asked for
+        _, task, init_state = outside[0]
+        raise InputError(f"--resume: got {len(outside)} recorded episode(s) in {out / EPISODES_FILE} outside this "
+                         f"run's episodes (first: task {task}, init state {init_state}), expected --tasks and "
+                         "--init-states / --trials that include every recorded episode")
     with run.guard():
         if video:
             (out / VIDEO_DIR).mkdir(exist_ok=True)
