@@ -130,7 +130,7 @@ def test_the_reported_depth_is_chosen_on_the_selection_set_and_tasks_are_resampl
 def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
     """``study target-attention --world libero``: a trained checkpoint and its random init on simulator frames;
     depth chosen on the selection init state, reported on the held-out one, tasks as the interval's unit."""
-    from vla_lab.studies import StudySettings, load_result, run_study
+    from vla_lab.studies import StudySettings, load_result, run_study, verify_records
 
     checkpoint = str(libero_two_step_run)
     settings = StudySettings("target-attention", models=[checkpoint], world="libero", tasks=[0],
@@ -149,6 +149,8 @@ def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
     assert [(t["model"], t["source"]) for t in result.tests.to_dict("records")] == [("final", "llm"), ("final", "head")]
     stored = load_result(tmp_path / "run")
     pd.testing.assert_frame_equal(stored.records, records)
+    with pytest.raises(InputError, match="^records: got a libero run"):
+        verify_records(tmp_path / "run")
     with pytest.raises(InputError, match="^prompt: got 'qwen-chat', expected one of \\('openvla',\\)"):
         run_study(StudySettings("target-attention", models=[checkpoint], world="libero", tasks=[0], init_states=[40],
                                 selection_states=[0], prompt="qwen-chat"), progress=False)

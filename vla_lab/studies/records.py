@@ -72,6 +72,9 @@ def verify_records(
     the largest float difference found (0.0 when identical); raises InputError naming the first difference."""
     directory = Path(out)
     stored = json.loads((directory / STUDY_FILE).read_text(encoding="utf-8"))
+    if stored.get("world", "tabletop") != "tabletop":
+        raise InputError(f"records: got a {stored['world']} run in {directory}, expected a tabletop run (LIBERO "
+                         "records are recomputed by running the study again with --resume off)")
     settings = StudySettings(**{**stored, "scenes": min(stored["scenes"], units * stored["batch_size"]),
                                 "validation_scenes": 0})
     fresh = run_study(settings, progress=False).records.reset_index(drop=True)
