@@ -84,3 +84,28 @@ def test_counterfactual_instruction_of_another_task(env):
     assert env.reset(other, regions=False).instruction == other.instruction
     with pytest.raises(InputError, match="^variant: got 'target_swap' for libero_spatial, expected 'other_instr"):
         env.counterfactual(episode, "target_swap")
+
+
+class _Goal:
+    """What goal_objects reads of a LiberoEnv: the parsed goal and the objects of interest."""
+
+    def __init__(self, goal: list[list[str]], interest: list[str]) -> None:
+        self.goal_state, self.target_objects = goal, interest
+
+
+@pytest.mark.parametrize("goal, interest, targets, places", [
+    ([["on", "akita_black_bowl_1", "plate_1"]], ["akita_black_bowl_1", "plate_1"], ["akita_black_bowl_1"],
+     ["plate_1"]),  # libero_spatial: the bowl to pick, the plate
+    ([["in", "cream_cheese_1", "basket_1_contain_region"], ["in", "butter_1", "basket_1_contain_region"]],
+     ["cream_cheese_1", "butter_1", "basket_1"], ["cream_cheese_1", "butter_1"], ["basket_1"]),  # both objects
+    ([["on", "plate_1", "main_table_stove_front_region"]], ["plate_1", "main_table_stove_front_region"],
+     ["plate_1"], []),  # a region of the table is no place
+    ([["open", "wooden_cabinet_1_top_region"]], ["wooden_cabinet_1"], ["wooden_cabinet_1"], []),
+    ([["turnon", "unknown_thing"]], ["flat_stove_1"], ["flat_stove_1"], []),  # nothing known: first of interest
+])
+def test_goal_objects_come_from_the_bddl_goal(goal, interest, targets, places):
+    from vla_lab.worlds.libero.env import goal_objects
+
+    names = ["akita_black_bowl_1", "akita_black_bowl_2", "plate_1", "cream_cheese_1", "butter_1", "basket_1",
+             "main_table", "flat_stove_1", "wooden_cabinet_1"]
+    assert goal_objects(_Goal(goal, interest), names) == (targets, places)

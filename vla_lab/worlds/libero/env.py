@@ -142,6 +142,12 @@ class LiberoEnv:
         return list(self.env.obj_of_interest)
 
     @property
+    def goal_state(self) -> list[list[str]]:
+        """The task's goal as LIBERO parsed it from the BDDL file: predicates such as ``["on", "akita_black_bowl_1",
+        "plate_1"]`` or ``["in", "butter_1", "basket_1_contain_region"]``."""
+        return [list(p) for p in self.env.env.parsed_problem["goal_state"]]
+
+    @property
     def object_names(self) -> list[str]:
         """Every object and fixture of the scene, by its LIBERO name."""
         return [*self.env.env.objects_dict, *self.env.env.fixtures_dict]
@@ -242,6 +248,36 @@ def objects_of_interest(env: LiberoEnv, names: Sequence[str], hint: str = "") ->
         raise InputError(f"task: got objects of interest {env.target_objects}, none of them an object of the "
                          f"scene ({list(names)}){hint}")
     return wanted
+
+
+def goal_objects(env: LiberoEnv, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(objects the goal moves or changes, objects it puts them in or on), both among ``names``, in the goal's order.
+
+    A predicate's first argument is the object acted on; its second, when there is one, is the place: an object
+    (``plate_1``) or a region of one (``basket_1_contain_region``: ``basket_1``); a region of the table
+    (``main_table_stove_front_region``) is no object, so such a goal has no place. Without any goal object, the
+    first object of interest (:func:`objects_of_interest`) is the target.
+    """
+    def owner(argument: str) -> str | None:
+        if argument in names:
+            return argument
+        for name in sorted(names, key=len, reverse=True):  # "basket_1" + "_contain_region", one word + "_region"
+            rest = argument[len(name) + 1 :] if argument.startswith(name + "_") else ""
+            if rest.endswith("_region") and "_" not in rest[: -len("_region")]:
+                return name
+        return None
+
+    targets: list[str] = []
+    places: list[str] = []
+    for predicate in env.goal_state:
+        found = [owner(a) for a in predicate[1:3]]
+        if found and found[0] is not None and found[0] not in targets:
+            targets.append(found[0])
+        if len(found) > 1 and found[1] is not None and found[1] not in places:
+            places.append(found[1])
+    if not targets:
+        targets = objects_of_interest(env, names)[:1]
+    return targets, [p for p in places if p not in targets]
 
 
 def object_masks(env: LiberoEnv, names: Sequence[str] | None = None, size: int = 224) -> dict[str, np.ndarray]:

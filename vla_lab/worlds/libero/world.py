@@ -5,10 +5,11 @@ init state, then the settle steps); its observation is what the policy reads (up
 :func:`~vla_lab.worlds.libero.observation.prepare_observation`, 224² views and the 8-d state). The
 simulator of a task is built when an episode of another task is reset, so episodes sorted by task reuse it.
 
-Regions (in the policy's agentview frame, from MuJoCo's segmentation): ``target`` is the task's first
-object of interest (the object to pick in libero_spatial), ``place`` the second when there is one (where it
-goes), ``distractors`` every other object and fixture. :func:`~vla_lab.worlds.libero.env.object_masks` keeps
-its own definition (every object of interest is ``target``) for the LIBERO attention records made with it.
+Regions (in the policy's agentview frame, from MuJoCo's segmentation), read from the task's BDDL goal
+(:func:`~vla_lab.worlds.libero.env.goal_objects`): ``target`` the objects the goal moves or changes (the bowl to
+pick in libero_spatial; both objects of "put both the cream cheese box and the butter in the basket"),
+``place`` the objects it puts them in or on (the plate, the basket; none for a region of the table), and
+``distractors`` every other object and fixture.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from vla_lab.worlds.libero.env import (
     MAX_STEPS,
     LiberoEnv,
     check_suite,
+    goal_objects,
     num_tasks,
     object_segmentation,
-    objects_of_interest,
     task_info,
 )
 from vla_lab.worlds.libero.observation import prepare_observation, process_action
@@ -38,12 +39,12 @@ POLICY_SIZE = 224
 def episode_regions(env: LiberoEnv, size: int = POLICY_SIZE) -> dict[str, np.ndarray]:
     """``target`` / ``place`` / ``distractors`` pixel masks (size, size) of the current state (module docstring)."""
     labels, names = object_segmentation(env, size)
-    wanted = objects_of_interest(env, names)
-    regions = {"target": labels == names.index(wanted[0]) + 1}
-    if len(wanted) > 1:
-        regions["place"] = labels == names.index(wanted[1]) + 1
-    interest = np.isin(labels, [names.index(n) + 1 for n in wanted[:2]])
-    regions["distractors"] = (labels > 0) & ~interest
+    targets, places = goal_objects(env, names)
+    ids = {name: names.index(name) + 1 for name in [*targets, *places]}
+    regions = {"target": np.isin(labels, [ids[n] for n in targets])}
+    if places:
+        regions["place"] = np.isin(labels, [ids[n] for n in places])
+    regions["distractors"] = (labels > 0) & ~np.isin(labels, list(ids.values()))
     return regions
 
 
