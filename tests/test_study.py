@@ -169,6 +169,9 @@ def test_mask_swap_records_summary_and_resume(tmp_path: Path) -> None:
     assert set(result.tests["name"]) == {"exact McNemar", "Wilcoxon signed-rank"}
     saved = load_result(out)
     pd.testing.assert_frame_equal(saved.records, records)
+    stored = json.loads((out / "study.json").read_text())
+    assert "world" not in stored and "suite" not in stored  # a tabletop run's file is the one older runs have
+    assert run_study(settings, out, resume=True, progress=False).records.equals(records)
     fresh = verify_records(out, atol=0, rtol=0)  # the first unit, recomputed on this machine: bit for bit
     assert len(fresh) == 2 * 2 and fresh.attrs["max_abs_difference"] == 0.0
     # Another CPU rounds float32 differently: float columns may move within the tolerance, nothing else may.

@@ -46,6 +46,8 @@ FREE_SETTINGS = ("device", "num_threads")
 MODEL_COLUMNS = ("model", "trained_with", "model_seed", "recipe", "random_init")
 #: The worlds a study runs in (``--world``).
 STUDY_WORLDS = ("tabletop", "libero")
+#: Settings of a LIBERO study only (with ``world``).
+LIBERO_FIELDS = ("world", "suite", "tasks", "init_states", "selection_states")
 
 
 @dataclass
@@ -150,7 +152,13 @@ class StudySettings:
         return "validation" if self.world == "tabletop" else "selection"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as ``study.json`` stores them; a tabletop study leaves out the LIBERO fields (all unset), so
+        its file is the one earlier versions wrote and their runs still resume."""
+        data = asdict(self)
+        if self.world == "tabletop":
+            for name in LIBERO_FIELDS:
+                data.pop(name)
+        return data
 
 
 @dataclass(frozen=True)
