@@ -170,11 +170,10 @@ def test_training_on_demonstrations_resumes_bit_exactly(demos, tmp_path) -> None
 
     assert demos_manifest(straight) == json.loads((demos / "demos.json").read_text())
     assert demos_manifest(tmp_path / "resumed" / "step-00003")["resolution"] == 128
-    options = {"resolution": None, "shipped": None, "checkpoint": str(straight)}
+    options = {"resolution": None, "model": str(straight)}
     assert camera_resolution(argparse.Namespace(**options)) == 128
-    assert camera_resolution(argparse.Namespace(**{**options, "checkpoint": None, "model": str(straight)})) == 128
     assert camera_resolution(argparse.Namespace(**{**options, "resolution": 200})) == 200
-    assert camera_resolution(argparse.Namespace(**{**options, "checkpoint": None, "preset": "tiny"})) == 256
+    assert camera_resolution(argparse.Namespace(**{**options, "model": "tiny"})) == 256
     metrics = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]
     assert all("aux_target_loss" in m and "aux_patch_loss" not in m for m in metrics if "loss" in m)
