@@ -99,6 +99,9 @@ def test_ratio_per_layer_and_its_inverse_when_the_regions_swap(model) -> None:
     # The regions cover disjoint patches, so naming them the other way round inverts the ratio exactly.
     assert np.isfinite(ratios).all() and (ratios > 0).all()
     assert np.allclose(ratios.values * swapped.values, 1.0)
+    bare = [Observation(o.images, o.instruction, o.proprio) for o in observations()]
+    with pytest.raises(InputError, match="^observations: got none with region masks"):
+        ta.measure(model, world, bare, ["llm"])
     per_head = ta.measure(model, world, observations()[:1], ["head"], heads=True)
     heads = model.action_head.config.num_heads if hasattr(model.action_head, "config") else None
     assert per_head["head"].isna().any() and per_head["head"].notna().any()

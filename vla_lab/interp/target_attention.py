@@ -123,6 +123,9 @@ def measure(
     unknown = [s for s in sources if s not in SOURCES]
     if unknown or not sources:
         raise InputError(f"source: got {list(sources)}, expected some of {SOURCES}")
+    if observations and not any(o.regions for o in observations):
+        raise InputError("observations: got none with region masks, expected observations made by "
+                         "World.reset(episode, regions=True)")
     policy = Policy(model, world, prompt=prompt)
     was_training = model.training
     model.eval()
