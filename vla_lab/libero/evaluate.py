@@ -233,8 +233,8 @@ def run_episodes(
     settings = {**settings, "suite": suite, "seed": seed}
     run = run_dir(out) if run is None else run
     run.claim(settings, resume=resume, overwrite=overwrite, ranks=ranks)
-    done = read_records(out / EPISODES_FILE) if resume else []
-    outside = sorted({record_key(r) for r in done} - set(keys))
+    done = {record_key(r): r for r in read_records(out / EPISODES_FILE)} if resume else {}
+    outside = sorted(set(done) - set(keys))
     if outside:  # the summary would count episodes this run was not asked for
         _, task, init_state = outside[0]
         raise InputError(f"--resume: got {len(outside)} recorded episode(s) in {out / EPISODES_FILE} outside this "
@@ -262,8 +262,7 @@ def run_episodes(
 
         try:
             merged = parallel.run_shards(
-                sorted({*keys, *(record_key(r) for r in done)}), compute, ranks,
-                done={record_key(r): r for r in done},
+                sorted(set(keys)), compute, ranks, done=done,
                 progress=f"{suite} (rank 0 of {ranks.size})" if progress else None,
                 postfix=lambda rows: {"success": sum(r["success"] for r in rows)})
         finally:
