@@ -31,7 +31,7 @@ from vla_lab.model import random_model
 from vla_lab.policy import Policy
 from vla_lab.worlds import Observation
 from vla_lab.worlds.libero import LiberoWorld
-from vla_lab.worlds.libero.env import CAMERA, DUMMY_ACTION, MAX_STEPS, LiberoEnv, object_masks
+from vla_lab.worlds.libero.env import CAMERA, DUMMY_ACTION, MAX_STEPS, LiberoEnv
 from vla_lab.worlds.libero.observation import prepare_observation
 
 SUITE = "libero_spatial"
@@ -67,7 +67,6 @@ def simulator(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
         sim = env.env.sim
         result["render_one_camera_256"] = _timed(lambda: sim.render(256, 256, camera_name=CAMERA), 5)[0]
         result["physics_substep"] = _timed(sim.step, 5)[0]
-        result["object_masks"] = _timed(lambda: object_masks(env), 3)[0]
         prepared = prepare_observation(obs)
         observation = Observation([prepared["full_image"], prepared["wrist_image"]], env.instruction,
                                   prepared["state"])

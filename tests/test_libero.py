@@ -244,36 +244,21 @@ def test_two_ranks_equal_one(reference, tmp_path):
 
 
 @needs_libero
-def test_object_masks_on_a_spatial_task(libero_spatial_world):
-    from vla_lab.worlds.libero.env import object_masks, object_segmentation
-    from vla_lab.worlds.libero.observation import prepare_observation
+def test_regions_leave_out_a_region_of_the_table_among_the_objects_of_interest():
+    """libero_goal task 5 ("push the plate to the front of the stove") lists the stove's front, a region of the
+    table, among its objects of interest: the plate is the target, the goal has no place, every other object of
+    the scene is a distractor."""
+    from vla_lab.worlds.libero import LiberoWorld, object_segmentation
 
-    libero_spatial_world.reset(libero_spatial_world.episode(0, 0), regions=False)
-    env = libero_spatial_world.env  # LiberoEnv(SUITE, 0): cameras at 256 px, seed 0, shared by the session
-    first = prepare_observation(env.reset(0))
-    assert env.target_objects == ["akita_black_bowl_1", "plate_1"]
-    masks = object_masks(env)
-    labels, names = object_segmentation(env)
-    again = prepare_observation(env.reset(0))  # the same init state gives the same scene
-    assert np.array_equal(first["full_image"], again["full_image"]) and np.allclose(first["state"], again["state"])
-    target, others = masks["target"], masks["distractors"]
-    assert target.shape == others.shape == labels.shape == (224, 224)
-    assert not (target & others).any() and target.sum() > 0 and others.sum() > 0
-    assert target.sum() + others.sum() < 224 * 224  # robot, table and background are in neither
-    for name in ("akita_black_bowl_1", "plate_1"):
-        assert (labels == names.index(name) + 1).sum() > 0
-    assert (labels == names.index("akita_black_bowl_2") + 1).sum() > 0  # a bowl the instruction does not name
-
-
-@needs_libero
-def test_object_masks_skip_the_regions_among_the_objects_of_interest():
-    """libero_goal task 5 names a region of the table (the stove's front) among its objects of interest."""
-    from vla_lab.worlds.libero.env import observations
-
-    obs = observations("libero_goal", [5], [0])[0]
-    regions = [n for n in obs["target_objects"] if n.endswith("_region")]
-    assert regions and len(regions) < len(obs["target_objects"])
-    assert obs["masks"]["target"].any() and obs["masks"]["distractors"].any()
+    with LiberoWorld("libero_goal") as world:
+        regions = world.reset(world.episode(5, 0)).regions[0]
+        env = world.env
+        assert "main_table_stove_front_region" in env.target_objects
+        labels, names = object_segmentation(env)
+    assert set(regions) == {"target", "distractors"}
+    np.testing.assert_array_equal(regions["target"], labels == names.index("plate_1") + 1)
+    np.testing.assert_array_equal(regions["distractors"], (labels > 0) & ~regions["target"])
+    assert regions["distractors"].any()
 
 
 @needs_libero

@@ -10,7 +10,7 @@ import pytest
 
 from vla_lab.errors import InputError
 from vla_lab.worlds import World
-from vla_lab.worlds.libero import LiberoWorld, object_masks, prepare_observation, task_info
+from vla_lab.worlds.libero import LiberoWorld, object_segmentation, prepare_observation, task_info
 
 HAVE_LIBERO = importlib.util.find_spec("libero") is not None
 pytestmark = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
@@ -55,9 +55,12 @@ def test_reset_is_upstreams_observation_with_regions(env):
     assert all(regions[name].shape == (224, 224) and regions[name].any() for name in regions)
     assert not (regions["target"] & regions["place"]).any()
     assert not ((regions["target"] | regions["place"]) & regions["distractors"]).any()
-    interest = object_masks(env.env)  # the older definition: every object of interest is "target"
-    np.testing.assert_array_equal(regions["target"] | regions["place"], interest["target"])
-    np.testing.assert_array_equal(regions["distractors"], interest["distractors"])
+    labels, names = object_segmentation(env.env)
+    ids = {name: names.index(name) + 1 for name in names}
+    np.testing.assert_array_equal(regions["target"], labels == ids["akita_black_bowl_1"])  # the bowl to pick
+    np.testing.assert_array_equal(regions["place"], labels == ids["plate_1"])  # the plate it goes on
+    assert (regions["distractors"] & (labels == ids["akita_black_bowl_2"])).any()  # a bowl the task leaves
+    assert regions["target"].sum() + regions["place"].sum() + regions["distractors"].sum() < 224 * 224
 
 
 def test_steps_and_their_limit(env):

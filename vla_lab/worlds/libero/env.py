@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from vla_lab.errors import InputError, MissingDependencyError
-from vla_lab.worlds.libero.observation import prepare_observation
 
 #: Policy steps allowed per episode (after the settle steps), per suite, as upstream.
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -278,42 +277,3 @@ def goal_objects(env: LiberoEnv, names: Sequence[str]) -> tuple[list[str], list[
     if not targets:
         targets = objects_of_interest(env, names)[:1]
     return targets, [p for p in places if p not in targets]
-
-
-def object_masks(env: LiberoEnv, names: Sequence[str] | None = None, size: int = 224) -> dict[str, np.ndarray]:
-    """Pixel masks (size, size) bool: ``target`` (the objects ``names``, default the task's objects of
-    interest that are objects or fixtures -- LIBERO also lists regions there) and ``distractors`` (every other
-    object and fixture), in the frame of the policy's full image.
-
-    The region names are the tabletop world's, so :mod:`vla_lab.interp` region tools take them as they are.
-    """
-    labels, all_names = object_segmentation(env, size)
-    wanted = objects_of_interest(env, all_names, "; pass names") if names is None else list(names)
-    unknown = [n for n in wanted if n not in all_names]
-    if unknown or not wanted:
-        raise InputError(f"names: got {unknown or wanted}, expected object names of the scene: {all_names}")
-    target_ids = [all_names.index(n) + 1 for n in wanted]
-    target = np.isin(labels, target_ids)
-    return {"target": target, "distractors": (labels > 0) & ~target}
-
-
-def observations(
-    suite: str, tasks: Sequence[int], init_states: Sequence[int], size: int = 224, seed: int = 0
-) -> list[dict[str, Any]]:
-    """Real observations without a policy: for each task and init state, the scene after the settle steps.
-
-    Each item: suite, task, task_name, instruction, init_state, full_image, wrist_image (the policy's
-    224² inputs), state (8-d), target_objects, masks (``object_masks``) -- the same every time.
-    """
-    out = []
-    for task in tasks:
-        with LiberoEnv(suite, task, seed=seed) as env:
-            for i in init_states:
-                obs = env.reset(i)
-                prepared = prepare_observation(obs, size)
-                out.append({
-                    "suite": suite, "task": int(task), "task_name": env.task_name, "instruction": env.instruction,
-                    "init_state": int(i), **prepared, "target_objects": env.target_objects,
-                    "masks": object_masks(env, size=size),
-                })
-    return out
