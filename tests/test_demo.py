@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -22,10 +25,18 @@ def test_shipped_models_load_and_differ() -> None:
     assert any(not torch.equal(a[k], b[k]) for k in a), "the two shipped models must be trained separately"
 
 
-def test_demo_json_and_files(tmp_path, capsys) -> None:
-    out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out), "--episodes", "4", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One ``vla-lab demo --json`` run (4 episodes, with the random baseline) that the tests below read."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(["demo", "--out", str(out), "--episodes", "4", "--json"]) == 0
+    return out, json.loads(printed.getvalue())
+
+
+def test_demo_json_and_files(demo_run, capsys) -> None:
+    out, summary = demo_run
     assert set(summary["models"]) == set(MASKS) == set(summary["random_baseline"])
     for mask in MASKS:
         model = summary["models"][mask]
@@ -44,8 +55,7 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
         assert head["depth_kind"] == "block" and "layer" not in head
         names = {p.split("/")[-1] for p in model["figures"]}
         assert {"action_query_target_overlay.png", "segment_mass_layers.png", "mask_difference.png"} <= names
-        assert all((tmp_path / "demo").joinpath(*p.split(str(out) + "/")[-1].split("/")).exists()
-                   for p in model["figures"])
+        assert all(out.joinpath(*p.split(str(out) + "/")[-1].split("/")).exists() for p in model["figures"])
     assert json.loads((out / "demo.json").read_text())["episodes"] == 4
     # A second run into the same directory is refused unless asked to overwrite.
     assert cli.main(["demo", "--out", str(out), "--episodes", "2", "--no-baseline"]) == 2
@@ -56,12 +66,31 @@ def test_demo_json_and_files(tmp_path, capsys) -> None:
         run_demo(out, episodes=1, baseline=False)
 
 
-def test_demo_prints_rates_with_their_intervals(tmp_path, capsys) -> None:
-    assert cli.main(["demo", "--out", str(tmp_path / "text"), "--episodes", "2", "--no-baseline"]) == 0
-    text = capsys.readouterr().out
+def test_demo_prints_rates_with_their_intervals(demo_run, monkeypatch, capsys) -> None:
+    """Without ``--json`` the same summary is printed as text: each model's rate, interval, L1 and ratio, and the
+    random baseline's ratio (the run itself is the one above)."""
+    import vla_lab.studies.demo
+
+    out, summary = demo_run
+    seen = {}
+
+    def run_demo(out_dir, **kwargs):
+        seen.update(kwargs, out=out_dir)
+        return summary
+
+    monkeypatch.setattr(vla_lab.studies.demo, "run_demo", run_demo)
+    assert cli.main(["demo", "--out", str(out), "--episodes", "4"]) == 0
+    assert seen == {"out": str(out), "episodes": 4, "overwrite": False, "baseline": True}
+    lines = capsys.readouterr().out.splitlines()
     for mask in MASKS:
-        line = next(row for row in text.splitlines() if row.strip().startswith(mask))
-        assert "success" in line and "[" in line and "target-attention ratio" in line
+        m = summary["models"][mask]
+        low, high = m["success_ci95"]
+        line = next(row for row in lines if row.strip().startswith(mask))
+        assert f"success {m['success_rate']:6.1%} [{low:.1%}, {high:.1%}]" in line
+        assert f"target-attention ratio {m['target_attention_ratio']:5.2f}x" in line
+        baseline = next(row for row in lines if row.strip().startswith(f"random init, {mask}"))
+        assert f"ratio {summary['random_baseline'][mask]['target_attention_ratio']:5.2f}x" in baseline
+    assert lines[-1].startswith(f"figures and demo.json in {summary['out_dir']}/")
 
 
 def test_overwrite_replaces_only_a_demo(tmp_path, capsys) -> None:
