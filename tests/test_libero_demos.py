@@ -156,7 +156,14 @@ def test_libero_dataset_script_builds_the_environment_from_env_args(one_process,
 
 
 @needs_libero
-def test_resume_runs_nothing_again_and_two_ranks_write_the_same_files(one_process, tmp_path):
+def test_resume_runs_nothing_again_and_a_resumed_torchrun_run_writes_the_same_files(one_process, tmp_path):
+    """``--resume`` of a finished run runs nothing and rewrites the same files. Under torchrun (2 ranks), a copy of
+    the run that lost its second episode (record and part) is resumed: rank 0 runs that episode, rank 1 has
+    nothing to run but joins the gather, and rank 0 writes the files of the one-process run."""
+    import shutil
+
+    from vla_lab.libero.demos import part_name
+
     out, manifest = one_process
     before = read_file(out / manifest["tasks"]["0"]["file"])
     status, stdout, err = testkit.run_cli([*COMMON, "--out", out, "--resume"])
@@ -172,10 +179,17 @@ def test_resume_runs_nothing_again_and_two_ranks_write_the_same_files(one_proces
     status, _, err = testkit.run_cli([*COMMON, "--out", out])
     assert "--resume or --overwrite" in testkit.assert_one_line_error(status, err, "libero")
 
-    proc = testkit.run_torchrun([*COMMON, "--out", tmp_path / "two"])
+    two_dir = tmp_path / "two"
+    shutil.copytree(out, two_dir)
+    records = (two_dir / "episodes.jsonl").read_text().splitlines()
+    assert [json.loads(r)["init_state"] for r in records] == [0, 1]
+    (two_dir / "episodes.jsonl").write_text(records[0] + "\n")
+    (two_dir / "parts" / part_name(0, 1)).unlink()
+    proc = testkit.run_torchrun([*COMMON, "--out", two_dir, "--resume"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout)
-    assert two["world_size"] == 2 and two["tasks"] == manifest["tasks"]
+    assert two["world_size"] == 2 and two["tasks"] == manifest["tasks"] and two["run"]["num_episodes"] == 2
+    assert (two_dir / "episodes.jsonl").read_text().splitlines()[0] == records[0]
     one_file, two_file = (read_file(d / manifest["tasks"]["0"]["file"]) for d in (out, tmp_path / "two"))
     for name in ("demo_0", "demo_1"):
         for key in (*LIBERO_DATASETS, "target_pos"):
