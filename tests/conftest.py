@@ -5,12 +5,18 @@ Markers are applied at collection, so a new test is in the right tier without re
 its fixtures launches ``run_torchrun``), ``subprocess`` (it or a fixture starts another process, torchrun included).
 ``slow`` is set by hand; ``notebook`` by ``notebooks/conftest.py``. The fast tier is everything else::
 
-    python -m pytest tests -m "not (slow or libero or torchrun or subprocess)"
+    python -m pytest -n 2 --dist loadfile tests -m "not (slow or libero or torchrun or subprocess)"
+
+Under pytest-xdist (the README's test command: ``-n 2 --dist loadfile``) each worker has one core: one torch thread
+in the worker, in the notebooks' kernels and in every process a test starts; and whole files are handed out
+costliest tier first (notebooks and LIBERO, then the tests that start processes or are slow, then the rest), so
+the many small files fill the gaps at the end.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +26,11 @@ import torch
 from testkit import randomize, tiny_libero_recipe, write_demos
 
 from vla_lab import VLAAdapter, VLAConfig
+
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by notebook kernels, subprocesses and torchrun
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +119,25 @@ def _source_of(item: pytest.Item) -> str:
     return "\n".join(sources)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # --dist loadfile keeps the order of _costliest_first
+
+
+def _tier(item: pytest.Item) -> int:
+    if item.path.suffix == ".ipynb" or item.get_closest_marker("libero"):
+        return 0
+    return 1 if any(item.get_closest_marker(m) for m in ("torchrun", "subprocess", "slow")) else 2
+
+
+def _costliest_first(items: list[pytest.Item]) -> None:
+    """Files in the order of their costliest tier (the order within a file and among equals unchanged)."""
+    tier: dict[Path, int] = {}
+    for item in items:
+        tier[item.path] = min(tier.get(item.path, 2), _tier(item))
+    items.sort(key=lambda item: tier[item.path])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.suffix != ".py" or item.path.parent.name != "tests":
@@ -120,3 +150,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.torchrun)
         if "run_torchrun(" in source or "subprocess." in source:
             item.add_marker(pytest.mark.subprocess)
+    if XDIST_WORKER:
+        _costliest_first(items)
