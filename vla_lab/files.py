@@ -5,14 +5,18 @@ Every file vla_lab writes goes through :func:`write_atomic` (a temporary file ne
 are replaced the same way with :func:`replace_dir`. :func:`check_output_dir` and
 :func:`check_output_file` are called before any long computation, so an unusable ``--out`` fails at once.
 Run directories are claimed through :class:`vla_lab.run_dir.RunDir`, which builds on these.
+Reading is guarded by :func:`check_regular_file`: a FIFO, socket, device, directory or symlink loop where a file
+is expected is one line, never a read that blocks.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -20,6 +24,35 @@ from pathlib import Path
 from typing import Any
 
 from vla_lab.errors import ExportError, InputError
+
+
+def not_a_file(path: str | Path) -> str | None:
+    """Why ``path`` is not a regular file (symlinks followed), as the words after "which" in an error ("is a
+    FIFO (named pipe)", "does not exist"); None when it is one. Opening a FIFO blocks until a writer comes, so
+    nothing is read before this says None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a symlink to nothing" if os.path.islink(path) else "does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop"
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+    return "is " + next((words for test, words in kinds if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: str | Path, field: str, expected: str,
+                       error: type[Exception] = InputError) -> Path:
+    """``path`` when it is a regular file; else ``error`` in one line: ``field: got 'path', which is a FIFO
+    (named pipe), expected …``."""
+    what = not_a_file(path)
+    if what is not None:
+        raise error(f"{field}: got {str(path)!r}, which {what}, expected {expected}")
+    return Path(path)
 
 
 def _temporary_sibling(path: Path, kind: str = "tmp") -> Path:

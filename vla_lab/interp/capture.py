@@ -29,6 +29,7 @@ the small per-segment summaries above, so long sequences and batches fit.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -391,8 +392,14 @@ def run_with_cache(
     """``model(*args, **kwargs)`` under :func:`capture`; returns (output, cache).
 
     Capture options (``hidden_states``, ``head``, ``vision_attention``, ``store_qk``,
-    ``keep_head_mean``, ``memory_budget``, ``patches``, ``names``) are taken from ``kwargs``.
+    ``keep_head_mean``, ``memory_budget``, ``patches``, ``names``) are taken from ``kwargs``; any other
+    keyword must be one of :meth:`VLAAdapter.forward`'s.
     """
+    accepted = [p for p in inspect.signature(model.forward).parameters if p != "self"]
+    unknown = [k for k in kwargs if k not in _CAPTURE_OPTIONS and k not in accepted]
+    if unknown:
+        raise InputError(f"{unknown[0]}: got an unknown keyword argument, expected a capture option "
+                         f"{sorted(_CAPTURE_OPTIONS)} or an argument of the model's forward {accepted}")
     options = {k: kwargs.pop(k) for k in list(kwargs) if k in _CAPTURE_OPTIONS}
     with capture(model, mode, **options) as cache, torch.no_grad():
         out = model(*args, **kwargs)

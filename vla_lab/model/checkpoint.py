@@ -37,6 +37,7 @@ from vla_lab.model.checkpoint_checks import (
     VLA_LAB_CONFIG,
     check_configs_agree,
     check_finite,
+    check_floating,
     check_released_layout,
     check_sizes,
     to_released_key,
@@ -180,6 +181,9 @@ def write(
         key: {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in part.items()}
         for key, part in split_state_dict(state, config).items()
     }
+    # after the cast: a float16 file can overflow what float32 held
+    check_finite({k if c == "model" else f"{c}.{k}": v for c, part in parts.items() for k, v in part.items()},
+                 "save_pretrained")
     shards = _plan_shards(parts["model"], max_shard_bytes)
     component_files = {c: f"{c}--{suffix}" for c in COMPONENTS if parts[c]}
     names = ["config.json", VLA_LAB_CONFIG, "dataset_statistics.json", "preprocessor_config.json"]
@@ -256,9 +260,15 @@ def _plan_shards(tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) 
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
+def _check_file(path: Path, expected: str) -> None:
+    """A checkpoint file that is missing, or is a FIFO, directory, device or symlink loop: one line."""
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(f"checkpoint: {path.name} is missing from {path.parent}")
+    files.check_regular_file(path, "checkpoint", expected, CheckpointError)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    _check_file(path, "a JSON file")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -266,8 +276,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint: {path.name} is missing from {path.parent}")
+    _check_file(path, "a safetensors file")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -308,6 +317,7 @@ def find_component(directory: Path, component: str, step: int | str | None = Non
 
 def read_component(path: Path) -> dict[str, torch.Tensor]:
     """A ``.pt`` state dict, tensors only (``weights_only=True``), without a DDP ``module.`` prefix."""
+    files.check_regular_file(path, "checkpoint", "a torch state dict file", CheckpointError)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -468,6 +478,7 @@ def read(
     if proprio is not None:
         state.update({f"proprio_projector.{k}": v for k, v in proprio.items()})
     check_sizes(config, state)
+    check_floating(state)
     check_finite(state)
 
     with _config_errors("preprocessor_config.json or a tokenizer file"):

@@ -120,10 +120,25 @@ def check_sizes(config: VLAConfig, state: dict[str, torch.Tensor]) -> None:
             )
 
 
-def check_finite(state: dict[str, torch.Tensor]) -> None:
-    """Refuse weights holding NaN or infinite values, naming the first tensors that do."""
+def _named(keys: list[str]) -> str:
+    shown = ", ".join(to_released_key(k) for k in keys[:3])
+    return shown + (f" ({len(keys)} tensors in all)" if len(keys) > 3 else "")
+
+
+def check_finite(state: dict[str, torch.Tensor], field: str = "checkpoint") -> None:
+    """Refuse weights holding NaN or infinite values, naming the first tensors that do (``field`` starts the
+    message: ``checkpoint`` when loading, ``save_pretrained`` when writing)."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        shown = ", ".join(to_released_key(k) for k in bad[:3])
-        shown += f" ({len(bad)} tensors in all)" if len(bad) > 3 else ""
-        raise CheckpointError(f"checkpoint: weights hold NaN or infinite values in {shown}; expected finite numbers")
+        raise CheckpointError(f"{field}: weights hold NaN or infinite values in {_named(bad)}; expected finite "
+                              "numbers")
+
+
+def check_floating(state: dict[str, torch.Tensor]) -> None:
+    """Refuse weight tensors that are not floating point (every weight of the model is): loading an integer
+    tensor would silently round what it was meant to hold."""
+    bad = [k for k, v in state.items() if not v.is_floating_point()]
+    if bad:
+        dtypes = sorted({str(state[k].dtype).removeprefix("torch.") for k in bad})
+        raise CheckpointError(f"checkpoint: weights hold {', '.join(dtypes)} tensors in {_named(bad)}; expected "
+                              "floating-point weights")

@@ -31,7 +31,7 @@ import torch
 from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import InputError
 from vla_lab.model.action_head import L1RegressionActionHead, apply_rope, bridge_attention, rope_tables
-from vla_lab.model.inputs import forward_inputs
+from vla_lab.model.inputs import check_actions, forward_inputs
 from vla_lab.model.llm import rotary_embeddings, run_decoder
 from vla_lab.model.sequence import AssemblyPlan, mask_for_kernel, stack_head_inputs
 from vla_lab.model.vla import ActionPrediction, VLAAdapter
@@ -212,7 +212,8 @@ class FastVLA:
 
         ``attention_mask`` should live on the CPU (it decides the plan; reading it from the GPU
         would synchronise). Inside :func:`vla_lab.capture` the call runs (and is recorded as) the model's
-        own forward, never a graph.
+        own forward, never a graph. Non-finite actions are refused in one line on the CPU; on a GPU this call
+        leaves them to :meth:`predict_action` (checking here would synchronise the stream every call).
         """
         model = self.model
         proprio = self._check_proprio(proprio, input_ids.shape[0])
@@ -239,7 +240,8 @@ class FastVLA:
                 out: torch.Tensor = plan.static["out"].clone()
                 return out
         self.stats["eager_runs"] += 1
-        return self._compute(plan, pixel_values, input_ids, proprio)
+        computed = self._compute(plan, pixel_values, input_ids, proprio)
+        return check_actions(computed) if computed.device.type == "cpu" else computed
 
     def predict_action(self, images: Any = None, instruction: Any = None, proprio: Any = None, *,
                        unnorm_key: str | None = None, attention: AttentionLike | None = None,

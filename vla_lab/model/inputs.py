@@ -1,5 +1,6 @@
 """What :meth:`vla_lab.VLAAdapter.forward` accepts: its data arguments, and the checks that turn malformed
-token ids, masks and proprio into one-line :class:`~vla_lab.errors.InputError` messages."""
+token ids, masks and proprio, and non-finite predicted actions, into one-line :class:`~vla_lab.errors.InputError`
+messages."""
 
 from __future__ import annotations
 
@@ -70,3 +71,12 @@ def check_proprio(proprio: Any, batch: int, dim: int, expected: bool, device: to
     if tuple(proprio.shape) != (batch, dim):
         raise InputError(f"proprio: got shape {tuple(proprio.shape)}, expected ({batch}, {dim})")
     return proprio.to(dtype)
+
+
+def check_actions(actions: torch.Tensor) -> torch.Tensor:
+    """``actions`` when every value is finite; else the one-line error the API and the CLI share (reading the
+    values synchronises a GPU stream)."""
+    if not bool(torch.isfinite(actions).all()):
+        raise InputError("actions: the model predicted NaN or infinite values, expected finite actions "
+                         "(check the checkpoint's weights and the inputs)")
+    return actions

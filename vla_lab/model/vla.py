@@ -17,7 +17,7 @@ from vla_lab.config import AttentionLike, AttentionSpec, VLAConfig, resolve_devi
 from vla_lab.errors import CheckpointError, InputError
 from vla_lab.model import checkpoint
 from vla_lab.model.action_head import L1RegressionActionHead, UpstreamRoPE
-from vla_lab.model.inputs import check_ids, check_proprio, forward_inputs
+from vla_lab.model.inputs import check_actions, check_ids, check_proprio, forward_inputs
 from vla_lab.model.llm import build_language_model, check_kernel, count_parameters, run_decoder, set_attention_kernel
 from vla_lab.model.projector import ProprioProjector, build_projector
 from vla_lab.model.sequence import (
@@ -229,12 +229,12 @@ class VLAAdapter(nn.Module):
         proprio: torch.Tensor | None = None,
         attention: AttentionLike | None = None,
         block: torch.Tensor | None = None,
-        **attention_kwargs: Any,
     ) -> VLAOutput:
         """Normalised proprio in, normalised actions out; see :class:`VLAOutput`.
 
         ``block`` (boolean, batch x positions x positions) closes single (query, key) position pairs on top
         of the mask ``attention`` describes, e.g. a random set of keys as the control of a segment knockout.
+        Non-finite predicted actions are refused in one line (:func:`~vla_lab.model.inputs.check_actions`).
         """
         input_ids, attention_mask = self.check_ids(input_ids, attention_mask)
         proprio = self.check_proprio(proprio, input_ids.shape[0])
@@ -251,6 +251,7 @@ class VLAAdapter(nn.Module):
         if block is not None:
             allowed = block_pairs(allowed, block)
         recorder = self._recorder
+        attention_kwargs: dict[str, Any] = {}
         if recorder is not None:
             embeds = recorder.begin(layouts, spec, allowed, embeds)
             attention_kwargs["vla_lab_recorder"] = recorder
@@ -266,6 +267,7 @@ class VLAAdapter(nn.Module):
         actions = self.action_head(task, queries, proprio_features)
         if recorder is not None:
             recorder.end(hidden[-1], task, queries, actions)
+        check_actions(actions)
         return VLAOutput(actions, tuple(hidden), layouts, spec, task, queries, allowed, proprio_features)
 
     def _warn_if_long(self, num_tokens: int) -> None:
@@ -362,13 +364,17 @@ class VLAAdapter(nn.Module):
     def prediction(
         self, normalized: torch.Tensor, batch: Mapping[str, Any], layouts: Sequence[SequenceLayout], attention: str
     ) -> ActionPrediction:
-        """An :class:`ActionPrediction` of normalised actions for a :meth:`prepare_inputs` batch."""
-        values = normalized.float().cpu().numpy()
+        """An :class:`ActionPrediction` of normalised actions for a :meth:`prepare_inputs` batch (finite ones
+        only: :func:`~vla_lab.model.inputs.check_actions`)."""
+        values = check_actions(normalized).float().cpu().numpy()
         lengths = batch["attention_mask"].sum(1).tolist()
         ids = [row[: int(n)] for row, n in zip(batch["input_ids"].tolist(), lengths)]
         key = batch["unnorm_key"]
-        return ActionPrediction(values, self.unnormalize(values, key), list(layouts), key, attention, ids,
-                                batch["prompts"], batch.get("prompt"))
+        actions = self.unnormalize(values, key)
+        if actions is not None:
+            check_actions(torch.as_tensor(actions))
+        return ActionPrediction(values, actions, list(layouts), key, attention, ids, batch["prompts"],
+                                batch.get("prompt"))
 
     @torch.inference_mode()
     def predict_action(
