@@ -372,7 +372,7 @@ BAD_INPUTS = [
         r"got array of shape \(8, 8, 3\) and dtype float32, expected \(H, W, 3\) uint8",
     ),
     (np.zeros((8, 8), np.uint8), r"got array of shape \(8, 8\)"),
-    ("/no/such/dir/frame.png", r"got path '/no/such/dir/frame.png', which does not exist"),
+    ("/no/such/dir/frame.png", r"got '/no/such/dir/frame.png', which does not exist, expected an image file"),
     (7, r"got int, expected a uint8 \(H, W, 3\) numpy array, a PIL image or an image file path"),
 ]
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from vla_lab import files
 from vla_lab.config import PRESETS, AttentionLike, VLAConfig
 from vla_lab.errors import ConfigError, InputError
 from vla_lab.libero import models as libero_models
@@ -71,11 +72,20 @@ def checkpoints_dir(world: str = "tabletop") -> Path:
 WORLDS_SHIPPED = ("tabletop", libero_models.SUITE)
 
 
-def _train_config(path: Path) -> dict[str, Any]:
+def _json_if_present(path: Path) -> Any:
+    """The JSON value in ``path``; None when nothing is there or it does not parse. A FIFO, directory or other
+    non-file there is refused in one line (opening a FIFO would block)."""
+    if not (path.exists() or path.is_symlink()):
+        return None
+    files.check_regular_file(path, "--model", "a JSON file")
     try:
-        data = json.loads((path / "train_config.json").read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
+        return None
+
+
+def _train_config(path: Path) -> dict[str, Any]:
+    data = _json_if_present(path / "train_config.json")
     return data if isinstance(data, dict) else {}
 
 
@@ -99,8 +109,9 @@ def architecture_of(path: str | Path, mask: str) -> str:
     tabletop model: ``released``; an unreadable one raises :class:`InputError`.
     """
     config_path = Path(path) / "vla_lab_config.json"
-    if not config_path.is_file():
+    if not (config_path.exists() or config_path.is_symlink()):
         return "released"
+    files.check_regular_file(config_path, "--model", "a JSON file")
     try:
         stored = VLAConfig.read(config_path).to_dict()
     except (OSError, ValueError, ConfigError) as error:
@@ -122,9 +133,8 @@ def architecture_of(path: str | Path, mask: str) -> str:
 def _mask_of(path: Path, train_config: dict[str, Any]) -> str:
     if "attention" in train_config:
         return str(train_config["attention"])
-    try:
-        config = json.loads((path / "vla_lab_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    config = _json_if_present(path / "vla_lab_config.json")
+    if config is None:
         return "causal"  # a released checkpoint: Qwen2 was not patched (SPEC section 2)
     attention = config.get("attention", "causal") if isinstance(config, dict) else "causal"
     return attention if isinstance(attention, str) else "custom"
@@ -133,6 +143,8 @@ def _mask_of(path: Path, train_config: dict[str, Any]) -> str:
 def _checkpoint_dir(path: str | Path) -> Path:
     """``path`` if it holds a checkpoint (``config.json``), else the one-line error of an unknown model."""
     directory = Path(path)
+    if (directory / "config.json").exists():
+        files.check_regular_file(directory / "config.json", "--model", "a checkpoint's config.json")
     if not (directory / "config.json").is_file():
         raise InputError(f"--model: got {str(path)!r}, expected a shipped model name or a checkpoint directory "
                          "holding config.json")

@@ -52,6 +52,7 @@ def differences(stored: Mapping[str, Any], given: Mapping[str, Any], *, keys: Se
 
 def read_json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``; one-line InputError when it cannot be read or is not an object."""
+    files.check_regular_file(path, path.name, "a JSON object")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from torchvision.transforms import InterpolationMode
 
 from vla_lab.config import JSONConfig
 from vla_lab.errors import ConfigError, InputError
+from vla_lab.processing.image_inputs import EXPECTED_IMAGES, ImageLike, is_image_like, load_image
 
 RESIZE_STRATEGIES = ("resize-naive", "letterbox", "resize-crop")
 
@@ -33,7 +33,6 @@ RESIZE_STRATEGIES = ("resize-naive", "letterbox", "resize-crop")
 _INTERPOLATION_CODES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 _INTERPOLATION_NAMES = {code: name for name, code in _INTERPOLATION_CODES.items()}
 
-ImageLike = Any  # np.ndarray | PIL.Image.Image | str | Path
 
 
 def _bf16(values: Any) -> list[float]:
@@ -286,50 +285,6 @@ class ImageProcessorConfig(JSONConfig):
 
 
 # ------------------------------------------------------------------------------------------------
-# Inputs
-# ------------------------------------------------------------------------------------------------
-
-_EXPECTED = "expected a uint8 (H, W, 3) numpy array, a PIL image or an image file path"
-
-
-def _is_image_like(x: Any) -> bool:
-    return isinstance(x, (np.ndarray, PIL.Image.Image, str, Path))
-
-
-def load_image(x: ImageLike, name: str = "image") -> PIL.Image.Image:
-    """An RGB PIL image from a uint8 (H, W, 3) array, a PIL image or a path; ``name`` labels errors."""
-    if isinstance(x, np.ndarray):
-        if x.ndim != 3 or x.shape[-1] != 3 or x.dtype != np.uint8 or 0 in x.shape:
-            raise InputError(
-                f"{name}: got array of shape {tuple(x.shape)} and dtype {x.dtype}, expected (H, W, 3) uint8"
-            )
-        return PIL.Image.fromarray(np.ascontiguousarray(x)).convert("RGB")
-    if isinstance(x, PIL.Image.Image):
-        return x.convert("RGB")
-    if isinstance(x, (str, Path)):
-        path = Path(x)
-        if not path.is_file():
-            raise InputError(f"{name}: got path {str(x)!r}, which does not exist, expected an image file")
-        try:
-            with warnings.catch_warnings():
-                # PIL only warns below twice its pixel limit; an image that large is refused here too.
-                warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-                with PIL.Image.open(path) as img:
-                    return img.convert("RGB")
-        except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
-            raise InputError(
-                f"{name}: got path {str(x)!r}, an image of more than {PIL.Image.MAX_IMAGE_PIXELS:,} pixels "
-                "(PIL's decompression-bomb limit), expected a camera-sized image"
-            ) from None
-        except Exception as err:  # PIL's decoders raise many types (OSError, SyntaxError, struct.error, ...)
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(
-                f"{name}: got path {str(x)!r}, which PIL cannot read ({reason}), expected an image file"
-            ) from None
-    raise InputError(f"{name}: got {type(x).__name__}, {_EXPECTED}")
-
-
-# ------------------------------------------------------------------------------------------------
 # LIBERO centre crop: TensorFlow's ops re-stated in float32 numpy
 # ------------------------------------------------------------------------------------------------
 
@@ -435,7 +390,7 @@ class ImageProcessor:
 
         ``images`` is one image, a list of the N images of one observation (B = 1), or a list of such lists.
         """
-        if _is_image_like(images):
+        if is_image_like(images):
             observations, names = [[images]], [["images"]]
         elif _nonempty_seq(images) and all(isinstance(o, (list, tuple)) for o in images):
             for b, obs in enumerate(images):
@@ -448,7 +403,7 @@ class ImageProcessor:
         elif _nonempty_seq(images):
             observations, names = [list(images)], [[f"images[{i}]" for i in range(len(images))]]
         else:
-            raise InputError(f"images: got {_describe(images)}, {_EXPECTED}, or a list (of lists) of them")
+            raise InputError(f"images: got {_describe(images)}, {EXPECTED_IMAGES}, or a list (of lists) of them")
 
         counts = {len(obs) for obs in observations}
         if num_images is not None and counts != {num_images}:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vla_lab import files
 from vla_lab.config.registry import TOKENIZERS
 from vla_lab.errors import CheckpointError, ConfigError
 from vla_lab.processing.bpe import AddedToken, HFEngine, hf_bpe_tokenizer
@@ -24,8 +25,14 @@ from vla_lab.processing.tokenizer import (
 )
 
 
+def _present(path: Path) -> bool:
+    """Whether anything is at ``path`` (a FIFO or a broken link too: reading it then says what it is)."""
+    return path.exists() or path.is_symlink()
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     """A tokenizer file's JSON object (every tokenizer JSON file holds one)."""
+    files.check_regular_file(path, path.name, "a JSON file", CheckpointError)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -55,7 +62,7 @@ def _read_added_tokens(directory: Path, config: dict[str, Any]) -> list[AddedTok
             entry["content"], int(key), special=bool(entry.get("special", True)), **flags
         )
     path = directory / ADDED_TOKENS_FILE
-    if path.is_file():
+    if _present(path):
         for content, token_id in _read_json(path).items():
             if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
                 raise CheckpointError(f"{path.name}: {content!r} has id {token_id!r}, expected a non-negative integer")
@@ -71,6 +78,7 @@ def _read_added_tokens(directory: Path, config: dict[str, Any]) -> list[AddedTok
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
     merges: list[tuple[str, str]] = []
+    files.check_regular_file(path, path.name, "a text file of merges", CheckpointError)
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line or (number == 1 and line.startswith("#version")):
             continue
@@ -92,14 +100,15 @@ def load_tokenizer_from_files(directory: str | Path) -> QwenTokenizer:
     if not root.is_dir():
         raise CheckpointError(f"tokenizer directory {root} does not exist")
     config_path = root / CONFIG_FILE
-    config = _read_json(config_path) if config_path.is_file() else {}
+    config = _read_json(config_path) if _present(config_path) else {}
     map_path = root / SPECIAL_MAP_FILE
-    special_map = _read_json(map_path) if map_path.is_file() else {}
+    special_map = _read_json(map_path) if _present(map_path) else {}
 
     json_path = root / TOKENIZER_JSON
-    if json_path.is_file():
+    if _present(json_path):
         from tokenizers import Tokenizer
 
+        files.check_regular_file(json_path, TOKENIZER_JSON, "a tokenizers JSON file", CheckpointError)
         try:
             tokenizer = Tokenizer.from_file(str(json_path))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed files
@@ -118,7 +127,7 @@ def load_tokenizer_from_files(directory: str | Path) -> QwenTokenizer:
         ]
     else:
         for name in (VOCAB_FILE, MERGES_FILE):
-            if not (root / name).is_file():
+            if not _present(root / name):
                 raise CheckpointError(
                     f"tokenizer file {name} is missing from {root} (no {TOKENIZER_JSON} either)"
                 )
