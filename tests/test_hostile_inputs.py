@@ -236,7 +236,7 @@ def test_decompression_bomb_and_broken_images(tmp_path, image) -> None:
     truncated = tmp_path / "half.png"
     truncated.write_bytes(image.read_bytes()[:60])
     for bad, message in ((bomb, "decompression-bomb"), (text, "cannot read"), (truncated, "cannot read"),
-                         (tmp_path, "does not exist")):
+                         (tmp_path, "which is a directory")):
         status, _, stderr = run_cli(predict_args(image, "--image", bad)[:5] + ["--image", bad, "--instruction", "a"])
         line = assert_one_line_error(status, stderr, "predict")
         assert line.startswith("vla-lab predict: error: --image:") and message in line, line
@@ -260,9 +260,9 @@ def test_a_tokenizer_config_that_is_not_an_object(copy_of, image, content) -> No
         ("{broken", "is not valid JSON"),
         ("[1]", "expected a JSON file"),
         ('{"steps": "many"}', "steps: got 'many'"),
-        ('{"lr": "fast"}', "wrong type"),
+        ('{"lr": "fast"}', "lr: got 'fast', expected a finite number"),
         ('{"bogus": 1}', "unknown field"),
-        ('{"betas": 3}', "wrong type"),
+        ('{"betas": 3}', "betas: got 3, expected two numbers in [0, 1)"),
     ],
 )
 def test_bad_train_config(tmp_path, value, message) -> None:

@@ -20,7 +20,6 @@ only by resampling (a test bounds the difference).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -35,7 +34,8 @@ import torch
 
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.libero.demos import MANIFEST, _require_h5py
+from vla_lab.libero.demo_checks import check_demo, check_manifest, check_steps, num_demos
+from vla_lab.libero.demos import _require_h5py
 from vla_lab.processing import ImageProcessor, QwenTokenizer
 from vla_lab.processing.images import CENTER_CROP_SCALE, pixel_values
 from vla_lab.processing.normalization import array_statistics, normalize_actions, normalize_proprio
@@ -71,14 +71,17 @@ def cache_size(image_size: int) -> int:
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The ``demos.json`` of a ``vla-lab libero demos`` directory."""
-    path = Path(directory) / MANIFEST
+    """The ``demos.json`` of a ``vla-lab libero demos`` directory, checked (:func:`.demo_checks.check_manifest`)."""
+    return check_manifest(directory)
+
+
+def _open(h5py: Any, path: Path, task: str) -> Any:
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"demos: got {str(directory)!r} without a readable {MANIFEST} ({type(exc).__name__}), "
-                         "expected the output directory of 'vla-lab libero demos'") from None
-    return manifest
+        return h5py.File(path, "r")
+    except OSError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"demos: got task {task}'s file {str(path)!r}, which h5py cannot read ({reason}), "
+                         "expected LIBERO's HDF5 layout") from None
 
 
 @dataclass
@@ -93,21 +96,29 @@ class Demonstration:
 
 def read_demonstrations(directory: str | Path, init_states: Sequence[int] | None = None) -> list[Demonstration]:
     """Every demonstration (without images) of the directory, by task then init state; ``init_states``
-    keeps those whose suite init state is listed."""
+    keeps those whose suite init state is listed. Every demonstration is checked first
+    (:mod:`.demo_checks`: shapes, dtypes, finite numbers, non-empty, the manifest's total), so a trainer learns
+    of bad data before it claims its run directory."""
     h5py = _require_h5py()
     manifest = read_manifest(directory)
     keep = None if init_states is None else {int(i) for i in init_states}
-    out = []
+    out, steps = [], 0
     for task, row in sorted(manifest["tasks"].items(), key=lambda kv: int(kv[0])):
-        with h5py.File(Path(directory) / row["file"], "r") as f:
-            for k in range(int(f["data"].attrs["num_demos"])):
+        with _open(h5py, Path(directory) / row["file"], task) as f:
+            if "data" not in f:
+                raise InputError(f"demos: got task {task}'s file {row['file']!r} without a data group, expected "
+                                 "LIBERO's HDF5 layout")
+            for k in range(num_demos(f["data"], row["file"])):
                 demo = f[f"data/demo_{k}"]
+                arrays = check_demo(demo, f"{row['file']} demo_{k}")
+                steps += len(arrays["actions"])
                 index = int(demo.attrs["init_state_index"])
                 if keep is not None and index not in keep:
                     continue
-                proprio = np.concatenate([demo["obs/ee_states"][()], demo["obs/gripper_states"][()]], axis=1)
-                out.append(Demonstration(int(task), row["instruction"], index, demo["actions"][()], proprio,
-                                         demo["target_pos"][()]))
+                proprio = np.concatenate([arrays["obs/ee_states"], arrays["obs/gripper_states"]], axis=1)
+                out.append(Demonstration(int(task), row["instruction"], index, arrays["actions"], proprio,
+                                         arrays["target_pos"]))
+    check_steps(steps, manifest)
     return out
 
 
@@ -136,6 +147,11 @@ def _demo_frames(path: str, demo: int, size: int) -> np.ndarray:
     return np.stack([np.stack([policy_frame(image, size) for image in images]) for images in cameras], axis=1)
 
 
+def frame_cache_path(directory: str | Path, size: int) -> Path:
+    """Where :func:`frame_cache` keeps the frames at ``size`` (beside the demonstrations)."""
+    return Path(directory) / f"policy_frames_{size}.npy"
+
+
 def frame_cache(directory: str | Path, size: int, progress: bool = False, workers: int = 1) -> np.ndarray:
     """Every demonstration frame of both cameras as :func:`policy_frame` at ``size``: a read-only memory map
     (frames, 2, size, size, 3) uint8 of ``policy_frames_<size>.npy``, built (atomically, by ``workers``
@@ -143,7 +159,7 @@ def frame_cache(directory: str | Path, size: int, progress: bool = False, worker
     in order."""
     h5py = _require_h5py()
     directory = Path(directory)
-    path = directory / f"policy_frames_{size}.npy"
+    path = frame_cache_path(directory, size)
     if not path.exists():
         manifest = read_manifest(directory)
         total = int(manifest["total"])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -25,6 +26,11 @@ class TrainingData(Protocol):
 
     def batch(self, indices: Any, labels: bool = False,
               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]: ...
+
+
+def _finite_number(value: object) -> bool:
+    """A real number (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -108,7 +114,19 @@ class TrainConfig(JSONConfig):
         return self.data != TABLETOP
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        numbers = ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "train_noise_std", "gate_init",
+                   "aux_patch_weight", "aux_target_weight")
+        for name in numbers:
+            if not _finite_number(getattr(self, name)):
+                raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a finite number")
+        betas = self.betas
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2 or \
+                not all(_finite_number(b) and 0 <= b < 1 for b in betas):
+            raise ConfigError(f"betas: got {betas!r}, expected two numbers in [0, 1)")
+        self.betas = (float(betas[0]), float(betas[1]))
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: got {getattr(self, name)}, expected a non-negative number")
         positive = ("steps", "batch_size", "num_examples", "eval_execute", "log_interval")
         for name in positive:
             value = getattr(self, name)
@@ -133,8 +151,6 @@ class TrainConfig(JSONConfig):
             raise ConfigError(f"mixed_precision: got {self.mixed_precision!r}, expected one of {MIXED_PRECISION}")
         if self.init not in tabletop.INITS:
             raise ConfigError(f"init: got {self.init!r}, expected one of {tabletop.INITS}")
-        if len(self.betas) != 2:
-            raise ConfigError(f"betas: got {self.betas!r}, expected two numbers")
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError(f"data: got {self.data!r}, expected {TABLETOP!r} or a LIBERO demonstrations directory")
         if self.libero:

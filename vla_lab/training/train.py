@@ -205,7 +205,11 @@ def train(
     device = resolve_device(config.device)
     model_config = model_config.replace(attention=config.attention)
     if config.libero:
-        model_config = model_config.replace(norm_stats=libero_statistics(config.data))
+        from vla_lab.libero.data import cache_size, frame_cache_path
+
+        model_config = model_config.replace(norm_stats=libero_statistics(config.data))  # checks every demo
+        if not frame_cache_path(config.data, cache_size(model_config.vision.image_size)).exists():
+            files.check_output_dir(config.data, "data")  # the frame cache will be written beside them
     tabletop.check_config(model_config)
     tokenizer = builtin_tokenizer(model_config.tokenizer) if config.libero else world.build_world_tokenizer()
     check_prompt(tokenizer, model_config.prompt)  # before the run directory is claimed
