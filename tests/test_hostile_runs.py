@@ -318,3 +318,19 @@ def test_sigint_to_a_real_training_process(tmp_path, configs) -> None:
     assert run_dir.load_trainer_state(latest)["step"] == run_dir.step_of(latest)
     load_pretrained(latest)
     assert all(isinstance(r, dict) for r in read_metrics(out))
+
+
+@pytest.mark.parametrize("inherited", [signal.SIG_DFL, signal.SIG_IGN])
+def test_sigint_while_the_command_line_imports(tmp_path, inherited) -> None:
+    """Ctrl-C during the seconds torch and transformers take to import: exit 130 and one line, no traceback;
+    also for a process started in the background, which inherits SIGINT ignored (``kill -INT`` must work)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vla_lab", "predict", "--model", "tiny", "--image", "x.png", "--instruction", "a"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, inherited),
+    )
+    time.sleep(0.5)  # the interpreter is up; importing the command line takes seconds more
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stdout, stderr) == (130, "", "vla-lab predict: error: interrupted\n")

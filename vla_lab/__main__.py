@@ -1,5 +1,35 @@
-"""``python -m vla_lab ...`` runs the ``vla-lab`` command line (also under ``torchrun``)."""
+"""``python -m vla_lab ...`` and the ``vla-lab`` console script: the command line (also under ``torchrun``).
 
-from vla_lab.cli import main
+Ctrl-C is honoured from the first moment. Importing the command line takes seconds (torch, transformers); an
+interrupt then exits 130 with one line, before anything was written. Once it is imported, an interrupt is
+the ``KeyboardInterrupt`` that :func:`vla_lab.cli.main` turns into the same line after its clean-ups.
+"""
 
-raise SystemExit(main())
+import os
+import signal
+import sys
+from types import FrameType
+
+
+def main() -> int:
+    """Run ``vla-lab`` with the arguments of this process."""
+    words = [a for a in sys.argv[1:2] if not a.startswith("-")]
+    prog = " ".join(["vla-lab", *words])
+    ready = False
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        if ready:
+            raise KeyboardInterrupt
+        sys.stderr.write(f"{prog}: error: interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+    from vla_lab.cli import main as run
+
+    ready = True
+    return run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = _attach_proprio_value(sys.argv[1:] if argv is None else list(argv))
     debug = "--debug" in argv or os.environ.get("VLA_LAB_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print(" ".join(["vla-lab", *argv[:1]]) + ": error: interrupted", file=sys.stderr)
+        return 130
     prog = f"vla-lab {args.command}"
 
     def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
