@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from vla_lab import interrupts
 from vla_lab.errors import InputError
 
 T = TypeVar("T")
@@ -138,6 +139,7 @@ def run_shards(
     results: dict[K, R] = {}
     try:
         for key in mine:
+            interrupts.check()
             results[key] = compute(key)
             if bar is not None:
                 bar.update(1)

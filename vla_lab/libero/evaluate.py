@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from vla_lab import files, parallel
+from vla_lab import files, interrupts, parallel
 from vla_lab.errors import InputError, error_text
 from vla_lab.run_dir import RunDir
 from vla_lab.stats import wilson_interval
@@ -261,10 +261,11 @@ def run_episodes(
             return record
 
         try:
-            merged = parallel.run_shards(
-                sorted(set(keys)), compute, ranks, done=done,
-                progress=f"{suite} (rank 0 of {ranks.size})" if progress else None,
-                postfix=lambda rows: {"success": sum(r["success"] for r in rows)})
+            with interrupts.deferred():  # LIBERO's bare excepts must not swallow a Ctrl-C
+                merged = parallel.run_shards(
+                    sorted(set(keys)), compute, ranks, done=done,
+                    progress=f"{suite} (rank 0 of {ranks.size})" if progress else None,
+                    postfix=lambda rows: {"success": sum(r["success"] for r in rows)})
         finally:
             env.close()
         ordered = list(merged.values())

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_lab import interrupts
 from vla_lab.errors import InputError
 from vla_lab.worlds.base import Episode, Observation, Step, World
 
@@ -130,6 +131,7 @@ def run_lockstep(
         still = []
         for slot, action in zip(active, actions):
             observations.pop(slot, None)
+            interrupts.check()
             result = worlds[slot].step(action, observe=policy.needs_observation(slot))
             steps[slot] += 1
             if on_step is not None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from vla_lab import interrupts
 from vla_lab.errors import InputError, error_text
 
 PHASES = ("approach", "descend", "grasp", "lift", "carry", "lower", "release", "retreat")
@@ -229,6 +230,7 @@ def run_expert_episode(env: Any, init_state: int, max_steps: int | None = None,
         if observations is not None:
             observations.append(obs)
         action = expert.act(obs)
+        interrupts.check()
         obs, _, done, _ = env.step(action)
         actions.append(action)
         states.append(env.sim_state())
