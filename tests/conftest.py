@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from testkit import randomize, tiny_libero_recipe, write_demos
+from testkit import gray_png, randomize, tiny_checkpoint, tiny_libero_recipe, write_demos
 
 from vla_lab import VLAAdapter, VLAConfig
 
@@ -52,6 +52,18 @@ def tiny_config() -> VLAConfig:
 def tiny_model(tiny_config: VLAConfig) -> VLAAdapter:
     torch.manual_seed(0)
     return randomize(VLAAdapter(tiny_config), seed=1).eval()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny tabletop checkpoint directory (``testkit.tiny_checkpoint``); read only: copy it to change it."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "model")
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 64 px gray PNG file (``testkit.gray_png``)."""
+    return gray_png(tmp_path_factory.mktemp("img") / "view.png")
 
 
 # --- expensive things built once a session, for the tests that only observe, reset or read them -----------

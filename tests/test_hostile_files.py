@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-from testkit import assert_one_line_error, run_cli, snapshot, tiny_tabletop_config
+from testkit import assert_one_line_error, run_cli, snapshot
 
-from vla_lab import files, tabletop
+from vla_lab import files
 from vla_lab.errors import CheckpointError, InputError
-from vla_lab.model import load_pretrained, save_pretrained
+from vla_lab.model import load_pretrained
 from vla_lab.processing.images import load_image
 from vla_lab.run_dir import read_json_object
 
@@ -69,20 +69,6 @@ def test_not_a_file_names_what_the_path_is(tmp_path, kind) -> None:
     regular = tmp_path / "file.txt"
     regular.write_text("x")
     assert files.not_a_file(regular) is None and files.check_regular_file(regular, "f", "x") == regular
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ckpt") / "model"
-    save_pretrained(tabletop.initial_model(tiny_tabletop_config(), seed=0), out, step=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "view.png"
-    PIL.Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(path)
-    return path
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json", "action_head--1_checkpoint.pt",

@@ -10,15 +10,20 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from testkit import assert_one_line_error, run_cli, snapshot, tiny_tabletop_config, tiny_train_config
+from testkit import (
+    assert_one_line_error,
+    run_cli,
+    snapshot,
+    tiny_tabletop_config,
+    tiny_train_config,
+)
 
-from vla_lab import VLAConfig, capture, files, tabletop
+from vla_lab import VLAConfig, capture, files
 from vla_lab.errors import CheckpointError, ConfigError, InputError
-from vla_lab.model import load_pretrained, random_model, save_pretrained
+from vla_lab.model import load_pretrained, random_model
 from vla_lab.training.train import train
 
 INSTRUCTION = "pick up the red cube"
@@ -28,21 +33,6 @@ PROPRIO = ["--proprio", "0,0,0,0,0,0,0,0"]
 @pytest.fixture(scope="module")
 def model():
     return random_model(VLAConfig.preset("tiny"), seed=0)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A tiny tabletop checkpoint (with its own tokenizer files and dataset statistics)."""
-    out = tmp_path_factory.mktemp("ckpt") / "model"
-    save_pretrained(tabletop.initial_model(tiny_tabletop_config(), seed=0), out, step=1)
-    return out
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("img") / "view.png"
-    PIL.Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(path)
-    return path
 
 
 @pytest.fixture
@@ -357,3 +347,21 @@ def test_nothing_outside_out_is_written(tmp_path, monkeypatch, image) -> None:
     before = snapshot(tmp_path)
     status, _, _ = run_cli(predict_args(image, "--proprio", "nan,0,0,0,0,0,0,0"))
     assert status == 2 and snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(("argv", "command", "message"), [
+    (["train", "--out", ""], "train", "argument --out: got '', expected a path"),
+    (["demo", "--out", " "], "demo", "argument --out: got ' ', expected a path"),
+    (["train", "--out", "x", "--seed", "-1"], "train", "argument --seed: got -1, expected an integer in [0, 2**32)"),
+    (["eval", "libero", "--model", "tiny", "--env-seed", "-1"], "eval libero",
+     "argument --env-seed: got -1, expected an integer in [0, 2**32)"),
+    (["libero", "expert", "--env-seed", "12345678901234567890"], "libero expert",
+     "argument --env-seed: got 12345678901234567890, expected an integer in [0, 2**32)"),
+    (["libero", "demos", "--env-seed", "one"], "libero demos", "argument --env-seed: got 'one', expected an integer"),
+])
+def test_empty_outputs_and_seeds_out_of_range_are_refused_while_parsing(tmp_path, monkeypatch, argv, command,
+                                                                         message) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty --out would have been this directory
+    status, stdout, stderr = run_cli(argv)
+    assert message in assert_one_line_error(status, stderr, command) and stdout == ""
+    assert list(tmp_path.iterdir()) == []

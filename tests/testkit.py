@@ -604,3 +604,20 @@ def tiny_libero_recipe(demos_dir: Path, **changes) -> TrainConfig:
     return TrainConfig.libero_recipe(str(demos_dir), **{**base, **changes})
 
 
+
+
+def tiny_checkpoint(directory: Path) -> Path:
+    """A tiny tabletop checkpoint (its own tokenizer files and dataset statistics) written to ``directory``."""
+    from vla_lab import tabletop
+    from vla_lab.model import save_pretrained
+
+    save_pretrained(tabletop.initial_model(tiny_tabletop_config(), seed=0), directory, step=1)
+    return directory
+
+
+def gray_png(path: Path) -> Path:
+    """A 64 x 64 RGB PNG of one gray at ``path``."""
+    import PIL.Image
+
+    PIL.Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(path)
+    return path

@@ -96,7 +96,7 @@ def add_device(parser: argparse.ArgumentParser, default: str | None = "cpu", hel
 
 def add_seed(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
     """``--seed N`` (``help``: what the seed seeds in this command)."""
-    parser.add_argument("--seed", type=int, default=default, help=help)
+    parser.add_argument("--seed", type=seed, default=default, help=help)
 
 
 def add_num_threads(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
@@ -146,9 +146,26 @@ def add_init_states(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--init-states", dest="init_states", help=help)
 
 
+def _out_path(value: str) -> str:
+    if not value.strip():  # '' would be the current directory
+        raise argparse.ArgumentTypeError(f"got {value!r}, expected a path")
+    return value
+
+
 def add_out(parser: argparse.ArgumentParser, help: str, required: bool = False, default: str | None = None) -> None:
-    """``--out PATH``: where the command writes (``help``: what it writes there)."""
-    parser.add_argument("--out", required=required, default=default, help=help)
+    """``--out PATH``: where the command writes (``help``: what it writes there); never empty."""
+    parser.add_argument("--out", required=required, default=default, type=_out_path, help=help)
+
+
+def seed(value: str) -> int:
+    """An argparse type: a seed NumPy and the simulators take, 0 <= seed < 2**32."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {value!r}, expected an integer in [0, 2**32)") from None
+    if not 0 <= number < 2**32:
+        raise argparse.ArgumentTypeError(f"got {value}, expected an integer in [0, 2**32)")
+    return number
 
 
 def add_overwrite(parser: argparse.ArgumentParser, help: str = "delete the run in --out and start again") -> None:
