@@ -26,6 +26,12 @@ from typing import Any
 from vla_lab.errors import ExportError, InputError
 
 
+def present(path: str | Path) -> bool:
+    """Whether anything is at ``path``: a file, a directory, a FIFO, or a symlink even to nothing or to itself
+    (``Path.exists`` says no to the last two; :func:`not_a_file` then names what is there)."""
+    return os.path.lexists(path)
+
+
 def not_a_file(path: str | Path) -> str | None:
     """Why ``path`` is not a regular file (symlinks followed), as the words after "which" in an error ("is a
     FIFO (named pipe)", "does not exist"); None when it is one. Opening a FIFO blocks until a writer comes, so
@@ -134,7 +140,7 @@ def check_output_file(path: str | Path, field: str = "out", overwrite: bool = Fa
     target = Path(path)
     if target.is_dir():
         raise InputError(f"{field}: got {str(path)!r}, which is a directory, expected a file path")
-    if (target.exists() or target.is_symlink()) and not overwrite:
+    if present(target) and not overwrite:
         raise ExportError(f"{field}: {path} exists; choose another file")
     check_output_dir(target.parent, field, given=str(path))
     return target

@@ -75,7 +75,7 @@ WORLDS_SHIPPED = ("tabletop", libero_models.SUITE)
 def _json_if_present(path: Path) -> Any:
     """The JSON value in ``path``; None when nothing is there or it does not parse. A FIFO, directory or other
     non-file there is refused in one line (opening a FIFO would block)."""
-    if not (path.exists() or path.is_symlink()):
+    if not files.present(path):
         return None
     files.check_regular_file(path, "--model", "a JSON file")
     try:
@@ -109,7 +109,7 @@ def architecture_of(path: str | Path, mask: str) -> str:
     tabletop model: ``released``; an unreadable one raises :class:`InputError`.
     """
     config_path = Path(path) / "vla_lab_config.json"
-    if not (config_path.exists() or config_path.is_symlink()):
+    if not files.present(config_path):
         return "released"
     files.check_regular_file(config_path, "--model", "a JSON file")
     try:

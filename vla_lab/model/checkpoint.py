@@ -262,7 +262,7 @@ def _plan_shards(tensors: dict[str, torch.Tensor], max_shard_bytes: int | None) 
 
 def _check_file(path: Path, expected: str) -> None:
     """A checkpoint file that is missing, or is a FIFO, directory, device or symlink loop: one line."""
-    if not path.exists() and not path.is_symlink():
+    if not files.present(path):
         raise CheckpointError(f"checkpoint: {path.name} is missing from {path.parent}")
     files.check_regular_file(path, "checkpoint", expected, CheckpointError)
 

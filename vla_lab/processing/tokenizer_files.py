@@ -25,11 +25,6 @@ from vla_lab.processing.tokenizer import (
 )
 
 
-def _present(path: Path) -> bool:
-    """Whether anything is at ``path`` (a FIFO or a broken link too: reading it then says what it is)."""
-    return path.exists() or path.is_symlink()
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     """A tokenizer file's JSON object (every tokenizer JSON file holds one)."""
     files.check_regular_file(path, path.name, "a JSON file", CheckpointError)
@@ -62,7 +57,7 @@ def _read_added_tokens(directory: Path, config: dict[str, Any]) -> list[AddedTok
             entry["content"], int(key), special=bool(entry.get("special", True)), **flags
         )
     path = directory / ADDED_TOKENS_FILE
-    if _present(path):
+    if files.present(path):
         for content, token_id in _read_json(path).items():
             if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < 0:
                 raise CheckpointError(f"{path.name}: {content!r} has id {token_id!r}, expected a non-negative integer")
@@ -100,12 +95,12 @@ def load_tokenizer_from_files(directory: str | Path) -> QwenTokenizer:
     if not root.is_dir():
         raise CheckpointError(f"tokenizer directory {root} does not exist")
     config_path = root / CONFIG_FILE
-    config = _read_json(config_path) if _present(config_path) else {}
+    config = _read_json(config_path) if files.present(config_path) else {}
     map_path = root / SPECIAL_MAP_FILE
-    special_map = _read_json(map_path) if _present(map_path) else {}
+    special_map = _read_json(map_path) if files.present(map_path) else {}
 
     json_path = root / TOKENIZER_JSON
-    if _present(json_path):
+    if files.present(json_path):
         from tokenizers import Tokenizer
 
         files.check_regular_file(json_path, TOKENIZER_JSON, "a tokenizers JSON file", CheckpointError)
@@ -127,7 +122,7 @@ def load_tokenizer_from_files(directory: str | Path) -> QwenTokenizer:
         ]
     else:
         for name in (VOCAB_FILE, MERGES_FILE):
-            if not _present(root / name):
+            if not files.present(root / name):
                 raise CheckpointError(
                     f"tokenizer file {name} is missing from {root} (no {TOKENIZER_JSON} either)"
                 )

@@ -27,7 +27,7 @@ from matplotlib.layout_engine import PlaceHolderLayoutEngine
 
 from vla_lab.config import AttentionLike, AttentionSpec
 from vla_lab.errors import ExportError, InputError
-from vla_lab.files import write_atomic
+from vla_lab.files import present, write_atomic
 from vla_lab.model import VLAAdapter
 from vla_lab.version import __version__
 
@@ -171,7 +171,7 @@ def export_paths(name: str, out_dir: str | Path = "figures", formats: Sequence[s
 
 def check_free(paths: Sequence[Path]) -> None:
     """Raise :class:`ExportError` naming the first of ``paths`` that exists."""
-    existing = [p for p in paths if p.exists() or p.is_symlink()]
+    existing = [p for p in paths if present(p)]
     if existing:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise ExportError(f"export: {existing[0]} already exists{more}; pass overwrite=True (--overwrite) to replace")
