@@ -76,6 +76,7 @@ def run_episode(
             keep_frame()
 
     start = time.perf_counter()
+    env.every_frame = frames is not None
     try:
         run = run_lockstep([env], [episode], policy, on_reset=reset, on_step=stepped)[0]
         result["success"] = run.success
@@ -83,6 +84,7 @@ def run_episode(
         result["success"] = False
         result["error"] = error_text(exc)
     finally:
+        env.every_frame = False
         result["queries"] = policy.queries[0] if policy.queries else 0
         result["policy_ms"] = policy.query_seconds * 1e3
     elapsed = (time.perf_counter() - start) * 1e3

@@ -14,6 +14,11 @@ before the fixtures (cabinet, stove, ...) are placed, so without the cut, and in
 before, which is what makes sharded, resumed and replayed runs equal to a single run; trial 0 is upstream's
 trial 0 exactly. ``render=False`` builds the same scene without cameras (physics only, ~10x faster steps);
 :meth:`LiberoEnv.camera_images` draws both cameras for any saved simulator state afterwards.
+
+Two savings that change no bit of what is observed (:mod:`vla_lab.worlds.libero.reuse`): the cameras are drawn
+only for observations that are read (``step(action, observe=False)`` skips them), and a reset after the first
+replays the first one's rebuild on the existing simulator instead of recompiling the scene. ``reuse=False``
+rebuilds at every reset and draws both cameras at every step, as upstream's loop does.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from vla_lab.errors import InputError, MissingDependencyError
+from vla_lab.worlds.libero.reuse import IMAGE_SUFFIX, DeferredCameras, SavedReset
 
 #: Policy steps allowed per episode (after the settle steps), per suite, as upstream.
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -109,9 +115,11 @@ def _check_task(suite: str, task_id: int, field: str = "task") -> Any:
 
 class LiberoEnv:
     """One LIBERO task, rendered at ``resolution`` (both cameras), as upstream's evaluation builds it;
-    ``render=False``: the same scene with no camera in its observations."""
+    ``render=False``: the same scene with no camera in its observations; ``reuse=False``: rebuilt at every reset
+    and drawn at every step (module docstring)."""
 
-    def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 0, render: bool = True) -> None:
+    def __init__(self, suite: str, task_id: int, resolution: int = 256, seed: int = 0, render: bool = True,
+                 reuse: bool = True) -> None:
         libero = require_libero()
         bench = _check_task(suite, task_id)
         if resolution < 16:
@@ -124,12 +132,14 @@ class LiberoEnv:
         self.init_states = np.asarray(bench.get_task_init_states(task_id))
         bddl = os.path.join(libero.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
         self.bddl_file: str = bddl
-        self.render_cameras = bool(render)
+        self.render_cameras, self.reuse = bool(render), bool(reuse)
         with _quiet():
             self.env = libero.OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution,
                                                  camera_widths=resolution, use_camera_obs=self.render_cameras)
             self.env.seed(self.seed)
         self._num_property_samplers = len(self.env.env.object_property_initializers)
+        self._saved_reset = SavedReset(self.env)
+        self._cameras: DeferredCameras | None = None
 
     @property
     def num_init_states(self) -> int:
@@ -156,12 +166,27 @@ class LiberoEnv:
         if not 0 <= init_state < self.num_init_states:
             raise InputError(f"init_state: got {init_state}, expected 0..{self.num_init_states - 1}")
         with _quiet():
-            del self.env.env.object_property_initializers[self._num_property_samplers:]
-            self.env.seed(self.seed)
-            self.env.reset()
+            if self.reuse and self._saved_reset.saved:
+                self._saved_reset.replay()
+            else:
+                del self.env.env.object_property_initializers[self._num_property_samplers:]
+                self.env.seed(self.seed)
+                self._saved_reset.rebuild()
+                if self.reuse and self.render_cameras:
+                    self._cameras = DeferredCameras(self.env.env, CAMERAS, self.resolution)
             obs = self.env.set_init_state(self.init_states[init_state])
             for _ in range(NUM_STEPS_WAIT):
                 obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
+        return self._observed(obs, True)
+
+    def _observed(self, obs: dict[str, Any], observe: bool) -> dict[str, Any]:
+        """The observation with its camera frames drawn (``observe``) or left out."""
+        if self._cameras is not None:
+            if observe:
+                obs.update(self._cameras.images())
+            else:
+                for name in self._cameras.names:
+                    obs.pop(name, None)
         return obs
 
     def sim_state(self) -> np.ndarray:
@@ -171,28 +196,30 @@ class LiberoEnv:
     def set_sim_state(self, state: np.ndarray) -> dict[str, Any]:
         """Put the simulator in ``state`` (from :meth:`sim_state` of this task after a reset); the observation."""
         with _quiet():
-            return self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64))
+            return self._observed(self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64)), True)
 
     def camera_images(self) -> dict[str, np.ndarray]:
         """Both cameras at ``resolution`` for the current state, as the observation's image keys hold them
         (upside down: MuJoCo's convention, which the policy's 180-degree rotation undoes)."""
         sim = self.env.sim
-        return {f"{camera}_image": sim.render(camera_name=camera, width=self.resolution, height=self.resolution)
+        return {f"{camera}{IMAGE_SUFFIX}": sim.render(camera_name=camera, width=self.resolution, height=self.resolution)
                 for camera in CAMERAS}
 
-    def step(self, action: Any) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
-        """One simulator step with a 7-d action (LIBERO units: gripper -1 opens, +1 closes)."""
+    def step(self, action: Any, observe: bool = True) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
+        """One simulator step with a 7-d action (LIBERO units: gripper -1 opens, +1 closes); ``observe=False``
+        leaves the camera frames out of the observation and skips drawing them."""
         values = np.asarray(action, dtype=np.float64)
         if values.shape != (7,) or not np.isfinite(values).all():
             raise InputError(f"action: got shape {values.shape} (finite: {bool(np.isfinite(values).all())}), "
                              "expected 7 finite numbers")
         obs, reward, done, info = self.env.step(values.tolist())
-        return obs, float(reward), bool(done), info
+        return self._observed(obs, observe), float(reward), bool(done), info
 
     def close(self) -> None:
         env = getattr(self, "env", None)
         if env is not None:
             self.env = None
+            self._cameras = None
             env.close()
 
     def __enter__(self) -> LiberoEnv:

@@ -49,21 +49,24 @@ def episode_regions(env: LiberoEnv, size: int = POLICY_SIZE) -> dict[str, np.nda
 
 
 class LiberoWorld:
-    """One LIBERO suite. ``resolution``: the cameras' (upstream's 256); ``seed``: the simulator's seed."""
+    """One LIBERO suite. ``resolution``: the cameras' (upstream's 256); ``seed``: the simulator's seed;
+    ``reuse=False``: simulators rebuilt at every reset and drawn at every step (:class:`LiberoEnv`)."""
 
     stats_key: str
     #: Upstream evaluates models trained with random crops on the centre crop.
     center_crop = True
 
     def __init__(self, suite: str, resolution: int = 256, seed: int = 0, max_steps: int | None = None,
-                 render: bool = True) -> None:
+                 render: bool = True, reuse: bool = True) -> None:
         self.name = check_suite(suite)
         self.stats_key = suite
-        self.resolution, self.seed, self.render = int(resolution), int(seed), bool(render)
+        self.resolution, self.seed, self.render, self.reuse = int(resolution), int(seed), bool(render), bool(reuse)
         self._max_steps = MAX_STEPS[suite] if max_steps is None else int(max_steps)
         self.env: LiberoEnv | None = None
         self.raw: dict[str, Any] | None = None
         self.steps = 0
+        #: Draw the cameras at every step (``raw`` holds each step's frames, e.g. for a video), not only when observed.
+        self.every_frame = False
 
     @property
     def max_steps(self) -> int:
@@ -115,7 +118,7 @@ class LiberoWorld:
         if self.env is None or self.env.task_id != episode.spec:
             self.close()
             self.env = LiberoEnv(self.name, episode.spec, resolution=self.resolution, seed=self.seed,
-                                 render=self.render)
+                                 render=self.render, reuse=self.reuse)
         return self.env
 
     def _observation(self, instruction: str) -> Observation:
@@ -139,7 +142,7 @@ class LiberoWorld:
         """One simulator step (LIBERO units: gripper -1 opens, +1 closes); success when LIBERO says done."""
         if self.env is None or self.raw is None:
             raise InputError("step: got no running episode, expected reset(episode) first")
-        self.raw, _, success, _ = self.env.step(check_action(action))
+        self.raw, _, success, _ = self.env.step(check_action(action), observe=observe or self.every_frame)
         self.steps += 1
         observation = self._observation(self.instruction) if observe else None
         return Step(observation, success or self.steps >= self.max_steps, success)

@@ -1,0 +1,106 @@
+"""The LIBERO savings that must not change a bit (``vla_lab.worlds.libero.reuse``): frames drawn only when read,
+and resets that replay the first rebuild instead of recompiling the scene. The reference is ``reuse=False``:
+a rebuild at every reset and both cameras drawn at every step, as upstream's loop runs LIBERO."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+HAVE_LIBERO = importlib.util.find_spec("libero") is not None
+pytestmark = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
+IMAGES = ("agentview_image", "robot0_eye_in_hand_image")
+# Scratch and statistics of MuJoCo's data that no step reads: the constraint solver's arrays (rebuilt at every
+# step; their unused tail is whatever the arena held) and the arena's high-water marks.
+SCRATCH = ("efc_", "maxuse_")
+
+
+def _data(env) -> dict[str, np.ndarray]:
+    data = env.env.sim.data._data
+    out = {}
+    for name in dir(data):
+        if name.startswith(("_", *SCRATCH)) or name == "contact":
+            continue
+        value = getattr(data, name)
+        if isinstance(value, (np.ndarray, int, float)):
+            out[name] = np.array(value)
+    return out
+
+
+def _assert_same_simulator(ours, reference) -> None:
+    from vla_lab.worlds.libero.reuse import model_arrays
+
+    mine, theirs = _data(ours), _data(reference)
+    assert sorted(mine) == sorted(theirs)
+    assert [k for k in mine if not np.array_equal(mine[k], theirs[k])] == []
+    mine, theirs = model_arrays(ours.env.sim.model._model), model_arrays(reference.env.sim.model._model)
+    assert [k for k in mine if not np.array_equal(mine[k], theirs[k])] == []
+
+
+def _actions(seed: int, steps: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [np.r_[rng.normal(0.0, 0.6, 6), rng.choice([-1.0, 1.0])] for _ in range(steps)]
+
+
+def test_frames_read_are_the_frames_drawn_at_every_step():
+    """robosuite samples the cameras one substep into a step's last sampling period; a frame drawn later from the
+    copy kept then is the frame drawn at the time, and steps nobody observes draw nothing."""
+    from vla_lab.worlds.libero.env import LiberoEnv
+
+    with LiberoEnv("libero_spatial", 0, resolution=128) as ours, \
+            LiberoEnv("libero_spatial", 0, resolution=128, reuse=False) as reference:
+        for init_state in (2, 5):
+            mine, theirs = ours.reset(init_state), reference.reset(init_state)
+            for name in IMAGES:
+                assert np.array_equal(mine[name], theirs[name]), name
+            for t, action in enumerate(_actions(init_state, 24)):
+                observe = t % 8 == 7
+                mine, theirs = ours.step(action, observe=observe)[0], reference.step(action)[0]
+                assert np.array_equal(ours.sim_state(), reference.sim_state()), t
+                assert np.array_equal(mine["robot0_eef_pos"], theirs["robot0_eef_pos"])
+                if observe:
+                    for name in IMAGES:
+                        assert np.array_equal(mine[name], theirs[name]), (t, name)
+                else:
+                    assert not set(IMAGES) & set(mine)  # nothing stale can be read by mistake
+        # A state set directly is drawn the same way (the demonstrations' path).
+        state = reference.sim_state()
+        mine, theirs = ours.set_sim_state(state), reference.set_sim_state(state)
+        for name in IMAGES:
+            assert np.array_equal(mine[name], theirs[name]), name
+
+
+def test_a_reset_without_rebuilding_is_the_rebuilt_reset_whatever_ran_before():
+    """libero_goal task 7 ("turn on the stove"): a cabinet whose drawers LIBERO's property samplers open at every
+    reset, and a stove whose burner is drawn when its knob is on. Between the compared resets our simulator ran
+    random actions and had its stove turned on."""
+    from vla_lab.worlds.libero.env import DUMMY_ACTION, LiberoEnv
+
+    with LiberoEnv("libero_goal", 7, resolution=64) as ours, \
+            LiberoEnv("libero_goal", 7, resolution=64, reuse=False) as reference:
+        inner = ours.env.env
+        ours.reset(0)
+        for init_state in (3, 3, 41):
+            for action in _actions(init_state, 15):
+                ours.step(action, observe=False)
+            for name, state in inner.object_states_dict.items():
+                if getattr(state, "has_turnon_affordance", False):
+                    knob = inner.get_object(name)
+                    for joint in knob.joints:
+                        inner.sim.data.set_joint_qpos(joint, max(knob.object_properties["articulation"]
+                                                                 ["default_turnon_ranges"]))
+            ours.step(DUMMY_ACTION, observe=False)
+            mine = ours.reset(init_state)
+            mine_random = np.random.get_state()
+            theirs = reference.reset(init_state)
+            assert ours._saved_reset.saved
+            _assert_same_simulator(ours, reference)
+            for name in IMAGES:
+                assert np.array_equal(mine[name], theirs[name]), name
+            assert all(np.array_equal(a, b) for a, b in zip(mine_random[1:], np.random.get_state()[1:]))
+            for action in _actions(100 + init_state, 6):  # the controllers and the gripper continue alike
+                ours.step(action, observe=False)
+                reference.step(action)
+            _assert_same_simulator(ours, reference)
