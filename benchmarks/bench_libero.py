@@ -7,6 +7,12 @@ The episode runs are ``vla-lab eval libero --model tiny`` on ``--tasks`` with ``
 40) steps each, so the policy costs almost nothing and the numbers are the simulator's; the full-size
 model's query is timed on its own (``--no-full-size`` skips it). A benchmark, not a test: nothing here
 asserts on time.
+
+    python benchmarks/bench_libero.py --compare-upstream --tasks 0,5 --init-states 45:47 --out FILE
+
+runs upstream's evaluation loop and vla-lab's interleaved on the same episodes with the same model
+(``--model``, default ``libero-spatial-causal``; ``upstream_loop.py``): episodes per hour of each, their ratio
+(``speedup``) and each episode's success and steps in both.
 """
 
 from __future__ import annotations
@@ -61,15 +67,21 @@ def simulator(steps: int) -> tuple[dict[str, Any], dict[str, Any]]:
     with env:
         start = time.perf_counter()
         obs = env.reset(0)
-        result["reset_with_settle_steps_s"] = round(time.perf_counter() - start, 2)
-        result["step_two_cameras_256"], stepped = _timed(lambda: env.step(DUMMY_ACTION), steps)
+        result["first_reset_with_settle_steps_s"] = round(time.perf_counter() - start, 2)  # rebuilds the scene
+        result["reset_with_settle_steps"] = _timed(lambda: env.reset(1), 3)[0]  # replays the first reset
+        result["step_observed_two_cameras_256"], stepped = _timed(lambda: env.step(DUMMY_ACTION), steps)
+        result["step_unobserved"] = _timed(lambda: env.step(DUMMY_ACTION, observe=False), steps)[0]
         obs = obs if stepped is None else stepped[0]
         sim = env.env.sim
         result["render_one_camera_256"] = _timed(lambda: sim.render(256, 256, camera_name=CAMERA), 5)[0]
         result["physics_substep"] = _timed(sim.step, 5)[0]
-        prepared = prepare_observation(obs)
+        result["prepare_observation_both_256"], prepared = _timed(lambda: prepare_observation(obs), 5)
         observation = Observation([prepared["full_image"], prepared["wrist_image"]], env.instruction,
                                   prepared["state"])
+    with LiberoEnv(SUITE, 0, reuse=False) as upstream:  # upstream's way: rebuilt at every reset, drawn every step
+        upstream.reset(0)
+        result["upstream_reset_with_settle_steps"] = _timed(lambda: upstream.reset(1), 2)[0]
+        result["upstream_step_two_cameras_256"] = _timed(lambda: upstream.step(DUMMY_ACTION), steps)[0]
     with LiberoEnv(SUITE, 0, render=False) as physics:  # the scripted expert's simulator: no cameras
         physics.reset(0)
         result["step_physics_only"] = _timed(lambda: physics.step(DUMMY_ACTION), steps)[0]
@@ -111,29 +123,67 @@ def main() -> None:
     parser.add_argument("--tasks", default="0,1", help="tasks of the episode runs (one episode each)")
     parser.add_argument("--max-steps", type=int, default=40)
     parser.add_argument("--no-full-size", dest="full_size", action="store_false")
+    parser.add_argument("--compare-upstream", action="store_true",
+                        help="upstream's loop vs vla-lab's on --tasks x --init-states (nothing else is measured)")
+    parser.add_argument("--init-states", default="45:47", help="A:B, the init states of --compare-upstream")
+    parser.add_argument("--model", default="libero-spatial-causal", help="the model of --compare-upstream")
+    parser.add_argument("--resolution", type=int, default=256, help="camera pixels of --compare-upstream")
     args = parser.parse_args()
+    if args.compare_upstream:
+        _write(compare_upstream(args), args.out)
+        return
     sim, sample = simulator(args.steps)
     result: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "mujoco_gl": os.environ.get("MUJOCO_GL")},
+        "machine": _machine(),
         "suite": SUITE, "simulator": sim,
         "policy_query": [policy_query("tiny", sample, 5)],
     }
     if args.full_size:
         result["policy_query"].append(policy_query("vla-adapter-pro-qwen2.5-0.5b", sample, 2))
     result["runs"] = [episodes(1, args.tasks, args.max_steps), episodes(2, args.tasks, args.max_steps)]
-    step = sim["step_two_cameras_256"]["median_ms"] / 1e3
+    ms = {name: sim[name]["median_ms"] / 1e3 for name in ("reset_with_settle_steps", "step_unobserved",
+                                                          "step_observed_two_cameras_256",
+                                                          "prepare_observation_both_256")}
     queries = -(-SUITE_MAX // 8)
+    observe = ms["step_observed_two_cameras_256"] - ms["step_unobserved"] + ms["prepare_observation_both_256"]
     result["projected_full_episode_s"] = {
-        q["preset"]: round(sim["reset_with_settle_steps_s"] + SUITE_MAX * step + queries * q["median_ms"] / 1e3, 1)
+        q["preset"]: round(ms["reset_with_settle_steps"] + SUITE_MAX * ms["step_unobserved"]
+                           + queries * (observe + q["median_ms"] / 1e3), 1)
         for q in result["policy_query"]
     }
-    result["projection_rule"] = (f"reset + {SUITE_MAX} steps x median step + {queries} queries x median query "
-                                 "(a failed libero_spatial episode; construction once per task is not counted)")
+    result["projection_rule"] = (f"reset + {SUITE_MAX} unobserved steps + {queries} x (drawing and preparing an "
+                                 "observation + a query), all medians (a failed libero_spatial episode; "
+                                 "construction and the first reset once per task are not counted)")
+    _write(result, args.out)
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "mujoco_gl": os.environ.get("MUJOCO_GL")}
+
+
+def _write(result: dict[str, Any], out: str | None) -> None:
     text = files.dumps(result)
     print(text)
-    if args.out:
-        files.write_text(args.out, text + "\n")
+    if out:
+        files.write_text(out, text + "\n")
+
+
+def compare_upstream(args: argparse.Namespace) -> dict[str, Any]:
+    from upstream_loop import compare
+
+    from vla_lab import registry
+    from vla_lab.bench.inference import cpu_model
+
+    start, stop = (int(x) for x in args.init_states.split(":"))
+    tasks = [int(t) for t in args.tasks.split(",")]
+    model = registry.create(args.model)
+    result = compare(model, SUITE, tasks, list(range(start, stop)), args.resolution)
+    command = (f"python benchmarks/bench_libero.py --compare-upstream --tasks {args.tasks} --init-states "
+               f"{args.init_states} --model {args.model} --resolution {args.resolution}")
+    return {"command": command, "model": args.model,
+            "machine": {**_machine(), "cpu_model": cpu_model(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+            **result}
 
 
 if __name__ == "__main__":

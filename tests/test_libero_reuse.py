@@ -46,7 +46,8 @@ def _actions(seed: int, steps: int) -> list[np.ndarray]:
 
 def test_frames_read_are_the_frames_drawn_at_every_step():
     """robosuite samples the cameras one substep into a step's last sampling period; a frame drawn later from the
-    copy kept then is the frame drawn at the time, and steps nobody observes draw nothing."""
+    copy kept then is the frame drawn at the time, and steps nobody observes draw nothing. robosuite draws into
+    whatever GL context is current: another simulator built and closed in between must not matter."""
     from vla_lab.worlds.libero.env import LiberoEnv
 
     with LiberoEnv("libero_spatial", 0, resolution=128) as ours, \
@@ -55,6 +56,8 @@ def test_frames_read_are_the_frames_drawn_at_every_step():
             mine, theirs = ours.reset(init_state), reference.reset(init_state)
             for name in IMAGES:
                 assert np.array_equal(mine[name], theirs[name]), name
+            if init_state == 5:
+                LiberoEnv("libero_spatial", 1, resolution=64).close()  # its GL context was current, then freed
             for t, action in enumerate(_actions(init_state, 24)):
                 observe = t % 8 == 7
                 mine, theirs = ours.step(action, observe=observe)[0], reference.step(action)[0]

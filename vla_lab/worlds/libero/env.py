@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from vla_lab.errors import InputError, MissingDependencyError
-from vla_lab.worlds.libero.reuse import IMAGE_SUFFIX, DeferredCameras, SavedReset
+from vla_lab.worlds.libero.reuse import IMAGE_SUFFIX, DeferredCameras, SavedReset, make_current
 
 #: Policy steps allowed per episode (after the settle steps), per suite, as upstream.
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
@@ -166,6 +166,7 @@ class LiberoEnv:
         if not 0 <= init_state < self.num_init_states:
             raise InputError(f"init_state: got {init_state}, expected 0..{self.num_init_states - 1}")
         with _quiet():
+            make_current(self.env.sim)
             if self.reuse and self._saved_reset.saved:
                 self._saved_reset.replay()
             else:
@@ -196,12 +197,14 @@ class LiberoEnv:
     def set_sim_state(self, state: np.ndarray) -> dict[str, Any]:
         """Put the simulator in ``state`` (from :meth:`sim_state` of this task after a reset); the observation."""
         with _quiet():
+            make_current(self.env.sim)
             return self._observed(self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64)), True)
 
     def camera_images(self) -> dict[str, np.ndarray]:
         """Both cameras at ``resolution`` for the current state, as the observation's image keys hold them
         (upside down: MuJoCo's convention, which the policy's 180-degree rotation undoes)."""
         sim = self.env.sim
+        make_current(sim)
         return {f"{camera}{IMAGE_SUFFIX}": sim.render(camera_name=camera, width=self.resolution, height=self.resolution)
                 for camera in CAMERAS}
 
@@ -212,6 +215,7 @@ class LiberoEnv:
         if values.shape != (7,) or not np.isfinite(values).all():
             raise InputError(f"action: got shape {values.shape} (finite: {bool(np.isfinite(values).all())}), "
                              "expected 7 finite numbers")
+        make_current(self.env.sim)
         obs, reward, done, info = self.env.step(values.tolist())
         return self._observed(obs, observe), float(reward), bool(done), info
 
@@ -258,6 +262,7 @@ def object_segmentation(env: LiberoEnv, size: int = 224) -> tuple[np.ndarray, li
     root_of = np.asarray(model.body_rootid)
     for body in range(model.nbody):
         body_label[body] = roots.get(int(root_of[body]), 0)
+    make_current(sim)
     seg = sim.render(env.resolution, env.resolution, camera_name=CAMERA, segmentation=True)
     kind, ids = seg[..., 0], seg[..., 1]
     geom = kind == 5  # mjOBJ_GEOM

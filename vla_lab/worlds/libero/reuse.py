@@ -30,6 +30,15 @@ import numpy as np
 IMAGE_SUFFIX = "_image"
 
 
+def make_current(sim: Any) -> None:
+    """Make the GL context of ``sim``'s renderer the current one, if it has a renderer. robosuite draws into
+    whichever context is current; with several simulators in a process (or one closed since) that may be
+    another simulator's, or a freed one."""
+    context = getattr(sim, "_render_context_offscreen", None)
+    if context is not None:
+        context.gl_ctx.make_current()
+
+
 class DeferredCameras:
     """The camera observables of a robosuite environment, drawn only when :meth:`images` is called."""
 
@@ -61,6 +70,7 @@ class DeferredCameras:
         missing = [name for name in self.names if name not in self.pending]
         if missing:
             raise RuntimeError(f"cameras: got no sample of {missing} yet, expected a reset first")
+        make_current(self.env.sim)
         context = self.env.sim._render_context_offscreen
         live = context.data
         try:
