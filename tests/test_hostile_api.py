@@ -6,6 +6,7 @@ nobody takes is an error, never silently dropped."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -122,3 +123,74 @@ def test_an_unknown_keyword_of_run_with_cache_is_an_error(model) -> None:
         run_with_cache(model, **batch, hiden_states=False)
     out, cache = run_with_cache(model, **batch, hidden_states=False, attention="bidirectional")
     assert out.attention.label == "bidirectional" and len(cache) > 0
+
+
+@pytest.mark.parametrize("seed", ["abc", 1.5, True, -1, 2**32, 2**70])
+def test_a_seed_that_is_no_integer_in_range_is_refused(seed) -> None:
+    with pytest.raises(InputError, match=r"^seed: got .*, expected an integer in \[0, 2\*\*32\)$"):
+        random_model(VLAConfig.preset("tiny"), seed=seed)
+
+
+def test_seeds_are_python_or_numpy_integers() -> None:
+    from vla_lab.errors import check_seed
+
+    assert check_seed(np.int64(7)) == 7 and check_seed(2**32 - 1) == 2**32 - 1
+
+
+@pytest.mark.parametrize("ids, shown", [
+    (torch.tensor([[1.0, 2.0, 3.0]]), "dtype torch.float32"),
+    (torch.tensor([[True, False]]), "dtype torch.bool"),
+    ([1.5, 2.0], "1.5 (float)"),  # torch.tensor(..., dtype=long) would have truncated it to 1
+    ([[1, 2], [3, "4"]], "'4' (str)"),
+])
+def test_token_ids_that_are_not_integers_are_refused(model, ids, shown) -> None:
+    batch = forward_inputs(inputs(model))
+    batch["input_ids"], batch["attention_mask"] = ids, None
+    with torch.no_grad(), pytest.raises(InputError, match=rf"^input_ids: got {re.escape(shown)}, expected integer"):
+        model(**batch)
+
+
+def test_integer_token_ids_of_any_width_still_work(model) -> None:
+    batch = forward_inputs(inputs(model))
+    with torch.no_grad():
+        wide = model(**batch).normalized_actions
+        narrow = model(**{**batch, "input_ids": batch["input_ids"].to(torch.int32)}).normalized_actions
+    assert torch.equal(wide, narrow)
+
+
+def test_a_module_that_is_not_a_vla_adapter_is_refused_by_capture_and_save(tmp_path) -> None:
+    from vla_lab import capture
+
+    other = torch.nn.Linear(2, 2)
+    expected = r"^model: got Linear, expected a vla_lab VLAAdapter"
+    with pytest.raises(InputError, match=expected), capture(other):
+        pass
+    with pytest.raises(InputError, match=expected):
+        run_with_cache(other, torch.zeros(1, 2))
+    with pytest.raises(InputError, match=expected):
+        save_pretrained(other, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize("writer", ["save_file", "torch.save"])
+def test_a_full_disk_while_saving_is_one_line_and_leaves_nothing(model, tmp_path, monkeypatch, writer) -> None:
+    """What safetensors and torch raise when the file system is full (seen on a 1 MB tmpfs)."""
+    from vla_lab.model import checkpoint
+
+    def full(*args, **kwargs):
+        if writer == "save_file":
+            from safetensors import SafetensorError
+
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                  'message: "No space left on device" })')
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    if writer == "save_file":
+        monkeypatch.setattr(checkpoint, "save_file", full)
+    else:
+        monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"ckpt: got an error writing .* expected a writable file system with "
+                                              r"room for the checkpoint$") as caught:
+        save_pretrained(model, tmp_path / "ckpt")
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

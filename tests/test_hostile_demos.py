@@ -134,3 +134,26 @@ def test_a_nan_learning_rate_leaves_no_run_directory(tmp_path) -> None:
     status, stdout, err = run_cli(["train", "--out", out, "--steps", "2", "--config", '{"betas": [0.9, 2]}'])
     assert "betas: got [0.9, 2]" in assert_one_line_error(status, err, "train")
     assert not out.exists()
+
+
+def test_train_config_is_checked_after_data_applies(libero_demos, tmp_path) -> None:
+    """``--config`` overrides the LIBERO recipe that ``--data`` selects, and the whole is checked once: a LIBERO-only
+    field is accepted with ``--data``, and still refused for the tabletop world."""
+    import argparse
+
+    from vla_lab.cli.train import train_configs
+
+    def configs(**given):
+        fields = {"out": str(tmp_path / "run"), "resume": False, "data": None, "config": None, "model_config": None,
+                  "attention": None, "steps": None, "seed": None, "device": None, "num_threads": None,
+                  "test_episodes": None, "prompt": None}
+        return train_configs(argparse.Namespace(**{**fields, **given}))
+
+    config, model_config = configs(data=str(libero_demos), config='{"augment": true, "steps": 7}')
+    assert config.augment and config.libero and config.steps == 7
+    assert config.lr == TrainConfig.libero_recipe(str(libero_demos)).lr  # the recipe, not the tabletop default
+    with pytest.raises(ConfigError, match=r"^--config: augment: got true with the tabletop world"):
+        configs(config='{"augment": true}')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"^--config: TrainConfig: got list, expected a JSON object of fields"):
+        configs(data=str(libero_demos), config=str(tmp_path / "list.json"))

@@ -365,3 +365,10 @@ def test_empty_outputs_and_seeds_out_of_range_are_refused_while_parsing(tmp_path
     status, stdout, stderr = run_cli(argv)
     assert message in assert_one_line_error(status, stderr, command) and stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bench_batch_beyond_memory_is_refused_before_allocating() -> None:
+    status, stdout, stderr = run_cli(["bench", "--model", "tiny", "--batch", "1", "1000000000"])
+    message = assert_one_line_error(status, stderr, "bench")
+    assert message.startswith("vla-lab bench: error: --batch: got 1000000000 (its images alone ")
+    assert "expected a batch whose inputs fit in this machine's" in message and stdout == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 
 class VLALabError(Exception):
     """Base class of vla_lab's own errors."""
@@ -34,3 +36,20 @@ class MissingDependencyError(VLALabError, ImportError):
 def error_text(exc: BaseException) -> str:
     """An exception as a record's ``error``: its type and message on one line."""
     return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+#: Seeds are what NumPy's legacy seeding and the simulators take.
+SEED_RANGE = 2**32
+
+
+def check_seed(value: object, field: str = "seed") -> int:
+    """A seed as an int in [0, 2**32) (Python or NumPy integers), else a one-line :class:`InputError`."""
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or isinstance(value, bool):
+        raise InputError(f"{field}: got {value!r}, expected an integer in [0, 2**32)")
+    if not 0 <= number < SEED_RANGE:
+        raise InputError(f"{field}: got {number}, expected an integer in [0, 2**32)")
+    return number

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
 
 from vla_lab import files
 from vla_lab.cli import options
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = options.load_model(args)
+    _check_batches_fit(model, args.batch)
     result = run_benchmarks(model, args.batch, tuple(args.paths), tuple(args.capture), args.warmup, args.repeats,
                             preset=args.model, capture_vision=args.capture_vision)
     text = files.dumps(result)
@@ -57,3 +60,15 @@ def run(args: argparse.Namespace) -> int:
               f"peak {row['peak_memory_bytes'] / 2**20:8.1f} MiB")
     print(f"device: {result['results'][0]['device_name']}, dtype {args.dtype}")
     return 0
+
+
+def _check_batches_fit(model: Any, batches: list[int]) -> None:
+    """Refuse a batch whose synthetic images alone exceed this machine's memory (before allocating them)."""
+    config = model.config
+    per_sample = (config.vision.channels_per_image * config.num_images * config.vision.image_size ** 2
+                  * 4)  # float32, as synthetic_batch draws them
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for batch in batches:
+        if batch * per_sample > memory:
+            raise InputError(f"--batch: got {batch} (its images alone {batch * per_sample / 2**30:.0f} GiB), "
+                             f"expected a batch whose inputs fit in this machine's {memory / 2**30:.0f} GiB")

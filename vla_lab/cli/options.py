@@ -14,7 +14,7 @@ import numpy as np
 
 from vla_lab import files
 from vla_lab.config import PRESETS, PROMPTS, resolve_device
-from vla_lab.errors import InputError
+from vla_lab.errors import InputError, check_seed
 from vla_lab.model import VLAAdapter, default_dtype
 from vla_lab.processing.normalization import finite_numbers
 
@@ -160,12 +160,10 @@ def add_out(parser: argparse.ArgumentParser, help: str, required: bool = False, 
 def seed(value: str) -> int:
     """An argparse type: a seed NumPy and the simulators take, 0 <= seed < 2**32."""
     try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {value!r}, expected an integer in [0, 2**32)") from None
-    if not 0 <= number < 2**32:
-        raise argparse.ArgumentTypeError(f"got {value}, expected an integer in [0, 2**32)")
-    return number
+        return check_seed(int(value))
+    except ValueError as exc:  # int() of a non-number, or InputError (a ValueError) out of range
+        shown = value if isinstance(exc, InputError) else repr(value)
+        raise argparse.ArgumentTypeError(f"got {shown}, expected an integer in [0, 2**32)") from None
 
 
 def add_overwrite(parser: argparse.ArgumentParser, help: str = "delete the run in --out and start again") -> None:

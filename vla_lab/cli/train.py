@@ -46,7 +46,8 @@ def register(sub: options.Subparsers) -> None:
 
 def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
     """The configurations ``vla-lab train`` options describe: explicit options override ``--config``, which
-    overrides :class:`TrainConfig`'s defaults (with ``--data``: :meth:`TrainConfig.libero_recipe`); the model is
+    overrides :class:`TrainConfig`'s defaults (with ``--data``: :meth:`TrainConfig.libero_recipe`; with
+    ``--resume``: the stored run's); the whole is checked once, after everything applies. The model is
     ``--model-config``, else the tabletop architecture or, with ``--data``, the preset ``libero-small``."""
     from vla_lab import tabletop
     from vla_lab.training.run_dir import MODEL_CONFIG, TRAIN_CONFIG
@@ -58,14 +59,17 @@ def train_configs(args: argparse.Namespace) -> tuple[TrainConfig, VLAConfig]:
         raise ConfigError(f"--data: got {demos!r}, expected a directory written by 'vla-lab libero demos' "
                           "(with demos.json)")
     with _option("--config"):
-        if args.config:
-            data = TrainConfig.from_json(args.config).to_dict()
-        elif stored is not None and (stored / TRAIN_CONFIG).is_file():  # --resume continues the stored run
+        if stored is not None and (stored / TRAIN_CONFIG).is_file():  # --resume continues the stored run
             data = TrainConfig.from_json(stored / TRAIN_CONFIG).to_dict()
         elif demos is not None:
             data = TrainConfig.libero_recipe(demos).to_dict()
         else:
             data = TrainConfig().to_dict()
+        if args.config:  # checked once below, with --data and the other options applied
+            fields = TrainConfig.json_fields(args.config)
+            if not isinstance(fields, dict):
+                TrainConfig.from_dict(fields)  # the one-line refusal of a JSON value that is no object
+            data.update(fields)
     for name in ("data", "attention", "steps", "seed", "device", "num_threads", "test_episodes"):
         value = getattr(args, name, None)
         if value is not None:

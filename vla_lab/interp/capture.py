@@ -48,7 +48,7 @@ from vla_lab.errors import InputError
 from vla_lab.interp.hooks import FEATURIZERS, PATCHABLE, head_hook, hook_names, llm_hook, vision_hook
 from vla_lab.model.llm import set_attention_kernel
 from vla_lab.model.sequence import SequenceLayout, segment_id_matrix
-from vla_lab.model.vla import VLAAdapter
+from vla_lab.model.vla import VLAAdapter, check_model
 
 CAPTURE_KERNEL = "vla_lab_capture"
 MODES = ("full", "segments", "none")
@@ -355,6 +355,7 @@ def capture(
             model.predict_action(images, instruction, proprio)
         cache["llm.blocks.3.attn.hook_pattern"]
     """
+    check_model(model)
     if mode not in MODES:
         raise InputError(f"mode: got {mode!r}, expected one of {MODES}")
     if getattr(model, "_recorder", None) is not None:
@@ -395,7 +396,7 @@ def run_with_cache(
     ``keep_head_mean``, ``memory_budget``, ``patches``, ``names``) are taken from ``kwargs``; any other
     keyword must be one of :meth:`VLAAdapter.forward`'s.
     """
-    accepted = [p for p in inspect.signature(model.forward).parameters if p != "self"]
+    accepted = [p for p in inspect.signature(check_model(model).forward).parameters if p != "self"]
     unknown = [k for k in kwargs if k not in _CAPTURE_OPTIONS and k not in accepted]
     if unknown:
         raise InputError(f"{unknown[0]}: got an unknown keyword argument, expected a capture option "

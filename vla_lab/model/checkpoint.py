@@ -208,7 +208,8 @@ def write(
         (temp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         metadata = {"format": "pt"}
         for filename, keys in shards.items():
-            save_file({k: parts["model"][k] for k in keys}, str(temp / filename), metadata=metadata)
+            with _writing(directory, filename):
+                save_file({k: parts["model"][k] for k in keys}, str(temp / filename), metadata=metadata)
         if len(shards) > 1:
             total = sum(t.numel() * t.element_size() for t in parts["model"].values())
             weight_map = {k: filename for filename, keys in shards.items() for k in keys}
@@ -216,7 +217,8 @@ def write(
             (temp / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         for component, filename in component_files.items():
             prefix = "module." if ddp_prefix else ""
-            torch.save({prefix + k: v for k, v in parts[component].items()}, temp / filename)
+            with _writing(directory, filename):
+                torch.save({prefix + k: v for k, v in parts[component].items()}, temp / filename)
         if save_tokenizer:
             processor.tokenizer.save(temp)
         if not directory.exists():
@@ -231,6 +233,17 @@ def write(
         if temp.exists():
             shutil.rmtree(temp, ignore_errors=True)
     return directory
+
+
+@contextlib.contextmanager
+def _writing(directory: Path, filename: str) -> Iterator[None]:
+    """safetensors and torch.save report a failed write (a full disk) as their own errors: one line instead."""
+    try:
+        yield
+    except (SafetensorError, RuntimeError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{directory}: got an error writing {filename} ({type(exc).__name__}: {detail}), "
+                              "expected a writable file system with room for the checkpoint") from None
 
 
 def _weight_files(directory: Path) -> list[Path]:

@@ -4,6 +4,7 @@ messages."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,15 +25,29 @@ def forward_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: inputs[k] for k in FORWARD_KEYS if k in inputs}
 
 
+def _is_index(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def check_ids(input_ids: Any, attention_mask: Any, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (lists or tensors) and mask -> (B, L) long tensors, right-padded, ids below ``vocab_size``."""
     if not isinstance(input_ids, torch.Tensor):
         nested = len(input_ids) > 0 and isinstance(input_ids[0], (list, tuple))
         rows = [list(r) for r in input_ids] if nested else [list(input_ids)]
         width = max((len(r) for r in rows), default=0)
+        odd = next((v for r in rows for v in r if isinstance(v, bool) or not _is_index(v)), None)
+        if odd is not None:
+            raise InputError(f"input_ids: got {odd!r} ({type(odd).__name__}), expected integer token ids")
         if attention_mask is None:
             attention_mask = [[1] * len(r) + [0] * (width - len(r)) for r in rows]
         input_ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+        raise InputError(f"input_ids: got dtype {input_ids.dtype}, expected integer token ids")
+    input_ids = input_ids.long()
     if input_ids.ndim == 1:
         input_ids = input_ids[None]
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from vla_lab.config import AttentionLike, AttentionSpec, VLAConfig, resolve_device, resolve_dtype
-from vla_lab.errors import CheckpointError, InputError
+from vla_lab.errors import CheckpointError, InputError, check_seed
 from vla_lab.model import checkpoint
 from vla_lab.model.action_head import L1RegressionActionHead, UpstreamRoPE
 from vla_lab.model.inputs import check_actions, check_ids, check_proprio, forward_inputs
@@ -473,9 +473,17 @@ class VLAAdapter(nn.Module):
 load_pretrained = VLAAdapter.from_pretrained
 
 
+def check_model(model: Any) -> VLAAdapter:
+    """``model`` if it is a :class:`VLAAdapter`, else a one-line :class:`InputError`."""
+    if not isinstance(model, VLAAdapter):
+        raise InputError(f"model: got {type(model).__name__}, expected a vla_lab VLAAdapter (vla_lab.registry.create, "
+                         "vla_lab.load_pretrained, vla_lab.random_model)")
+    return model
+
+
 def save_pretrained(model: VLAAdapter, directory: str | Path, **options: Any) -> Path:
     """:meth:`VLAAdapter.save_pretrained` as a function."""
-    return model.save_pretrained(directory, **options)
+    return check_model(model).save_pretrained(directory, **options)
 
 
 def random_model(
@@ -492,8 +500,8 @@ def random_model(
     Matrices and embeddings ~ N(0, std), biases 0, norm weights 1; the action queries and the
     head's gates start at 0 as upstream initialises them.
     """
+    gen = torch.Generator(device="cpu").manual_seed(check_seed(seed))
     model = meta_model(config).to(resolve_dtype(dtype)).to_empty(device=resolve_device(device))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
