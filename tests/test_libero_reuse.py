@@ -9,6 +9,8 @@ import importlib.util
 import numpy as np
 import pytest
 
+from vla_lab.errors import InputError
+
 HAVE_LIBERO = importlib.util.find_spec("libero") is not None
 pytestmark = pytest.mark.skipif(not HAVE_LIBERO, reason="LIBERO is not installed (pip install -e '.[libero]')")
 IMAGES = ("agentview_image", "robot0_eye_in_hand_image")
@@ -58,16 +60,19 @@ def test_frames_read_are_the_frames_drawn_at_every_step():
                 assert np.array_equal(mine[name], theirs[name]), name
             if init_state == 5:
                 LiberoEnv("libero_spatial", 1, resolution=64).close()  # its GL context was current, then freed
-            for t, action in enumerate(_actions(init_state, 24)):
-                observe = t % 8 == 7
+            for t, action in enumerate(_actions(init_state, 16)):
+                observe = True if t % 8 == 7 else [IMAGES[0]] if t == 3 else False  # a video's frame: agentview
                 mine, theirs = ours.step(action, observe=observe)[0], reference.step(action)[0]
                 assert np.array_equal(ours.sim_state(), reference.sim_state()), t
                 assert np.array_equal(mine["robot0_eef_pos"], theirs["robot0_eef_pos"])
-                if observe:
-                    for name in IMAGES:
-                        assert np.array_equal(mine[name], theirs[name]), (t, name)
-                else:
-                    assert not set(IMAGES) & set(mine)  # nothing stale can be read by mistake
+                drawn = IMAGES if observe is True else observe or []
+                assert set(IMAGES) & set(mine) == set(drawn)  # nothing stale can be read by mistake
+                for name in drawn:
+                    assert np.array_equal(mine[name], theirs[name]), (t, name)
+        before = ours.sim_state()
+        with pytest.raises(InputError, match=r"^observe: got \['depth'\], expected True, False or some of"):
+            ours.step(np.zeros(7), observe=["depth"])
+        assert np.array_equal(ours.sim_state(), before)  # refused before stepping
         # A state set directly is drawn the same way (the demonstrations' path).
         state = reference.sim_state()
         mine, theirs = ours.set_sim_state(state), reference.set_sim_state(state)
@@ -85,7 +90,7 @@ def test_a_reset_without_rebuilding_is_the_rebuilt_reset_whatever_ran_before():
             LiberoEnv("libero_goal", 7, resolution=64, reuse=False) as reference:
         inner = ours.env.env
         ours.reset(0)
-        for init_state in (3, 3, 41):
+        for init_state in (3, 41):
             for action in _actions(init_state, 15):
                 ours.step(action, observe=False)
             for name, state in inner.object_states_dict.items():

@@ -180,14 +180,24 @@ class LiberoEnv:
                 obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
         return self._observed(obs, True)
 
-    def _observed(self, obs: dict[str, Any], observe: bool) -> dict[str, Any]:
-        """The observation with its camera frames drawn (``observe``) or left out."""
+    def _drawn(self, observe: bool | Sequence[str]) -> list[str]:
+        """The image keys ``observe`` asks to draw (True: every camera, False: none), checked."""
+        names = [] if self._cameras is None else self._cameras.names
+        if isinstance(observe, (bool, np.bool_)):
+            return names if observe else []
+        wanted = [observe] if isinstance(observe, str) else list(observe)
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise InputError(f"observe: got {unknown}, expected True, False or some of {names}")
+        return wanted
+
+    def _observed(self, obs: dict[str, Any], observe: bool | Sequence[str]) -> dict[str, Any]:
+        """The observation with the camera frames ``observe`` names drawn, the others left out."""
         if self._cameras is not None:
-            if observe:
-                obs.update(self._cameras.images())
-            else:
-                for name in self._cameras.names:
-                    obs.pop(name, None)
+            wanted = self._drawn(observe)
+            for name in self._cameras.names:
+                obs.pop(name, None)
+            obs.update(self._cameras.images(wanted))
         return obs
 
     def sim_state(self) -> np.ndarray:
@@ -208,13 +218,16 @@ class LiberoEnv:
         return {f"{camera}{IMAGE_SUFFIX}": sim.render(camera_name=camera, width=self.resolution, height=self.resolution)
                 for camera in CAMERAS}
 
-    def step(self, action: Any, observe: bool = True) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
+    def step(self, action: Any, observe: bool | Sequence[str] = True,
+             ) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
         """One simulator step with a 7-d action (LIBERO units: gripper -1 opens, +1 closes); ``observe=False``
-        leaves the camera frames out of the observation and skips drawing them."""
+        leaves the camera frames out of the observation and skips drawing them, a list of image keys (e.g.
+        ``["agentview_image"]``) draws only those."""
         values = np.asarray(action, dtype=np.float64)
         if values.shape != (7,) or not np.isfinite(values).all():
             raise InputError(f"action: got shape {values.shape} (finite: {bool(np.isfinite(values).all())}), "
                              "expected 7 finite numbers")
+        self._drawn(observe)  # checked before the step
         make_current(self.env.sim)
         obs, reward, done, info = self.env.step(values.tolist())
         return self._observed(obs, observe), float(reward), bool(done), info

@@ -65,9 +65,11 @@ class DeferredCameras:
             keep.__modality__ = draw.__modality__  # type: ignore[attr-defined]
             observable._sensor = keep
 
-    def images(self) -> dict[str, np.ndarray]:
-        """Each camera's latest frame, drawn from the simulator data of the moment robosuite sampled it."""
-        missing = [name for name in self.names if name not in self.pending]
+    def images(self, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The latest frame of each camera of ``names`` (default all), drawn from the simulator data of the
+        moment robosuite sampled it."""
+        names = self.names if names is None else names
+        missing = [name for name in names if name not in self.pending]
         if missing:
             raise RuntimeError(f"cameras: got no sample of {missing} yet, expected a reset first")
         make_current(self.env.sim)
@@ -75,7 +77,7 @@ class DeferredCameras:
         live = context.data
         try:
             out = {}
-            for name in self.names:
+            for name in names:
                 context.data = types.SimpleNamespace(_data=self.pending[name])
                 out[name] = self._draw[name]({})
             return out

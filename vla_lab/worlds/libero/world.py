@@ -22,6 +22,7 @@ import numpy as np
 from vla_lab.errors import InputError
 from vla_lab.worlds.base import Episode, Observation, Step, check_action, check_variant
 from vla_lab.worlds.libero.env import (
+    CAMERA,
     MAX_STEPS,
     LiberoEnv,
     check_suite,
@@ -31,6 +32,7 @@ from vla_lab.worlds.libero.env import (
     task_info,
 )
 from vla_lab.worlds.libero.observation import prepare_observation, process_action
+from vla_lab.worlds.libero.reuse import IMAGE_SUFFIX
 
 #: Size of the policy's square views.
 POLICY_SIZE = 224
@@ -65,7 +67,7 @@ class LiberoWorld:
         self.env: LiberoEnv | None = None
         self.raw: dict[str, Any] | None = None
         self.steps = 0
-        #: Draw the cameras at every step (``raw`` holds each step's frames, e.g. for a video), not only when observed.
+        #: Draw the agentview at every step (``raw`` holds each step's frame, e.g. for a video), not only when observed.
         self.every_frame = False
 
     @property
@@ -142,7 +144,8 @@ class LiberoWorld:
         """One simulator step (LIBERO units: gripper -1 opens, +1 closes); success when LIBERO says done."""
         if self.env is None or self.raw is None:
             raise InputError("step: got no running episode, expected reset(episode) first")
-        self.raw, _, success, _ = self.env.step(check_action(action), observe=observe or self.every_frame)
+        frames = True if observe else [f"{CAMERA}{IMAGE_SUFFIX}"] if self.every_frame else False
+        self.raw, _, success, _ = self.env.step(check_action(action), observe=frames)
         self.steps += 1
         observation = self._observation(self.instruction) if observe else None
         return Step(observation, success or self.steps >= self.max_steps, success)
