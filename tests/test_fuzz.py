@@ -21,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
-from testkit import run_cli, snapshot, tiny_tabletop_config, tiny_train_config
+from testkit import run_cli, snapshot, tiny_tabletop_config, tiny_train_config, write_demos
 
 from vla_lab import tabletop
 from vla_lab.errors import VLALabError
@@ -65,10 +65,11 @@ class World:
         self.bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr)))
         self.truncated = root / "half.png"
         self.truncated.write_bytes(self.image.read_bytes()[:50])
+        self.demos = write_demos(root / "demos", tasks=1, demos=1, steps=5, size=32)
 
 
 def bases(w: World) -> dict[str, list]:
-    """A valid command line of each command (what the mutations break)."""
+    """A valid command line of each command (what the mutations break; each was run once to check it succeeds)."""
     return {
         "predict": ["predict", "--model", "tiny", "--image", w.image, "--image", w.image, "--instruction", "pick"],
         "attention": ["attention", "--model", "tiny", "--out", w.out],
@@ -80,6 +81,14 @@ def bases(w: World) -> dict[str, list]:
                  "--max-steps", "2", "--out", w.out, "--no-progress"],
         "study": ["study", "mask-swap", "--scenes", "1", "--batch-size", "1", "--model", "tabletop-causal",
                   "--out", w.out, "--no-progress"],
+        "expert": ["libero", "expert", "--suite", "libero_spatial", "--tasks", "0", "--trials", "1", "--max-steps", "2",
+                   "--out", w.out, "--no-progress"],
+        "demos": ["libero", "demos", "--suite", "libero_spatial", "--tasks", "0", "--episodes-per-task", "1",
+                  "--max-steps", "2", "--out", w.out, "--no-progress"],
+        "study-libero": ["study", "target-attention", "--world", "libero", "--suite", "libero_spatial", "--model",
+                         "libero-spatial-causal", "--tasks", "0", "--init-states", "0:1", "--out", w.out,
+                         "--no-progress"],
+        "train-libero": ["train", "--data", w.demos, "--out", w.out, "--steps", "1", "--no-progress"],
     }
 
 
@@ -93,6 +102,10 @@ def mutations(w: World) -> dict[str, list[tuple[str, object]]]:
                                           "a,b,c,d,e,f,g,h", ",,,", "0;0;0;0;0;0;0;0")]
     images = [("--image", p) for p in (w.root / "missing.png", w.empty_dir, w.text, w.bomb, w.truncated)]
     common = [("--bogus", None), ("--json", "extra-positional")]
+    libero = outputs + common + [("--tasks", v) for v in ("x", "-1", "99", "0,,1")] + [("--resume", None)]
+    libero += [("--trials", v) for v in ("0", "-1", "x", "51")]
+    libero += [("--init-states", v) for v in ("5:2", "a:b", "60:70")]
+    libero += [("--env-seed", v) for v in ("-1", "x", str(2**40))] + [("--max-steps", v) for v in ("0", "-1", "x")]
     configs = [("--config", v) for v in (w.root / "missing.json", w.bad_json, w.list_json, "{", '{"steps": "x"}',
                                          '{"lr": -1}', '{"unknown": 1}', '{"init": "magic"}')]
     configs += [("--model-config", v) for v in (w.bad_json, w.list_json, w.text, '{"num_images": 9}',
@@ -115,6 +128,15 @@ def mutations(w: World) -> dict[str, list[tuple[str, object]]]:
         + [("--tasks", v) for v in ("x", "-1", "99", "0,,1", "")] + [("--trials", v) for v in ("0", "-1", "x", "51")]
         + [("--init-states", v) for v in ("5:2", "a:b", "60:70", "3", "-1:2")]
         + [("--max-steps", v) for v in ("0", "-1", "x")] + [("--resume", None)],
+        "expert": libero + [("--suite", "libero_goal")],
+        "demos": libero + [("--suite", "libero_goal")] + [("--resolution", v) for v in ("8", "0", "x")]
+        + [("--episodes-per-task", v) for v in ("0", "-1", "x", "51")],
+        "study-libero": outputs + common + [("--suite", v) for v in ("libero_spacial", "")]
+        + [("--tasks", v) for v in ("x", "-1", "99")] + [("--init-states", v) for v in ("5:2", "a:b", "60:70")]
+        + [("--model", v) for v in ("nope", w.text)] + [("--world", "mars")],
+        "train-libero": outputs + common + [("--data", v) for v in (w.root / "missing", w.text, w.empty_dir)]
+        + [("--config", v) for v in ('{"augment": "yes"}', '{"relabel": true}', '{"lr": NaN}', '{"betas": [1, 2]}',
+                                     '{"val_examples": 5}')] + [("--steps", v) for v in ("0", "-1")],
         "study": outputs + common + [("--scenes", v) for v in ("0", "-1", "x", "1000001")]
         + [(o, v) for o in ("--batch-size", "--closed-loop-scenes") for v in ("0", "-2", "x")]
         + [("--start", v) for v in ("-1", "1000000")] + [("--validation-scenes", "-1"), ("--seed", "-3")]

@@ -120,6 +120,8 @@ def test_clean_demonstrations_still_read(clean) -> None:
     ({"betas": [0.9]}, r"^betas: got \[0\.9\], expected two numbers in \[0, 1\)$"),
     ({"betas": ["a", "b"]}, r"^betas: got \['a', 'b'\], expected two numbers in \[0, 1\)$"),
     ({"min_lr_ratio": math.nan}, r"^min_lr_ratio: got nan, expected a finite number$"),
+    ({"augment": "yes"}, r"^augment: got 'yes', expected true or false$"),  # a string was truthy
+    ({"relabel": 1}, r"^relabel: got 1, expected true or false$"),
 ])
 def test_train_settings_must_be_finite_numbers_in_range(changes, message) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -34,7 +34,7 @@ import torch
 
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.libero.demo_checks import check_demo, check_manifest, check_steps, num_demos
+from vla_lab.libero.demo_checks import check_demo, check_manifest, check_steps, check_task_counts, num_demos
 from vla_lab.libero.demos import _require_h5py
 from vla_lab.processing import ImageProcessor, QwenTokenizer
 from vla_lab.processing.images import CENTER_CROP_SCALE, pixel_values
@@ -108,16 +108,19 @@ def read_demonstrations(directory: str | Path, init_states: Sequence[int] | None
             if "data" not in f:
                 raise InputError(f"demos: got task {task}'s file {row['file']!r} without a data group, expected "
                                  "LIBERO's HDF5 layout")
-            for k in range(num_demos(f["data"], row["file"])):
+            count, task_steps = num_demos(f["data"], row["file"]), 0
+            for k in range(count):
                 demo = f[f"data/demo_{k}"]
                 arrays = check_demo(demo, f"{row['file']} demo_{k}")
-                steps += len(arrays["actions"])
+                task_steps += len(arrays["actions"])
                 index = int(demo.attrs["init_state_index"])
                 if keep is not None and index not in keep:
                     continue
                 proprio = np.concatenate([arrays["obs/ee_states"], arrays["obs/gripper_states"]], axis=1)
                 out.append(Demonstration(int(task), row["instruction"], index, arrays["actions"], proprio,
                                          arrays["target_pos"]))
+        check_task_counts(row, task, count, task_steps)
+        steps += task_steps
     check_steps(steps, manifest)
     return out
 

@@ -112,3 +112,10 @@ def num_demos(data: Any, where: str) -> int:
         raise _fail(f"num_demos {value!r} in {where} (groups {sorted(data)[:5]})", "demo_0 .. demo_{num_demos - 1}")
     return count
 
+
+def check_task_counts(row: dict[str, Any], task: str, demos: int, steps: int) -> None:
+    """A task's ``num_demos`` and ``total`` in the manifest (when it states them) are what its file holds."""
+    for field, counted in (("num_demos", demos), ("total", steps)):
+        stated = row.get(field, counted)
+        if stated != counted or isinstance(stated, bool):
+            raise _fail(f"{field} {stated!r} for task {task} in {MANIFEST}", f"{counted}, what {row['file']} holds")

@@ -127,7 +127,7 @@ class StudySettings:
             if getattr(self, name) != defaults[name].default:
                 raise InputError(f"--{name.replace('_', '-')}: got {getattr(self, name)!r}, expected it only with "
                                  "--world tabletop (LIBERO episodes are --tasks x --init-states)")
-        self.suite = check_suite(self.suite or "libero_spatial", "--suite")
+        self.suite = check_suite("libero_spatial" if self.suite is None else self.suite, "--suite")
         self.init_states = list(range(40, 50)) if self.init_states is None else [int(i) for i in self.init_states]
         self.selection_states = (list(range(5)) if self.selection_states is None
                                  else [int(i) for i in self.selection_states])

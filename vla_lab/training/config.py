@@ -127,6 +127,9 @@ class TrainConfig(JSONConfig):
         for name in ("weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: got {getattr(self, name)}, expected a non-negative number")
+        for name in ("relabel", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected true or false")
         positive = ("steps", "batch_size", "num_examples", "eval_execute", "log_interval")
         for name in positive:
             value = getattr(self, name)
