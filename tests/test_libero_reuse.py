@@ -62,11 +62,12 @@ def test_frames_read_are_the_frames_drawn_at_every_step():
                 LiberoEnv("libero_spatial", 1, resolution=64).close()  # its GL context was current, then freed
             for t, action in enumerate(_actions(init_state, 16)):
                 observe = True if t % 8 == 7 else [IMAGES[0]] if t == 3 else False  # a video's frame: agentview
-                mine, theirs = ours.step(action, observe=observe)[0], reference.step(action)[0]
+                mine, theirs = ours.step(action, observe=observe)[0], reference.step(action, observe=observe)[0]
                 assert np.array_equal(ours.sim_state(), reference.sim_state()), t
                 assert np.array_equal(mine["robot0_eef_pos"], theirs["robot0_eef_pos"])
                 drawn = IMAGES if observe is True else observe or []
                 assert set(IMAGES) & set(mine) == set(drawn)  # nothing stale can be read by mistake
+                assert set(IMAGES) <= set(theirs)  # upstream's way draws every camera at every step, whatever asked
                 for name in drawn:
                     assert np.array_equal(mine[name], theirs[name]), (t, name)
         before = ours.sim_state()

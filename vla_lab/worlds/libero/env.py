@@ -182,7 +182,7 @@ class LiberoEnv:
 
     def _drawn(self, observe: bool | Sequence[str]) -> list[str]:
         """The image keys ``observe`` asks to draw (True: every camera, False: none), checked."""
-        names = [] if self._cameras is None else self._cameras.names
+        names = [f"{camera}{IMAGE_SUFFIX}" for camera in CAMERAS] if self.render_cameras else []
         if isinstance(observe, (bool, np.bool_)):
             return names if observe else []
         wanted = [observe] if isinstance(observe, str) else list(observe)
