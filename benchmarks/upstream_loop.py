@@ -11,7 +11,6 @@ success or steps comes from the simulator side.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import deque
 from typing import Any
@@ -21,7 +20,14 @@ import numpy as np
 from vla_lab.policy import Policy
 from vla_lab.worlds import Observation
 from vla_lab.worlds.libero import LiberoWorld
-from vla_lab.worlds.libero.env import DUMMY_ACTION, MAX_STEPS, NUM_STEPS_WAIT, require_libero
+from vla_lab.worlds.libero.env import (
+    DUMMY_ACTION,
+    MAX_STEPS,
+    NUM_STEPS_WAIT,
+    require_libero,
+    task_files,
+    task_info,
+)
 from vla_lab.worlds.libero.observation import prepare_observation, process_action
 from vla_lab.worlds.libero.reuse import make_current
 
@@ -30,15 +36,11 @@ class UpstreamTask:
     """One task as upstream's evaluation builds it (constructed and seeded, rebuilt at every reset)."""
 
     def __init__(self, suite: str, task: int, resolution: int, seed: int = 0) -> None:
-        libero = require_libero()
-        bench = libero.benchmark.get_benchmark_dict()[suite]()
-        spec = bench.get_task(task)
-        bddl = os.path.join(libero.get_libero_path("bddl_files"), spec.problem_folder, spec.bddl_file)
-        self.instruction = spec.language
-        self.init_states = bench.get_task_init_states(task)
+        bddl, self.init_states = task_files(suite, task)
+        self.instruction = task_info(suite, task)["instruction"]
         self.max_steps = MAX_STEPS[suite]
-        self.env = libero.OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution,
-                                             camera_widths=resolution)
+        self.env = require_libero().OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution,
+                                                       camera_widths=resolution)
         self.env.seed(seed)
 
     def episode(self, policy: Policy, init_state: int) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from vla_lab.config import VLAConfig
 from vla_lab.interp import capture
 from vla_lab.model import FastVLA, VLAAdapter
 from vla_lab.version import __version__
@@ -65,14 +66,19 @@ def device_name(device: torch.device) -> str:
     return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
+def pixel_shape(config: VLAConfig) -> tuple[int, int, int]:
+    """(channels, size, size) of one sample's ``pixel_values`` (every view's channels stacked)."""
+    size = config.vision.image_size
+    return config.vision.channels_per_image * config.num_images, size, size
+
+
 def synthetic_batch(model: VLAAdapter, batch: int, prompt_length: int = 34, seed: int = 0) -> dict[str, Any]:
-    """Random pixels, a prompt of ``prompt_length`` tokens and proprio, on the model's device."""
+    """Random float32 pixels, a prompt of ``prompt_length`` tokens and proprio, on the model's device."""
     config = model.config
     gen = torch.Generator().manual_seed(seed)
-    size, channels = config.vision.image_size, config.vision.channels_per_image * config.num_images
     vocab = min(config.llm["vocab_size"], 150000)
     inputs = {
-        "pixel_values": torch.randn(batch, channels, size, size, generator=gen),
+        "pixel_values": torch.randn(batch, *pixel_shape(config), generator=gen),
         "input_ids": torch.randint(3, vocab, (batch, prompt_length), generator=gen),
         "proprio": torch.rand(batch, config.robot.proprio_dim, generator=gen) * 2 - 1 if config.use_proprio else None,
     }

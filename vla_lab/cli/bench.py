@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Any
 
@@ -64,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_batches_fit(model: Any, batches: list[int]) -> None:
     """Refuse a batch whose synthetic images alone exceed this machine's memory (before allocating them)."""
-    config = model.config
-    per_sample = (config.vision.channels_per_image * config.num_images * config.vision.image_size ** 2
-                  * 4)  # float32, as synthetic_batch draws them
+    from vla_lab.bench.inference import pixel_shape
+
+    per_sample = math.prod(pixel_shape(model.config)) * 4  # float32, as synthetic_batch draws them
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for batch in batches:
         if batch * per_sample > memory:

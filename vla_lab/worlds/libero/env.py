@@ -106,6 +106,14 @@ def task_info(suite: str, task_id: int) -> dict[str, Any]:
             "num_init_states": len(bench.get_task_init_states(task_id))}
 
 
+def task_files(suite: str, task_id: int) -> tuple[str, np.ndarray]:
+    """(the task's BDDL file, its init states (N, state size)): what building and resetting its scene reads."""
+    bench = _check_task(suite, task_id)
+    task = bench.get_task(task_id)
+    bddl = os.path.join(require_libero().get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+    return bddl, np.asarray(bench.get_task_init_states(task_id))
+
+
 def _check_task(suite: str, task_id: int, field: str = "task") -> Any:
     bench = _suite(suite)
     if not isinstance(task_id, (int, np.integer)) or not 0 <= task_id < bench.n_tasks:
@@ -129,8 +137,7 @@ class LiberoEnv:
         self.task_name: str = task.name
         self.instruction: str = task.language
         self.max_steps = MAX_STEPS[suite]
-        self.init_states = np.asarray(bench.get_task_init_states(task_id))
-        bddl = os.path.join(libero.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        bddl, self.init_states = task_files(suite, task_id)
         self.bddl_file: str = bddl
         self.render_cameras, self.reuse = bool(render), bool(reuse)
         with _quiet():
@@ -178,7 +185,7 @@ class LiberoEnv:
             obs = self.env.set_init_state(self.init_states[init_state])
             for _ in range(NUM_STEPS_WAIT):
                 obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
-        return self._observed(obs, True)
+        return self._observed(obs)
 
     def _drawn(self, observe: bool | Sequence[str]) -> list[str]:
         """The image keys ``observe`` asks to draw (True: every camera, False: none), checked."""
@@ -191,13 +198,13 @@ class LiberoEnv:
             raise InputError(f"observe: got {unknown}, expected True, False or some of {names}")
         return wanted
 
-    def _observed(self, obs: dict[str, Any], observe: bool | Sequence[str]) -> dict[str, Any]:
-        """The observation with the camera frames ``observe`` names drawn, the others left out."""
+    def _observed(self, obs: dict[str, Any], drawn: list[str] | None = None) -> dict[str, Any]:
+        """The observation with the camera frames ``drawn`` (default every camera; :meth:`_drawn`) drawn, the
+        others left out."""
         if self._cameras is not None:
-            wanted = self._drawn(observe)
             for name in self._cameras.names:
                 obs.pop(name, None)
-            obs.update(self._cameras.images(wanted))
+            obs.update(self._cameras.images(drawn))
         return obs
 
     def sim_state(self) -> np.ndarray:
@@ -208,7 +215,7 @@ class LiberoEnv:
         """Put the simulator in ``state`` (from :meth:`sim_state` of this task after a reset); the observation."""
         with _quiet():
             make_current(self.env.sim)
-            return self._observed(self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64)), True)
+            return self._observed(self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64)))
 
     def camera_images(self) -> dict[str, np.ndarray]:
         """Both cameras at ``resolution`` for the current state, as the observation's image keys hold them
@@ -227,10 +234,10 @@ class LiberoEnv:
         if values.shape != (7,) or not np.isfinite(values).all():
             raise InputError(f"action: got shape {values.shape} (finite: {bool(np.isfinite(values).all())}), "
                              "expected 7 finite numbers")
-        self._drawn(observe)  # checked before the step
+        drawn = self._drawn(observe)  # checked before the step
         make_current(self.env.sim)
         obs, reward, done, info = self.env.step(values.tolist())
-        return self._observed(obs, observe), float(reward), bool(done), info
+        return self._observed(obs, drawn), float(reward), bool(done), info
 
     def close(self) -> None:
         env = getattr(self, "env", None)
