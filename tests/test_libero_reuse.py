@@ -49,7 +49,8 @@ def _actions(seed: int, steps: int) -> list[np.ndarray]:
 def test_frames_read_are_the_frames_drawn_at_every_step():
     """robosuite samples the cameras one substep into a step's last sampling period; a frame drawn later from the
     copy kept then is the frame drawn at the time, and steps nobody observes draw nothing. robosuite draws into
-    whatever GL context is current: another simulator built and closed in between must not matter."""
+    whatever GL context is current, and MuJoCo frees a renderer's objects in the current context: another simulator
+    built and closed in between must not matter."""
     from vla_lab.worlds.libero.env import LiberoEnv
 
     with LiberoEnv("libero_spatial", 0, resolution=128) as ours, \
@@ -58,8 +59,10 @@ def test_frames_read_are_the_frames_drawn_at_every_step():
             mine, theirs = ours.reset(init_state), reference.reset(init_state)
             for name in IMAGES:
                 assert np.array_equal(mine[name], theirs[name]), name
-            if init_state == 5:
-                LiberoEnv("libero_spatial", 1, resolution=64).close()  # its GL context was current, then freed
+            if init_state == 5:  # another simulator built, then closed while ours drew last (its context current)
+                other = LiberoEnv("libero_spatial", 1, resolution=64)
+                ours.camera_images()
+                other.close()
             for t, action in enumerate(_actions(init_state, 16)):
                 observe = True if t % 8 == 7 else [IMAGES[0]] if t == 3 else False  # a video's frame: agentview
                 mine, theirs = ours.step(action, observe=observe)[0], reference.step(action, observe=observe)[0]

@@ -240,10 +240,14 @@ class LiberoEnv:
         return self._observed(obs, drawn), float(reward), bool(done), info
 
     def close(self) -> None:
+        """Free the simulator and its renderer. MuJoCo frees a renderer's GL objects in the current GL context, so
+        its own is made current first: freed with another simulator's current, it deleted that one's objects
+        (whose frames then came out black)."""
         env = getattr(self, "env", None)
         if env is not None:
             self.env = None
             self._cameras = None
+            make_current(env.sim)
             env.close()
 
     def __enter__(self) -> LiberoEnv:
