@@ -123,6 +123,7 @@ class VLAAdapter(nn.Module):
         self._processor: VLAProcessor | None = None
         self._recorder: ForwardRecorder | None = None  # set by vla_lab.interp.capture while a capture is active
         self.checkpoint_path: Path | None = None
+        self.batch_invariant = False
 
     def _apply(self, fn: Any, recurse: bool = True) -> VLAAdapter:
         # `.to(dtype)` / `.to_empty()` also reach non-persistent buffers; recompute the rotary tables.
@@ -175,6 +176,24 @@ class VLAAdapter(nn.Module):
         self.config.attn_kernel = check_kernel(kernel)
         set_attention_kernel(self.language_model, kernel)
 
+    def set_batch_invariant(self, on: bool = True) -> None:
+        """Run the proprio projector and the action head one sample at a time, so that a sample's actions are the
+        same bits whatever else is in its batch (off by default: training and the committed records use one call).
+
+        Their matmuls have a few rows per sample, and BLAS picks other kernels (other summation orders) as the
+        batch grows; the vision backbone and the LLM, hundreds of rows per sample, give the same bits in any batch
+        on CPU (``tests/test_batch_invariance.py``). Not checked on GPU."""
+        self.batch_invariant = bool(on)
+
+    def _per_sample(self, module: nn.Module, *inputs: torch.Tensor | None) -> torch.Tensor:
+        """``module(*inputs)``, one sample at a time under :meth:`set_batch_invariant` (in eval mode, outside a
+        capture: training noise and recorders see whole batches)."""
+        batch = next(t for t in inputs if t is not None).shape[0]
+        whole = self.training or self._recorder is not None or self.action_head.recorder is not None
+        if not self.batch_invariant or batch == 1 or whole:
+            return module(*inputs)
+        return torch.cat([module(*(t[i : i + 1] if t is not None else None for t in inputs)) for i in range(batch)])
+
     # --- stages --------------------------------------------------------------------------------
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, N*C, H, W) -> projected patch embeddings (B, NP, llm_dim)."""
@@ -217,8 +236,7 @@ class VLAAdapter(nn.Module):
             proprio = proprio.to(torch.bfloat16).to(proprio.dtype) if proprio is not None else None
         if proprio is None or self.proprio_projector is None:
             return query_states, None
-        features: torch.Tensor = self.proprio_projector(proprio)
-        return query_states, features
+        return query_states, self._per_sample(self.proprio_projector, proprio)
 
     # --- forward -------------------------------------------------------------------------------
     def forward(
@@ -264,7 +282,7 @@ class VLAAdapter(nn.Module):
         )
         task, queries = stack_head_inputs([plan.head_positions(h) for h in hidden])
         queries, proprio_features = self.head_conditioning(queries, proprio)
-        actions = self.action_head(task, queries, proprio_features)
+        actions = self._per_sample(self.action_head, task, queries, proprio_features)
         if recorder is not None:
             recorder.end(hidden[-1], task, queries, actions)
         check_actions(actions)
