@@ -65,6 +65,7 @@ def test_missing_libero_is_one_line(monkeypatch, tmp_path):
     (["--init-states", "3:1"], "--init-states"),
     (["--tasks", "a,b"], "--tasks"),
     (["--max-steps", "0"], "--max-steps"),
+    (["--envs-per-process", "0"], "--envs-per-process"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, args, field):
     base = [a for a in COMMON if a not in ("--trials", "1", "--max-steps", "8")]
@@ -218,6 +219,7 @@ def test_resume_refuses_records_outside_the_selection(tmp_path):
         return {"success": key.key[1] == 0, "steps": 1, "queries": 1, "error": None}
 
     failed = {"success": False, "steps": 0, "queries": 0, "error": None}
+    episode = libero_eval.one_at_a_time(episode)
     first = libero_eval.run_episodes(episode, keys, out, {"model": "fake"}, failed=failed, progress=False)
     assert first["num_episodes"] == 2 and first["successes"] == 1
     before = testkit.snapshot(out)
@@ -241,6 +243,19 @@ def test_two_ranks_equal_one(reference, tmp_path):
     assert untimed(result["episodes"]) == untimed(expected["episodes"])
     written = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert written == result["episodes"]
+
+
+@needs_libero
+def test_episodes_in_lockstep_give_the_records_of_one_at_a_time(reference, tmp_path):
+    """Both episodes in one process, their observations queried in one batch: the records of one at a time."""
+    expected, _ = reference
+    code, stdout, err = run_cli(*COMMON, "--tasks", "0,1", "--out", str(tmp_path / "run"), "--json",
+                                "--envs-per-process", "2")
+    assert code == 0, err
+    result = json.loads(stdout)
+    assert untimed(result["episodes"]) == untimed(expected["episodes"])
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["envs_per_process"] == 2
 
 
 @needs_libero

@@ -84,6 +84,28 @@ def test_run_shards_gives_every_rank_every_result_in_key_order_and_skips_finishe
         k: str(k) for k in keys if k not in done}
 
 
+def test_run_shard_groups_walks_each_position_through_a_contiguous_part():
+    keys = list(range(11))
+    groups = []
+
+    def compute(group):
+        groups.append(list(group))
+        return [f"made {k}" for k in group]
+
+    out = parallel.run_shard_groups(keys, compute, parallel.Ranks(), 4, done={5: "held 5"})
+    assert list(out) == keys and out[5] == "held 5" and out[6] == "made 6"
+    # the 10 unfinished keys in parts [0, 1, 2], [3, 4, 6], [7, 8], [9, 10]: position i walks part i
+    assert groups == [[0, 3, 7, 9], [1, 4, 8, 10], [2, 6]]
+    assert parallel.run_shard_groups([1, 2], compute, parallel.Ranks(), 5) == {1: "made 1", 2: "made 2"}
+    assert groups[-1] == [1, 2]
+
+    def short(group):
+        return ["one result"]
+
+    with pytest.raises(RuntimeError, match="compute gave 1 results for 2 keys"):
+        parallel.run_shard_groups([1, 2], short, parallel.Ranks(), 2)
+
+
 def test_one_process_needs_no_process_group(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

@@ -105,6 +105,61 @@ def test_lockstep_observes_only_where_a_chunk_is_needed():
         run_lockstep(worlds[:1], episodes[:2], OpenLoop(chunks))
 
 
+class FailingWorld(CountingWorld):
+    """A counting world whose step ``fail_at`` raises."""
+
+    def __init__(self, fail_at: int, max_steps: int = 10) -> None:
+        super().__init__(None, max_steps)
+        self.fail_at = fail_at
+
+    def step(self, action, *, observe=True):
+        if self.steps + 1 == self.fail_at:
+            raise RuntimeError("the simulator diverged")
+        return super().step(action, observe=observe)
+
+
+def test_isolate_ends_only_the_episode_that_raises_and_the_others_run_as_alone():
+    """In a world's step, and in a batched query (then each asking slot is queried alone): the episode that raises
+    fails with its error; the others get the records they get alone; without ``isolate`` the error propagates."""
+    chunks, _ = counting_chunks(8)
+    episodes = [Episode("counting", (i,), "x", {}) for i in range(3)]
+
+    def records(runs):
+        return [(r.success, r.steps, r.queries, r.error) for r in runs]
+
+    def worlds():
+        return [CountingWorld(6), FailingWorld(fail_at=3), CountingWorld(None, max_steps=9)]
+
+    together = run_lockstep(worlds(), episodes, OpenLoop(chunks, execute=4), isolate=True)
+    alone = [run_lockstep([w], [e], OpenLoop(chunks, execute=4), isolate=True)[0] for w, e in zip(worlds(), episodes)]
+    assert records(together) == records(alone) == [
+        (True, 6, 2, None), (False, 2, 1, "RuntimeError: the simulator diverged"), (False, 9, 3, None)]
+    with pytest.raises(RuntimeError, match="diverged"):
+        run_lockstep(worlds(), episodes, OpenLoop(chunks, execute=4))
+
+    def refuses_slot_1(observations, slots):  # a query raises for the whole batch when slot 1 is in it
+        if 1 in slots:
+            raise InputError("predicted actions: got NaN, expected finite numbers")
+        return chunks(observations, slots)
+
+    fresh = [CountingWorld(6), CountingWorld(None), CountingWorld(None, max_steps=9)]
+    runs = run_lockstep(fresh, episodes, OpenLoop(refuses_slot_1, execute=4), isolate=True)
+    assert records(runs) == [
+        (True, 6, 2, None), (False, 0, 0, "InputError: predicted actions: got NaN, expected finite numbers"),
+        (False, 9, 3, None)]
+    assert fresh[1].steps == 0
+
+
+def test_each_slot_gets_its_share_of_the_query_time():
+    chunks, _ = counting_chunks(8)
+    policy = OpenLoop(chunks, execute=4)
+    runs = run_lockstep([CountingWorld(5), CountingWorld(None)], [Episode("counting", (i,), "x", {}) for i in (0, 1)],
+                        policy)
+    assert sum(policy.slot_seconds) == pytest.approx(policy.query_seconds)
+    assert policy.slot_seconds[1] > policy.slot_seconds[0] > 0  # slot 1 also asked alone, for its third chunk
+    assert all(r.reset_seconds > 0 and r.step_seconds > 0 for r in runs)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

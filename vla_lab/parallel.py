@@ -129,8 +129,23 @@ def run_shards(
     the order of ``keys``. ``progress``: a tqdm description (rank 0 shows its bar); ``postfix`` turns rank 0's
     results so far into the bar's postfix.
     """
+    return run_shard_groups(keys, lambda group: [compute(group[0])], ranks, 1, done=done, progress=progress,
+                            postfix=postfix)
+
+
+def run_shard_groups(
+    keys: Sequence[K], compute: Callable[[Sequence[K]], Sequence[R]], ranks: Ranks, size: int, *,
+    done: Mapping[K, R] | None = None, progress: str | None = None,
+    postfix: Callable[[list[R]], dict[str, Any]] | None = None,
+) -> dict[K, R]:
+    """:func:`run_shards` with ``compute`` called on up to ``size`` keys at a time (one result per key, in their
+    order), e.g. episodes run together in lockstep. A rank's share is cut into ``size`` contiguous parts (the longer
+    first) and the ``i``-th key of each group comes from part ``i``: position ``i`` of the groups walks through its
+    part in order (a world that keeps its task between episodes meets few tasks)."""
     finished = dict(done or {})
     mine = shard([k for k in keys if k not in finished], ranks)
+    parts = [list(part) for part in _contiguous_parts(mine, size)]
+    groups = [[part[j] for part in parts if j < len(part)] for j in range(len(parts[0]) if parts else 0)]
     bar = None
     if progress is not None and ranks.is_main:
         from tqdm.auto import tqdm
@@ -138,11 +153,14 @@ def run_shards(
         bar = tqdm(total=len(mine), desc=progress, unit="item")
     results: dict[K, R] = {}
     try:
-        for key in mine:
+        for group in groups:
             interrupts.check()
-            results[key] = compute(key)
+            found = list(compute(group))
+            if len(found) != len(group):
+                raise RuntimeError(f"compute gave {len(found)} results for {len(group)} keys")
+            results.update(zip(group, found))
             if bar is not None:
-                bar.update(1)
+                bar.update(len(group))
                 if postfix is not None:
                     bar.set_postfix(postfix(list(results.values())))
     finally:
@@ -151,6 +169,15 @@ def run_shards(
     for part in gather(results, ranks):
         finished.update(part)
     return {k: finished[k] for k in keys}
+
+
+def _contiguous_parts(items: Sequence[T], parts: int) -> list[Sequence[T]]:
+    """``items`` cut into ``parts`` contiguous runs whose lengths differ by at most one, the longer first."""
+    size, extra = divmod(len(items), parts)
+    bounds = [0]
+    for i in range(parts):
+        bounds.append(bounds[-1] + size + (i < extra))
+    return [items[bounds[i] : bounds[i + 1]] for i in range(parts) if bounds[i + 1] > bounds[i]]
 
 
 def run_on_main(fn: Callable[[], T], ranks: Ranks) -> T:

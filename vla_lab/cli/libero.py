@@ -52,6 +52,9 @@ def _add_eval_parser(sub: options.Subparsers) -> None:
     _add_resolution(q, None, f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution "
                              "of the demonstrations a vla-lab LIBERO model was trained on)")
     q.add_argument("--video", action="store_true", help="an MP4 per episode in <out>/videos")
+    q.add_argument("--envs-per-process", dest="envs_per_process", type=int, default=1,
+                   help="episodes run in lockstep per process, the policy queried once for all that ask together "
+                        "(default 1); the records are those of 1 (the action head runs one sample at a time)")
     options.add_num_threads(q, 1, "torch CPU threads per process (default 1; records depend on it, so it is "
                                   "recorded)")
 
@@ -255,7 +258,8 @@ def run_expert(args: argparse.Namespace) -> int:
 
         with parallel.process_group("cpu") as ranks:
             summary = libero_eval.run_episodes(
-                episode, keys, out, {"model": settings["model"], "max_steps": args.max_steps}, failed=FAILED,
+                libero_eval.one_at_a_time(episode), keys, out,
+                {"model": settings["model"], "max_steps": args.max_steps}, failed=FAILED,
                 seed=args.env_seed, render=False, resume=args.resume, overwrite=args.overwrite,
                 progress=args.progress, ranks=ranks, run=expert_run)
         if ranks.is_main:
@@ -271,6 +275,8 @@ def run_eval(args: argparse.Namespace) -> int:
     suite, keys = _plan(args)
     if args.num_threads < 1:
         raise InputError(f"--num-threads: got {args.num_threads}, expected a positive integer")
+    if args.envs_per_process < 1:
+        raise InputError(f"--envs-per-process: got {args.envs_per_process}, expected a positive integer")
     args.resolution = camera_resolution(args)
     out = Path(args.out or Path("vla_lab_eval") / suite)
     settings = {"suite": suite, "model": model_name(args), **model_settings(args), "num_threads": args.num_threads,
@@ -302,12 +308,15 @@ def _evaluate_model(args: argparse.Namespace, suite: str, keys: Any, out: Path, 
         from vla_lab.policy import Policy
         from vla_lab.worlds.libero import LiberoWorld
 
-        policy = Policy(model.eval(), LiberoWorld(suite), execute=libero_eval.NUM_OPEN_LOOP_STEPS)
+        model.eval().set_batch_invariant(args.envs_per_process > 1)
+        policy = Policy(model, LiberoWorld(suite), execute=libero_eval.NUM_OPEN_LOOP_STEPS)
         recorded = {**settings, "device": args.device, "unnorm_key": policy.unnorm_key,
+                    "envs_per_process": args.envs_per_process,
                     "cpu": cpu_model(), "torch": torch.__version__, "vla_lab": __version__}
         summary = libero_eval.evaluate(
             policy, keys, out, recorded, max_steps=args.max_steps, seed=args.env_seed, resolution=args.resolution,
             video=args.video, resume=args.resume, overwrite=args.overwrite, progress=args.progress, ranks=ranks,
+            envs_per_process=args.envs_per_process,
         )
     if not ranks.is_main:
         return 0

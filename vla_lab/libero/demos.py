@@ -38,7 +38,7 @@ import numpy as np
 
 from vla_lab import files, parallel
 from vla_lab.errors import InputError, error_text
-from vla_lab.libero.evaluate import EpisodeKey, run_dir, run_episodes
+from vla_lab.libero.evaluate import EpisodeKey, one_at_a_time, run_dir, run_episodes
 from vla_lab.run_dir import RunDir
 from vla_lab.worlds.base import Episode
 from vla_lab.worlds.libero.env import LiberoEnv, task_info
@@ -234,7 +234,7 @@ def generate(
         fields = {k: v for k, v in demo.items() if k not in ("actions", "states", "arrays", "target_object")}
         return {**fields, "kept": bool(demo["success"]), "error": None}
 
-    summary = run_episodes(episode, keys, out, settings, failed={**FAILED, "kept": False}, seed=seed,
+    summary = run_episodes(one_at_a_time(episode), keys, out, settings, failed={**FAILED, "kept": False}, seed=seed,
                            resolution=resolution, resume=resume, overwrite=overwrite, progress=progress,
                            ranks=ranks, run=demos_run_dir(out))
     manifest: dict[str, Any] = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,18 @@ RESOLUTION = 256
 EpisodeKey = tuple[str, int, int]
 #: (the suite's world, the episode, frames or None) -> the result fields of one episode (success, steps, error, ...).
 EpisodeFn = Callable[[LiberoWorld, Episode, "list[np.ndarray] | None"], dict[str, Any]]
+#: (worlds, one episode per world, frames or None per episode) -> the result fields of each episode.
+GroupFn = Callable[[Sequence[LiberoWorld], Sequence[Episode], Sequence["list[np.ndarray] | None"]],
+                   Sequence[dict[str, Any]]]
+
+
+def one_at_a_time(episode: EpisodeFn) -> GroupFn:
+    """The :data:`GroupFn` of an episode function that runs in one world (the scripted expert's)."""
+    def group(worlds: Sequence[LiberoWorld], episodes: Sequence[Episode],
+              frames: Sequence[list[np.ndarray] | None]) -> list[dict[str, Any]]:
+        return [episode(world, key, kept) for world, key, kept in zip(worlds, episodes, frames)]
+
+    return group
 
 
 def run_episode(
@@ -58,40 +69,41 @@ def run_episode(
 
     ``frames`` (if given) receives the agentview frame of every step, rotated 180° as the policy sees it.
     ``policy_ms`` is the time in the policy's chunk function, ``reset_ms`` the reset with its settle steps and
-    ``sim_ms`` the rest (steps and observations).
+    ``sim_ms`` the steps (observations included). An exception ends the episode as a failure with its ``error``.
     """
-    result: dict[str, Any] = {"success": False, "steps": 0, "queries": 0, "error": None,
-                              "policy_ms": 0.0, "sim_ms": 0.0, "reset_ms": 0.0}
-    def keep_frame() -> None:
-        if frames is not None and env.raw is not None:
-            frames.append(np.ascontiguousarray(env.raw["agentview_image"][::-1, ::-1]))
+    return run_together([env], policy, [episode], [frames])[0]
 
-    def reset(slot: int, _: Any) -> None:
-        result["reset_ms"] = (time.perf_counter() - start) * 1e3
-        keep_frame()
+
+def run_together(
+    envs: Sequence[LiberoWorld], policy: OpenLoop, episodes: Sequence[Episode],
+    frames: Sequence[list[np.ndarray] | None] | None = None,
+) -> list[dict[str, Any]]:
+    """``episodes[i]`` in ``envs[i]``, in lockstep with one batched query for the slots that ask together; one
+    :func:`run_episode` result per episode, each what it would be alone when the policy's batched query gives
+    each sample what it gives it alone (:meth:`vla_lab.model.VLAAdapter.set_batch_invariant`). ``policy_ms`` is
+    the episode's share of the batched queries."""
+    kept = list(frames) if frames is not None else [None] * len(envs)
+
+    def keep_frame(slot: int) -> None:
+        env = envs[slot]
+        if kept[slot] is not None and env.raw is not None:
+            kept[slot].append(np.ascontiguousarray(env.raw["agentview_image"][::-1, ::-1]))  # type: ignore[union-attr]
 
     def stepped(slot: int, step: Step) -> None:
-        result["steps"] += 1
         if not step.done:
-            keep_frame()
+            keep_frame(slot)
 
-    start = time.perf_counter()
-    env.every_frame = frames is not None
+    for env, slot_frames in zip(envs, kept):
+        env.every_frame = slot_frames is not None
     try:
-        run = run_lockstep([env], [episode], policy, on_reset=reset, on_step=stepped)[0]
-        result["success"] = run.success
-    except Exception as exc:  # upstream counts a crashed episode as a failure and goes on
-        result["success"] = False
-        result["error"] = error_text(exc)
+        runs = run_lockstep(envs, episodes, policy, on_reset=lambda slot, _: keep_frame(slot), on_step=stepped,
+                            isolate=True)
     finally:
-        env.every_frame = False
-        result["queries"] = policy.queries[0] if policy.queries else 0
-        result["policy_ms"] = policy.query_seconds * 1e3
-    elapsed = (time.perf_counter() - start) * 1e3
-    result["sim_ms"] = max(elapsed - result["reset_ms"] - result["policy_ms"], 0.0)
-    for name in TIMING_FIELDS:
-        result[name] = round(result[name], 1)
-    return result
+        for env in envs:
+            env.every_frame = False
+    return [{"success": run.success, "steps": run.steps, "queries": run.queries, "error": run.error,
+             "policy_ms": round(policy.slot_seconds[slot] * 1e3, 1), "sim_ms": round(run.step_seconds * 1e3, 1),
+             "reset_ms": round(run.reset_seconds * 1e3, 1)} for slot, run in enumerate(runs)]
 
 
 def record_key(record: dict[str, Any]) -> EpisodeKey:
@@ -181,26 +193,30 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     ranks: parallel.Ranks | None = None,
+    envs_per_process: int = 1,
 ) -> dict[str, Any]:
     """Run the policy on the episodes ``keys`` in the run directory ``out``; the summary (:func:`summarize`).
 
     ``settings`` (model, dtype, ...) are written to ``run.json`` with the suite, max_steps, seed and the
     cameras' ``resolution`` (upstream's 256 by default; the policy's images are 224² whatever it is). Each
-    rank of ``ranks`` runs its share of the episodes not yet recorded, with its own simulator; every rank
-    returns the summary.
+    rank of ``ranks`` runs its share of the episodes not yet recorded, ``envs_per_process`` at a time in
+    lockstep (:func:`run_together`; the records are those of one at a time when the policy's batched query is
+    batch-invariant); every rank returns the summary.
     """
 
-    def episode(env: LiberoWorld, key: Episode, frames: list[np.ndarray] | None) -> dict[str, Any]:
-        return run_episode(env, policy, key, frames)
+    def together(worlds: Sequence[LiberoWorld], episodes: Sequence[Episode],
+                 frames: Sequence[list[np.ndarray] | None]) -> list[dict[str, Any]]:
+        return run_together(worlds, policy, episodes, frames)
 
     failed = {"success": False, "steps": 0, "queries": 0, "error": None, **dict.fromkeys(TIMING_FIELDS, 0.0)}
-    return run_episodes(episode, keys, out, {**settings, "max_steps": max_steps, "resolution": resolution},
+    return run_episodes(together, keys, out, {**settings, "max_steps": max_steps, "resolution": resolution},
                         failed=failed, seed=seed, resolution=resolution, max_steps=max_steps, video=video,
-                        resume=resume, overwrite=overwrite, progress=progress, ranks=ranks)
+                        resume=resume, overwrite=overwrite, progress=progress, ranks=ranks,
+                        envs_per_process=envs_per_process)
 
 
 def run_episodes(
-    episode: EpisodeFn,
+    together: GroupFn,
     keys: Sequence[EpisodeKey],
     out: str | Path,
     settings: dict[str, Any],
@@ -216,16 +232,21 @@ def run_episodes(
     progress: bool = True,
     ranks: parallel.Ranks | None = None,
     run: RunDir | None = None,
+    envs_per_process: int = 1,
 ) -> dict[str, Any]:
-    """Run ``episode`` on each of ``keys`` (one suite) in the run directory ``out``, sharded over ``ranks``;
-    the summary (:func:`summarize`) of every record, on every rank.
+    """Run ``together`` on the episodes ``keys`` (one suite), ``envs_per_process`` at a time (consecutive keys of
+    a rank's share; :func:`one_at_a_time` turns a one-world episode function into one), in the run directory
+    ``out``, sharded over ``ranks``; the summary (:func:`summarize`) of every record, on every rank.
 
     ``failed`` is the result of an episode that raised before it ran (its ``error`` is added); the episodes run
-    in one :class:`~vla_lab.worlds.libero.LiberoWorld` per rank (``render=False``: simulators without cameras,
-    else rendering at ``resolution``; ``max_steps``: its step limit, default the suite's). ``settings``
-    go to ``run.json`` with the suite and the seed. ``run`` is the directory's kind (default: :func:`run_dir`,
-    ``eval libero``'s); a run that fails before its first record leaves nothing behind.
+    in ``envs_per_process`` :class:`~vla_lab.worlds.libero.LiberoWorld` per rank (``render=False``: simulators
+    without cameras, else rendering at ``resolution``; ``max_steps``: its step limit, default the suite's).
+    ``settings`` go to ``run.json`` with the suite and the seed. ``run`` is the directory's kind (default:
+    :func:`run_dir`, ``eval libero``'s); a run that fails before its first record leaves nothing behind. Records
+    are appended as each group of episodes ends.
     """
+    if isinstance(envs_per_process, bool) or not isinstance(envs_per_process, int) or envs_per_process < 1:
+        raise InputError(f"envs_per_process: got {envs_per_process!r}, expected a positive integer")
     ranks = parallel.Ranks() if ranks is None else ranks
     out = Path(out)
     suites = {k[0] for k in keys}
@@ -245,31 +266,46 @@ def run_episodes(
     with run.guard():
         if video:
             (out / VIDEO_DIR).mkdir(exist_ok=True)
-        env = LiberoWorld(suite, resolution=resolution, seed=seed, max_steps=max_steps, render=render)
+        worlds = [LiberoWorld(suite, resolution=resolution, seed=seed, max_steps=max_steps, render=render)
+                  for _ in range(envs_per_process)]
 
-        def compute(key: EpisodeKey) -> dict[str, Any]:
-            _, task, init_state = key
-            info = task_info(suite, task)
-            frames: list[np.ndarray] | None = [] if video else None
+        def compute(group: Sequence[EpisodeKey]) -> list[dict[str, Any]]:
+            frames: list[list[np.ndarray] | None] = [[] if video else None for _ in group]
+            results: list[dict[str, Any]] = [{} for _ in group]
+            episodes: dict[int, Episode] = {}
+            for slot, (_, task, init_state) in enumerate(group):
+                try:
+                    episodes[slot] = worlds[slot].episode(task, init_state)
+                except Exception as exc:  # the episode could not start: a failed episode, as any other
+                    results[slot] = {**failed, "error": error_text(exc)}
+            started = list(episodes)
             try:
-                result = episode(env, env.episode(task, init_state), frames)
-            except Exception as exc:  # the episode could not start: a failed episode, as any other
-                result = {**failed, "error": error_text(exc)}
-            record = {"suite": suite, "task": task, "task_name": info["task_name"],
-                      "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
-            if frames:
-                _write_video(out / VIDEO_DIR / f"{suite}_task{task:02d}_init{init_state:02d}.mp4", frames)
-            append_record(out / EPISODES_FILE, record)
-            return record
+                found = list(together([worlds[s] for s in started], [episodes[s] for s in started],
+                                      [frames[s] for s in started])) if started else []
+            except Exception as exc:  # an episode function that does not isolate its episodes' errors
+                found = [{**failed, "error": error_text(exc)} for _ in started]
+            for slot, result in zip(started, found):
+                results[slot] = result
+            records = []
+            for (_, task, init_state), result, kept in zip(group, results, frames):
+                info = task_info(suite, task)
+                record = {"suite": suite, "task": task, "task_name": info["task_name"],
+                          "instruction": info["instruction"], "init_state": init_state, "seed": seed, **result}
+                if kept:
+                    _write_video(out / VIDEO_DIR / f"{suite}_task{task:02d}_init{init_state:02d}.mp4", kept)
+                append_record(out / EPISODES_FILE, record)
+                records.append(record)
+            return records
 
         try:
             with interrupts.deferred():  # LIBERO's bare excepts must not swallow a Ctrl-C
-                merged = parallel.run_shards(
-                    sorted(set(keys)), compute, ranks, done=done,
+                merged = parallel.run_shard_groups(
+                    sorted(set(keys)), compute, ranks, envs_per_process, done=done,
                     progress=f"{suite} (rank 0 of {ranks.size})" if progress else None,
                     postfix=lambda rows: {"success": sum(r["success"] for r in rows)})
         finally:
-            env.close()
+            for world in worlds:
+                world.close()
         ordered = list(merged.values())
         summary = summarize(ordered, suite)
         if ranks.is_main:

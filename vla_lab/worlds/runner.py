@@ -8,7 +8,8 @@ step are queried in one call (one batched forward pass).
 
 :func:`run_lockstep` is the episode side: one :class:`~vla_lab.worlds.World` per slot, each reset to its
 episode; at every step each running slot gets an action, and an observation is made only where the next
-action needs one (the others step with ``observe=False``). An episode ends when its world says ``done``.
+action needs one (the others step with ``observe=False``). An episode ends when its world says ``done``
+(with ``isolate``, also when it raises: the others go on).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from vla_lab import interrupts
-from vla_lab.errors import InputError
+from vla_lab.errors import InputError, error_text
 from vla_lab.worlds.base import Episode, Observation, Step, World
 
 #: (observations of the slots that need a chunk, those slots) -> one (chunk, 7) chunk per observation.
@@ -45,8 +47,9 @@ class OpenLoop:
     """Action queues over ``chunks``: each slot executes ``execute`` actions of a chunk before it asks again.
 
     ``process`` maps a chunk to the world's action units (LIBERO's gripper convention; identity by default);
-    ``on_query`` sees every query. ``queries[slot]`` counts them since :meth:`reset`, and ``query_seconds`` is
-    the time spent in ``chunks`` since then.
+    ``on_query`` sees every query. ``queries[slot]`` counts them since :meth:`reset`, ``query_seconds`` is
+    the time spent in ``chunks`` since then, and ``slot_seconds[slot]`` each slot's share of it (a call's time
+    divided equally among the slots it answered).
     """
 
     def __init__(self, chunks: ChunkFn, execute: int = 8, process: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -61,6 +64,7 @@ class OpenLoop:
         self.queues: list[deque[np.ndarray]] = [deque() for _ in range(slots)]
         self.queries = [0] * slots
         self.query_seconds = 0.0
+        self.slot_seconds = [0.0] * slots
 
     def needs_observation(self, slot: int) -> bool:
         """Whether the next action of ``slot`` needs a new chunk (so an observation)."""
@@ -78,7 +82,10 @@ class OpenLoop:
             try:
                 chunks = self.chunks([observations[s] for s in asking], asking)
             finally:
-                self.query_seconds += time.perf_counter() - start
+                spent = time.perf_counter() - start
+                self.query_seconds += spent
+                for slot in asking:
+                    self.slot_seconds[slot] += spent / len(asking)
             if len(chunks) != len(asking):
                 raise InputError(f"policy output: got {len(chunks)} chunks, expected one per observation "
                                  f"({len(asking)})")
@@ -105,42 +112,87 @@ class EpisodeRun:
     success: bool
     steps: int
     queries: int
+    #: With ``isolate``: the one-line text of the exception that ended the episode (then a failure), else None.
+    error: str | None = None
+    #: Seconds in the world's reset and in its steps (observations included).
+    reset_seconds: float = 0.0
+    step_seconds: float = 0.0
 
 
 def run_lockstep(
     worlds: Sequence[World], episodes: Sequence[Episode], policy: OpenLoop, *, regions: bool = False,
     on_reset: Callable[[int, Observation], None] | None = None, on_step: StepHook | None = None,
+    isolate: bool = False,
 ) -> list[EpisodeRun]:
     """Run ``episodes[i]`` in ``worlds[i]`` (one episode per world), in lockstep, to their ends.
 
     ``regions`` asks the resets for the region masks; ``on_reset`` / ``on_step`` see each slot's first
-    observation and every step.
+    observation and every step. ``isolate``: an exception in a slot's reset, step or hook, or in a query (the
+    slots that asked are then queried one at a time, so that only the one that raises fails), ends that slot's
+    episode as a failure with its ``error``, and the others go on, as each would alone.
     """
     if len(worlds) != len(episodes):
         raise InputError(f"worlds: got {len(worlds)}, expected one per episode ({len(episodes)})")
     policy.reset(len(episodes))
+    runs = [EpisodeRun(e, False, 0, 0) for e in episodes]
     observations: dict[int, Observation] = {}
-    for slot, (world, episode) in enumerate(zip(worlds, episodes)):
-        observations[slot] = world.reset(episode, regions=regions)
+
+    def attempt(slot: int, work: Callable[[], Any]) -> Any:
+        """``work()``; under ``isolate`` an exception ends ``slot``'s episode (and None is returned)."""
+        try:
+            return work()
+        except Exception as exc:
+            if not isolate:
+                raise
+            runs[slot].error = error_text(exc)
+            return None
+
+    def reset(slot: int) -> bool:
+        start = time.perf_counter()
+        observations[slot] = worlds[slot].reset(episodes[slot], regions=regions)
+        runs[slot].reset_seconds = time.perf_counter() - start
         if on_reset is not None:
             on_reset(slot, observations[slot])
-    steps, success = [0] * len(episodes), [False] * len(episodes)
-    active = [slot for slot, world in enumerate(worlds) if world.max_steps > 0]
+        return worlds[slot].max_steps > 0
+
+    def step(slot: int, action: np.ndarray) -> bool:
+        """One step of ``slot``; whether its episode goes on."""
+        start = time.perf_counter()
+        result = worlds[slot].step(action, observe=policy.needs_observation(slot))
+        runs[slot].step_seconds += time.perf_counter() - start
+        runs[slot].steps += 1
+        if on_step is not None:
+            on_step(slot, result)
+        if result.done:
+            runs[slot].success = result.success
+            return False
+        if result.observation is not None:
+            observations[slot] = result.observation
+        return True
+
+    active = [slot for slot in range(len(episodes)) if attempt(slot, partial(reset, slot))]
     while active:
-        actions = policy.select_actions(active, observations)
+        try:
+            actions = dict(zip(active, policy.select_actions(active, observations)))
+        except Exception as exc:
+            if not isolate:
+                raise
+            actions = {}
+            if len(active) == 1:
+                runs[active[0]].error = error_text(exc)
+            else:  # the batched query raised: each slot alone, so that only the one that raises fails
+                for slot in active:
+                    one = attempt(slot, partial(policy.select_actions, [slot], observations))
+                    if one is not None:
+                        actions[slot] = one[0]
         still = []
-        for slot, action in zip(active, actions):
-            observations.pop(slot, None)
-            interrupts.check()
-            result = worlds[slot].step(action, observe=policy.needs_observation(slot))
-            steps[slot] += 1
-            if on_step is not None:
-                on_step(slot, result)
-            if result.done:
-                success[slot] = result.success
-                continue
-            if result.observation is not None:
-                observations[slot] = result.observation
-            still.append(slot)
+        for slot in active:
+            if slot in actions:
+                observations.pop(slot, None)
+                interrupts.check()
+                if attempt(slot, partial(step, slot, actions[slot])):
+                    still.append(slot)
         active = still
-    return [EpisodeRun(e, success[i], steps[i], policy.queries[i]) for i, e in enumerate(episodes)]
+    for slot, run in enumerate(runs):
+        run.queries = policy.queries[slot]
+    return runs
