@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vla_lab import files
+from _report import emit
+
 from vla_lab.bench.inference import cpu_model
 from vla_lab.libero.evaluate import TIMING_FIELDS, read_records, record_key
 
@@ -66,10 +67,7 @@ def main() -> None:
         "same_outcome_as_committed": sum(r["success"] == r["committed_success"] for r in rows),
         "rows": rows,
     }
-    text = files.dumps(result)
-    print(text)
-    if args.out:
-        files.write_text(args.out, text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
