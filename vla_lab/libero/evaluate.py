@@ -7,11 +7,12 @@ the simulator reports ``done``, failure after ``max_steps`` steps. An exception 
 failure whose message is recorded, and the evaluation goes on (as upstream's).
 
 A run (:func:`evaluate`) owns a directory: ``run.json`` (its settings), ``episodes.jsonl`` (one record per
-finished episode, appended and flushed as each ends, so a killed run loses at most the episode in
+finished episode, appended and flushed as each ends, so a killed run loses at most the episodes in
 progress; ``resume`` skips the episodes recorded there), ``results.json`` (the summary, with Wilson 95 %
 intervals) and, with ``video``, ``videos/`` (one MP4 per episode). Under torchrun the episodes are
 shared round robin over the ranks (:mod:`vla_lab.parallel`); rank 0 writes the merged records sorted by
-(suite, task, init state), the same files as a single process writes.
+(suite, task, init state), the same files as a single process writes. With ``envs_per_process`` > 1 each rank
+runs that many episodes in lockstep (:func:`run_together`), appending their records when the group ends.
 """
 
 from __future__ import annotations
@@ -234,9 +235,10 @@ def run_episodes(
     run: RunDir | None = None,
     envs_per_process: int = 1,
 ) -> dict[str, Any]:
-    """Run ``together`` on the episodes ``keys`` (one suite), ``envs_per_process`` at a time (consecutive keys of
-    a rank's share; :func:`one_at_a_time` turns a one-world episode function into one), in the run directory
-    ``out``, sharded over ``ranks``; the summary (:func:`summarize`) of every record, on every rank.
+    """Run ``together`` on the episodes ``keys`` (one suite), ``envs_per_process`` at a time (world ``i`` takes the
+    ``i``-th contiguous part of a rank's share: :func:`vla_lab.parallel.run_shard_groups`; :func:`one_at_a_time`
+    turns a one-world episode function into a group function), in the run directory ``out``, sharded over
+    ``ranks``; the summary (:func:`summarize`) of every record, on every rank.
 
     ``failed`` is the result of an episode that raised before it ran (its ``error`` is added); the episodes run
     in ``envs_per_process`` :class:`~vla_lab.worlds.libero.LiberoWorld` per rank (``render=False``: simulators
