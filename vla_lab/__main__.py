@@ -20,8 +20,9 @@ def main() -> int:
     def interrupted(signum: int, frame: FrameType | None) -> None:
         if ready:
             raise KeyboardInterrupt
-        sys.stderr.write(f"{prog}: error: interrupted\n")
-        sys.stderr.flush()
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 says it for all
+            sys.stderr.write(f"{prog}: error: interrupted\n")
+            sys.stderr.flush()
         os._exit(130)
 
     signal.signal(signal.SIGINT, interrupted)

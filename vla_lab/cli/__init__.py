@@ -8,7 +8,8 @@ import it and never each other.
 Every failure ends a command with one line on stderr, ``vla-lab <command>: error: <field>: got ...,
 expected ...``, and a non-zero exit status: 2 for bad input, unusable checkpoints, existing outputs and
 bad options; 130 after Ctrl-C; 1 for anything unforeseen. Warnings are one line each too. ``--debug``
-(anywhere on the line, or ``VLA_LAB_DEBUG=1``) shows the Python traceback instead.
+(anywhere on the line, or ``VLA_LAB_DEBUG=1``) shows the Python traceback instead. Under torchrun, what every
+rank meets alike (an interrupt, a refused input or option) is said by rank 0 only (:func:`options.speaks`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from types import ModuleType
 from typing import Any
 
 from vla_lab.cli import attention, bench, demo, libero, params, predict, study, train
-from vla_lab.cli.options import Parser
-from vla_lab.errors import InterruptError, VLALabError
+from vla_lab.cli.options import Parser, speaks
+from vla_lab.errors import InputError, InterruptError, VLALabError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
-        print(" ".join(["vla-lab", *argv[:1]]) + ": error: interrupted", file=sys.stderr)
+        if speaks():
+            print(" ".join(["vla-lab", *argv[:1]]) + ": error: interrupted", file=sys.stderr)
         return 130
     prog = f"vla-lab {args.command}"
 
@@ -69,12 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             if debug:
                 raise
-            print(f"{prog}: error: {_describe(exc)}", file=sys.stderr)
+            if speaks() or not isinstance(exc, (InputError, InterruptError)):
+                print(f"{prog}: error: {_describe(exc)}", file=sys.stderr)
             return 130 if isinstance(exc, InterruptError) else 2 if isinstance(exc, (VLALabError, OSError)) else 1
         except KeyboardInterrupt:
             if debug:
                 raise
-            print(f"{prog}: error: interrupted", file=sys.stderr)
+            if speaks():
+                print(f"{prog}: error: interrupted", file=sys.stderr)
             return 130
 
 

@@ -8,6 +8,7 @@ flag is added in two places). The command modules import this module and nothing
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -24,11 +25,17 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 MASK_CHOICES = ("causal", "bidirectional")
 
 
+def speaks() -> bool:
+    """Whether this process reports what every rank meets alike (an interrupt, a refused input): a single process,
+    or rank 0 of a torchrun run; the other ranks exit with the same status, silently."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (``vla-lab <command>: error: ...``), exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message}\n" if speaks() else None)
 
 
 # ---------------------------------------------------------------------------------------------
