@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import types
 
 import pytest
 
@@ -47,3 +49,30 @@ def test_a_second_interrupt_raises_at_once_and_a_recorded_one_raises_when_the_bl
     with pytest.raises(KeyboardInterrupt), interrupts.deferred():
         os.kill(os.getpid(), signal.SIGINT)  # never checked inside: raised on the way out
     interrupts.check()
+
+
+class InterruptedImport(types.ModuleType):
+    """A stand-in for LIBERO whose import is interrupted: its bare ``except:`` turns the interrupt into a failed
+    import (what made a Ctrl-C while ``eval libero`` loaded LIBERO say "got no LIBERO simulator", exit 2)."""
+
+    interrupted = False
+
+    def __getattr__(self, name: str) -> object:
+        if not InterruptedImport.interrupted:  # one Ctrl-C, in the first name imported
+            InterruptedImport.interrupted = True
+            if swallowing_library() == "swallowed":
+                raise ImportError("initialization failed")
+        return object()
+
+
+def test_a_ctrl_c_while_libero_loads_is_an_interrupt_not_a_missing_simulator(monkeypatch) -> None:
+    from vla_lab.worlds.libero import env as libero_env
+
+    for name in ("libero", "libero.libero", "libero.libero.envs"):
+        monkeypatch.setitem(sys.modules, name, InterruptedImport(name))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            libero_env.require_libero()
+    finally:
+        signal.signal(signal.SIGINT, previous)

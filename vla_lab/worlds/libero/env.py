@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from vla_lab import interrupts
 from vla_lab.errors import InputError, MissingDependencyError
 from vla_lab.worlds.libero.reuse import IMAGE_SUFFIX, DeferredCameras, SavedReset, make_current
 
@@ -58,8 +59,8 @@ class _Libero:
 def require_libero() -> _Libero:
     """LIBERO's entry points; a one-line :class:`MissingDependencyError` when it is not installed."""
     os.environ.setdefault("MUJOCO_GL", "egl")
-    try:
-        with _quiet():
+    try:  # a Ctrl-C inside LIBERO's imports (bare excepts) made them fail as if LIBERO were missing: deferred
+        with _quiet(), interrupts.deferred():
             from libero.libero import benchmark, get_libero_path
             from libero.libero.envs import OffScreenRenderEnv
     except ImportError as exc:
@@ -89,7 +90,7 @@ def check_suite(suite: str, field: str = "suite") -> str:
 @lru_cache(maxsize=8)
 def _suite(name: str) -> Any:
     libero = require_libero()
-    with _quiet():
+    with _quiet(), interrupts.deferred():
         return libero.benchmark.get_benchmark_dict()[check_suite(name)]()
 
 
