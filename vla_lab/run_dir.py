@@ -78,6 +78,11 @@ def _shown(names: Sequence[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _a(word: str) -> str:
+    """``word`` with its indefinite article ("a train", "an eval-libero")."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 class RunDir:
     """The directory ``path`` of a run of ``kind``.
 
@@ -122,7 +127,7 @@ class RunDir:
     def stored_settings(self) -> dict[str, Any]:
         """The settings of the run in the directory (its settings file); one-line InputError without them."""
         if self.settings_file is None:
-            raise InputError(f"--resume: got a {self.kind} run, which stores no settings, expected a run to resume")
+            raise InputError(f"--resume: got {_a(self.kind)} run, which stores no settings, expected a run to resume")
         path = self.path / self.settings_file
         if not path.is_file():
             raise InputError(f"--resume: got {self.field} {str(self.path)!r}, which holds no {self.settings_file}, "
@@ -168,14 +173,14 @@ class RunDir:
         if resume and overwrite:
             raise InputError("--resume/--overwrite: got both, expected at most one")
         if resume and not self.resumable:
-            raise InputError(f"--resume: got a {self.kind} run, expected a new directory or --overwrite "
-                             f"(a {self.kind} run cannot be resumed)")
+            raise InputError(f"--resume: got {_a(self.kind)} run, expected a new directory or --overwrite "
+                             f"({_a(self.kind)} run cannot be resumed)")
         self._check_writable()
         given = str(self.path)
         kind = recorded_kind(self.path)
         if kind is not None and kind != self.kind:
             raise InputError(f"{self.field}: got {given!r}, which holds a vla-lab {kind} run ({KIND_FILE}), expected "
-                             f"a new or empty directory or a {self.kind} run (--resume and --overwrite act on "
+                             f"a new or empty directory or {_a(self.kind)} run (--resume and --overwrite act on "
                              "their own command's runs only)")
         entries = self._entries()
         ours = [name for name in entries if self._is_marker(name)]
@@ -185,7 +190,7 @@ class RunDir:
             also = "; nothing was deleted" if overwrite else ""
             raise InputError(f"{self.field}: got {given!r}, a directory with other files ({_shown(foreign)}), which "
                              f"is not a vla-lab run of {self.kind}; expected a new or empty directory or one "
-                             f"holding only a {self.kind} run{also}")
+                             f"holding only {_a(self.kind)} run{also}")
         if not ours:
             if resume:
                 raise InputError(f"--resume: got {self.field} {given!r}, which holds no earlier run, expected a run "
