@@ -59,17 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, SignalException):
         return 130  # the workers got the signal too and said so (rank 0)
     except ChildFailedError as exc:
-        return _exit_status(exc)
+        rank, status = _first_failure(exc)
+        if 0 not in exc.failures:  # rank 0 said nothing: the failed ranks kept a refused input to themselves
+            print(f"{PROG}: error: rank {rank}: got exit status {status}, expected 0 (rank 0 ran without error)",
+                  file=sys.stderr)
+        return status
     return 0
 
 
-def _exit_status(exc: Any) -> int:
-    """The exit status of the first worker that failed (1 when it was killed by a signal)."""
-    _, failure = exc.get_first_failure()
+def _first_failure(exc: Any) -> tuple[int, int]:
+    """(global rank, exit status) of the first worker that failed (status 130 or 1 when a signal killed it)."""
+    rank, failure = exc.get_first_failure()
     code = int(failure.exitcode)
     if code < 0:
-        return 130 if -code == signal.SIGINT else 1
-    return code
+        code = 130 if -code == signal.SIGINT else 1
+    return int(rank), code
 
 
 if __name__ == "__main__":
