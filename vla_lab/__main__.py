@@ -5,30 +5,18 @@ interrupt then exits 130 with one line, before anything was written. Once it is 
 the ``KeyboardInterrupt`` that :func:`vla_lab.cli.main` turns into the same line after its clean-ups.
 """
 
-import os
-import signal
 import sys
-from types import FrameType
+
+from vla_lab.interrupts import exit_until_loaded
 
 
 def main() -> int:
     """Run ``vla-lab`` with the arguments of this process."""
     words = [a for a in sys.argv[1:2] if not a.startswith("-")]
-    prog = " ".join(["vla-lab", *words])
-    ready = False
-
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        if ready:
-            raise KeyboardInterrupt
-        if int(os.environ.get("RANK", "0") or 0) == 0:  # under torchrun, rank 0 says it for all
-            sys.stderr.write(f"{prog}: error: interrupted\n")
-            sys.stderr.flush()
-        os._exit(130)
-
-    signal.signal(signal.SIGINT, interrupted)
+    loaded = exit_until_loaded(" ".join(["vla-lab", *words]))
     from vla_lab.cli import main as run
 
-    ready = True
+    loaded()
     return run()
 
 

@@ -11,11 +11,11 @@ failed run exits with its first failed worker's status. Ctrl-C is honoured from 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
-from types import FrameType
 from typing import Any, NoReturn
+
+from vla_lab.interrupts import exit_until_loaded
 
 PROG = "vla-lab torchrun"
 
@@ -23,21 +23,12 @@ PROG = "vla-lab torchrun"
 def main(argv: list[str] | None = None) -> int:
     """Launch ``vla-lab`` under torch's launcher with ``argv`` (default: this process's arguments)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    ready = False
-
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        if ready:
-            raise KeyboardInterrupt
-        sys.stderr.write(f"{PROG}: error: interrupted\n")
-        sys.stderr.flush()
-        os._exit(130)
-
-    signal.signal(signal.SIGINT, interrupted)
+    loaded = exit_until_loaded(PROG)
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    ready = True
+    loaded()
     parser = get_args_parser()
 
     def one_line(message: str) -> NoReturn:

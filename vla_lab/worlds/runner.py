@@ -63,8 +63,12 @@ class OpenLoop:
         """Empty queues for ``slots`` episodes."""
         self.queues: list[deque[np.ndarray]] = [deque() for _ in range(slots)]
         self.queries = [0] * slots
-        self.query_seconds = 0.0
         self.slot_seconds = [0.0] * slots
+
+    @property
+    def query_seconds(self) -> float:
+        """Seconds spent in ``chunks`` since :meth:`reset` (the sum of the slots' shares)."""
+        return sum(self.slot_seconds)
 
     def needs_observation(self, slot: int) -> bool:
         """Whether the next action of ``slot`` needs a new chunk (so an observation)."""
@@ -83,7 +87,6 @@ class OpenLoop:
                 chunks = self.chunks([observations[s] for s in asking], asking)
             finally:
                 spent = time.perf_counter() - start
-                self.query_seconds += spent
                 for slot in asking:
                     self.slot_seconds[slot] += spent / len(asking)
             if len(chunks) != len(asking):
