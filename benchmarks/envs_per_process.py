@@ -18,12 +18,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from _report import emit
 
 from vla_lab.bench.inference import cpu_model
-from vla_lab.libero.evaluate import TIMING_FIELDS, read_records, record_key
+from vla_lab.libero.evaluate import read_records, record_key, untimed
 
 
 def main() -> None:
@@ -50,9 +49,6 @@ def main() -> None:
             if proc.returncode != 0:
                 raise SystemExit(err[-2000:])
         runs = {n: {record_key(r): r for r in read_records(Path(tmp) / f"n{n}" / "episodes.jsonl")} for n in commands}
-
-    def untimed(record: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
 
     one, many = runs[1], runs[args.envs]
     rows = [{"task": k[1], "init_state": k[2],

@@ -17,12 +17,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from _report import emit
 
 from vla_lab.bench.inference import cpu_model
-from vla_lab.libero.evaluate import TIMING_FIELDS, read_records, record_key
+from vla_lab.libero.evaluate import TIMING_FIELDS, read_records, record_key, untimed
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDS = ROOT / "notebooks" / "records" / "libero-eval"
@@ -46,9 +45,6 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-2000:])
         rerun = {record_key(r): r for r in read_records(run / "episodes.jsonl")}
-
-    def untimed(record: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
 
     rows = [{"task": k[1], "init_state": k[2], "success": rerun[k]["success"], "steps": rerun[k]["steps"],
              "committed_success": committed[k]["success"], "committed_steps": committed[k]["steps"],

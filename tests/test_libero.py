@@ -33,7 +33,7 @@ def run_cli(*args: str) -> tuple[int, str, str]:
 
 
 def untimed(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in libero_eval.TIMING_FIELDS} for r in records]
+    return [libero_eval.untimed(r) for r in records]
 
 
 @pytest.fixture(scope="module")

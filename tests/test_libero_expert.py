@@ -23,7 +23,7 @@ EXPERT_RECORDS = Path(__file__).resolve().parents[1] / "notebooks" / "records" /
 
 
 def untimed(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in libero_eval.TIMING_FIELDS} for r in records]
+    return [libero_eval.untimed(r) for r in records]
 
 
 def test_expert_refuses_other_suites_in_one_line(tmp_path):

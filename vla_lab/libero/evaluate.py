@@ -107,6 +107,11 @@ def run_together(
              "reset_ms": round(run.reset_seconds * 1e3, 1)} for slot, run in enumerate(runs)]
 
 
+def untimed(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` without its :data:`TIMING_FIELDS`: what is the same on every run of the same episode."""
+    return {k: v for k, v in record.items() if k not in TIMING_FIELDS}
+
+
 def record_key(record: dict[str, Any]) -> EpisodeKey:
     return (str(record["suite"]), int(record["task"]), int(record["init_state"]))
 
