@@ -17,12 +17,21 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-import torch
+# The suite starts ~80 Python processes (workers, notebook kernels, CLI subprocesses, torchrun ranks and launchers).
+# Where bytecode writes are turned off (PYTHONDONTWRITEBYTECODE, as on a CI machine), each of them compiled torch's
+# modules again: 1.5 min of a fresh clone's run. The suite's processes keep their bytecode in a cache inside the
+# environment instead (nothing is written beside the sources, in the checkout or in site-packages).
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None):
+    os.environ["PYTHONPYCACHEPREFIX"] = sys.pycache_prefix = str(Path(sys.prefix) / "pycache")
+    sys.dont_write_bytecode = False
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from testkit import gray_png, randomize, tiny_checkpoint, tiny_libero_recipe, write_demos
 
 from vla_lab import VLAAdapter, VLAConfig

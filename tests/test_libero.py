@@ -237,7 +237,7 @@ def test_two_ranks_equal_one(reference, tmp_path):
     expected, _ = reference
     out = tmp_path / "two"
     proc = testkit.run_torchrun([*COMMON, "--tasks", "0,1", "--out", out, "--json"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, testkit.failed_run(proc)
     result = json.loads(proc.stdout)
     assert result["world_size"] == 2
     assert untimed(result["episodes"]) == untimed(expected["episodes"])

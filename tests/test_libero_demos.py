@@ -186,7 +186,7 @@ def test_resume_runs_nothing_again_and_a_resumed_torchrun_run_writes_the_same_fi
     (two_dir / "episodes.jsonl").write_text(records[0] + "\n")
     (two_dir / "parts" / part_name(0, 1)).unlink()
     proc = testkit.run_torchrun([*COMMON, "--out", two_dir, "--resume"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, testkit.failed_run(proc)
     two = json.loads(proc.stdout)
     assert two["world_size"] == 2 and two["tasks"] == manifest["tasks"] and two["run"]["num_episodes"] == 2
     assert (two_dir / "episodes.jsonl").read_text().splitlines()[0] == records[0]

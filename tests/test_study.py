@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from testkit import assert_one_line_error, run_cli, run_torchrun, snapshot
+from testkit import assert_one_line_error, failed_run, run_cli, run_torchrun, snapshot
 
 from vla_lab import registry, stats, tabletop
 from vla_lab.errors import InputError
@@ -356,7 +356,7 @@ def test_torchrun_two_processes_give_the_records_of_one(tmp_path: Path) -> None:
     status, single, stderr = run_cli([*common, "--out", tmp_path / "one"])
     assert status == 0, stderr
     done = run_torchrun([*common, "--out", tmp_path / "two"])  # a free port: standalone rendezvous
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, failed_run(done)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / "records.parquet"),
                                   pd.read_parquet(tmp_path / "two" / "records.parquet"))
     one, two = json.loads(single), json.loads(done.stdout)

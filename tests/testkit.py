@@ -110,6 +110,13 @@ def run_torchrun(argv: list, nproc: int = 2, timeout: int = 600) -> subprocess.C
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def failed_run(proc: subprocess.CompletedProcess) -> str:
+    """What a failed run wrote to stderr, for an assertion's message: the ranks' own lines come first, torchrun's
+    report of the failure last, so both ends."""
+    text = proc.stderr or ""
+    return text if len(text) <= 6000 else f"{text[:3000]}\n[...]\n{text[-3000:]}"
+
+
 def run_ranks(fn: Callable[[Any], T], size: int = 2) -> list[T]:
     """``fn(ranks)`` for each rank of ``size`` processes, simulated by threads of this process; the
     results in rank order (the first error, if any rank raised, is raised).
