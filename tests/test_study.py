@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 import torch
-from testkit import assert_one_line_error, failed_run, run_cli, run_torchrun, snapshot
+from testkit import assert_one_line_error, failed_run, run_cli, run_ranks, run_torchrun, snapshot
 
 from vla_lab import registry, stats, tabletop
 from vla_lab.errors import InputError
@@ -348,6 +348,18 @@ def test_cli_json_and_one_line_errors(tmp_path: Path) -> None:
         status, _, stderr = run_cli(argv)
         assert_one_line_error(status, stderr)
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_rank_that_starts_late_shards_the_same_units(tmp_path: Path) -> None:
+    """The ranks of testkit.run_ranks take turns: rank 0 runs until it meets rank 1. Each rank reads which parts are
+    already written; rank 1 used to read after rank 0 had written its first part, so the two cut different shares,
+    a unit was run by neither and the gather failed (KeyError; under torchrun a flaky 'rank 1 exit 1')."""
+    settings = StudySettings("mask-swap", models=["tabletop-causal"], scenes=4, batch_size=1)
+    one = run_study(settings, tmp_path / "one", progress=False)
+    results = run_ranks(lambda ranks: run_study(settings, tmp_path / "two", ranks=ranks, progress=False))
+    for result in results:
+        pd.testing.assert_frame_equal(result.records, one.records)
+    pd.testing.assert_frame_equal(load_result(tmp_path / "two").records, one.records)
 
 
 def test_torchrun_two_processes_give_the_records_of_one(tmp_path: Path) -> None:

@@ -264,6 +264,7 @@ def run_episodes(
     run = run_dir(out) if run is None else run
     run.claim(settings, resume=resume, overwrite=overwrite, ranks=ranks)
     done = {record_key(r): r for r in read_records(out / EPISODES_FILE)} if resume else {}
+    parallel.barrier(ranks)  # every rank shards the same episodes: none records one before all have read these
     outside = sorted(set(done) - set(keys))
     if outside:  # the summary would count episodes this run was not asked for
         _, task, init_state = outside[0]

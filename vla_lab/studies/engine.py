@@ -31,6 +31,8 @@ import torch
 from vla_lab import files, parallel, registry
 from vla_lab.config import PROMPTS, resolve_device
 from vla_lab.errors import InputError
+from vla_lab.libero.evaluate import RESOLUTION
+from vla_lab.libero.models import demos_manifest
 from vla_lab.model import VLAAdapter
 from vla_lab.registry import ModelSpec
 from vla_lab.run_dir import RunDir
@@ -289,23 +291,32 @@ def register_study(cls: type[Study]) -> type[Study]:
 # ---------------------------------------------------------------------------------------------
 
 
+def camera_resolution(spec: ModelSpec) -> int:
+    """LIBERO's camera size for a model, as ``eval libero`` chooses it: that of the demonstrations it was trained on
+    (128 for the shipped models), else upstream's 256."""
+    manifest = demos_manifest(spec.path) if spec.path else None
+    return int(manifest["resolution"]) if manifest else RESOLUTION
+
+
 class Worlds:
     """The worlds of a run, one per model configuration that changes what a world shows (the tabletop renders at
-    the model's image size and plans its chunk), and each unit's episodes in them (observations made once)."""
+    the model's image size and plans its chunk; LIBERO's cameras draw at :func:`camera_resolution`), and each
+    unit's episodes in them (observations made once)."""
 
     def __init__(self, settings: StudySettings) -> None:
         self.settings = settings
         self._worlds: dict[Any, World] = {}
 
-    def get(self, model: VLAAdapter) -> World:
+    def get(self, model: VLAAdapter, spec: ModelSpec) -> World:
         if self.settings.world == "tabletop":
             key: Any = (model.config.vision.image_size, model.config.robot.chunk)
             if key not in self._worlds:
                 self._worlds[key] = world.TabletopWorld(world.WorldConfig(image_size=key[0], chunk=key[1]))
         else:
-            key = self.settings.world_name
+            key = (self.settings.world_name, camera_resolution(spec))
             if key not in self._worlds:
-                self._worlds[key] = create_world(key)
+                options = {} if self.settings.max_steps is None else {"max_steps": self.settings.max_steps}
+                self._worlds[key] = create_world(key[0], resolution=key[1], **options)
         return self._worlds[key]
 
     def episodes(self, env: World, unit: Unit) -> UnitEpisodes:
@@ -324,7 +335,7 @@ def _unit_records(study: Study, loaded: list[tuple[ModelSpec, VLAAdapter]], unit
     frames = []
     shared: dict[int, UnitEpisodes] = {}
     for spec, model in loaded:
-        env = worlds.get(model)
+        env = worlds.get(model, spec)
         if id(env) not in shared:
             shared[id(env)] = worlds.episodes(env, unit)
         episodes = shared[id(env)]
@@ -334,6 +345,8 @@ def _unit_records(study: Study, loaded: list[tuple[ModelSpec, VLAAdapter]], unit
                              index=part.index)
         if "scene" in named.columns:
             named["scene"] = named["scene"].astype("int64")
+        if settings.world == "libero":
+            named["resolution"] = camera_resolution(spec)
         part = pd.concat([named, part.drop(columns="episode")], axis=1)
         for i, column in enumerate(MODEL_COLUMNS):
             value = {"model": spec.name, "trained_with": spec.trained_with, "model_seed": spec.seed,
@@ -421,6 +434,8 @@ def _run(study: Study, settings: StudySettings, specs: list[ModelSpec], director
         return records
 
     done = {u.index: _load_part(path) for u in units if (path := part_path(u)) is not None and path.exists()}
+    # Every rank must shard the same units: none starts (and writes a part) before all have read what is done.
+    parallel.barrier(place)
     try:
         gathered = parallel.run_shards(list(by_index), compute, place, done=done,
                                        progress=f"study {settings.study}" if progress else None)
