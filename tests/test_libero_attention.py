@@ -129,11 +129,47 @@ def test_the_reported_depth_is_chosen_on_the_selection_set_and_tasks_are_resampl
     assert by_episode.n == 8
 
 
+def test_a_ratio_against_the_same_category_object(model) -> None:
+    """The other black bowl as its own region: a patch showing it is not a distractor patch, and the ratio against
+    it is the target's mean over its mean; ratios against different regions are not compared."""
+    full = np.ones((224, 224), dtype=bool)
+    patches = ta.patch_regions({"target": np.zeros_like(full), "same_category": full, "distractors": full}, (6, 6))
+    assert patches["same_category"].all() and not patches["distractors"].any()
+    base = observations()
+    for o in base:  # the other bowl: rows 3 (between the target and the distractors)
+        alike = np.zeros((224, 224), dtype=bool)
+        alike[112:130, 60:160] = True
+        o.regions = [{**o.regions[0], "same_category": alike}]
+    values = ta.measure(model, LiberoWorld("libero_spatial"), base * 2, ["llm"])
+    assert set(values["region"]) == {"target", "same_category", "distractors"}
+    named = values.assign(task=values["sample"] % 4, init_state=values["sample"])
+    alike_table = ta.per_unit(named, ["task", "init_state"], "same_category")
+    assert list(alike_table.columns) == ["task", "init_state", "depth", "target", "same_category", "ratio"]
+    wide = named[named["depth"] == 0].pivot_table(index="sample", columns="region", values="value")
+    at0 = alike_table[alike_table["depth"] == 0].set_index("init_state")
+    np.testing.assert_allclose(at0["ratio"], wide["target"] / wide["same_category"])
+    assert ta.ratio_by_depth(alike_table).name == "target_vs_same_category_ratio"
+    selection, shown = alike_table[alike_table["init_state"] < 4], alike_table[alike_table["init_state"] >= 4]
+    result = ta.report(shown, selection, cluster="task", n_resamples=200)
+    assert result.against == "same_category" and result.to_dict()["against"] == "same_category"
+    against_distractors = ta.report(ta.per_unit(named[named["init_state"] >= 4], ["task", "init_state"]), at=0,
+                                    cluster="task", n_resamples=200)
+    assert against_distractors.against == "distractors"
+    with pytest.raises(InputError, match="^second: got a ratio against 'distractors', expected one against"):
+        ta.compare(result, against_distractors, ["task", "init_state"], cluster="task")
+    with pytest.raises(InputError, match="^against: got 'plate'"):
+        ta.per_unit(named, ["task", "init_state"], "plate")
+
+
 @needs_libero
 def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
     """``study target-attention --world libero``: a trained checkpoint and its random init on simulator frames;
     depth chosen on the selection init state, reported on the held-out one, tasks as the interval's unit."""
+    from dataclasses import replace
+
+    from vla_lab import registry
     from vla_lab.studies import StudySettings, load_result, run_study, verify_records
+    from vla_lab.studies.engine import camera_resolution
 
     checkpoint = str(libero_two_step_run)
     settings = StudySettings("target-attention", models=[checkpoint], world="libero", tasks=[0],
@@ -142,14 +178,31 @@ def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
     records = result.records
     assert set(records["model"]) == {"final", "random-init:final"}
     assert set(records["split"]) == {"selection", "report"} and set(records["source"]) == {"llm", "head"}
-    assert set(records["region"]) == {"target", "place", "distractors"}  # the bowl, the plate, everything else
+    # the bowl, the plate, the other black bowl, everything else
+    assert set(records["region"]) == {"target", "place", "same_category", "distractors"}
     assert {"suite", "task", "task_name", "init_state"} <= set(records.columns) and "scene" not in records
+    # the cameras of eval libero for this model: its demonstrations' (testkit.write_demos: 128 px), else 256
+    assert set(records["resolution"]) == {128}
+    spec = registry.resolve([checkpoint], "libero_spatial")[0]
+    assert camera_resolution(spec) == 128 and camera_resolution(replace(spec, path=str(tmp_path))) == 256
     assert set(zip(records["split"], records["init_state"])) == {("selection", 0), ("report", 40)}
     rows = result.summary[(result.summary["metric"] == "target_attention_ratio") & result.summary["head"].isna()]
     assert set(rows["model"]) == {"final", "random-init:final"} and (rows["n"] == 1).all()
     assert (rows["n_tasks"] == 1).all() and set(rows["interval"]) == {"bootstrap over tasks (percentile, paired)"}
     assert rows.groupby(["model", "source"])["selected"].sum().eq(1).all()
-    assert [(t["model"], t["source"]) for t in result.tests.to_dict("records")] == [("final", "llm"), ("final", "head")]
+    alike = result.summary[(result.summary["metric"] == "target_vs_same_category_ratio")
+                           & result.summary["head"].isna()]  # the bowl asked for against the other black bowl
+    assert set(alike["model"]) == {"final", "random-init:final"} and (alike["n"] == 1).all()
+    assert set(alike["against"]) == {"same_category"} and set(rows["against"]) == {"distractors"}
+    assert alike.groupby(["model", "source"])["selected"].sum().eq(1).all()
+    report = records[(records["split"] == "report") & records["head"].isna() & (records["model"] == "final")]
+    for _, row in alike[alike["model"] == "final"].iterrows():
+        at = report[(report["source"] == row["source"]) & (report[row["depth_kind"]] == row["depth"])]
+        value = at.set_index("region")["value"]
+        assert row["value"] == pytest.approx(value["target"] / value["same_category"])
+    assert [(t["model"], t["source"], t["metric"]) for t in result.tests.to_dict("records")] == [
+        ("final", "llm", "target_attention_ratio"), ("final", "llm", "target_vs_same_category_ratio"),
+        ("final", "head", "target_attention_ratio"), ("final", "head", "target_vs_same_category_ratio")]
     stored = load_result(tmp_path / "run")
     pd.testing.assert_frame_equal(stored.records, records)
     with pytest.raises(InputError, match="^records: got a libero run"):
@@ -177,6 +230,6 @@ def test_world_options_are_checked_before_anything_runs(tmp_path, argv, message)
 def test_a_study_not_written_for_libero_is_refused(tmp_path) -> None:
     import testkit
 
-    status, _, err = testkit.run_cli(["study", "mask-swap", "--world", "libero", "--out", str(tmp_path / "x")])
-    assert "--world: got 'libero' for mask-swap, expected one of ['tabletop']" in testkit.assert_one_line_error(
+    status, _, err = testkit.run_cli(["study", "knockout", "--world", "libero", "--out", str(tmp_path / "x")])
+    assert "--world: got 'libero' for knockout, expected one of ['tabletop']" in testkit.assert_one_line_error(
         status, err, "study")

@@ -51,16 +51,21 @@ def test_reset_is_upstreams_observation_with_regions(env):
     views = env.reset(episode).regions
     assert len(views) == 1  # the agentview; the wrist view has no masks
     regions = views[0]
-    assert set(regions) == {"target", "place", "distractors"}
+    assert set(regions) == {"target", "place", "same_category", "distractors"}
     assert all(regions[name].shape == (224, 224) and regions[name].any() for name in regions)
-    assert not (regions["target"] & regions["place"]).any()
-    assert not ((regions["target"] | regions["place"]) & regions["distractors"]).any()
+    masks = list(regions.values())
+    assert not any((a & b).any() for i, a in enumerate(masks) for b in masks[i + 1 :])  # no pixel in two regions
     labels, names = object_segmentation(env.env)
     ids = {name: names.index(name) + 1 for name in names}
     np.testing.assert_array_equal(regions["target"], labels == ids["akita_black_bowl_1"])  # the bowl to pick
     np.testing.assert_array_equal(regions["place"], labels == ids["plate_1"])  # the plate it goes on
-    assert (regions["distractors"] & (labels == ids["akita_black_bowl_2"])).any()  # a bowl the task leaves
-    assert regions["target"].sum() + regions["place"].sum() + regions["distractors"].sum() < 224 * 224
+    np.testing.assert_array_equal(regions["same_category"], labels == ids["akita_black_bowl_2"])  # the other bowl
+    assert env.env.category("akita_black_bowl_2") == env.env.category("akita_black_bowl_1") == "akita_black_bowl"
+    others = (labels > 0) & ~np.isin(labels, [ids[n] for n in ("akita_black_bowl_1", "akita_black_bowl_2", "plate_1")])
+    np.testing.assert_array_equal(regions["distractors"], others)  # the ramekin, the cookie box, the cabinet, ...
+    assert sum(int(m.sum()) for m in masks) < 224 * 224
+    with pytest.raises(InputError, match="^object: got 'no_such_object', expected one of"):
+        env.env.category("no_such_object")
 
 
 def test_steps_and_their_limit(env):

@@ -60,8 +60,9 @@ for MASK in causal bidirectional; do
       --out $REC/libero-eval/libero-spatial-$MASK --no-progress
 done
 
-# 5. Target attention on real frames (the target-attention study on the LIBERO world): depth chosen on init
-#    states 0-4, reported on 40-49, interval over tasks, vs random init
+# 5. Target attention on real frames (the target-attention study on the LIBERO world; cameras at the models' 128 px):
+#    the bowl against the distractors and against the other black bowl, each depth chosen on init states 0-4,
+#    reported on 40-49, interval over tasks, vs random init (~4 min with 2 processes)
 $TORCHRUN -m vla_lab study target-attention --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
     --out $REC/libero-target-attention/libero_spatial --no-progress

@@ -2,17 +2,19 @@
 
 A world's observation carries pixel masks of named regions (:attr:`vla_lab.worlds.Observation.regions`,
 one dict per image): the object to pick (``target``), the place it goes to (``place``, where the task has
-one) and every other object (``distractors``). :func:`patch_regions` maps them onto a model's patch grid,
-after the world's centre crop when it has one; a patch belongs to the first of target, place, distractors
-it shows. :func:`measure` captures one forward pass per batch of observations and returns, per
-observation, source, depth (and head, when asked) and region, the mean attention per patch of that region
-over the images that show it:
+one), the other objects of the target's category (``same_category``, where the scene has them: LIBERO's other
+black bowl) and every other object (``distractors``). :func:`patch_regions` maps them onto a model's patch
+grid, after the world's centre crop when it has one; a patch belongs to the first of these regions it shows.
+:func:`measure` captures one forward pass per batch of observations and returns, per observation, source,
+depth (and head, when asked) and region, the mean attention per patch of that region over the images that show
+it:
 
 * ``source="llm"``: the action queries in the LLM, per decoder ``layer``;
 * ``source="head"``: the bridge head's task attention, per ``block``.
 
 The *target-attention ratio* at a depth is the mean over episodes of the attention per target patch over
-the mean per distractor patch (a ratio of means over the episodes that show both). :func:`report` chooses
+the mean per patch of another region (:data:`AGAINST`: the distractors; the same-category objects), a ratio of
+means over the episodes that show both. :func:`report` chooses
 the depth on one set of episodes (the highest ratio) and reports it on another, with a 95 % bootstrap
 interval that resamples the unit the episodes cluster by (a LIBERO task's init states share one layout);
 :func:`compare` tests a model's per-unit ratios against another's (its random-init baseline) at each
@@ -44,12 +46,14 @@ from vla_lab.model import VLAAdapter
 from vla_lab.policy import Policy
 from vla_lab.processing.images import CENTER_CROP_SCALE
 from vla_lab.stats import PairedTest, ratio_of_means_interval, wilcoxon_signed_rank
-from vla_lab.worlds import Observation, World
+from vla_lab.worlds import REGIONS, Observation, World
 
 #: Regions in the order a patch is assigned to them (a patch showing the target is a target patch).
-REGION_ORDER = ("target", "place", "distractors")
-#: The ratio's numerator and denominator.
+REGION_ORDER = REGIONS
+#: The ratio's numerator and its default denominator.
 RATIO = ("target", "distractors")
+#: The regions a target-attention ratio is taken against, and the ``metric`` name of each ratio.
+AGAINST = {"distractors": "target_attention_ratio", "same_category": "target_vs_same_category_ratio"}
 
 
 def crop_mask(mask: np.ndarray, scale: float = CENTER_CROP_SCALE) -> np.ndarray:
@@ -158,42 +162,54 @@ def measure(
     return out
 
 
-def per_unit(values: pd.DataFrame, unit: Sequence[str]) -> pd.DataFrame:
-    """One row per ``unit`` (the columns naming an episode) and depth with the ``target`` and ``distractors``
-    means and their ratio, for the episodes that show both (head means only)."""
-    keys = [*unit, "depth"]
+def per_unit(values: pd.DataFrame, unit: Sequence[str], against: str = "distractors") -> pd.DataFrame:
+    """One row per ``unit`` (the columns naming an episode) and depth with the ``target`` and ``against`` means
+    (a region of :data:`AGAINST`) and their ratio, for the episodes that show both (head means only)."""
+    if against not in AGAINST:
+        raise InputError(f"against: got {against!r}, expected one of {list(AGAINST)}")
+    keys, pair = [*unit, "depth"], ["target", against]
     mean = values[values["head"].isna()] if "head" in values.columns else values
     wide = mean.pivot_table(index=keys, columns="region", values="value", aggfunc="first")
-    for region in RATIO:
+    for region in pair:
         if region not in wide.columns:
             wide[region] = np.nan
-    wide = wide.dropna(subset=list(RATIO)).reset_index()
+    wide = wide.dropna(subset=pair).reset_index()
     wide.columns.name = None
-    wide["ratio"] = wide["target"] / wide["distractors"]
-    return wide[[*keys, *RATIO, "ratio"]]
+    wide["ratio"] = wide["target"] / wide[against]
+    return wide[[*keys, *pair, "ratio"]]
+
+
+def against_of(table: pd.DataFrame) -> str:
+    """The region a :func:`per_unit` table's ratio is taken against."""
+    found = [c for c in AGAINST if c in table.columns]
+    if len(found) != 1:
+        raise InputError(f"table: got columns {list(table.columns)}, expected one of {list(AGAINST)} (per_unit's)")
+    return found[0]
 
 
 def ratio_by_depth(table: pd.DataFrame) -> pd.Series:
     """Per depth: the mean target attention over the units of ``table`` (:func:`per_unit`) over the mean
-    distractor attention (a ratio of means)."""
-    means = table.groupby("depth")[list(RATIO)].mean()
-    return (means["target"] / means["distractors"]).rename("target_attention_ratio")
+    attention of the region it is taken against (a ratio of means)."""
+    against = against_of(table)
+    means = table.groupby("depth")[["target", against]].mean()
+    return (means["target"] / means[against]).rename(AGAINST[against])
 
 
 def select_depth(table: pd.DataFrame) -> tuple[int, pd.Series]:
     """The depth with the highest ratio of means on ``table`` and every depth's ratio."""
     ratios = ratio_by_depth(table)
     if ratios.empty or ratios.isna().all():
-        raise InputError("selection: got no episode showing both the target and a distractor, expected at least one")
+        raise InputError(f"selection: got no episode showing both the target and {against_of(table)}, expected at "
+                         "least one")
     return int(ratios.idxmax()), ratios
 
 
 def _clustered(table: pd.DataFrame, cluster: str | None) -> pd.DataFrame:
-    """The resampling units: the rows themselves, or per ``cluster`` the sums of target and distractors (their
-    ratio of means is the rows' ratio of means)."""
+    """The resampling units: the rows themselves, or per ``cluster`` the sums of the target's and the other
+    region's attention (their ratio of means is the rows' ratio of means)."""
     if cluster is None:
         return table
-    return table.groupby(cluster, sort=True)[list(RATIO)].sum().reset_index()
+    return table.groupby(cluster, sort=True)[["target", against_of(table)]].sum().reset_index()
 
 
 @dataclass
@@ -209,12 +225,15 @@ class RatioReport:
     interval: str
     ratio_by_depth: dict[int, float]
     selection_ratio_by_depth: dict[int, float] | None
-    #: Per unit at the chosen depth: the unit columns, target, distractors, ratio.
+    #: Per unit at the chosen depth: the unit columns, target, the region it is taken against, ratio.
     units: pd.DataFrame
+    #: The region the ratio is taken against (:data:`AGAINST`).
+    against: str = "distractors"
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the per-unit table (JSON-ready)."""
-        return {"depth": self.depth, "rule": self.rule, "value": self.value, "ci95": list(self.ci95), "n": self.n,
+        return {"against": self.against, "depth": self.depth, "rule": self.rule, "value": self.value,
+                "ci95": list(self.ci95), "n": self.n,
                 "n_clusters": self.n_clusters, "interval": self.interval, "ratio_by_depth": self.ratio_by_depth,
                 "selection_ratio_by_depth": self.selection_ratio_by_depth}
 
@@ -240,30 +259,33 @@ def report(
         raise InputError(f"at: got {at}, expected a depth in {[int(d) for d in ratios.index]}")
     units = table[table["depth"] == at].drop(columns="depth").reset_index(drop=True)
     resampled = _clustered(units, cluster)
-    low, high = ratio_of_means_interval(resampled["target"], resampled["distractors"], seed=seed,
-                                        n_resamples=n_resamples)
+    against = against_of(table)
+    low, high = ratio_of_means_interval(resampled["target"], resampled[against], seed=seed, n_resamples=n_resamples)
     over = "episodes" if cluster is None else f"{cluster}s"
     return RatioReport(
         depth=int(at), rule=rule, value=float(ratios.loc[at]), ci95=(low, high), n=len(units),
         n_clusters=len(resampled), interval=f"bootstrap over {over} (percentile, paired)",
         ratio_by_depth={int(k): float(v) for k, v in ratios.items()},
         selection_ratio_by_depth=None if chosen is None else {int(k): float(v) for k, v in chosen.items()},
-        units=units,
+        units=units, against=against,
     )
 
 
 def compare(first: RatioReport, second: RatioReport, unit: Sequence[str], cluster: str | None = None) -> PairedTest:
     """Wilcoxon signed-rank test of ``first``'s per-unit ratios against ``second``'s on the units both measured
     (each at its own depth); per ``cluster`` (the ratio of its sums) when the episodes cluster."""
-    keys = list(unit)
+    if first.against != second.against:
+        raise InputError(f"second: got a ratio against {second.against!r}, expected one against {first.against!r}")
+    keys, against = list(unit), first.against
     both = first.units.merge(second.units, on=keys, suffixes=("", "_other"))
     if cluster is None:
         return wilcoxon_signed_rank(both["ratio"], both["ratio_other"])
-    sums = both.groupby(cluster, sort=True)[["target", "distractors", "target_other", "distractors_other"]].sum()
-    return wilcoxon_signed_rank(sums["target"] / sums["distractors"], sums["target_other"] / sums["distractors_other"])
+    sums = both.groupby(cluster, sort=True)[["target", against, "target_other", f"{against}_other"]].sum()
+    return wilcoxon_signed_rank(sums["target"] / sums[against], sums["target_other"] / sums[f"{against}_other"])
 
 
 __all__ = [
-    "RATIO", "REGION_ORDER", "RatioReport", "compare", "crop_mask", "measure", "patch_regions", "region_masks",
+    "AGAINST", "RATIO", "REGION_ORDER", "RatioReport", "against_of", "compare", "crop_mask", "measure",
+    "patch_regions", "region_masks",
     "per_unit", "ratio_by_depth", "report", "select_depth",
 ]

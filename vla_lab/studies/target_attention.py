@@ -4,8 +4,11 @@ Per model (each trained model and its random-init baseline, :func:`~vla_lab.regi
 episode, source and depth -- the LLM's action queries per ``layer``, the bridge head's task attention per
 ``block`` -- and head: the mean attention per patch of each region of the episode's first observation
 (:mod:`vla_lab.interp.target_attention`, the one measurement for every world; tabletop: both views,
-``target`` / ``distractors``; LIBERO: the agentview, ``target`` / ``place`` / ``distractors``). Rows with
-``head`` missing are the head mean.
+``target`` / ``distractors``; LIBERO: the agentview, ``target`` / ``place`` / ``same_category`` (the other black
+bowl) / ``distractors``). Rows with ``head`` missing are the head mean. Two ratios, each summary row naming the
+region it divides by (``against``): the target against the distractors (``target_attention_ratio``) and, where
+scenes have them, against the objects of the target's own category (``target_vs_same_category_ratio``: the bowl
+asked for, or the other black bowl?).
 
 The depth each model is reported at is chosen on the selection episodes (tabletop: validation scenes;
 LIBERO: training init states) and reported on the others: the ratio of the means over episodes, with a
@@ -77,60 +80,75 @@ class TargetAttention(Study):
         unit, cluster, noun = EPISODE_UNITS[settings.world]
         rows: list[dict[str, Any]] = []
         tests: list[dict[str, Any]] = []
-        reports: dict[tuple[str, str], ta.RatioReport] = {}
+        reports: dict[tuple[str, str, str], ta.RatioReport] = {}
         for keys, part in model_keys(records):
             for source in interp.SOURCES:
                 depth_kind = interp.SOURCE_DEPTH[source]
                 sub = part[part["source"] == source].assign(depth=lambda df, k=depth_kind: df[k])
                 if sub.empty:
                     continue
-                shown = sub[sub["split"] == settings.report_split]
-                chosen = sub[sub["split"] == settings.selection_split]
-                rule = f"highest ratio on the {settings.selection_split} episodes"
-                if chosen.empty:
-                    chosen, rule = shown, f"highest ratio on the {settings.report_split} episodes (no selection set)"
-                selection = ta.per_unit(chosen, unit)
-                report = ta.per_unit(shown, unit)
-                if report.empty or selection.empty:
-                    continue
-                at, on_selection = ta.select_depth(selection)
-                label = {**keys, "source": source, "depth_kind": depth_kind}
-                for d in sorted(report["depth"].unique()):
-                    result = ta.report(report, at=int(d), cluster=cluster, seed=settings.seed)
-                    rows.append(_row(result, label, int(d), None, d == at, noun, cluster))
-                    if d == at:
-                        reports[(keys["model"], source)] = result
-                for h, per_head in shown[shown["head"].notna()].groupby("head", sort=True):
-                    table = ta.per_unit(per_head.drop(columns="head"), unit)
-                    for d in sorted(table["depth"].unique()):
-                        result = ta.report(table, at=int(d), cluster=cluster, seed=settings.seed)
-                        rows.append(_row(result, label, int(d), int(h), False, noun, cluster))
-                for d, value in on_selection.items():
-                    rows.append({**label, "depth": int(d), "head": None, "selected": d == at,
-                                 "metric": "validation_ratio", "statistic": "ratio of means",
-                                 "n": int((selection["depth"] == d).sum()), "value": float(value),
-                                 "ci95": [math.nan, math.nan], "interval": "none (selection only)", "rule": rule})
+                for against, metric in ta.AGAINST.items():
+                    label = {**keys, "source": source, "depth_kind": depth_kind, "against": against}
+                    found = self._ratios(sub, settings, against, metric, label, unit, cluster, noun, rows)
+                    if found is not None:
+                        reports[(keys["model"], source, against)] = found
         for keys, _ in model_keys(records):
             if keys["random_init"]:
                 continue
             baseline = RANDOM_PREFIX + keys["model"]
             for source in interp.SOURCES:
-                a, b = reports.get((keys["model"], source)), reports.get((baseline, source))
-                if a is None or b is None:
-                    continue
-                per = f"per-{noun[:-1]} ratio"
-                tests.append(test_row(ta.compare(a, b, unit, cluster), **keys, source=source,
-                                      comparison=f"{keys['model']} vs {baseline} ({per}, selected depths)",
-                                      metric="target_attention_ratio"))
+                for against, metric in ta.AGAINST.items():
+                    a, b = reports.get((keys["model"], source, against)), reports.get((baseline, source, against))
+                    if a is None or b is None:
+                        continue
+                    per = f"per-{noun[:-1]} ratio"
+                    tests.append(test_row(ta.compare(a, b, unit, cluster), **keys, source=source,
+                                          comparison=f"{keys['model']} vs {baseline} ({per}, selected depths)",
+                                          metric=metric))
         summary = frame(rows)
         for column in [c for c in summary.columns if c.startswith("n_")]:
             summary[column] = summary[column].astype("Int64")  # absent on the selection rows
         return summary, frame(tests)
 
+    @staticmethod
+    def _ratios(sub: pd.DataFrame, settings: StudySettings, against: str, metric: str, label: dict[str, Any],
+                unit: tuple[str, ...], cluster: str | None, noun: str,
+                rows: list[dict[str, Any]]) -> ta.RatioReport | None:
+        """The rows of one model, source and ratio (every depth, per head, the selection's ratios); the report at
+        the selected depth (None when no episode shows both regions)."""
+        shown = sub[sub["split"] == settings.report_split]
+        chosen = sub[sub["split"] == settings.selection_split]
+        rule = f"highest ratio on the {settings.selection_split} episodes"
+        if chosen.empty:
+            chosen, rule = shown, f"highest ratio on the {settings.report_split} episodes (no selection set)"
+        selection = ta.per_unit(chosen, unit, against)
+        report = ta.per_unit(shown, unit, against)
+        if report.empty or selection.empty:
+            return None
+        at, on_selection = ta.select_depth(selection)
+        selected = None
+        for d in sorted(report["depth"].unique()):
+            result = ta.report(report, at=int(d), cluster=cluster, seed=settings.seed)
+            rows.append(_row(result, label, metric, int(d), None, d == at, noun, cluster))
+            if d == at:
+                selected = result
+        for h, per_head in shown[shown["head"].notna()].groupby("head", sort=True):
+            table = ta.per_unit(per_head.drop(columns="head"), unit, against)
+            for d in sorted(table["depth"].unique()):
+                result = ta.report(table, at=int(d), cluster=cluster, seed=settings.seed)
+                rows.append(_row(result, label, metric, int(d), int(h), False, noun, cluster))
+        for d, value in on_selection.items():
+            rows.append({**label, "depth": int(d), "head": None, "selected": d == at,
+                         "metric": "validation_ratio" if against == "distractors" else f"validation_{metric}",
+                         "statistic": "ratio of means", "n": int((selection["depth"] == d).sum()),
+                         "value": float(value), "ci95": [math.nan, math.nan], "interval": "none (selection only)",
+                         "rule": rule})
+        return selected
 
-def _row(result: ta.RatioReport, label: dict[str, Any], depth: int, head: int | None, selected: bool, noun: str,
-         cluster: str | None) -> dict[str, Any]:
-    row = {**label, "depth": depth, "head": head, "selected": bool(selected), "metric": "target_attention_ratio",
+
+def _row(result: ta.RatioReport, label: dict[str, Any], metric: str, depth: int, head: int | None, selected: bool,
+         noun: str, cluster: str | None) -> dict[str, Any]:
+    row = {**label, "depth": depth, "head": head, "selected": bool(selected), "metric": metric,
            "statistic": "ratio of means", "n": result.n, "value": result.value, "ci95": list(result.ci95),
            "interval": f"bootstrap over {noun} (percentile, paired)"}
     if cluster is not None:

@@ -23,8 +23,9 @@ import numpy as np
 from vla_lab.errors import InputError
 
 #: Region names of :attr:`Observation.regions`: the object to pick, the place it goes to (only in worlds
-#: whose tasks have one), every other object.
-REGIONS = ("target", "place", "distractors")
+#: whose tasks have one), the other objects of the target's category (only in scenes that have them: LIBERO's
+#: other black bowl), every other object.
+REGIONS = ("target", "place", "same_category", "distractors")
 #: Counterfactual episodes every world offers: another episode's instruction in this episode's scene;
 #: another object of this scene as the target (instruction naming it).
 COUNTERFACTUALS = ("other_instruction", "target_swap")

@@ -169,6 +169,14 @@ class LiberoEnv:
         """Every object and fixture of the scene, by its LIBERO name."""
         return [*self.env.env.objects_dict, *self.env.env.fixtures_dict]
 
+    def category(self, name: str) -> str:
+        """The LIBERO category of an object or fixture (``akita_black_bowl`` for ``akita_black_bowl_2``)."""
+        inner = self.env.env
+        obj = inner.objects_dict.get(name) or inner.fixtures_dict.get(name)
+        if obj is None:
+            raise InputError(f"object: got {name!r}, expected one of {self.object_names}")
+        return str(obj.category_name)
+
     def reset(self, init_state: int = 0) -> dict[str, Any]:
         """Init state ``init_state`` of the suite, then :data:`NUM_STEPS_WAIT` settle steps; the observation."""
         if not 0 <= init_state < self.num_init_states:

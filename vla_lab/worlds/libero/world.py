@@ -8,8 +8,9 @@ simulator of a task is built when an episode of another task is reset, so episod
 Regions (in the policy's agentview frame, from MuJoCo's segmentation), read from the task's BDDL goal
 (:func:`~vla_lab.worlds.libero.env.goal_objects`): ``target`` the objects the goal moves or changes (the bowl to
 pick in libero_spatial; both objects of "put both the cream cheese box and the butter in the basket"),
-``place`` the objects it puts them in or on (the plate, the basket; none for a region of the table), and
-``distractors`` every other object and fixture.
+``place`` the objects it puts them in or on (the plate, the basket; none for a region of the table),
+``same_category`` the other objects of a target's LIBERO category (the other black bowl; only in scenes that have
+one) and ``distractors`` every other object and fixture.
 """
 
 from __future__ import annotations
@@ -39,13 +40,18 @@ POLICY_SIZE = 224
 
 
 def episode_regions(env: LiberoEnv, size: int = POLICY_SIZE) -> dict[str, np.ndarray]:
-    """``target`` / ``place`` / ``distractors`` pixel masks (size, size) of the current state (module docstring)."""
+    """``target`` / ``place`` / ``same_category`` / ``distractors`` pixel masks (size, size) of the current state
+    (module docstring); ``place`` and ``same_category`` only where the scene has them."""
     labels, names = object_segmentation(env, size)
     targets, places = goal_objects(env, names)
-    ids = {name: names.index(name) + 1 for name in [*targets, *places]}
+    kinds = {env.category(n) for n in targets}
+    alike = [n for n in names if n not in targets and n not in places and env.category(n) in kinds]
+    ids = {name: names.index(name) + 1 for name in [*targets, *places, *alike]}
     regions = {"target": np.isin(labels, [ids[n] for n in targets])}
     if places:
         regions["place"] = np.isin(labels, [ids[n] for n in places])
+    if alike:
+        regions["same_category"] = np.isin(labels, [ids[n] for n in alike])
     regions["distractors"] = (labels > 0) & ~np.isin(labels, list(ids.values()))
     return regions
 
