@@ -66,3 +66,9 @@ done
 $TORCHRUN -m vla_lab study target-attention --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
     --out $REC/libero-target-attention/libero_spatial --no-progress
+
+# 6. Mask swap on the held-out init states 40-49 of every task: each model under its own and the other LLM mask,
+#    closed loop (success, steps, the first chunk's change), intervals over tasks (~40 min with 2 processes)
+$TORCHRUN -m vla_lab study mask-swap --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
+    --out $REC/libero-mask-swap/libero_spatial --no-progress

@@ -44,6 +44,8 @@ def register(sub: options.Subparsers) -> None:
     p.add_argument("--no-closed-loop", dest="closed_loop", action="store_false",
                    help="open-loop measures only (where the study has both)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=20, help="scenes per unit (default 20)")
+    p.add_argument("--max-steps", dest="max_steps", type=int,
+                   help="steps per closed-loop episode (default: the world's; LIBERO: the suite's, as upstream)")
     options.add_seed(p, 0, "seed of random controls and bootstraps (default 0)")
     options.add_device(p, help="cpu or cuda (cuda:LOCAL_RANK under torchrun)")
     options.add_num_threads(p, 1, "torch CPU threads per process (default 1, as under torchrun; 0: torch's default)")
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         selection_states=None if states["--selection-states"] is None else list(states["--selection-states"]),
         scenes=args.scenes, start=args.start,
         validation_scenes=args.validation_scenes, closed_loop_scenes=args.closed_loop_scenes,
-        closed_loop=args.closed_loop, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        closed_loop=args.closed_loop, batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed,
+        device=args.device,
         num_threads=args.num_threads, prompt=args.prompt,
     )
     if settings.world == "libero":

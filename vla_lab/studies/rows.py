@@ -57,6 +57,20 @@ def ratio_row(numerators: Any, denominators: Any, seed: int = 0, **keys: Any) ->
             "interval": "bootstrap over scenes (percentile, paired)"}
 
 
+def cluster_row(values: Any, clusters: Any, seed: int = 0, statistic: str = "mean", noun: str = "tasks",
+                **keys: Any) -> dict[str, Any]:
+    """A summary row for the mean of per-episode values (a success rate when they are 0 / 1) whose episodes cluster
+    (a LIBERO task's init states share one layout): n, the number of clusters, value and a percentile bootstrap
+    ci95 that resamples clusters (each one's sum over its count: the ratio of means is the episodes' mean)."""
+    table = pd.DataFrame({"value": pd.Series(values, dtype="float64").to_numpy(), "cluster": list(clusters)}).dropna()
+    sums = table.groupby("cluster", sort=True)["value"].agg(["sum", "count"])
+    low, high = (ratio_of_means_interval(sums["sum"], sums["count"], seed=seed) if len(table)
+                 else (math.nan, math.nan))
+    return {**keys, "statistic": statistic, "n": len(table), f"n_{noun}": len(sums),
+            "value": float(table["value"].mean()) if len(table) else math.nan, "ci95": [low, high],
+            "interval": f"bootstrap over {noun} (percentile, cluster)"}
+
+
 def test_row(result: PairedTest, **keys: Any) -> dict[str, Any]:
     """A tests row: the keys, then name, statistic, p, n, note."""
     return {**keys, "name": result.name, "statistic": result.statistic, "p": result.p, "n": result.n,
