@@ -50,7 +50,8 @@ def test_the_study_command_on_libero_refuses_bad_input_in_one_line(tmp_path) -> 
     for argv, message in ((["--suite", "libero_nowhere"], "--suite: got 'libero_nowhere'"),
                           (["--tasks", "12"], "--tasks: got 12, expected task ids of libero_spatial in 0..9"),
                           (["--init-states", "0:70"], "--init-states: got 0:70, expected init states in 0..49"),
-                          (["--max-steps", "0"], "--max-steps: got 0, expected a positive integer")):
+                          (["--max-steps", "0"], "--max-steps: got 0, expected a positive integer"),
+                          (["--no-closed-loop"], "--no-closed-loop: got it with --world libero, expected it only")):
         status, stdout, err = testkit.run_cli(["study", "mask-swap", "--world", "libero", "--model",
                                                "libero-spatial-causal", *argv, "--out", tmp_path / "x"])
         assert message in testkit.assert_one_line_error(status, err, "study") and stdout == ""

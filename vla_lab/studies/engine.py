@@ -129,6 +129,9 @@ class StudySettings:
             if getattr(self, name) != defaults[name].default:
                 raise InputError(f"--{name.replace('_', '-')}: got {getattr(self, name)!r}, expected it only with "
                                  "--world tabletop (LIBERO episodes are --tasks x --init-states)")
+        if not self.closed_loop:
+            raise InputError("--no-closed-loop: got it with --world libero, expected it only with --world tabletop "
+                             "(a LIBERO study runs every episode it lists)")
         self.suite = check_suite("libero_spatial" if self.suite is None else self.suite, "--suite")
         self.init_states = list(range(40, 50)) if self.init_states is None else [int(i) for i in self.init_states]
         self.selection_states = (list(range(5)) if self.selection_states is None
