@@ -89,7 +89,7 @@ def _add_episode_arguments(q: argparse.ArgumentParser, out_root: str, trials: bo
     if trials:
         q.add_argument("--trials", type=int, help="init states 0..N-1 per task (default: all 50, as upstream)")
     options.add_init_states(q, "init states A:B (A included, B not)")
-    q.add_argument("--max-steps", dest="max_steps", type=int, help="steps per episode (default: the suite's)")
+    options.add_max_steps(q, "steps per episode (default: the suite's)")
     q.add_argument("--env-seed", dest="env_seed", type=options.seed, default=0,
                    help="simulator seed (default 0, as upstream)")
     options.add_out(q, f"run directory (default: ./{out_root}/<suite>)")

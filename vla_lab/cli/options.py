@@ -106,6 +106,11 @@ def add_seed(parser: argparse.ArgumentParser, default: int | None, help: str) ->
     parser.add_argument("--seed", type=seed, default=default, help=help)
 
 
+def add_max_steps(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--max-steps N``: steps per closed-loop episode (default: the world's own limit)."""
+    parser.add_argument("--max-steps", dest="max_steps", type=int, help=help)
+
+
 def add_num_threads(parser: argparse.ArgumentParser, default: int | None, help: str) -> None:
     """``--num-threads N``: torch CPU threads (per process under torchrun)."""
     parser.add_argument("--num-threads", dest="num_threads", type=int, default=default, help=help)

@@ -44,8 +44,7 @@ def register(sub: options.Subparsers) -> None:
     p.add_argument("--no-closed-loop", dest="closed_loop", action="store_false",
                    help="open-loop measures only (where the study has both)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=20, help="scenes per unit (default 20)")
-    p.add_argument("--max-steps", dest="max_steps", type=int,
-                   help="steps per closed-loop episode (default: the world's; LIBERO: the suite's, as upstream)")
+    options.add_max_steps(p, "steps per closed-loop episode (default: the world's; LIBERO: the suite's, as upstream)")
     options.add_seed(p, 0, "seed of random controls and bootstraps (default 0)")
     options.add_device(p, help="cpu or cuda (cuda:LOCAL_RANK under torchrun)")
     options.add_num_threads(p, 1, "torch CPU threads per process (default 1, as under torchrun; 0: torch's default)")
