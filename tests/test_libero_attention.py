@@ -168,8 +168,8 @@ def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
     from dataclasses import replace
 
     from vla_lab import registry
+    from vla_lab.libero.models import camera_resolution
     from vla_lab.studies import StudySettings, load_result, run_study, verify_records
-    from vla_lab.studies.engine import camera_resolution
 
     checkpoint = str(libero_two_step_run)
     settings = StudySettings("target-attention", models=[checkpoint], world="libero", tasks=[0],
@@ -184,7 +184,7 @@ def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
     # the cameras of eval libero for this model: its demonstrations' (testkit.write_demos: 128 px), else 256
     assert set(records["resolution"]) == {128}
     spec = registry.resolve([checkpoint], "libero_spatial")[0]
-    assert camera_resolution(spec) == 128 and camera_resolution(replace(spec, path=str(tmp_path))) == 256
+    assert camera_resolution(spec.path) == 128 and camera_resolution(replace(spec, path=str(tmp_path)).path) == 256
     assert set(zip(records["split"], records["init_state"])) == {("selection", 0), ("report", 40)}
     rows = result.summary[(result.summary["metric"] == "target_attention_ratio") & result.summary["head"].isna()]
     assert set(rows["model"]) == {"final", "random-init:final"} and (rows["n"] == 1).all()

@@ -121,13 +121,11 @@ def _model_directory(args: argparse.Namespace) -> Path | None:
 
 def camera_resolution(args: argparse.Namespace) -> int:
     """``--resolution``, else that of the demonstrations the model was trained on, else upstream's 256."""
-    from vla_lab.libero.models import demos_manifest
+    from vla_lab.libero.models import camera_resolution as model_resolution
 
     if args.resolution is not None:
         return int(args.resolution)
-    directory = _model_directory(args)
-    manifest = demos_manifest(directory) if directory else None
-    return int(manifest["resolution"]) if manifest else libero_eval.RESOLUTION
+    return model_resolution(_model_directory(args))
 
 
 def model_settings(args: argparse.Namespace) -> dict[str, Any]:

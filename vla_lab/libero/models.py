@@ -19,6 +19,7 @@ import torch
 
 from vla_lab.config import AttentionLike
 from vla_lab.errors import InputError
+from vla_lab.libero.evaluate import RESOLUTION
 from vla_lab.model import VLAAdapter, load_pretrained
 
 #: The suite the shipped models were trained on, and the masks they were trained with.
@@ -67,3 +68,11 @@ def demos_manifest(checkpoint: str | Path) -> dict[str, Any] | None:
         return None
     manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return manifest
+
+
+def camera_resolution(checkpoint: str | Path | None) -> int:
+    """The cameras ``eval libero`` draws for a model: at the resolution of the demonstrations it was trained on (its
+    checkpoint's :func:`demos_manifest`; 128 for the shipped models), else upstream's 256 (a preset, a released
+    checkpoint)."""
+    manifest = demos_manifest(checkpoint) if checkpoint else None
+    return int(manifest["resolution"]) if manifest else RESOLUTION

@@ -31,14 +31,14 @@ import torch
 from vla_lab import files, parallel, registry
 from vla_lab.config import PROMPTS, resolve_device
 from vla_lab.errors import InputError
-from vla_lab.libero.evaluate import RESOLUTION
-from vla_lab.libero.models import demos_manifest
+from vla_lab.libero.models import camera_resolution
 from vla_lab.model import VLAAdapter
 from vla_lab.registry import ModelSpec
 from vla_lab.run_dir import RunDir
 from vla_lab.worlds import Episode, Observation, World, create_world
 from vla_lab.worlds import tabletop as world
 from vla_lab.worlds.libero.env import check_suite
+from vla_lab.worlds.libero.world import LiberoWorld
 
 STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR = "study.json", "records.parquet", "summary.json", "parts"
 MARKERS = (STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR)
@@ -294,16 +294,10 @@ def register_study(cls: type[Study]) -> type[Study]:
 # ---------------------------------------------------------------------------------------------
 
 
-def camera_resolution(spec: ModelSpec) -> int:
-    """LIBERO's camera size for a model, as ``eval libero`` chooses it: that of the demonstrations it was trained on
-    (128 for the shipped models), else upstream's 256."""
-    manifest = demos_manifest(spec.path) if spec.path else None
-    return int(manifest["resolution"]) if manifest else RESOLUTION
-
-
 class Worlds:
     """The worlds of a run, one per model configuration that changes what a world shows (the tabletop renders at
-    the model's image size and plans its chunk; LIBERO's cameras draw at :func:`camera_resolution`), and each
+    the model's image size and plans its chunk; LIBERO's cameras draw as ``eval libero`` draws them for the model,
+:func:`vla_lab.libero.models.camera_resolution`), and each
     unit's episodes in them (observations made once)."""
 
     def __init__(self, settings: StudySettings) -> None:
@@ -316,7 +310,7 @@ class Worlds:
             if key not in self._worlds:
                 self._worlds[key] = world.TabletopWorld(world.WorldConfig(image_size=key[0], chunk=key[1]))
         else:
-            key = (self.settings.world_name, camera_resolution(spec))
+            key = (self.settings.world_name, camera_resolution(spec.path))
             if key not in self._worlds:
                 options = {} if self.settings.max_steps is None else {"max_steps": self.settings.max_steps}
                 self._worlds[key] = create_world(key[0], resolution=key[1], **options)
@@ -348,8 +342,8 @@ def _unit_records(study: Study, loaded: list[tuple[ModelSpec, VLAAdapter]], unit
                              index=part.index)
         if "scene" in named.columns:
             named["scene"] = named["scene"].astype("int64")
-        if settings.world == "libero":
-            named["resolution"] = camera_resolution(spec)
+        if isinstance(env, LiberoWorld):
+            named["resolution"] = env.resolution
         part = pd.concat([named, part.drop(columns="episode")], axis=1)
         for i, column in enumerate(MODEL_COLUMNS):
             value = {"model": spec.name, "trained_with": spec.trained_with, "model_seed": spec.seed,
