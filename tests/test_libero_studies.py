@@ -56,3 +56,103 @@ def test_the_study_command_on_libero_refuses_bad_input_in_one_line(tmp_path) -> 
                                                "libero-spatial-causal", *argv, "--out", tmp_path / "x"])
         assert message in testkit.assert_one_line_error(status, err, "study") and stdout == ""
         assert not (tmp_path / "x").exists()
+
+
+def test_knockout_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
+    from vla_lab.studies.knockout import CONDITIONS
+
+    settings = StudySettings("knockout", models=[str(libero_two_step_run)], world="libero", tasks=[0],
+                             init_states=[40, 41], batch_size=2, max_steps=9)
+    result = run_study(settings, tmp_path / "run", progress=False)
+    records = result.records.set_index(["condition", "init_state"])
+    assert list(dict.fromkeys(result.records["condition"])) == list(CONDITIONS)
+    assert result.records["error"].isna().all() and result.records["steps"].between(1, 9).all()
+    none = records.loc["none"]
+    assert (none["delta_action"] == 0).all() and (none["blocked_keys"] == 0).all()
+    # The causal run's queries never reach the patches or the prompt: blocking them changes nothing, and the
+    # closed-loop records are those of ``none``.
+    for condition in ("queries->vision", "queries->text"):
+        assert not records.loc[condition, "changes_mask"].any()
+        assert (records.loc[condition, "delta_action"] == 0).all()
+    for condition in ("vision->queries", "text->queries", "prefix-lm", "random-keys:vision->queries"):
+        assert records.loc[condition, "changes_mask"].all() and (records.loc[condition, "delta_action"] > 0).all()
+    # A random-key control closes as many keys as its path, drawn from what the queries may read.
+    path, control = records.loc["vision->queries"], records.loc["random-keys:vision->queries"]
+    assert (control[["keys_vision", "keys_text", "keys_other"]].sum(axis=1) == path["keys_vision"]).all()
+    summary = result.summary.set_index(["metric", "condition"])
+    assert summary.loc[("success", "text->queries"), "interval"] == "bootstrap over tasks (percentile, cluster)"
+    assert summary.loc[("delta_action", "prefix-lm"), "n"] == 2
+    assert summary.loc[("delta_action", "prefix-lm"), "value"] == pytest.approx(
+        records.loc["prefix-lm", "delta_action"].mean())
+    compared = set(map(tuple, result.tests[["comparison", "metric"]].values.tolist()))
+    assert ("none vs vision->queries", "success (per-task rates)") in compared
+    assert ("vision->queries vs random-keys:vision->queries", "delta_action (per-task means)") in compared
+    assert ("none vs queries->text", "success (per-task rates)") not in compared
+
+
+def test_a_knockout_acts_on_every_query_of_a_libero_episode(libero_two_step_run) -> None:
+    """The policy's ``intervene`` reaches every forward pass of an episode: a closed prompt changes the chunks of
+    later queries too, and an identity intervention changes nothing."""
+    from vla_lab.config import AttentionSpec
+    from vla_lab.model import VLAAdapter
+    from vla_lab.policy import Policy
+    from vla_lab.worlds import create_world
+    from vla_lab.worlds.runner import run_lockstep
+
+    model = VLAAdapter.from_pretrained(libero_two_step_run).eval()
+    spec = model.attention.with_blocked(("action_queries", "text"))
+    chunks: dict[str, list[np.ndarray]] = {}
+    with create_world("libero_spatial", resolution=128, max_steps=17) as world:
+        episode = world.episode(0, 40)
+        for name, intervene in (("plain", None), ("identity", lambda o, s, b: {}),
+                                ("blocked", lambda o, s, b: {"attention": spec})):
+            policy = Policy(model, world, intervene=intervene)
+            seen: list[np.ndarray] = []
+            policy.on_query = lambda slot, row, query, p=policy, seen=seen: seen.append(p.last_normalized[row])
+            run_lockstep([world], [episode], policy)
+            chunks[name] = seen
+    assert len(chunks["plain"]) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(chunks["plain"], chunks["identity"]))
+    assert all(not np.array_equal(a, b) for a, b in zip(chunks["plain"], chunks["blocked"]))
+    assert AttentionSpec.parse("causal") == model.attention
+
+
+def test_target_knockout_closes_as_many_patches_of_the_target_as_of_the_other_bowl(libero_two_step_run,
+                                                                                    tmp_path) -> None:
+    settings = StudySettings("target-knockout", models=[str(libero_two_step_run)], world="libero", tasks=[0],
+                             init_states=[40, 41], batch_size=2, max_steps=9)
+    result = run_study(settings, tmp_path / "run", progress=False)
+    records = result.records.set_index(["condition", "init_state"])
+    assert list(dict.fromkeys(result.records["condition"])) == ["none", "target", "same_category"]
+    assert result.records["error"].isna().all()
+    assert (records.loc["none", "delta_action"] == 0).all() and (records.loc["none", "blocked_patches"] == 0).all()
+    # Equal numbers of patches at every query: the two knockouts' means agree where the episodes ran alike.
+    target, alike = records.loc["target"], records.loc["same_category"]
+    assert (target["blocked_patches"] > 0).all() and (target["delta_action"] > 0).all()
+    assert (alike["delta_action"] > 0).all()
+    assert (records.loc["target", "queries"] == np.ceil(records.loc["target", "steps"] / settings.execute)).all()
+    tests = result.tests.set_index(["comparison", "metric"])
+    assert bool(tests.loc[("target vs same_category", "success (per-task rates)"), "primary"])
+    assert not bool(tests.loc[("none vs target", "success (per-task rates)"), "primary"])
+    summary = result.summary.set_index(["metric", "condition"])
+    assert summary.loc[("blocked_patches", "target"), "value"] == pytest.approx(target["blocked_patches"].mean())
+    assert summary.loc[("success", "none"), "interval"] == "bootstrap over tasks (percentile, cluster)"
+
+
+def test_blocked_patches_are_as_many_for_the_target_as_for_its_control() -> None:
+    from vla_lab.model.sequence import SequenceLayout
+    from vla_lab.studies.target_knockout import blocked_patches
+    from vla_lab.worlds import Observation
+
+    layout = SequenceLayout.build(5, [16, 16], [(4, 4), (4, 4)], 2)
+    target = np.zeros((8, 8), dtype=bool)
+    target[0:4, 0:3] = True  # patches (0, 0) and (1, 0) fully, (0, 1) and (1, 1) half
+    alike = np.zeros((8, 8), dtype=bool)
+    alike[6:8, 6:8] = True  # patch (3, 3) only
+    alike[0:2, 2:4] = True  # overlaps the target's patch (0, 1): never the control's
+    observation = Observation([], "", np.zeros(8), [{"target": target, "same_category": alike}])
+    picks = blocked_patches(observation, layout, center_crop=False)
+    assert picks == {"target": [1], "same_category": [1 + 15]}  # one each; the target's most covered patch
+    observation.regions = [{"target": target}]
+    with pytest.raises(Exception, match="same_category"):
+        blocked_patches(observation, layout, center_crop=False)

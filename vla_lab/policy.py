@@ -7,11 +7,15 @@ crop and its action post-processing (``process_chunk``). One call predicts the c
 given (one batched forward pass). As an :class:`OpenLoop` it keeps the action queue: ``select_action``
 (one episode) or ``select_actions`` (several, batched); ``last_normalized`` holds the head's output of the
 latest query (rows in the order of its observations).
+
+``intervene`` changes every forward pass of the policy: called with the query's observations, their slots and
+the forward inputs, it returns extra keyword arguments of :meth:`VLAAdapter.forward
+<vla_lab.model.VLAAdapter.forward>` (``attention``, ``block``): a knockout in closed loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +26,9 @@ from vla_lab.errors import InputError
 from vla_lab.model import VLAAdapter, forward_inputs
 from vla_lab.worlds import Observation, World
 from vla_lab.worlds.runner import OpenLoop, QueryHook
+
+#: (observations of a query, their slots, the forward inputs) -> extra forward keyword arguments.
+Intervene = Callable[[Sequence[Observation], Sequence[int], dict[str, torch.Tensor]], dict[str, Any]]
 
 
 def check_world_config(config: VLAConfig, world: str) -> None:
@@ -36,15 +43,16 @@ def check_world_config(config: VLAConfig, world: str) -> None:
 
 
 class Policy(OpenLoop):
-    """``model`` acting in ``world`` (see the module docstring); ``prompt`` overrides the model's prompt.
+    """``model`` acting in ``world`` (see the module docstring); ``prompt`` overrides the model's prompt;
+    ``intervene`` changes its forward passes.
 
     The model's train / eval mode is the caller's (put it in eval mode to act).
     """
 
     def __init__(self, model: VLAAdapter, world: World, *, execute: int = 8, prompt: str | None = None,
-                 on_query: QueryHook | None = None) -> None:
+                 on_query: QueryHook | None = None, intervene: Intervene | None = None) -> None:
         check_world_config(model.config, world.name)
-        self.model, self.world, self.prompt = model, world, prompt
+        self.model, self.world, self.prompt, self.intervene = model, world, prompt, intervene
         self.unnorm_key = world.statistics_for(model.config.norm_stats or {})
         self.last_normalized: np.ndarray | None = None
         super().__init__(self.predict, execute, world.process_chunk, on_query)
@@ -64,11 +72,18 @@ class Policy(OpenLoop):
 
     def predict(self, observations: Sequence[Observation], slots: Sequence[int] = ()) -> np.ndarray:
         """(B, chunk, 7) chunks for ``observations`` (un-normalised when the model has statistics), before the
-        world's post-processing; ``slots`` is unused (the chunk-function signature)."""
+        world's post-processing; ``slots`` (the chunk-function signature) go to ``intervene``."""
         images, instructions, proprio = self.inputs(observations)
         with torch.inference_mode():
-            pred = self.model.predict_action(images, instructions, proprio, unnorm_key=self.unnorm_key,
-                                             center_crop=self.world.center_crop, prompt=self.prompt)
+            if self.intervene is None:
+                pred = self.model.predict_action(images, instructions, proprio, unnorm_key=self.unnorm_key,
+                                                 center_crop=self.world.center_crop, prompt=self.prompt)
+            else:
+                batch = self.model.prepare_inputs(images, instructions, proprio, unnorm_key=self.unnorm_key,
+                                                  center_crop=self.world.center_crop, prompt=self.prompt)
+                inputs = forward_inputs(batch)
+                out = self.model(**inputs, **self.intervene(observations, slots, inputs))
+                pred = self.model.prediction(out.normalized_actions, batch, out.layouts, out.attention.label)
         self.last_normalized = np.asarray(pred.normalized_actions)
         actions = pred.actions if pred.actions is not None else pred.normalized_actions
         return np.asarray(actions, dtype=np.float64)

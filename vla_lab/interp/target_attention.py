@@ -97,6 +97,24 @@ def patch_regions(
     return out
 
 
+def patch_coverage(mask: np.ndarray, grid: tuple[int, int], center_crop: bool = False) -> np.ndarray:
+    """The share of each patch's pixels (float (rows, cols)) a pixel mask (S, S) covers, on the model's patch grid
+    (after the centre crop when ``center_crop``); a patch of :func:`patch_regions` is one with a share above 0."""
+    mask = np.asarray(mask, dtype=bool)
+    mask = crop_mask(mask) if center_crop else mask
+    if mask.ndim != 2:
+        raise InputError(f"mask: got shape {mask.shape}, expected an (H, W) mask")
+    rows, cols = (int(v) for v in grid)
+    height, width = mask.shape
+    r = np.minimum(np.arange(height) * rows // height, rows - 1)
+    c = np.minimum(np.arange(width) * cols // width, cols - 1)
+    covered = np.zeros((rows, cols))
+    pixels = np.zeros((rows, cols))
+    np.add.at(covered, (r[:, None], c[None, :]), mask)
+    np.add.at(pixels, (r[:, None], c[None, :]), 1.0)
+    return covered / pixels
+
+
 def region_masks(regions: Sequence[Sequence[Mapping[str, np.ndarray]]], center_crop: bool = False) -> RegionMasks:
     """Region masks for :func:`vla_lab.interp.region_attention`: sample s, image i from the pixel masks
     ``regions[s][i]`` (as :attr:`Observation.regions <vla_lab.worlds.Observation.regions>` holds them; an

@@ -17,6 +17,13 @@ Per model, condition and scene: ``delta_action`` (mean |normalised actions - bas
 start observation) and, closed loop, success, outcome, steps. Summaries: mean delta (bootstrap) and success
 (Wilson); tests: exact McNemar of success against ``none`` and of each path against its random-key control,
 Wilcoxon of each path's delta against its control.
+
+LIBERO, per model, condition and episode (task, init state): ``delta_action`` of the first chunk and, for every
+condition that changes the mask (``none`` included), closed-loop success, steps and queries under upstream's
+protocol (:class:`~vla_lab.policy.Policy` with the knockout on every query; the random keys drawn once per episode,
+seeded by task and init state). A task's init states share one layout, so the episodes cluster by task: success
+and ``delta_action`` with a bootstrap over tasks; the paired tests are Wilcoxon signed-rank on per-task values
+(success rates; mean deltas).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import torch
 from vla_lab.config import AttentionSpec
 from vla_lab.model import VLAAdapter
 from vla_lab.model.sequence import SequenceLayout
+from vla_lab.policy import Policy
 from vla_lab.registry import ModelSpec
 from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
 from vla_lab.studies.engine import (
@@ -43,6 +51,7 @@ from vla_lab.studies.engine import (
 from vla_lab.studies.policies import run_closed_loop
 from vla_lab.studies.rows import (
     closed_loop_mask,
+    cluster_row,
     frame,
     mean_row,
     model_keys,
@@ -52,6 +61,7 @@ from vla_lab.studies.rows import (
 )
 from vla_lab.tabletop.evaluate import observation_inputs
 from vla_lab.worlds import tabletop as world
+from vla_lab.worlds.runner import run_lockstep
 
 #: Path knockouts: condition -> (query segment, key segment) blocked.
 PATHS: dict[str, tuple[str, str]] = {
@@ -98,12 +108,12 @@ def _blocked_segments(condition: str, layouts: Sequence[SequenceLayout],
     return out
 
 
-def _length(model: VLAAdapter, inputs: dict[str, torch.Tensor]) -> int:
+def sequence_length(model: VLAAdapter, inputs: dict[str, torch.Tensor]) -> int:
     """Sequence length of a batch (patches, padded prompt, queries, STOP)."""
     return model.plan(inputs["attention_mask"].sum(dim=1).tolist(), inputs["input_ids"].shape[1]).length
 
 
-def _block_tensor(chosen: Sequence[tuple[list[int], list[int]]], size: int) -> torch.Tensor:
+def block_tensor(chosen: Sequence[tuple[list[int], list[int]]], size: int) -> torch.Tensor:
     block = torch.zeros(len(chosen), size, size, dtype=torch.bool)
     for b, (queries, keys) in enumerate(chosen):
         block[b, torch.tensor(queries)[:, None], torch.tensor(keys)[None, :]] = True
@@ -114,9 +124,12 @@ def _block_tensor(chosen: Sequence[tuple[list[int], list[int]]], size: int) -> t
 class Knockout(Study):
     name = "knockout"
     description = "block vision/text -> queries, queries -> vision/text, prefix-lm, random-key controls"
+    worlds = ("tabletop", "libero")
 
     def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:
+        if settings.world == "libero":
+            return _libero_records(model, episodes, settings)
         scenes = episodes.scenes
         base = model.attention
         start = [world.render(s) for s in scenes]
@@ -137,7 +150,7 @@ class Knockout(Study):
         for condition in CONDITIONS:
             options, per_scene, changes = self._options(condition, base, allowed, baseline.layouts, chosen)
             where = _blocked_segments(condition, baseline.layouts, chosen)
-            out = model(**inputs, **options(list(range(len(scenes))), _length(model, inputs)))
+            out = model(**inputs, **options(list(range(len(scenes))), sequence_length(model, inputs)))
             delta = np.abs(out.normalized_actions.float().cpu().numpy() - base_actions).mean(axis=(1, 2))
             if looped and (changes or condition == "none"):
                 closed[condition] = self._episodes(model, scenes, looped, options, settings)
@@ -176,7 +189,7 @@ class Knockout(Study):
         counts = [len(queries) * len(keys) for queries, keys in picks]
 
         def options(rows: list[int], size: int) -> dict[str, Any]:
-            return {"block": _block_tensor([picks[r] for r in rows], size)}
+            return {"block": block_tensor([picks[r] for r in rows], size)}
 
         return options, counts, any(counts)
 
@@ -187,13 +200,15 @@ class Knockout(Study):
         def act(observations: Sequence[world.Observation], episodes: Sequence[int],
                 states: Sequence[world.State]) -> np.ndarray:
             inputs = observation_inputs(model, observations)
-            out = model(**inputs, **options([looped[e] for e in episodes], _length(model, inputs)))
+            out = model(**inputs, **options([looped[e] for e in episodes], sequence_length(model, inputs)))
             return out.normalized_actions.float().cpu().numpy()
 
         records = run_closed_loop(model, [scenes[b] for b in looped], act, settings.execute, settings.max_steps)
         return dict(zip(looped, records))
 
     def summarize(self, records: pd.DataFrame, settings: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if settings.world == "libero":
+            return _libero_summary(records, settings)
         rows, tests = [], []
         has_success = bool(records["success"].notna().any())
         for keys, part in model_keys(records):
@@ -216,3 +231,65 @@ class Knockout(Study):
                     tests.append(test_row(wilcoxon_signed_rank(*deltas),
                                           **keys, comparison=f"{path} vs {control}", metric="delta_action"))
         return frame(rows), frame(tests)
+
+
+def _libero_records(model: VLAAdapter, episodes: UnitEpisodes, settings: StudySettings) -> pd.DataFrame:
+    """One LIBERO unit: every condition's first chunks (one batch), then the closed-loop episodes (one at a time)
+    of the conditions that change the mask."""
+    first = episodes.first_observations()
+    inputs = Policy(model, episodes.world, execute=settings.execute).forward_inputs(first)
+    baseline = model(**inputs)
+    base_actions = baseline.normalized_actions.float().cpu().numpy()
+    allowed = baseline.allowed.cpu()
+    keys = [e.key for e in episodes.episodes]
+    chosen = {path: [random_keys(layout, allowed[b], path,
+                                 np.random.default_rng([settings.seed, int(keys[b][1]), int(keys[b][2]),
+                                                        CONTROLS.index(path)]))
+                     for b, layout in enumerate(baseline.layouts)]
+              for path in CONTROLS}
+    rows: list[dict[str, Any]] = []
+    closed: dict[str, list[Any]] = {}
+    for condition in CONDITIONS:
+        options, per_episode, changes = Knockout._options(condition, model.attention, allowed, baseline.layouts,
+                                                          chosen)
+        where = _blocked_segments(condition, baseline.layouts, chosen)
+        out = model(**inputs, **options(list(range(len(first))), sequence_length(model, inputs)))
+        delta = np.abs(out.normalized_actions.float().cpu().numpy() - base_actions).mean(axis=(1, 2))
+        if changes or condition == "none":
+            closed[condition] = []
+            for b, episode in enumerate(episodes.episodes):
+                def intervene(observations: Any, slots: Any, batch: dict[str, torch.Tensor], b: int = b,
+                              options: Any = options) -> dict[str, Any]:
+                    return options([b], sequence_length(model, batch))
+
+                policy = Policy(model, episodes.world, execute=settings.execute, intervene=intervene)
+                closed[condition].append(run_lockstep([episodes.world], [episode], policy, isolate=True)[0])
+        runs = closed.get(condition) or closed["none"]
+        for b, run in enumerate(runs):
+            rows.append({"episode": b, "condition": condition, "changes_mask": changes,
+                         "blocked_keys": per_episode[b], **where[b], "delta_action": float(delta[b]),
+                         "success": run.success, "steps": run.steps, "queries": run.queries, "error": run.error})
+    return pd.DataFrame(rows)
+
+
+def _libero_summary(records: pd.DataFrame, settings: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, tests = [], []
+    shown = records[records["split"] == settings.report_split]
+    for keys, part in model_keys(shown):
+        by = {c: sub.set_index(["task", "init_state"]).sort_index() for c, sub in part.groupby("condition", sort=False)}
+        for condition, sub in by.items():
+            label = {**keys, "condition": condition, "changes_mask": bool(sub["changes_mask"].iloc[0])}
+            tasks = sub.index.get_level_values("task")
+            rows.append(cluster_row(sub["delta_action"], tasks, settings.seed, **label, metric="delta_action"))
+            rows.append(cluster_row(sub["success"].astype(float), tasks, settings.seed, "rate", **label,
+                                    metric="success"))
+        comparisons = [("none", c, "success") for c in by if c != "none" and bool(by[c]["changes_mask"].iloc[0])]
+        comparisons += [(p, f"random-keys:{p}", m) for p in CONTROLS for m in ("success", "delta_action")
+                        if p in by and f"random-keys:{p}" in by]
+        for first, second, metric in comparisons:
+            a, b = paired(by[first][metric].astype(float), by[second][metric].astype(float))
+            per_task = pd.DataFrame({"a": a, "b": b}).groupby(level="task").mean()
+            name = "success (per-task rates)" if metric == "success" else "delta_action (per-task means)"
+            tests.append(test_row(wilcoxon_signed_rank(per_task["a"], per_task["b"]), **keys,
+                                  comparison=f"{first} vs {second}", metric=name))
+    return frame(rows), frame(tests)

@@ -75,6 +75,9 @@ class LiberoWorld:
         self.steps = 0
         #: Draw the agentview at every step (``raw`` holds each step's frame, e.g. for a video), not only when observed.
         self.every_frame = False
+        #: Give every observation of a step its region masks (a measure or an intervention through a rollout), not
+        #: only the reset's.
+        self.step_regions = False
 
     @property
     def max_steps(self) -> int:
@@ -154,6 +157,8 @@ class LiberoWorld:
         self.raw, _, success, _ = self.env.step(check_action(action), observe=frames)
         self.steps += 1
         observation = self._observation(self.instruction) if observe else None
+        if observation is not None and self.step_regions:
+            observation.regions = [episode_regions(self.env)]
         return Step(observation, success or self.steps >= self.max_steps, success)
 
     def counterfactual(self, episode: Episode, variant: str, *, seed: int = 0) -> Episode:
