@@ -37,8 +37,9 @@ from vla_lab.model import random_model
 from vla_lab.policy import Policy
 from vla_lab.worlds import Observation
 from vla_lab.worlds.libero import LiberoWorld
-from vla_lab.worlds.libero.env import CAMERA, DUMMY_ACTION, MAX_STEPS, LiberoEnv
+from vla_lab.worlds.libero.env import CAMERA, DUMMY_ACTION, LiberoEnv
 from vla_lab.worlds.libero.observation import prepare_observation
+from vla_lab.worlds.libero.suites import MAX_STEPS
 
 SUITE = "libero_spatial"
 SUITE_MAX = MAX_STEPS[SUITE]

@@ -60,7 +60,8 @@ def test_the_libero_tokenizer_ships_as_files_the_generator_reproduces(tmp_path) 
 
 def test_the_vocabulary_covers_every_libero_instruction() -> None:
     pytest.importorskip("libero")
-    from vla_lab.worlds.libero.env import SUITES, num_tasks, task_info
+    from vla_lab.worlds.libero.env import num_tasks, task_info
+    from vla_lab.worlds.libero.suites import SUITES
 
     words = {w for suite in SUITES for t in range(num_tasks(suite)) for w in task_info(suite, t)["instruction"].split()}
     assert words == set(VOCABULARY)

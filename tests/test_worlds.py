@@ -32,7 +32,7 @@ def test_both_worlds_implement_the_interface(env):
 
 
 def world_suites() -> tuple[str, ...]:
-    from vla_lab.worlds.libero.env import SUITES
+    from vla_lab.worlds.libero.suites import SUITES
 
     return SUITES
 

@@ -31,6 +31,7 @@ from vla_lab.errors import ConfigError, InputError
 from vla_lab.libero import models as libero_models
 from vla_lab.model import VLAAdapter, default_dtype, load_pretrained, random_model
 from vla_lab.tabletop import initial_model, shipped_path, tabletop_config
+from vla_lab.worlds.libero.suites import base_suite
 
 RANDOM_PREFIX = "random-init:"
 #: Recipes of the shipped models, from their ``train_config.json``.
@@ -198,9 +199,9 @@ def list_models(kind: str | None = None) -> list[str]:
 
 def resolve(names: list[str] | None, world: str = "tabletop") -> list[ModelSpec]:
     """Specs for ``--model`` values: shipped names (of either world), ``random-init:<name>`` or checkpoint
-    directories (default: every shipped model of ``world``)."""
+    directories (default: every shipped model of ``world``; of its base suite for a LIBERO perturbation suite)."""
     if not names:
-        return shipped_specs(world)
+        return shipped_specs(world if world == "tabletop" else base_suite(world))
     shipped = _shipped()
     specs = []
     for name in names:

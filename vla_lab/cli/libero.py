@@ -19,7 +19,7 @@ from vla_lab.cli import options
 from vla_lab.errors import InputError
 from vla_lab.libero import evaluate as libero_eval
 from vla_lab.run_dir import RunDir
-from vla_lab.worlds.libero import env as libero_env
+from vla_lab.worlds.libero import suites as libero_suites
 
 #: The suite the scripted expert (:mod:`vla_lab.worlds.libero.expert`) is built for.
 EXPERT_SUITE = "libero_spatial"
@@ -47,7 +47,8 @@ def _add_eval_parser(sub: options.Subparsers) -> None:
     benchmarks = p.add_subparsers(dest="benchmark", required=True, parser_class=type(p))
     q = benchmarks.add_parser("libero", help="LIBERO with upstream's protocol (pip install -e '.[libero]')")
     options.add_model_arguments(q, attention=None, dtype_default=None)
-    options.add_suite(q, f"one of {', '.join(libero_env.SUITES)}")
+    options.add_suite(q, f"one of {', '.join(libero_suites.SUITES)}, or a perturbation suite of LIBERO-PRO / "
+                         "LIBERO-Plus (<suite>_swap, _lan, _object, _task, _env, _with_<object>, _*_ood, ...)")
     _add_episode_arguments(q, "vla_lab_eval")
     _add_resolution(q, None, f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution "
                              "of the demonstrations a vla-lab LIBERO model was trained on)")
@@ -144,7 +145,7 @@ def model_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _plan(args: argparse.Namespace) -> tuple[str, Any]:
     """The suite and the episode keys that the options name, checked (LIBERO must be installed)."""
-    suite = libero_env.check_suite(args.suite, "--suite")
+    suite = libero_suites.check_suite(args.suite, "--suite")
     tasks = options.parse_tasks(args.tasks)
     init_states = options.parse_init_states(args.trials, args.init_states, getattr(args, "trials_flag", "--trials"))
     if args.max_steps is not None and args.max_steps < 1:

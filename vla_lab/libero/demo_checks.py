@@ -19,7 +19,7 @@ import numpy as np
 from vla_lab import files
 from vla_lab.errors import InputError
 from vla_lab.libero.demos import MANIFEST
-from vla_lab.worlds.libero.env import SUITES
+from vla_lab.worlds.libero.suites import SUITES
 
 #: Datasets of a demonstration read as numbers: name -> width of each step's row.
 NUMBERS = {"actions": 7, "obs/ee_states": 6, "obs/gripper_states": 2, "target_pos": 3}

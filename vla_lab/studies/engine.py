@@ -37,7 +37,7 @@ from vla_lab.registry import ModelSpec
 from vla_lab.run_dir import RunDir
 from vla_lab.worlds import Episode, Observation, World, create_world
 from vla_lab.worlds import tabletop as world
-from vla_lab.worlds.libero.env import check_suite
+from vla_lab.worlds.libero.suites import check_suite
 from vla_lab.worlds.libero.world import LiberoWorld
 
 STUDY_FILE, RECORDS_FILE, SUMMARY_FILE, PARTS_DIR = "study.json", "records.parquet", "summary.json", "parts"

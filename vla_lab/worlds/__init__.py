@@ -12,10 +12,10 @@ from typing import Any
 
 from vla_lab.errors import InputError
 from vla_lab.worlds.base import COUNTERFACTUALS, ORIGINAL, REGIONS, Episode, Observation, Step, World
-from vla_lab.worlds.libero.env import SUITES
+from vla_lab.worlds.libero.suites import ALL_SUITES
 
-#: Names :func:`create_world` takes: the tabletop, and every LIBERO suite.
-WORLD_NAMES = ("tabletop", *SUITES)
+#: Names :func:`create_world` takes: the tabletop, and every LIBERO suite (perturbation suites included).
+WORLD_NAMES = ("tabletop", *ALL_SUITES)
 
 
 def create_world(name: str, **options: Any) -> World:
@@ -24,7 +24,7 @@ def create_world(name: str, **options: Any) -> World:
         from vla_lab.worlds.tabletop import TabletopWorld
 
         return TabletopWorld(**options)
-    if name in SUITES:
+    if name in ALL_SUITES:
         from vla_lab.worlds.libero.world import LiberoWorld
 
         return LiberoWorld(name, **options)

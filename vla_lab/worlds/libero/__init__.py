@@ -4,6 +4,7 @@ processing, object regions, the scripted expert and the LIBERO word tokenizer (o
 
 * :mod:`.observation` -- upstream's observation and action processing (180-degree rotation, TF's JPEG round
   trip and antialiased Lanczos-3 resize, the 8-d state, gripper post-processing) restated in numpy;
+* :mod:`.suites` -- the benchmark's suites and LIBERO-PRO / LIBERO-Plus perturbation suites;
 * :mod:`.env` -- one task's simulator (:class:`LiberoEnv`), object masks, observations without a policy;
 * :mod:`.world` -- a suite as a :class:`vla_lab.worlds.World` (:class:`LiberoWorld`);
 * :mod:`.expert` -- a scripted pick-and-place expert on privileged state;
@@ -11,8 +12,6 @@ processing, object regions, the scripted expert and the LIBERO word tokenizer (o
 """
 
 from vla_lab.worlds.libero.env import (
-    MAX_STEPS,
-    SUITES,
     LiberoEnv,
     num_tasks,
     object_segmentation,
@@ -26,11 +25,25 @@ from vla_lab.worlds.libero.observation import (
     quat2axisangle,
     resize_image_for_policy,
 )
+from vla_lab.worlds.libero.suites import (
+    ALL_SUITES,
+    MAX_STEPS,
+    PERTURBATION_SUITES,
+    PERTURBATIONS,
+    SUITES,
+    base_suite,
+    perturbation,
+)
 from vla_lab.worlds.libero.world import LiberoWorld, episode_regions
 
 __all__ = [
+    "ALL_SUITES",
     "MAX_STEPS",
+    "PERTURBATIONS",
+    "PERTURBATION_SUITES",
     "SUITES",
+    "base_suite",
+    "perturbation",
     "LiberoEnv",
     "LiberoWorld",
     "episode_regions",

@@ -37,10 +37,8 @@ import numpy as np
 from vla_lab import interrupts
 from vla_lab.errors import InputError, MissingDependencyError
 from vla_lab.worlds.libero.reuse import IMAGE_SUFFIX, DeferredCameras, SavedReset, make_current
+from vla_lab.worlds.libero.suites import INSTRUCTION_FROM_BDDL, check_suite, max_steps, perturbation
 
-#: Policy steps allowed per episode (after the settle steps), per suite, as upstream.
-MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
-SUITES = tuple(MAX_STEPS)
 #: Steps of :data:`DUMMY_ACTION` after each reset, before the first policy query (objects settle).
 NUM_STEPS_WAIT = 10
 DUMMY_ACTION = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0)
@@ -81,12 +79,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def check_suite(suite: str, field: str = "suite") -> str:
-    if suite not in MAX_STEPS:
-        raise InputError(f"{field}: got {suite!r}, expected one of {list(SUITES)}")
-    return suite
-
-
 @lru_cache(maxsize=8)
 def _suite(name: str) -> Any:
     libero = require_libero()
@@ -100,10 +92,18 @@ def num_tasks(suite: str) -> int:
 
 
 def task_info(suite: str, task_id: int) -> dict[str, Any]:
-    """``{"task_name", "instruction", "num_init_states"}`` of a task, without building its scene."""
+    """``{"task_name", "instruction", "num_init_states"}`` of a task, without building its scene. The instruction is
+    upstream's (``task.language``), or the BDDL's where a perturbation suite perturbs it
+    (:data:`~vla_lab.worlds.libero.suites.INSTRUCTION_FROM_BDDL`)."""
     bench = _check_task(suite, task_id)
     task = bench.get_task(task_id)
-    return {"task_name": task.name, "instruction": task.language,
+    instruction = task.language
+    if perturbation(suite) in INSTRUCTION_FROM_BDDL:
+        with _quiet():
+            from libero.libero.envs.bddl_utils import get_problem_info
+
+            instruction = get_problem_info(task_files(suite, task_id)[0])["language_instruction"]
+    return {"task_name": task.name, "instruction": instruction,
             "num_init_states": len(bench.get_task_init_states(task_id))}
 
 
@@ -136,8 +136,8 @@ class LiberoEnv:
         task = bench.get_task(task_id)
         self.suite, self.task_id, self.resolution, self.seed = suite, int(task_id), int(resolution), int(seed)
         self.task_name: str = task.name
-        self.instruction: str = task.language
-        self.max_steps = MAX_STEPS[suite]
+        self.instruction: str = task_info(suite, task_id)["instruction"]
+        self.max_steps = max_steps(suite)
         bddl, self.init_states = task_files(suite, task_id)
         self.bddl_file: str = bddl
         self.render_cameras, self.reuse = bool(render), bool(reuse)

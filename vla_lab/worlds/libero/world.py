@@ -24,7 +24,6 @@ from vla_lab.errors import InputError
 from vla_lab.worlds.base import Episode, Observation, Step, check_action, check_variant
 from vla_lab.worlds.libero.env import (
     CAMERA,
-    MAX_STEPS,
     LiberoEnv,
     check_suite,
     goal_objects,
@@ -34,6 +33,8 @@ from vla_lab.worlds.libero.env import (
 )
 from vla_lab.worlds.libero.observation import prepare_observation, process_action
 from vla_lab.worlds.libero.reuse import IMAGE_SUFFIX
+from vla_lab.worlds.libero.suites import base_suite, base_task
+from vla_lab.worlds.libero.suites import max_steps as default_steps
 
 #: Size of the policy's square views.
 POLICY_SIZE = 224
@@ -69,7 +70,7 @@ class LiberoWorld:
         self.name = check_suite(suite)
         self.stats_key = suite
         self.resolution, self.seed, self.render, self.reuse = int(resolution), int(seed), bool(render), bool(reuse)
-        self._max_steps = MAX_STEPS[suite] if max_steps is None else int(max_steps)
+        self._max_steps = default_steps(suite) if max_steps is None else int(max_steps)
         self.env: LiberoEnv | None = None
         self.raw: dict[str, Any] | None = None
         self.steps = 0
@@ -85,15 +86,17 @@ class LiberoWorld:
         return self._max_steps
 
     def statistics_for(self, available: Collection[str]) -> str | None:
-        """Upstream's choice: the suite's statistics, else ``<suite>_no_noops``; None for a model without any."""
+        """Upstream's choice: the suite's statistics, else ``<suite>_no_noops``; a perturbation suite's are its base
+        suite's (:mod:`~vla_lab.worlds.libero.suites`); None for a model without any."""
         keys = list(available)
         if not keys:
             return None
-        for key in (self.name, f"{self.name}_no_noops"):
+        names = list(dict.fromkeys([self.name, base_suite(self.name)]))
+        wanted = [k for name in names for k in (name, f"{name}_no_noops")]
+        for key in wanted:
             if key in keys:
                 return key
-        raise InputError(f"unnorm_key: got a model with statistics for {sorted(keys)}, "
-                         f"expected {self.name!r} or {self.name + '_no_noops'!r}")
+        raise InputError(f"unnorm_key: got a model with statistics for {sorted(keys)}, expected one of {wanted}")
 
     def process_chunk(self, chunk: np.ndarray) -> np.ndarray:
         """Upstream's gripper post-processing (:func:`~vla_lab.worlds.libero.observation.process_action`)."""
@@ -102,11 +105,16 @@ class LiberoWorld:
     def episode(self, task: int, init_state: int) -> Episode:
         """The episode of one task and init state (checked against the suite)."""
         info = task_info(self.name, task)
+        if not info["num_init_states"]:
+            raise InputError(f"init_state: got {init_state!r}, expected none: task {task} of {self.name} has no init "
+                             "states (the package ships none)")
         if not isinstance(init_state, (int, np.integer)) or not 0 <= init_state < info["num_init_states"]:
             raise InputError(f"init_state: got {init_state!r}, expected 0..{info['num_init_states'] - 1} "
                              f"(task {task})")
         columns = {"suite": self.name, "task": int(task), "task_name": info["task_name"],
                    "init_state": int(init_state)}
+        if base_suite(self.name) != self.name:  # a perturbation suite: which task of its base suite it perturbs
+            columns["base_task"] = base_task(self.name, int(task))
         return Episode(self.name, (self.name, int(task), int(init_state)), info["instruction"], columns,
                        spec=int(task))
 
