@@ -270,7 +270,7 @@ def test_regions_leave_out_a_region_of_the_table_among_the_objects_of_interest()
         env = world.env
         assert "main_table_stove_front_region" in env.target_objects
         labels, names = object_segmentation(env)
-    assert set(regions) == {"target", "distractors"}
+    assert set(regions) == {"target", "distractors", "background"}
     np.testing.assert_array_equal(regions["target"], labels == names.index("plate_1") + 1)
     np.testing.assert_array_equal(regions["distractors"], (labels > 0) & ~regions["target"])
     assert regions["distractors"].any()

@@ -173,36 +173,54 @@ def test_the_study_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
 
     checkpoint = str(libero_two_step_run)
     settings = StudySettings("target-attention", models=[checkpoint], world="libero", tasks=[0],
-                             init_states=[40], selection_states=[0], batch_size=1)
+                             init_states=[40], selection_states=[0], batch_size=1, max_steps=17)
     result = run_study(settings, tmp_path / "run", progress=False)
     records = result.records
     assert set(records["model"]) == {"final", "random-init:final"}
     assert set(records["split"]) == {"selection", "report"} and set(records["source"]) == {"llm", "head"}
-    # the bowl, the plate, the other black bowl, everything else
-    assert set(records["region"]) == {"target", "place", "same_category", "distractors"}
+    # the bowl, the plate, the other black bowl, every other object, the rest (robot, table, walls)
+    assert set(records["region"]) == {"target", "place", "same_category", "distractors", "background"}
+    # every query of the closed-loop episode (17 steps: queries at steps 0, 8, 16), per head at the first only;
+    # the random init measured on the trained model's frames
+    assert set(records["query"]) == {0, 1, 2} and set(records["step"]) == {0, 8, 16}
+    assert set(records.loc[records["head"].notna(), "query"]) == {0}
+    assert set(records["frames_of"]) == {"final"} and set(records["episode_steps"]) == {17}
+    assert set(records["phase"]) <= {"approach", "grasp"} and not records["success"].any()
+    assert set(records["picked"]) == {"none"} and records["lift"].abs().max() < 0.03
+    mine = records[records["model"] == "final"].drop(columns=["model", "random_init", "value"])
+    theirs = records[records["model"] == "random-init:final"].drop(columns=["model", "random_init", "value"])
+    pd.testing.assert_frame_equal(mine.reset_index(drop=True), theirs.reset_index(drop=True))
     assert {"suite", "task", "task_name", "init_state"} <= set(records.columns) and "scene" not in records
     # the cameras of eval libero for this model: its demonstrations' (testkit.write_demos: 128 px), else 256
     assert set(records["resolution"]) == {128}
     spec = registry.resolve([checkpoint], "libero_spatial")[0]
     assert camera_resolution(spec.path) == 128 and camera_resolution(replace(spec, path=str(tmp_path)).path) == 256
     assert set(zip(records["split"], records["init_state"])) == {("selection", 0), ("report", 40)}
-    rows = result.summary[(result.summary["metric"] == "target_attention_ratio") & result.summary["head"].isna()]
+    everything = result.summary["frames"].isna() | (result.summary["frames"] == "all queries")
+    assert set(result.summary.loc[~everything, "frames"]) <= {"first query", "approach", "grasp"}
+    rows = result.summary[(result.summary["metric"] == "target_attention_ratio") & result.summary["head"].isna()
+                          & everything]
     assert set(rows["model"]) == {"final", "random-init:final"} and (rows["n"] == 1).all()
     assert (rows["n_tasks"] == 1).all() and set(rows["interval"]) == {"bootstrap over tasks (percentile, paired)"}
     assert rows.groupby(["model", "source"])["selected"].sum().eq(1).all()
     alike = result.summary[(result.summary["metric"] == "target_vs_same_category_ratio")
-                           & result.summary["head"].isna()]  # the bowl asked for against the other black bowl
+                           & result.summary["head"].isna() & everything]  # the bowl asked for, or the other one?
     assert set(alike["model"]) == {"final", "random-init:final"} and (alike["n"] == 1).all()
     assert set(alike["against"]) == {"same_category"} and set(rows["against"]) == {"distractors"}
     assert alike.groupby(["model", "source"])["selected"].sum().eq(1).all()
     report = records[(records["split"] == "report") & records["head"].isna() & (records["model"] == "final")]
     for _, row in alike[alike["model"] == "final"].iterrows():
         at = report[(report["source"] == row["source"]) & (report[row["depth_kind"]] == row["depth"])]
-        value = at.set_index("region")["value"]
-        assert row["value"] == pytest.approx(value["target"] / value["same_category"])
-    assert [(t["model"], t["source"], t["metric"]) for t in result.tests.to_dict("records")] == [
+        value = at.pivot(index="query", columns="region", values="value").dropna(subset=["target", "same_category"])
+        assert row["value"] == pytest.approx(value["target"].mean() / value["same_category"].mean())
+    wilcoxon = result.tests[result.tests["name"] == "Wilcoxon signed-rank"]
+    assert [(t["model"], t["source"], t["metric"]) for t in wilcoxon.to_dict("records")] == [
         ("final", "llm", "target_attention_ratio"), ("final", "llm", "target_vs_same_category_ratio"),
         ("final", "head", "target_attention_ratio"), ("final", "head", "target_vs_same_category_ratio")]
+    # attention and outcome: no episode succeeded, so nothing is estimated, and the record says why
+    logit = result.tests[result.tests["name"] == "logistic regression"]
+    assert set(logit["model"]) == {"final"} and len(logit) == 2 * 2 * 2 * 2  # sources x ratios x frames x outcomes
+    assert logit["p"].isna().all() and logit["note"].str.contains("outcome constant").all()
     stored = load_result(tmp_path / "run")
     pd.testing.assert_frame_equal(stored.records, records)
     with pytest.raises(InputError, match="^records: got a libero run"):
@@ -230,6 +248,6 @@ def test_world_options_are_checked_before_anything_runs(tmp_path, argv, message)
 def test_a_study_not_written_for_libero_is_refused(tmp_path) -> None:
     import testkit
 
-    status, _, err = testkit.run_cli(["study", "knockout", "--world", "libero", "--out", str(tmp_path / "x")])
-    assert "--world: got 'libero' for knockout, expected one of ['tabletop']" in testkit.assert_one_line_error(
+    status, _, err = testkit.run_cli(["study", "patching", "--world", "libero", "--out", str(tmp_path / "x")])
+    assert "--world: got 'libero' for patching, expected one of ['tabletop']" in testkit.assert_one_line_error(
         status, err, "study")

@@ -51,7 +51,7 @@ def test_reset_is_upstreams_observation_with_regions(env):
     views = env.reset(episode).regions
     assert len(views) == 1  # the agentview; the wrist view has no masks
     regions = views[0]
-    assert set(regions) == {"target", "place", "same_category", "distractors"}
+    assert set(regions) == {"target", "place", "same_category", "distractors", "background"}
     assert all(regions[name].shape == (224, 224) and regions[name].any() for name in regions)
     masks = list(regions.values())
     assert not any((a & b).any() for i, a in enumerate(masks) for b in masks[i + 1 :])  # no pixel in two regions
@@ -63,9 +63,30 @@ def test_reset_is_upstreams_observation_with_regions(env):
     assert env.env.category("akita_black_bowl_2") == env.env.category("akita_black_bowl_1") == "akita_black_bowl"
     others = (labels > 0) & ~np.isin(labels, [ids[n] for n in ("akita_black_bowl_1", "akita_black_bowl_2", "plate_1")])
     np.testing.assert_array_equal(regions["distractors"], others)  # the ramekin, the cookie box, the cabinet, ...
-    assert sum(int(m.sum()) for m in masks) < 224 * 224
+    np.testing.assert_array_equal(regions["background"], labels == 0)  # robot, table, walls, floor
+    assert sum(int(m.sum()) for m in masks) == 224 * 224  # every pixel in one region
     with pytest.raises(InputError, match="^object: got 'no_such_object', expected one of"):
         env.env.category("no_such_object")
+
+
+def test_what_a_rollout_can_read_at_every_step(env):
+    """Region masks at every observation when asked (``step_regions``), the latest action, and how high each
+    movable object stands above where the reset left it (the bowl rises when the arm lifts it)."""
+    env.reset(env.episode(0, 2), regions=False)
+    assert env.last_action is None
+    assert set(env.lifts()) == {"akita_black_bowl_1", "akita_black_bowl_2", "cookies_1",
+                                "glazed_rim_porcelain_ramekin_1", "plate_1"}
+    assert all(abs(v) < 1e-9 for v in env.lifts().values())
+    action = np.array([0, 0, 0.5, 0, 0, 0, -1.0])
+    assert env.step(action).observation.regions == []  # only the reset's observation has them by default
+    assert np.array_equal(env.last_action, action)
+    env.step_regions = True
+    try:
+        regions = env.step(action).observation.regions[0]
+    finally:
+        env.step_regions = False
+    assert set(regions) == {"target", "place", "same_category", "distractors", "background"}
+    assert all(abs(v) < 0.005 for v in env.lifts().values())  # the arm moved up, nothing else did
 
 
 def test_steps_and_their_limit(env):

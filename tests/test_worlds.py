@@ -32,9 +32,9 @@ def test_both_worlds_implement_the_interface(env):
 
 
 def world_suites() -> tuple[str, ...]:
-    from vla_lab.worlds.libero.suites import SUITES
+    from vla_lab.worlds.libero.suites import ALL_SUITES
 
-    return SUITES
+    return ALL_SUITES
 
 
 def test_episodes_are_the_scenes_of_a_split(env):

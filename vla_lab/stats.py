@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -137,3 +137,57 @@ def sign_test(successes: int, n: int, p: float = 0.5) -> PairedTest:
         raise InputError(f"sign_test: got {successes} of {n}, expected 0 <= successes <= n, n >= 1")
     result = scipy.stats.binomtest(successes, n, p)
     return PairedTest("sign test", float(successes), float(result.pvalue), int(n), f"{successes} of {n} against {p}")
+
+
+@dataclass(frozen=True)
+class LogitFit:
+    """A logistic regression of a binary outcome on one feature: the slope (log-odds per unit of the feature),
+    its 95 % interval and two-sided ``p`` from cluster-robust standard errors, ``n`` rows, ``n_clusters``, the
+    number of ``events`` (outcome 1) and a ``note`` (why nothing was estimated, when it was not)."""
+
+    slope: float
+    ci95: tuple[float, float]
+    p: float
+    n: int
+    n_clusters: int
+    events: int
+    note: str = ""
+
+
+def logistic_regression_clustered(feature: Any, outcome: Any, clusters: Any) -> LogitFit:
+    """Logit(outcome) = a + b * feature (statsmodels ``Logit``) with standard errors clustered by ``clusters``
+    (episodes of a task are not independent). Not estimated (NaNs and a note) when the outcome does not vary, the
+    feature does not vary, or the fit separates the outcomes perfectly; with few clusters the interval is loose."""
+    import statsmodels.api as sm
+
+    x = _finite(feature, "logistic_regression_clustered")
+    y = np.asarray(outcome, dtype=float).ravel()
+    groups = np.asarray(_codes(clusters))
+    if not (x.size == y.size == groups.size):
+        raise InputError(f"logistic_regression_clustered: got {x.size} features, {y.size} outcomes and "
+                         f"{groups.size} clusters, expected one of each per row")
+    events, n_clusters = int(y.sum()), int(np.unique(groups).size)
+    blank = LogitFit(math.nan, (math.nan, math.nan), math.nan, int(x.size), n_clusters, events)
+    if events in (0, x.size):
+        return replace(blank, note=f"outcome constant ({events} events of {x.size})")
+    if np.ptp(x) == 0:
+        return replace(blank, note="feature constant")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fit = sm.Logit(y, sm.add_constant(x)).fit(disp=0, cov_type="cluster", cov_kwds={"groups": groups})
+        except Exception as exc:  # statsmodels raises PerfectSeparationError (or warns and diverges)
+            return replace(blank, note=f"not estimable: {type(exc).__name__}")
+    slope, (low, high), p = float(fit.params[1]), fit.conf_int()[1], float(fit.pvalues[1])
+    if not fit.mle_retvals.get("converged", True) or not np.isfinite([slope, low, high, p]).all():
+        return replace(blank, note="not estimable: the fit did not converge (separation)")
+    return LogitFit(slope, (float(low), float(high)), p, int(x.size), n_clusters, events,
+                    f"cluster-robust SE over {n_clusters} clusters")
+
+
+def _codes(values: Any) -> np.ndarray:
+    """Integer codes of arbitrary cluster labels."""
+    _, codes = np.unique(np.asarray(list(values), dtype=object).astype(str), return_inverse=True)
+    return codes.astype(np.int64)

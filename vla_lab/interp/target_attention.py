@@ -182,16 +182,22 @@ def measure(
 
 def per_unit(values: pd.DataFrame, unit: Sequence[str], against: str = "distractors") -> pd.DataFrame:
     """One row per ``unit`` (the columns naming an episode) and depth with the ``target`` and ``against`` means
-    (a region of :data:`AGAINST`) and their ratio, for the episodes that show both (head means only)."""
+    (a region of :data:`AGAINST`) and their ratio, for the episodes that show both (head means only). With a
+    ``query`` column (an episode measured at several policy queries), the means are over the queries that show
+    both regions."""
     if against not in AGAINST:
         raise InputError(f"against: got {against!r}, expected one of {list(AGAINST)}")
     keys, pair = [*unit, "depth"], ["target", against]
     mean = values[values["head"].isna()] if "head" in values.columns else values
-    wide = mean.pivot_table(index=keys, columns="region", values="value", aggfunc="first")
+    rows = [*keys, "query"] if "query" in mean.columns else keys
+    wide = mean.pivot_table(index=rows, columns="region", values="value", aggfunc="first")
     for region in pair:
         if region not in wide.columns:
             wide[region] = np.nan
-    wide = wide.dropna(subset=pair).reset_index()
+    wide = wide.dropna(subset=pair)
+    if rows != keys:
+        wide = wide.groupby(level=keys, sort=True)[pair].mean()
+    wide = wide.reset_index()
     wide.columns.name = None
     wide["ratio"] = wide["target"] / wide[against]
     return wide[[*keys, *pair, "ratio"]]

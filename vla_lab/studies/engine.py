@@ -187,6 +187,8 @@ class UnitEpisodes:
     def __init__(self, env: World, episodes: list[Episode]) -> None:
         self.world, self.episodes = env, episodes
         self._first: list[Observation] | None = None
+        #: What one model's records leave for the next models of the unit (e.g. rollouts to measure again).
+        self.cache: dict[Any, Any] = {}
 
     def __len__(self) -> int:
         return len(self.episodes)

@@ -2,19 +2,28 @@
 
 Per model (each trained model and its random-init baseline, :func:`~vla_lab.registry.random_init_of`),
 episode, source and depth -- the LLM's action queries per ``layer``, the bridge head's task attention per
-``block`` -- and head: the mean attention per patch of each region of the episode's first observation
-(:mod:`vla_lab.interp.target_attention`, the one measurement for every world; tabletop: both views,
-``target`` / ``distractors``; LIBERO: the agentview, ``target`` / ``place`` / ``same_category`` (the other black
-bowl) / ``distractors``). Rows with ``head`` missing are the head mean. Two ratios, each summary row naming the
-region it divides by (``against``): the target against the distractors (``target_attention_ratio``) and, where
-scenes have them, against the objects of the target's own category (``target_vs_same_category_ratio``: the bowl
-asked for, or the other black bowl?).
+``block`` -- and head: the mean attention per patch of each region (:mod:`vla_lab.interp.target_attention`, the one
+measurement for every world; tabletop: both views, ``target`` / ``distractors``; LIBERO: the agentview, ``target`` /
+``place`` / ``same_category`` (the other black bowl) / ``distractors`` / ``background``). Rows with ``head`` missing
+are the head mean. Two ratios, each summary row naming the region it divides by (``against``): the target against
+the distractors (``target_attention_ratio``) and, where scenes have them, against the objects of the target's own
+category (``target_vs_same_category_ratio``: the bowl asked for, or the other black bowl?).
+
+Tabletop: the episode's first observation. LIBERO: every policy query of the trained model's closed-loop episode
+(:func:`~vla_lab.studies.rollouts.rollout`), with its ``step``, ``phase`` (approach, grasp, carry, place:
+:mod:`vla_lab.worlds.libero.phases`) and the target's ``lift``; per head only at the first query. A random-init
+baseline is measured on its trained model's frames (``frames_of``: the same pixels, other weights). Each record
+also carries its episode's ``success``, ``episode_steps`` and the object it ``picked``.
 
 The depth each model is reported at is chosen on the selection episodes (tabletop: validation scenes;
-LIBERO: training init states) and reported on the others: the ratio of the means over episodes, with a
-paired bootstrap interval over the unit the episodes cluster by (tabletop scenes are independent; a LIBERO
-task's init states share one layout, so tasks are resampled). Each trained model is compared with its
-random-init baseline unit by unit (Wilcoxon on the per-unit ratios, each at its own selected depth).
+LIBERO: training init states, over all queries) and reported on the others: the ratio of the means over episodes
+(LIBERO: of each episode's means over its queries; ``frames``: all queries, the first one, or one phase), with a
+paired bootstrap interval over the unit the episodes cluster by (tabletop scenes are independent; a LIBERO task's
+init states share one layout, so tasks are resampled). Each trained model is compared with its random-init baseline
+unit by unit (Wilcoxon on the per-unit ratios, each at its own selected depth). LIBERO, attention and outcome: per
+trained model, source and ratio, a logistic regression of success, and of picking the same-category object, on the
+episode's log ratio (all queries; the grasp's queries), standard errors clustered by task, Holm-adjusted within
+each model's family.
 """
 
 from __future__ import annotations
@@ -22,12 +31,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from vla_lab import interp
 from vla_lab.interp import target_attention as ta
 from vla_lab.model import VLAAdapter
 from vla_lab.registry import RANDOM_PREFIX, ModelSpec, random_init_of
+from vla_lab.stats import logistic_regression_clustered
 from vla_lab.studies.engine import (
     Study,
     StudySettings,
@@ -35,11 +46,13 @@ from vla_lab.studies.engine import (
     UnitEpisodes,
     register_study,
 )
+from vla_lab.studies.rollouts import rollout
 from vla_lab.studies.rows import (
     frame,
     model_keys,
     test_row,
 )
+from vla_lab.worlds.libero.phases import PHASES
 
 #: Per world: the record columns naming an episode, the column episodes cluster by (None: independent) and
 #: the noun of the interval's resampling unit.
@@ -67,6 +80,8 @@ class TargetAttention(Study):
 
     def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:
+        if settings.world == "libero":
+            return _libero_records(model, spec, episodes, settings)
         values = ta.measure(model, episodes.world, episodes.first_observations(), heads=True,
                             batch_size=max(len(episodes), 1))
         values = values.rename(columns={"sample": "episode"})
@@ -81,6 +96,7 @@ class TargetAttention(Study):
         rows: list[dict[str, Any]] = []
         tests: list[dict[str, Any]] = []
         reports: dict[tuple[str, str, str], ta.RatioReport] = {}
+        outcome_tests: list[dict[str, Any]] = []
         for keys, part in model_keys(records):
             for source in interp.SOURCES:
                 depth_kind = interp.SOURCE_DEPTH[source]
@@ -89,9 +105,18 @@ class TargetAttention(Study):
                     continue
                 for against, metric in ta.AGAINST.items():
                     label = {**keys, "source": source, "depth_kind": depth_kind, "against": against}
+                    if "query" in sub.columns:
+                        label["frames"] = "all queries"
                     found = self._ratios(sub, settings, against, metric, label, unit, cluster, noun, rows)
-                    if found is not None:
-                        reports[(keys["model"], source, against)] = found
+                    if found is None:
+                        continue
+                    reports[(keys["model"], source, against)] = found
+                    if "query" in sub.columns:
+                        shown = sub[sub["split"] == settings.report_split]
+                        rows += _frames_rows(shown, found, settings, metric, label, unit, cluster, noun)
+                        if not keys["random_init"]:
+                            outcome_tests += _outcome_tests(shown, found, unit, cluster, {**keys, "source": source},
+                                                            metric)
         for keys, _ in model_keys(records):
             if keys["random_init"]:
                 continue
@@ -108,7 +133,7 @@ class TargetAttention(Study):
         summary = frame(rows)
         for column in [c for c in summary.columns if c.startswith("n_")]:
             summary[column] = summary[column].astype("Int64")  # absent on the selection rows
-        return summary, frame(tests)
+        return summary, frame(tests + _holm_by_model(outcome_tests))
 
     @staticmethod
     def _ratios(sub: pd.DataFrame, settings: StudySettings, against: str, metric: str, label: dict[str, Any],
@@ -154,3 +179,102 @@ def _row(result: ta.RatioReport, label: dict[str, Any], metric: str, depth: int,
     if cluster is not None:
         row["n_" + noun] = result.n_clusters
     return row
+
+
+#: LIBERO record columns of an episode's query and of the episode, after the measurement's.
+QUERY_COLUMNS = ("query", "step", "phase", "lift")
+EPISODE_COLUMNS = ("success", "episode_steps", "picked", "frames_of")
+
+
+def _libero_records(model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes,
+                    settings: StudySettings) -> pd.DataFrame:
+    """Every query of every episode: the trained model's rollouts (kept in the unit's cache), or for a random-init
+    baseline its trained model's, when that model ran this unit before it."""
+    source = spec.name[len(RANDOM_PREFIX):] if spec.random_init else spec.name
+    runs = episodes.cache.get(("rollouts", source))
+    if runs is None:
+        source = spec.name
+        runs = [rollout(model, episodes.world, e, settings.execute) for e in episodes.episodes]
+        episodes.cache[("rollouts", spec.name)] = runs
+    frames = []
+    for b, run in enumerate(runs):
+        if not run.observations:
+            continue
+        first = ta.measure(model, episodes.world, run.observations[:1], heads=True, batch_size=1)
+        rest = ta.measure(model, episodes.world, run.observations[1:], heads=False, batch_size=32)
+        rest["sample"] += 1
+        values = pd.concat([first, rest], ignore_index=True).rename(columns={"sample": "query"})
+        phases = run.phases
+        values["step"] = [run.steps_at[q] for q in values["query"]]
+        values["phase"] = [phases[q] for q in values["query"]]
+        values["lift"] = [run.lifts[q].get("target", float("nan")) for q in values["query"]]
+        values["episode"] = b
+        values["success"], values["episode_steps"], values["picked"] = run.success, run.steps, run.picked
+        values["frames_of"] = source
+        frames.append(values)
+    columns = ["episode", *QUERY_COLUMNS, "source", "layer", "block", "head", "region", "value", *EPISODE_COLUMNS]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    values = pd.concat(frames, ignore_index=True)
+    values["layer"] = values["depth"].where(values["source"] == "llm").astype("Int64")
+    values["block"] = values["depth"].where(values["source"] == "head").astype("Int64")
+    values = values.sort_values(["episode", "query", "source", "depth", "head", "region"], na_position="first",
+                                kind="stable")
+    return values[columns].reset_index(drop=True)
+
+
+def _frames_rows(shown: pd.DataFrame, selected: ta.RatioReport, settings: StudySettings, metric: str,
+                 label: dict[str, Any], unit: tuple[str, ...], cluster: str | None, noun: str) -> list[dict[str, Any]]:
+    """The ratio at the selected depth on the first query of each episode and on each phase's queries."""
+    rows = []
+    subsets = [("first query", shown[shown["query"] == 0])]
+    subsets += [(phase, shown[shown["phase"] == phase]) for phase in PHASES]
+    for name, subset in subsets:
+        table = ta.per_unit(subset, unit, label["against"])
+        if table.empty or selected.depth not in set(table["depth"]):
+            continue
+        result = ta.report(table, at=selected.depth, cluster=cluster, seed=settings.seed)
+        rows.append(_row(result, {**label, "frames": name}, metric, selected.depth, None, True, noun, cluster))
+    return rows
+
+
+#: The outcomes regressed on attention: each episode's success, and whether it picked the same-category object.
+OUTCOMES = ("success", "picked_same_category")
+
+
+def _outcome_tests(shown: pd.DataFrame, selected: ta.RatioReport, unit: tuple[str, ...], cluster: str | None,
+                   keys: dict[str, Any], metric: str) -> list[dict[str, Any]]:
+    """Logistic regressions of each outcome on the episode's log ratio at the selected depth (all queries; the
+    grasp's queries), standard errors clustered by ``cluster``."""
+    outcomes = shown.groupby(list(unit), sort=True)[["success", "picked"]].first().reset_index()
+    outcomes["picked_same_category"] = outcomes["picked"] == "same_category"
+    features = [("all queries", selected.units)]
+    grasp = ta.per_unit(shown[shown["phase"] == "grasp"], unit, selected.against)
+    features.append(("grasp", grasp[grasp["depth"] == selected.depth]))
+    rows = []
+    for frames, table in features:
+        data = table.merge(outcomes, on=list(unit))
+        data = data[(data["ratio"] > 0) & np.isfinite(data["ratio"])]
+        groups = data[cluster] if cluster is not None else data.index
+        for outcome in OUTCOMES:
+            fit = logistic_regression_clustered(np.log(data["ratio"]), data[outcome].astype(float), groups)
+            rows.append({**keys, "comparison": f"{outcome} ~ log ratio ({frames}, depth {selected.depth})",
+                         "metric": metric, "name": "logistic regression", "statistic": fit.slope, "p": fit.p,
+                         "n": fit.n, "note": f"{fit.events} events; {fit.note}", "ci95": list(fit.ci95),
+                         "n_tasks": fit.n_clusters})
+    return rows
+
+
+def _holm_by_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``p_holm``: each model's family of outcome regressions, Holm-adjusted (statsmodels); NaN p stay out."""
+    from statsmodels.stats.multitest import multipletests
+
+    for name in dict.fromkeys(r["model"] for r in rows):
+        family = [r for r in rows if r["model"] == name and np.isfinite(r["p"])]
+        if family:
+            adjusted = multipletests([r["p"] for r in family], method="holm")[1]
+            for row, value in zip(family, adjusted):
+                row["p_holm"] = float(value)
+    for row in rows:
+        row.setdefault("p_holm", float("nan"))
+    return rows

@@ -12,7 +12,7 @@ from typing import Any
 
 from vla_lab.errors import InputError
 from vla_lab.worlds.base import COUNTERFACTUALS, ORIGINAL, REGIONS, Episode, Observation, Step, World
-from vla_lab.worlds.libero.suites import ALL_SUITES
+from vla_lab.worlds.libero.suites import ALL_SUITES, SUITES
 
 #: Names :func:`create_world` takes: the tabletop, and every LIBERO suite (perturbation suites included).
 WORLD_NAMES = ("tabletop", *ALL_SUITES)
@@ -28,7 +28,8 @@ def create_world(name: str, **options: Any) -> World:
         from vla_lab.worlds.libero.world import LiberoWorld
 
         return LiberoWorld(name, **options)
-    raise InputError(f"world: got {name!r}, expected one of {list(WORLD_NAMES)}")
+    raise InputError(f"world: got {name!r}, expected one of {['tabletop', *SUITES]} or a LIBERO perturbation suite "
+                     "(vla_lab.worlds.libero.PERTURBATION_SUITES)")
 
 
 __all__ = [

@@ -24,8 +24,9 @@ from vla_lab.errors import InputError
 
 #: Region names of :attr:`Observation.regions`: the object to pick, the place it goes to (only in worlds
 #: whose tasks have one), the other objects of the target's category (only in scenes that have them: LIBERO's
-#: other black bowl), every other object.
-REGIONS = ("target", "place", "same_category", "distractors")
+#: other black bowl), every other object, and what is no object (only where a world says: LIBERO's robot, table,
+#: walls and floor).
+REGIONS = ("target", "place", "same_category", "distractors", "background")
 #: Counterfactual episodes every world offers: another episode's instruction in this episode's scene;
 #: another object of this scene as the target (instruction naming it).
 COUNTERFACTUALS = ("other_instruction", "target_swap")

@@ -10,7 +10,8 @@ Regions (in the policy's agentview frame, from MuJoCo's segmentation), read from
 pick in libero_spatial; both objects of "put both the cream cheese box and the butter in the basket"),
 ``place`` the objects it puts them in or on (the plate, the basket; none for a region of the table),
 ``same_category`` the other objects of a target's LIBERO category (the other black bowl; only in scenes that have
-one) and ``distractors`` every other object and fixture.
+one), ``distractors`` every other object and fixture, and ``background`` what is none of them (robot, table,
+walls, floor).
 """
 
 from __future__ import annotations
@@ -40,20 +41,28 @@ from vla_lab.worlds.libero.suites import max_steps as default_steps
 POLICY_SIZE = 224
 
 
-def episode_regions(env: LiberoEnv, size: int = POLICY_SIZE) -> dict[str, np.ndarray]:
-    """``target`` / ``place`` / ``same_category`` / ``distractors`` pixel masks (size, size) of the current state
-    (module docstring); ``place`` and ``same_category`` only where the scene has them."""
-    labels, names = object_segmentation(env, size)
+def episode_objects(env: LiberoEnv, names: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """The scene's objects by role (module docstring): ``target``, ``place``, ``same_category`` (lists, possibly
+    empty) among ``names`` (default: every object and fixture)."""
+    names = env.object_names if names is None else list(names)
     targets, places = goal_objects(env, names)
     kinds = {env.category(n) for n in targets}
     alike = [n for n in names if n not in targets and n not in places and env.category(n) in kinds]
-    ids = {name: names.index(name) + 1 for name in [*targets, *places, *alike]}
-    regions = {"target": np.isin(labels, [ids[n] for n in targets])}
-    if places:
-        regions["place"] = np.isin(labels, [ids[n] for n in places])
-    if alike:
-        regions["same_category"] = np.isin(labels, [ids[n] for n in alike])
+    return {"target": targets, "place": places, "same_category": alike}
+
+
+def episode_regions(env: LiberoEnv, size: int = POLICY_SIZE) -> dict[str, np.ndarray]:
+    """``target`` / ``place`` / ``same_category`` / ``distractors`` / ``background`` pixel masks (size, size) of the
+    current state (module docstring); ``place`` and ``same_category`` only where the scene has them."""
+    labels, names = object_segmentation(env, size)
+    roles = episode_objects(env, names)
+    ids = {name: names.index(name) + 1 for role in roles.values() for name in role}
+    regions = {"target": np.isin(labels, [ids[n] for n in roles["target"]])}
+    for role in ("place", "same_category"):
+        if roles[role]:
+            regions[role] = np.isin(labels, [ids[n] for n in roles[role]])
     regions["distractors"] = (labels > 0) & ~np.isin(labels, list(ids.values()))
+    regions["background"] = labels == 0
     return regions
 
 
@@ -74,6 +83,9 @@ class LiberoWorld:
         self.env: LiberoEnv | None = None
         self.raw: dict[str, Any] | None = None
         self.steps = 0
+        #: The latest action applied (None before the first step of an episode).
+        self.last_action: np.ndarray | None = None
+        self._heights: dict[str, float] = {}
         #: Draw the agentview at every step (``raw`` holds each step's frame, e.g. for a video), not only when observed.
         self.every_frame = False
         #: Give every observation of a step its region masks (a measure or an intervention through a rollout), not
@@ -151,7 +163,8 @@ class LiberoWorld:
                              "to make observations (use simulator() for physics only)")
         env = self.simulator(episode)
         self.raw = env.reset(episode.key[2])
-        self.steps, self.instruction = 0, episode.instruction
+        self.steps, self.instruction, self.last_action = 0, episode.instruction, None
+        self._heights = self._object_heights()
         observation = self._observation(episode.instruction)
         if regions:
             observation.regions = [episode_regions(env)]  # the wrist view has no masks
@@ -162,12 +175,26 @@ class LiberoWorld:
         if self.env is None or self.raw is None:
             raise InputError("step: got no running episode, expected reset(episode) first")
         frames = True if observe else [f"{CAMERA}{IMAGE_SUFFIX}"] if self.every_frame else False
-        self.raw, _, success, _ = self.env.step(check_action(action), observe=frames)
+        self.last_action = check_action(action)
+        self.raw, _, success, _ = self.env.step(self.last_action, observe=frames)
         self.steps += 1
         observation = self._observation(self.instruction) if observe else None
         if observation is not None and self.step_regions:
             observation.regions = [episode_regions(self.env)]
         return Step(observation, success or self.steps >= self.max_steps, success)
+
+    def _object_heights(self) -> dict[str, float]:
+        assert self.env is not None
+        inner = self.env.env.env
+        sim = inner.sim
+        return {name: float(sim.data.body_xpos[sim.model.body_name2id(obj.root_body)][2])
+                for name, obj in inner.objects_dict.items()}
+
+    def lifts(self) -> dict[str, float]:
+        """How high (m) each movable object of the running episode stands above where it stood after the reset."""
+        if self.env is None or self.raw is None:
+            raise InputError("lifts: got no running episode, expected reset(episode) first")
+        return {name: z - self._heights[name] for name, z in self._object_heights().items()}
 
     def counterfactual(self, episode: Episode, variant: str, *, seed: int = 0) -> Episode:
         """``other_instruction``: the instruction of another task of the suite (drawn with ``seed``) in this
