@@ -4,6 +4,7 @@ episodes under both masks, its task-clustered summary, and the records of two ra
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,8 +42,12 @@ def test_mask_swap_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
                                                                         "causal vs bidirectional"]]
     pd.testing.assert_frame_equal(load_result(tmp_path / "one").records, records)
 
-    # Two ranks (threads of this process, testkit.run_ranks) write the records of one.
-    testkit.run_ranks(lambda ranks: run_study(settings, tmp_path / "two", ranks=ranks, progress=False))
+    # Two processes under torchrun (gloo) write the records of one.
+    proc = testkit.run_torchrun(["study", "mask-swap", "--world", "libero", "--model", checkpoint, "--tasks", "0",
+                                 "--init-states", "40:42", "--batch-size", "1", "--max-steps", "12", "--out",
+                                 tmp_path / "two", "--no-progress"])
+    assert proc.returncode == 0, testkit.failed_run(proc)
+    assert load_result(tmp_path / "two").to_json()["summary"] == result.to_json()["summary"]
     pd.testing.assert_frame_equal(load_result(tmp_path / "two").records, records)
 
 
@@ -156,3 +161,46 @@ def test_blocked_patches_are_as_many_for_the_target_as_for_its_control() -> None
     observation.regions = [{"target": target}]
     with pytest.raises(Exception, match="same_category"):
         blocked_patches(observation, layout, center_crop=False)
+
+
+@pytest.fixture(scope="module")
+def released_dir(tmp_path_factory) -> Path:
+    """A small model in the released layout (no vla_lab_config.json: upstream's prompt and statistics keys) with
+    the released tokenizer files."""
+    import shutil
+
+    import torch
+
+    from vla_lab import VLAAdapter
+    from vla_lab.processing.tokenizer import SAVED_FILES
+
+    torch.manual_seed(31)
+    model = testkit.randomize(VLAAdapter(testkit.released_test_config("pro")), seed=32, scale=0.1).eval()
+    directory = testkit.write_released(tmp_path_factory.mktemp("released") / "ckpt", model, dtype=torch.float32)
+    for name in SAVED_FILES:
+        shutil.copyfile(testkit.DATA / "released_checkpoint" / name, directory / name)
+    return directory
+
+
+def test_every_libero_study_runs_on_a_released_checkpoint_directory(released_dir, tmp_path) -> None:
+    """A directory in the released layout, one episode of 16 steps per study: upstream's prompt (the Qwen chat
+    template), its statistics key (libero_spatial_no_noops) and cameras (256 px: no demonstrations manifest)."""
+    from vla_lab import registry
+    from vla_lab.studies import STUDIES
+
+    spec = registry.resolve([str(released_dir)], "libero_spatial")[0]
+    assert registry.load(spec, "cpu").config.prompt == "qwen-chat"
+    libero_studies = sorted(name for name, study in STUDIES.items() if "libero" in study.worlds)
+    assert libero_studies == ["knockout", "mask-swap", "target-attention", "target-knockout"]
+    for name in libero_studies:
+        settings = StudySettings(name, models=[str(released_dir)], world="libero", tasks=[0], init_states=[40],
+                                 selection_states=[0], max_steps=16)
+        result = run_study(settings, tmp_path / name, progress=False)
+        records = result.records
+        assert set(records["resolution"]) == {256} and set(records["init_state"]) <= {0, 40}, name
+        if "error" in records:
+            assert records["error"].isna().all(), (name, set(records["error"]))
+        steps = records["episode_steps"] if "episode_steps" in records else records["steps"]
+        assert set(steps) == {16}, name
+        assert len(result.summary) and result.summary["n"].ge(1).all(), name
+        assert set(records["model"]) == {"ckpt"}  # no random-init baseline: a released run's seed is unknown

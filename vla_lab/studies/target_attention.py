@@ -1,6 +1,7 @@
 """``target-attention``: does a source look at the object it was asked for, more than at the others?
 
-Per model (each trained model and its random-init baseline, :func:`~vla_lab.registry.random_init_of`),
+Per model (each trained model and its random-init baseline, :func:`~vla_lab.registry.random_init_of`; a checkpoint
+whose training seed is unknown, such as a released one, has none and is measured without the comparison),
 episode, source and depth -- the LLM's action queries per ``layer``, the bridge head's task attention per
 ``block`` -- and head: the mean attention per patch of each region (:mod:`vla_lab.interp.target_attention`, the one
 measurement for every world; tabletop: both views, ``target`` / ``distractors``; LIBERO: the agentview, ``target`` /
@@ -74,7 +75,7 @@ class TargetAttention(Study):
         for spec in specs:
             out.append(spec)
             baseline = random_init_of(spec)
-            if baseline.name not in {s.name for s in specs}:
+            if spec.seed is not None and baseline.name not in {s.name for s in specs}:
                 out.append(baseline)
         return out
 
