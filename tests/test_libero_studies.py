@@ -191,7 +191,7 @@ def test_every_libero_study_runs_on_a_released_checkpoint_directory(released_dir
     spec = registry.resolve([str(released_dir)], "libero_spatial")[0]
     assert registry.load(spec, "cpu").config.prompt == "qwen-chat"
     libero_studies = sorted(name for name, study in STUDIES.items() if "libero" in study.worlds)
-    assert libero_studies == ["knockout", "mask-swap", "target-attention", "target-knockout"]
+    assert libero_studies == ["instruction-swap", "knockout", "mask-swap", "target-attention", "target-knockout"]
     for name in libero_studies:
         settings = StudySettings(name, models=[str(released_dir)], world="libero", tasks=[0], init_states=[40],
                                  selection_states=[0], max_steps=16)
@@ -204,3 +204,43 @@ def test_every_libero_study_runs_on_a_released_checkpoint_directory(released_dir
         assert set(steps) == {16}, name
         assert len(result.summary) and result.summary["n"].ge(1).all(), name
         assert set(records["model"]) == {"ckpt"}  # no random-init baseline: a released run's seed is unknown
+
+
+def test_instruction_partners_name_another_object_of_the_scene() -> None:
+    from vla_lab.worlds.libero.env import task_info
+    from vla_lab.worlds.libero.instructions import goal_object, instruction_partners
+
+    # libero_spatial: by placement (the other black bowl stands where task j's target does); every scene has one
+    firsts = {t: instruction_partners("libero_spatial", t)[0] for t in range(10)}
+    assert {t: p.task for t, p in firsts.items()} == {0: 1, 1: 6, 2: 8, 3: 9, 4: 9, 5: 3, 6: 7, 7: 9, 8: 1, 9: 7}
+    assert {p.instructed for p in firsts.values()} == {"akita_black_bowl_2"}
+    assert goal_object("libero_spatial", 1) == "akita_black_bowl_1"
+    assert firsts[1].instruction == task_info("libero_spatial", 6)["instruction"]  # "... next to the cookie box ..."
+    # libero_object: by category (one object of each kind per scene)
+    assert [(p.task, p.instructed) for p in instruction_partners("libero_object", 0)][:2] == [
+        (1, "cream_cheese_1"), (2, "salad_dressing_1")]
+    assert instruction_partners("libero_10", 2) == []  # no other task's instruction names an object of its scene
+
+
+def test_instruction_swap_on_libero_episodes(libero_two_step_run, tmp_path) -> None:
+    from vla_lab.worlds.libero.env import task_info
+
+    settings = StudySettings("instruction-swap", models=[str(libero_two_step_run)], world="libero", tasks=[1],
+                             init_states=[40], max_steps=9)
+    result = run_study(settings, tmp_path / "run", progress=False)
+    records = result.records.set_index("condition")
+    assert list(records.index) == ["own", "swapped"] and records["error"].isna().all()
+    assert records.loc["own", "prompt_instruction"] == task_info("libero_spatial", 1)["instruction"]
+    assert records.loc["swapped", "prompt_instruction"] == task_info("libero_spatial", 6)["instruction"]
+    assert list(records["instruction_from"]) == [1, 6] and (records["steps"] == 9).all()
+    assert list(records["instructed_object"]) == ["akita_black_bowl_1", "akita_black_bowl_2"]
+    assert list(records["picked"]) == ["none", "none"] and records["picked_neither"].all()  # two training steps
+    summary = result.summary.set_index(["condition", "metric"])
+    assert summary.loc[("swapped", "picked_instructed"), "value"] == 0.0
+    assert summary.loc[("own", "success"), "interval"] == "bootstrap over tasks (percentile, cluster)"
+    assert result.tests["primary"].tolist() == [True, False]
+    status, _, err = testkit.run_cli(["study", "instruction-swap", "--world", "libero", "--suite", "libero_10",
+                                      "--tasks", "2", "--model", str(libero_two_step_run), "--out", tmp_path / "x"])
+    assert "task: got 2 of libero_10, expected a task with an instruction-swap partner" in (
+        testkit.assert_one_line_error(status, err, "study"))
+    assert not (tmp_path / "x").exists()

@@ -105,7 +105,8 @@ def test_overwrite_and_resume_refuse_a_demonstrations_directory(tmp_path: Path) 
 
 
 def test_every_study_is_registered_and_settings_are_checked() -> None:
-    assert set(STUDIES) == {"mask-swap", "knockout", "target-attention", "patching", "target-knockout"}
+    assert set(STUDIES) == {"mask-swap", "knockout", "target-attention", "patching", "target-knockout",
+                            "instruction-swap"}
     for bad in ({"scenes": 0}, {"batch_size": -1}, {"start": -1}, {"closed_loop_scenes": 0}, {"split": "train"},
                 {"scenes": 1_000_001}):
         with pytest.raises(InputError):

@@ -1,11 +1,19 @@
 """Studies at scale: models x conditions x scenes -> per-scene records -> summaries with 95 % intervals.
 
 ``vla-lab study NAME`` runs one (sharded under ``torchrun``); :func:`run_study` is the same in Python.
-Studies: ``mask-swap``, ``knockout``, ``target-attention``, ``patching`` and ``target-knockout`` (see each module).
+Studies: ``mask-swap``, ``knockout``, ``target-attention``, ``patching``, ``target-knockout`` and
+``instruction-swap`` (see each module).
 """
 
 from vla_lab.registry import ModelSpec, random_init_of, shipped_specs
-from vla_lab.studies import knockout, mask_swap, patching, target_attention, target_knockout
+from vla_lab.studies import (
+    instruction_swap,
+    knockout,
+    mask_swap,
+    patching,
+    target_attention,
+    target_knockout,
+)
 from vla_lab.studies.engine import (
     STUDIES,
     Study,
@@ -26,6 +34,7 @@ __all__ = [
     "StudyResult",
     "StudySettings",
     "Unit",
+    "instruction_swap",
     "knockout",
     "load_result",
     "load_results",

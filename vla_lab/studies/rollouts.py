@@ -9,7 +9,7 @@ observations afterwards, with the same model or with another one (its random-ini
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,37 +48,44 @@ class Rollout:
 
     @property
     def picked(self) -> str:
-        """``target``, ``same_category`` or ``none`` (:func:`~vla_lab.worlds.libero.phases.picked_object`)."""
-        return picked_object(self.lifts)
+        """Which watched role's object the episode picked, or ``none``
+        (:func:`~vla_lab.worlds.libero.phases.picked_object`)."""
+        return picked_object(self.lifts, roles=self.roles)
+
+    #: The roles watched (:func:`rollout`'s ``watch``), in order.
+    roles: tuple[str, ...] = LIFTED_ROLES
 
 
 def rollout(model: VLAAdapter, world: World, episode: Episode, execute: int = 8,
-            intervene: Intervene | None = None) -> Rollout:
+            intervene: Intervene | None = None, watch: Mapping[str, Sequence[str]] | None = None,
+            regions: bool = True) -> Rollout:
     """Run ``episode`` with ``model`` (and ``intervene`` on every query) and keep it query by query; an exception in
-    the episode ends it as a failure with its ``error`` (what ran until then is kept)."""
+    the episode ends it as a failure with its ``error`` (what ran until then is kept). ``watch``: role -> object
+    names whose heights are kept (default: the target and the same-category objects, :data:`LIFTED_ROLES`);
+    ``regions`` False: the observations come without region masks (saves a segmentation drawing per query)."""
     if not isinstance(world, LiberoWorld):
         raise InputError(f"world: got {world.name!r}, expected a LIBERO suite (rollouts read the simulator)")
-    kept = Rollout()
-    roles: dict[str, list[str]] = {}
+    kept = Rollout(roles=tuple(watch) if watch is not None else LIFTED_ROLES)
+    roles: dict[str, list[str]] = {} if watch is None else {role: list(names) for role, names in watch.items()}
     policy = Policy(model, world, execute=execute, intervene=intervene)
     predict = policy.chunks
 
     def chunks(observations: Sequence[Observation], slots: Sequence[int]) -> np.ndarray:
         if not roles:
             assert world.env is not None
-            roles.update(episode_objects(world.env))
+            roles.update({role: names for role, names in episode_objects(world.env).items() if role in LIFTED_ROLES})
         heights = world.lifts()
         kept.observations.append(observations[0])
         kept.steps_at.append(world.steps)
-        kept.lifts.append({role: max(heights[n] for n in roles[role] if n in heights)
-                           for role in LIFTED_ROLES if any(n in heights for n in roles.get(role, []))})
+        kept.lifts.append({role: max(heights[n] for n in names if n in heights)
+                           for role, names in roles.items() if any(n in heights for n in names)})
         kept.closed.append(world.last_action is not None and float(world.last_action[6]) > 0)
         return np.asarray(predict(observations, slots))
 
     policy.chunks = chunks
-    before, world.step_regions = world.step_regions, True
+    before, world.step_regions = world.step_regions, regions
     try:
-        run = run_lockstep([world], [episode], policy, regions=True, isolate=True)[0]
+        run = run_lockstep([world], [episode], policy, regions=regions, isolate=True)[0]
     finally:
         world.step_regions = before
     kept.success, kept.steps, kept.error = run.success, run.steps, run.error

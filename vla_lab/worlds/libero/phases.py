@@ -39,11 +39,12 @@ def episode_phases(lifts: Sequence[float], closed: Sequence[bool], lifted: float
     return phases
 
 
-def picked_object(lifts: Sequence[Mapping[str, float]], picked: float = PICKED) -> str:
-    """``target``, ``same_category`` or ``none``: which role's object first rose above ``picked`` (per query, the
-    highest lift among the role's objects)."""
+def picked_object(lifts: Sequence[Mapping[str, float]], picked: float = PICKED,
+                  roles: Sequence[str] = ("target", "same_category")) -> str:
+    """Which of ``roles`` first had an object rise above ``picked`` (``lifts``: per query, the highest lift among
+    each role's objects; the higher one when two rose by the same query), or ``none``."""
     for heights in lifts:
-        risen = [role for role in ("target", "same_category") if heights.get(role, 0.0) > picked]
+        risen = [role for role in roles if heights.get(role, 0.0) > picked]
         if risen:
-            return risen[0] if len(risen) == 1 else max(risen, key=lambda role: heights[role])
+            return max(risen, key=lambda role: heights[role])
     return "none"

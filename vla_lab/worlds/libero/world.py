@@ -210,8 +210,13 @@ class LiberoWorld:
         if not others:
             raise InputError(f"suite: got {self.name} with no other instruction, expected at least two tasks")
         donor = others[int(np.random.default_rng([int(seed), task, int(episode.key[2])]).integers(len(others)))]
-        columns = {**episode.columns, "instruction_from": donor}
-        return Episode(self.name, episode.key, task_info(self.name, donor)["instruction"], columns,
+        return self.with_instruction_of(episode, donor)
+
+    def with_instruction_of(self, episode: Episode, task: int) -> Episode:
+        """``episode``'s scene with task ``task``'s instruction (an ``other_instruction`` counterfactual; success is
+        still the scene's own goal)."""
+        columns = {**episode.columns, "instruction_from": int(task)}
+        return Episode(self.name, episode.key, task_info(self.name, task)["instruction"], columns,
                        "other_instruction", episode.spec)
 
     def close(self) -> None:

@@ -1,0 +1,96 @@
+"""``instruction-swap`` (LIBERO): does the policy pick the object the instruction names, or the one its scene is for?
+
+Each episode runs twice in the scene of task ``i`` (its init state): with task ``i``'s own instruction (``own``) and
+with the instruction of its partner ``j`` (``swapped``: the lowest-numbered task whose instruction names another
+object of that scene, :mod:`vla_lab.worlds.libero.instructions`; libero_spatial: the other black bowl). Which object
+the policy picked is read from the simulator (:func:`~vla_lab.studies.rollouts.rollout`: the first of the two to
+rise :data:`~vla_lab.worlds.libero.phases.PICKED` above its start): ``picked_instructed`` (the object the episode's
+instruction names), ``picked_scene_target`` (task ``i``'s own target), or neither. ``success`` is the scene's own goal.
+
+Summaries per model and condition: the three pick rates and success, each with a bootstrap over tasks (a task's init
+states share one layout). Tests, Wilcoxon signed-rank on per-task rates: the primary one, under the swapped
+instruction, picking the instructed object vs the scene's own target; then the scene's own target, own vs swapped
+instruction. A task without a partner is refused in one line before anything runs. (Patching the text segment's
+states between the two instructions is not offered: their token counts differ, so the segments do not align.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from vla_lab.model import VLAAdapter
+from vla_lab.registry import ModelSpec
+from vla_lab.stats import wilcoxon_signed_rank
+from vla_lab.studies.engine import Study, StudySettings, Unit, UnitEpisodes, register_study
+from vla_lab.studies.rollouts import rollout
+from vla_lab.studies.rows import cluster_row, frame, model_keys, paired, test_row
+from vla_lab.worlds.libero.instructions import first_partner, goal_object
+from vla_lab.worlds.libero.world import LiberoWorld
+
+CONDITIONS = ("own", "swapped")
+#: Per-episode outcomes summarised as rates.
+RATES = ("picked_instructed", "picked_scene_target", "picked_neither", "success")
+
+
+@register_study
+class InstructionSwap(Study):
+    name = "instruction-swap"
+    description = "the scene of one task with another's instruction naming another object: which one is picked"
+    worlds = ("libero",)
+
+    def units(self, settings: StudySettings) -> list[Unit]:
+        units = super().units(settings)
+        for task in sorted({int(key[1]) for u in units for key in u.keys}):
+            first_partner(str(settings.suite), task)  # a task without a partner is refused before anything runs
+        return units
+
+    def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
+                unit: Unit) -> pd.DataFrame:
+        env = episodes.world
+        assert isinstance(env, LiberoWorld)
+        rows: list[dict[str, Any]] = []
+        for b, episode in enumerate(episodes.episodes):
+            task = int(episode.key[1])
+            partner, own = first_partner(env.name, task), goal_object(env.name, task)
+            watch = {"scene_target": [str(own)], "partner_object": [partner.instructed]}
+            for condition in CONDITIONS:
+                shown = episode if condition == "own" else env.with_instruction_of(episode, partner.task)
+                run = rollout(model, env, shown, settings.execute, watch=watch, regions=False)
+                instructed = "scene_target" if condition == "own" else "partner_object"
+                picked = run.picked
+                rows.append({
+                    "episode": b, "condition": condition,
+                    "instruction_from": task if condition == "own" else partner.task,
+                    "prompt_instruction": shown.instruction,
+                    "instructed_object": own if condition == "own" else partner.instructed,
+                    "picked": {"scene_target": own, "partner_object": partner.instructed}.get(picked, "none"),
+                    "picked_instructed": picked == instructed, "picked_scene_target": picked == "scene_target",
+                    "picked_neither": picked == "none", "success": run.success, "steps": run.steps,
+                    "error": run.error,
+                })
+        return pd.DataFrame(rows)
+
+    def summarize(self, records: pd.DataFrame, settings: StudySettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+        rows, tests = [], []
+        shown = records[records["split"] == settings.report_split]
+        for keys, part in model_keys(shown):
+            by = {c: sub.set_index(["task", "init_state"]).sort_index()
+                  for c, sub in part.groupby("condition", sort=False)}
+            for condition, sub in by.items():
+                tasks = sub.index.get_level_values("task")
+                for metric in RATES:
+                    rows.append(cluster_row(sub[metric].astype(float), tasks, settings.seed, "rate", **keys,
+                                            condition=condition, metric=metric))
+            comparisons = [("swapped", "picked_instructed", "swapped", "picked_scene_target", True),
+                           ("own", "picked_scene_target", "swapped", "picked_scene_target", False)]
+            for first, a_metric, second, b_metric, primary in comparisons:
+                if first not in by or second not in by:
+                    continue
+                a, b = paired(by[first][a_metric].astype(float), by[second][b_metric].astype(float))
+                per_task = pd.DataFrame({"a": a, "b": b}).groupby(level="task").mean()
+                tests.append(test_row(wilcoxon_signed_rank(per_task["a"], per_task["b"]), **keys,
+                                      comparison=f"{first} {a_metric} vs {second} {b_metric}",
+                                      metric="per-task rates", primary=primary))
+        return frame(rows), frame(tests)
