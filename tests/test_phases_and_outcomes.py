@@ -36,7 +36,7 @@ def test_clustered_logistic_regression_recovers_a_known_slope() -> None:
     x = rng.normal(size=clusters.size) + rng.normal(size=12)[clusters]  # the feature clusters too
     y = rng.random(clusters.size) < 1 / (1 + np.exp(-(0.2 + 1.0 * x)))
     fit = logistic_regression_clustered(x, y, clusters)
-    assert fit.ci95[0] < 1.0 < fit.ci95[1] and fit.p < 1e-6 and fit.slope > 0.5
+    assert fit.ci95[0] < 1.0 < fit.ci95[1] and fit.p < 1e-4 and fit.slope > 0.5
     assert (fit.n, fit.n_clusters, fit.events) == (480, 12, int(y.sum()))
     assert "12 clusters" in fit.note
     null = logistic_regression_clustered(rng.normal(size=480), y, clusters)  # a feature unrelated to y
@@ -48,7 +48,9 @@ def test_what_cannot_be_estimated_says_why() -> None:
     clusters = np.repeat(["a", "b"], 10)
     assert "outcome constant (0 events of 20)" in logistic_regression_clustered(x, np.zeros(20), clusters).note
     assert logistic_regression_clustered(np.ones(20), x > 0, clusters).note == "feature constant"
-    separated = logistic_regression_clustered(x, x > 0, clusters)
+    few = logistic_regression_clustered(x, np.arange(20) % 3 == 0, clusters)
+    assert few.note == "not estimable: 2 clusters, expected at least 3" and np.isnan(few.p)
+    separated = logistic_regression_clustered(x, x > 0, np.repeat(["a", "b", "c", "d"], 5))
     assert np.isnan(separated.slope) and separated.note.startswith("not estimable")
     with pytest.raises(InputError, match="^logistic_regression_clustered: got 20 features, 19 outcomes"):
         logistic_regression_clustered(x, np.zeros(19), clusters)

@@ -156,8 +156,9 @@ class LogitFit:
 
 def logistic_regression_clustered(feature: Any, outcome: Any, clusters: Any) -> LogitFit:
     """Logit(outcome) = a + b * feature (statsmodels ``Logit``) with standard errors clustered by ``clusters``
-    (episodes of a task are not independent). Not estimated (NaNs and a note) when the outcome does not vary, the
-    feature does not vary, or the fit separates the outcomes perfectly; with few clusters the interval is loose."""
+    (episodes of a task are not independent; statsmodels' small-sample correction, and t with clusters - 1 degrees
+    of freedom for the interval and p). Not estimated (NaNs and a note) when the outcome does not vary, the feature
+    does not vary, there are fewer than 3 clusters, or the fit separates the outcomes perfectly."""
     import statsmodels.api as sm
 
     x = _finite(feature, "logistic_regression_clustered")
@@ -172,12 +173,15 @@ def logistic_regression_clustered(feature: Any, outcome: Any, clusters: Any) -> 
         return replace(blank, note=f"outcome constant ({events} events of {x.size})")
     if np.ptp(x) == 0:
         return replace(blank, note="feature constant")
+    if n_clusters < 3:
+        return replace(blank, note=f"not estimable: {n_clusters} clusters, expected at least 3")
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            fit = sm.Logit(y, sm.add_constant(x)).fit(disp=0, cov_type="cluster", cov_kwds={"groups": groups})
+            fit = sm.Logit(y, sm.add_constant(x)).fit(disp=0, cov_type="cluster", cov_kwds={"groups": groups},
+                                                      use_t=True)
         except Exception as exc:  # statsmodels raises PerfectSeparationError (or warns and diverges)
             return replace(blank, note=f"not estimable: {type(exc).__name__}")
     slope, (low, high), p = float(fit.params[1]), fit.conf_int()[1], float(fit.pvalues[1])

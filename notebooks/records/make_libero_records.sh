@@ -60,9 +60,10 @@ for MASK in causal bidirectional; do
       --out $REC/libero-eval/libero-spatial-$MASK --no-progress
 done
 
-# 5. Target attention on real frames (the target-attention study on the LIBERO world; cameras at the models' 128 px):
-#    the bowl against the distractors and against the other black bowl, each depth chosen on init states 0-4,
-#    reported on 40-49, interval over tasks, vs random init (~4 min with 2 processes)
+# 5. Target attention through whole rollouts (the target-attention study on the LIBERO world; cameras at the models'
+#    128 px): at every query, the bowl against the distractors and against the other black bowl, with the episode's
+#    phase; each depth chosen on init states 0-4, reported on 40-49, interval over tasks, vs random init on the same
+#    frames; logistic regressions of success / a wrong-bowl pick on the ratio
 $TORCHRUN -m vla_lab study target-attention --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
     --out $REC/libero-target-attention/libero_spatial --no-progress
@@ -72,3 +73,13 @@ $TORCHRUN -m vla_lab study target-attention --world libero --suite libero_spatia
 $TORCHRUN -m vla_lab study mask-swap --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
     --out $REC/libero-mask-swap/libero_spatial --no-progress
+# 7. The causal test of target attention: at every query the action queries lose the target bowl's patches, or as
+#    many patches of the other black bowl (closed loop, 600 episodes)
+$TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
+    --out $REC/libero-target-knockout/libero_spatial --no-progress
+# 8. Instruction swap: each scene with its own instruction and with the one naming the other black bowl; which bowl
+#    left the table (400 episodes)
+$TORCHRUN -m vla_lab study instruction-swap --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
+    --out $REC/libero-instruction-swap/libero_spatial --no-progress

@@ -134,7 +134,10 @@ class TargetAttention(Study):
         summary = frame(rows)
         for column in [c for c in summary.columns if c.startswith("n_")]:
             summary[column] = summary[column].astype("Int64")  # absent on the selection rows
-        return summary, frame(tests + _holm_by_model(outcome_tests))
+        tested = frame(tests + _holm_by_model(outcome_tests))
+        if "n_tasks" in tested.columns:
+            tested["n_tasks"] = tested["n_tasks"].astype("Int64")  # only the regressions have it
+        return summary, tested
 
     @staticmethod
     def _ratios(sub: pd.DataFrame, settings: StudySettings, against: str, metric: str, label: dict[str, Any],
