@@ -142,6 +142,11 @@ def test_target_knockout_closes_as_many_patches_of_the_target_as_of_the_other_bo
     summary = result.summary.set_index(["metric", "condition"])
     assert summary.loc[("blocked_patches", "target"), "value"] == pytest.approx(target["blocked_patches"].mean())
     assert summary.loc[("success", "none"), "interval"] == "bootstrap over tasks (percentile, cluster)"
+    status, _, err = testkit.run_cli(["study", "target-knockout", "--world", "libero", "--suite", "libero_object",
+                                      "--tasks", "0", "--model", str(libero_two_step_run), "--out", tmp_path / "x"])
+    assert "regions: got task 0 of libero_object without a same_category object" in (
+        testkit.assert_one_line_error(status, err, "study"))
+    assert not (tmp_path / "x").exists()
 
 
 def test_blocked_patches_are_as_many_for_the_target_as_for_its_control() -> None:

@@ -40,6 +40,7 @@ from vla_lab.studies.engine import Study, StudySettings, Unit, UnitEpisodes, reg
 from vla_lab.studies.knockout import block_tensor, sequence_length
 from vla_lab.studies.rows import cluster_row, frame, model_keys, paired, test_row
 from vla_lab.worlds import Observation
+from vla_lab.worlds.libero.instructions import same_category_objects
 from vla_lab.worlds.libero.world import LiberoWorld
 from vla_lab.worlds.runner import run_lockstep
 
@@ -84,6 +85,15 @@ class TargetKnockout(Study):
     name = "target-knockout"
     description = "the action queries lose the target's patches vs as many of the same-category object's (LIBERO)"
     worlds = ("libero",)
+
+    def units(self, settings: StudySettings) -> list[Unit]:
+        units = super().units(settings)
+        for task in sorted({int(key[1]) for u in units for key in u.keys}):
+            if not same_category_objects(str(settings.suite), task):  # refused before anything runs
+                raise InputError(f"regions: got task {task} of {settings.suite} without a same_category object, "
+                                 "expected one (the control of target-knockout is another object of the target's "
+                                 "category, e.g. libero_spatial's other black bowl)")
+        return units
 
     def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:

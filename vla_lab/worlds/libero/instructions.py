@@ -61,6 +61,15 @@ def instructed_object(suite: str, scene: int, instruction_of: int) -> str | None
     return found[0] if len(found) == 1 else None
 
 
+def same_category_objects(suite: str, task: int) -> list[str]:
+    """The objects of task ``task``'s scene of its target's category, the target left out (libero_spatial: the other
+    black bowl); empty for a goal on no object."""
+    categories, _, target = _scene(suite, task)
+    if target is None:
+        return []
+    return [name for name, c in categories.items() if c == categories[target] and name != target]
+
+
 def goal_object(suite: str, task: int) -> str | None:
     """The first object of task ``task``'s goal (its target), None for a goal on no object (open a drawer)."""
     return _scene(suite, task)[2]
