@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import testkit
 
+from vla_lab.errors import InputError
 from vla_lab.studies import StudySettings, load_result, run_study
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("libero") is None, reason="LIBERO is not installed")
@@ -116,7 +117,7 @@ def test_a_knockout_acts_on_every_query_of_a_libero_episode(libero_two_step_run)
             policy.on_query = lambda slot, row, query, p=policy, seen=seen: seen.append(p.last_normalized[row])
             run_lockstep([world], [episode], policy)
             chunks[name] = seen
-    assert len(chunks["plain"]) == 3
+    assert len(chunks["plain"]) == len(chunks["identity"]) == len(chunks["blocked"]) == 3
     assert all(np.array_equal(a, b) for a, b in zip(chunks["plain"], chunks["identity"]))
     assert all(not np.array_equal(a, b) for a, b in zip(chunks["plain"], chunks["blocked"]))
     assert AttentionSpec.parse("causal") == model.attention
@@ -134,6 +135,7 @@ def test_target_knockout_closes_as_many_patches_of_the_target_as_of_the_other_bo
     # Equal numbers of patches at every query: the two knockouts' means agree where the episodes ran alike.
     target, alike = records.loc["target"], records.loc["same_category"]
     assert (target["blocked_patches"] > 0).all() and (target["delta_action"] > 0).all()
+    assert (alike["blocked_patches"] > 0).all()  # equal counts per query: test_blocked_patches_are_as_many_...
     assert (alike["delta_action"] > 0).all()
     assert (records.loc["target", "queries"] == np.ceil(records.loc["target", "steps"] / settings.execute)).all()
     tests = result.tests.set_index(["comparison", "metric"])
@@ -163,8 +165,13 @@ def test_blocked_patches_are_as_many_for_the_target_as_for_its_control() -> None
     observation = Observation([], "", np.zeros(8), [{"target": target, "same_category": alike}])
     picks = blocked_patches(observation, layout, center_crop=False)
     assert picks == {"target": [1], "same_category": [1 + 15]}  # one each; the target's most covered patch
+    observation.regions = [{"target": target, "same_category": np.zeros_like(alike)}]  # the other bowl hidden
+    assert blocked_patches(observation, layout, center_crop=False) == {"target": [], "same_category": []}
+    from vla_lab.studies.knockout import block_tensor
+
+    assert not block_tensor([([30, 31], [])], 40).any()  # nothing to close: no block, no error
     observation.regions = [{"target": target}]
-    with pytest.raises(Exception, match="same_category"):
+    with pytest.raises(InputError, match="^regions: got a scene without a same_category object"):
         blocked_patches(observation, layout, center_crop=False)
 
 
@@ -225,6 +232,12 @@ def test_instruction_partners_name_another_object_of_the_scene() -> None:
     assert [(p.task, p.instructed) for p in instruction_partners("libero_object", 0)][:2] == [
         (1, "cream_cheese_1"), (2, "salad_dressing_1")]
     assert instruction_partners("libero_10", 2) == []  # no other task's instruction names an object of its scene
+    assert instruction_partners("libero_goal", 0) == []  # "open the middle drawer": the goal moves no object
+    assert goal_object("libero_goal", 0) is None and goal_object("libero_goal", 1) == "akita_black_bowl_1"
+    from vla_lab.worlds.libero.instructions import same_category_objects
+
+    assert same_category_objects("libero_spatial", 0) == ["akita_black_bowl_2"]
+    assert same_category_objects("libero_10", 8) == []  # both moka pots are the goal's targets
 
 
 def test_instruction_swap_on_libero_episodes(libero_two_step_run, tmp_path) -> None:

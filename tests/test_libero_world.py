@@ -87,6 +87,14 @@ def test_what_a_rollout_can_read_at_every_step(env):
         env.step_regions = False
     assert set(regions) == {"target", "place", "same_category", "distractors", "background"}
     assert all(abs(v) < 0.005 for v in env.lifts().values())  # the arm moved up, nothing else did
+    # drawing the masks changes no frame and no state: the same actions without them give the same observation
+    seen = env.step(action).observation
+    env.reset(env.episode(0, 2), regions=False)
+    env.step(action)
+    env.step(action)
+    again = env.step(action).observation
+    assert all(np.array_equal(a, b) for a, b in zip(seen.images, again.images))
+    np.testing.assert_array_equal(seen.proprio, again.proprio)
 
 
 def test_steps_and_their_limit(env):

@@ -47,8 +47,9 @@ def _add_eval_parser(sub: options.Subparsers) -> None:
     benchmarks = p.add_subparsers(dest="benchmark", required=True, parser_class=type(p))
     q = benchmarks.add_parser("libero", help="LIBERO with upstream's protocol (pip install -e '.[libero]')")
     options.add_model_arguments(q, attention=None, dtype_default=None)
-    options.add_suite(q, f"one of {', '.join(libero_suites.SUITES)}, or a perturbation suite of LIBERO-PRO / "
-                         "LIBERO-Plus (<suite>_swap, _lan, _object, _task, _env, _with_<object>, _*_ood, ...)")
+    options.add_suite(q, f"one of {', '.join(libero_suites.SUITES)}, or a LIBERO-PRO / LIBERO-Plus perturbation "
+                         "suite <suite>_<perturbation> with perturbation one of "
+                         f"{', '.join(libero_suites.PERTURBATIONS)}")
     _add_episode_arguments(q, "vla_lab_eval")
     _add_resolution(q, None, f"camera resolution (default: {libero_eval.RESOLUTION} as upstream, or the resolution "
                              "of the demonstrations a vla-lab LIBERO model was trained on)")

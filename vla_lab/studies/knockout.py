@@ -116,7 +116,9 @@ def sequence_length(model: VLAAdapter, inputs: dict[str, torch.Tensor]) -> int:
 def block_tensor(chosen: Sequence[tuple[list[int], list[int]]], size: int) -> torch.Tensor:
     block = torch.zeros(len(chosen), size, size, dtype=torch.bool)
     for b, (queries, keys) in enumerate(chosen):
-        block[b, torch.tensor(queries)[:, None], torch.tensor(keys)[None, :]] = True
+        if queries and keys:
+            rows, columns = torch.tensor(queries, dtype=torch.long), torch.tensor(keys, dtype=torch.long)
+            block[b, rows[:, None], columns[None, :]] = True
     return block
 
 

@@ -161,11 +161,12 @@ class TargetAttention(Study):
             rows.append(_row(result, label, metric, int(d), None, d == at, noun, cluster))
             if d == at:
                 selected = result
+        per_head_label = {**label, "frames": "first query"} if "frames" in label else label  # heads: query 0 only
         for h, per_head in shown[shown["head"].notna()].groupby("head", sort=True):
             table = ta.per_unit(per_head.drop(columns="head"), unit, against)
             for d in sorted(table["depth"].unique()):
                 result = ta.report(table, at=int(d), cluster=cluster, seed=settings.seed)
-                rows.append(_row(result, label, metric, int(d), int(h), False, noun, cluster))
+                rows.append(_row(result, per_head_label, metric, int(d), int(h), False, noun, cluster))
         for d, value in on_selection.items():
             rows.append({**label, "depth": int(d), "head": None, "selected": d == at,
                          "metric": "validation_ratio" if against == "distractors" else f"validation_{metric}",
@@ -187,7 +188,7 @@ def _row(result: ta.RatioReport, label: dict[str, Any], metric: str, depth: int,
 
 #: LIBERO record columns of an episode's query and of the episode, after the measurement's.
 QUERY_COLUMNS = ("query", "step", "phase", "lift")
-EPISODE_COLUMNS = ("success", "episode_steps", "picked", "frames_of")
+EPISODE_COLUMNS = ("success", "episode_steps", "picked", "error", "frames_of")
 
 
 def _libero_records(model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes,
@@ -202,7 +203,11 @@ def _libero_records(model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes,
         episodes.cache[("rollouts", spec.name)] = runs
     frames = []
     for b, run in enumerate(runs):
-        if not run.observations:
+        if not run.observations:  # the reset failed: one row that says so, no measurement
+            frames.append(pd.DataFrame([{"episode": b, "query": 0, "step": 0, "phase": None, "lift": float("nan"),
+                                         "source": None, "depth": pd.NA, "head": pd.NA, "region": None,
+                                         "value": float("nan"), "success": False, "episode_steps": run.steps,
+                                         "picked": "none", "error": run.error, "frames_of": source}]))
             continue
         first = ta.measure(model, episodes.world, run.observations[:1], heads=True, batch_size=1)
         rest = ta.measure(model, episodes.world, run.observations[1:], heads=False, batch_size=32)
@@ -214,6 +219,7 @@ def _libero_records(model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes,
         values["lift"] = [run.lifts[q].get("target", float("nan")) for q in values["query"]]
         values["episode"] = b
         values["success"], values["episode_steps"], values["picked"] = run.success, run.steps, run.picked
+        values["error"] = run.error
         values["frames_of"] = source
         frames.append(values)
     columns = ["episode", *QUERY_COLUMNS, "source", "layer", "block", "head", "region", "value", *EPISODE_COLUMNS]
@@ -250,6 +256,8 @@ def _outcome_tests(shown: pd.DataFrame, selected: ta.RatioReport, unit: tuple[st
                    keys: dict[str, Any], metric: str) -> list[dict[str, Any]]:
     """Logistic regressions of each outcome on the episode's log ratio at the selected depth (all queries; the
     grasp's queries), standard errors clustered by ``cluster``."""
+    if "error" in shown.columns:  # an episode that raised is no outcome of the policy
+        shown = shown[shown["error"].isna()]
     outcomes = shown.groupby(list(unit), sort=True)[["success", "picked"]].first().reset_index()
     outcomes["picked_same_category"] = outcomes["picked"] == "same_category"
     features = [("all queries", selected.units)]

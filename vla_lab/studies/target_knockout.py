@@ -1,7 +1,11 @@
-"""``target-knockout``: a causal test of target attention -- does the policy need to see the object it was asked for?
+"""``target-knockout``: a causal test of the action queries' attention -- do they need their own view of the object?
 
-LIBERO only. At every query of every episode the action queries lose, in every LLM layer, the agentview patches of
-one object of the current frame (the world's region masks, drawn at each observation):
+LIBERO only. At every query of every episode the action queries lose, in every LLM layer, their attention edges to
+the agentview patches of one object of the current frame (the world's region masks, drawn at each observation). Only
+those direct edges close: the prompt tokens and later patches still attend to the object's patches and the queries
+still read them, the bridge head still reads every position's states, and the wrist view is untouched; a null
+result says the queries' direct view of the object is not needed, not that the object's pixels are not. The
+conditions:
 
 * ``target``: the object to pick (the bowl the instruction names);
 * ``same_category``: the control of equal size, the other object of its category (the other black bowl);
@@ -16,7 +20,7 @@ object's edge may differ).
 Per model, condition and episode: ``delta_action`` (the first chunk's mean |normalised actions - none's|), closed-loop
 success, steps, queries, the mean patches closed per query. A task's init states share one layout: success and
 ``delta_action`` with a bootstrap over tasks; Wilcoxon signed-rank on per-task values, ``target`` vs
-``same_category`` the primary comparison, each against ``none`` besides. The head's task attention is not knocked
+``same_category`` on success the primary comparison, the others secondary. The head's task attention is not knocked
 out here (it reads the patches through the LLM's states; a per-patch head mask is not built).
 """
 
@@ -163,5 +167,5 @@ class TargetKnockout(Study):
                     name = "success (per-task rates)" if metric == "success" else "delta_action (per-task means)"
                     tests.append(test_row(wilcoxon_signed_rank(per_task["a"], per_task["b"]), **keys,
                                           comparison=f"{first} vs {second}", metric=name,
-                                          primary=(first, second) == COMPARISONS[0]))
+                                          primary=(first, second) == COMPARISONS[0] and metric == "success"))
         return frame(rows), frame(tests)

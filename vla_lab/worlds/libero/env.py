@@ -314,13 +314,12 @@ def objects_of_interest(env: LiberoEnv, names: Sequence[str], hint: str = "") ->
     return wanted
 
 
-def goal_objects(env: LiberoEnv, names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(objects the goal moves or changes, objects it puts them in or on), both among ``names``, in the goal's order.
+def goal_roles(goal_state: Sequence[Sequence[str]], names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(objects a BDDL goal moves or changes, objects it puts them in or on), both among ``names``, in the goal's order.
 
     A predicate's first argument is the object acted on; its second, when there is one, is the place: an object
     (``plate_1``) or a region of one (``basket_1_contain_region``: ``basket_1``); a region of the table
-    (``main_table_stove_front_region``) is no object, so such a goal has no place. Without any goal object, the
-    first object of interest (:func:`objects_of_interest`) is the target.
+    (``main_table_stove_front_region``) is no object, so such a goal has no place.
     """
     def owner(argument: str) -> str | None:
         if argument in names:
@@ -333,12 +332,19 @@ def goal_objects(env: LiberoEnv, names: Sequence[str]) -> tuple[list[str], list[
 
     targets: list[str] = []
     places: list[str] = []
-    for predicate in env.goal_state:
+    for predicate in goal_state:
         found = [owner(a) for a in predicate[1:3]]
         if found and found[0] is not None and found[0] not in targets:
             targets.append(found[0])
         if len(found) > 1 and found[1] is not None and found[1] not in places:
             places.append(found[1])
+    return targets, [p for p in places if p not in targets]
+
+
+def goal_objects(env: LiberoEnv, names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """:func:`goal_roles` of the task's goal; without any goal object, the first object of interest
+    (:func:`objects_of_interest`) is the target."""
+    targets, places = goal_roles(env.goal_state, names)
     if not targets:
         targets = objects_of_interest(env, names)[:1]
-    return targets, [p for p in places if p not in targets]
+    return targets, places

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from vla_lab.errors import InputError
-from vla_lab.worlds.libero.env import _quiet, num_tasks, task_files, task_info
+from vla_lab.worlds.libero.env import _quiet, goal_roles, num_tasks, task_files, task_info
 
 
 @dataclass(frozen=True)
@@ -32,52 +32,72 @@ class Partner:
     instructed: str
 
 
+@dataclass(frozen=True)
+class _Scene:
+    """What a task's BDDL file says about its scene: each object's and fixture's category, where each is placed
+    (``on`` at init), the goal's targets and places (:func:`~vla_lab.worlds.libero.env.goal_roles`) and which
+    names are movable objects (not fixtures)."""
+
+    categories: dict[str, str]
+    placed: dict[str, str]
+    targets: tuple[str, ...]
+    places: tuple[str, ...]
+    movable: frozenset[str]
+
+
 @lru_cache(maxsize=64)
-def _scene(suite: str, task: int) -> tuple[dict[str, str], dict[str, str], str | None]:
-    """(object -> category, object -> where it is placed, the goal's first object) of a task's BDDL file."""
+def _scene(suite: str, task: int) -> _Scene:
     with _quiet():
         from libero.libero.envs.bddl_utils import robosuite_parse_problem
 
         problem = robosuite_parse_problem(task_files(suite, task)[0])
-    categories = {name: category for category, names in problem["objects"].items() for name in names}
+    objects = {name: category for category, names in problem["objects"].items() for name in names}
+    fixtures = {name: category for category, names in problem["fixtures"].items() for name in names}
+    categories = {**objects, **fixtures}
     placed = {p[1]: p[2] for p in problem["initial_state"] if len(p) == 3 and p[0] == "on"}
-    goal = next((a for p in problem["goal_state"] for a in p[1:2] if a in categories), None)
-    return categories, placed, goal
+    targets, places = goal_roles(problem["goal_state"], list(categories))
+    return _Scene(categories, placed, tuple(targets), tuple(places), frozenset(objects))
+
+
+def goal_object(suite: str, task: int) -> str | None:
+    """The first object task ``task``'s goal moves (its target); None when that is no movable object (the goal opens
+    a drawer or turns on the stove)."""
+    scene = _scene(suite, task)
+    return scene.targets[0] if scene.targets and scene.targets[0] in scene.movable else None
+
+
+def same_category_objects(suite: str, task: int) -> list[str]:
+    """The other objects and fixtures of the categories of task ``task``'s targets, none of the goal's targets or
+    places (libero_spatial: the other black bowl), as :func:`~vla_lab.worlds.libero.world.episode_objects` finds
+    them in the simulator."""
+    scene = _scene(suite, task)
+    kinds = {scene.categories[t] for t in scene.targets}
+    return [n for n, c in scene.categories.items() if c in kinds and n not in scene.targets and n not in scene.places]
 
 
 def instructed_object(suite: str, scene: int, instruction_of: int) -> str | None:
     """The object of task ``scene``'s scene that task ``instruction_of``'s instruction names (module docstring),
-    or None when it names none of them."""
-    categories_j, placed_j, target_j = _scene(suite, instruction_of)
+    or None when it names none of them (or its goal moves no movable object)."""
+    target_j = goal_object(suite, instruction_of)
     if target_j is None:
         return None
-    category = categories_j[target_j]
-    categories_i, placed_i, _ = _scene(suite, scene)
-    candidates = [name for name, c in categories_i.items() if c == category]
-    if Counter(categories_j.values())[category] == 1:
+    other, here = _scene(suite, instruction_of), _scene(suite, scene)
+    category = other.categories[target_j]
+    candidates = [name for name, c in here.categories.items() if c == category]
+    if Counter(other.categories.values())[category] == 1:
         return candidates[0] if len(candidates) == 1 else None
-    where = placed_j.get(target_j)
-    found = [name for name in candidates if placed_i.get(name) == where]
+    where = other.placed.get(target_j)
+    if where is None:  # put in or under something at init: no placement to match
+        return None
+    found = [name for name in candidates if here.placed.get(name) == where]
     return found[0] if len(found) == 1 else None
 
 
-def same_category_objects(suite: str, task: int) -> list[str]:
-    """The objects of task ``task``'s scene of its target's category, the target left out (libero_spatial: the other
-    black bowl); empty for a goal on no object."""
-    categories, _, target = _scene(suite, task)
-    if target is None:
-        return []
-    return [name for name, c in categories.items() if c == categories[target] and name != target]
-
-
-def goal_object(suite: str, task: int) -> str | None:
-    """The first object of task ``task``'s goal (its target), None for a goal on no object (open a drawer)."""
-    return _scene(suite, task)[2]
-
-
 def instruction_partners(suite: str, task: int) -> list[Partner]:
-    """Every partner of ``task`` (module docstring), by task id."""
-    own = _scene(suite, task)[2]
+    """Every partner of ``task`` (module docstring), by task id; none when its goal moves no movable object."""
+    own = goal_object(suite, task)
+    if own is None:
+        return []
     instruction = task_info(suite, task)["instruction"]
     partners = []
     for j in range(num_tasks(suite)):
