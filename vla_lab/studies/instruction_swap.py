@@ -22,10 +22,9 @@ import pandas as pd
 
 from vla_lab.model import VLAAdapter
 from vla_lab.registry import ModelSpec
-from vla_lab.stats import wilcoxon_signed_rank
 from vla_lab.studies.engine import Study, StudySettings, Unit, UnitEpisodes, register_study
 from vla_lab.studies.rollouts import rollout
-from vla_lab.studies.rows import cluster_row, frame, model_keys, paired, test_row
+from vla_lab.studies.rows import by_condition, cluster_row, frame, model_keys, per_task_test
 from vla_lab.worlds.libero.instructions import first_partner, goal_object
 from vla_lab.worlds.libero.world import LiberoWorld
 
@@ -76,8 +75,7 @@ class InstructionSwap(Study):
         rows, tests = [], []
         shown = records[records["split"] == settings.report_split]
         for keys, part in model_keys(shown):
-            by = {c: sub.set_index(["task", "init_state"]).sort_index()
-                  for c, sub in part.groupby("condition", sort=False)}
+            by = by_condition(part)
             for condition, sub in by.items():
                 tasks = sub.index.get_level_values("task")
                 for metric in RATES:
@@ -88,9 +86,7 @@ class InstructionSwap(Study):
             for first, a_metric, second, b_metric, primary in comparisons:
                 if first not in by or second not in by:
                     continue
-                a, b = paired(by[first][a_metric].astype(float), by[second][b_metric].astype(float))
-                per_task = pd.DataFrame({"a": a, "b": b}).groupby(level="task").mean()
-                tests.append(test_row(wilcoxon_signed_rank(per_task["a"], per_task["b"]), **keys,
-                                      comparison=f"{first} {a_metric} vs {second} {b_metric}",
-                                      metric="per-task rates", primary=primary))
+                tests.append(per_task_test(by[first][a_metric], by[second][b_metric], **keys,
+                                           comparison=f"{first} {a_metric} vs {second} {b_metric}",
+                                           metric="per-task rates", primary=primary))
         return frame(rows), frame(tests)

@@ -50,12 +50,14 @@ from vla_lab.studies.engine import (
 )
 from vla_lab.studies.policies import run_closed_loop
 from vla_lab.studies.rows import (
+    by_condition,
     closed_loop_mask,
     cluster_row,
     frame,
     mean_row,
     model_keys,
     paired,
+    per_task_test,
     rate_row,
     test_row,
 )
@@ -278,7 +280,7 @@ def _libero_summary(records: pd.DataFrame, settings: StudySettings) -> tuple[pd.
     rows, tests = [], []
     shown = records[records["split"] == settings.report_split]
     for keys, part in model_keys(shown):
-        by = {c: sub.set_index(["task", "init_state"]).sort_index() for c, sub in part.groupby("condition", sort=False)}
+        by = by_condition(part)
         for condition, sub in by.items():
             label = {**keys, "condition": condition, "changes_mask": bool(sub["changes_mask"].iloc[0])}
             tasks = sub.index.get_level_values("task")
@@ -289,9 +291,7 @@ def _libero_summary(records: pd.DataFrame, settings: StudySettings) -> tuple[pd.
         comparisons += [(p, f"random-keys:{p}", m) for p in CONTROLS for m in ("success", "delta_action")
                         if p in by and f"random-keys:{p}" in by]
         for first, second, metric in comparisons:
-            a, b = paired(by[first][metric].astype(float), by[second][metric].astype(float))
-            per_task = pd.DataFrame({"a": a, "b": b}).groupby(level="task").mean()
             name = "success (per-task rates)" if metric == "success" else "delta_action (per-task means)"
-            tests.append(test_row(wilcoxon_signed_rank(per_task["a"], per_task["b"]), **keys,
-                                  comparison=f"{first} vs {second}", metric=name))
+            tests.append(per_task_test(by[first][metric], by[second][metric], **keys,
+                                       comparison=f"{first} vs {second}", metric=name))
     return frame(rows), frame(tests)

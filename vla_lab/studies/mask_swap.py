@@ -31,11 +31,13 @@ from vla_lab.studies.engine import (
     register_study,
 )
 from vla_lab.studies.rows import (
+    LIBERO_EPISODE,
     cluster_row,
     frame,
     mean_row,
     model_keys,
     paired,
+    per_task_test,
     rate_row,
     test_row,
     using_attention,
@@ -136,9 +138,8 @@ def _libero_summary(records: pd.DataFrame, settings: StudySettings) -> tuple[pd.
             if not label["own_mask"]:
                 rows.append(cluster_row(sub["action_change"], sub["task"], settings.seed, **label,
                                         metric="action_change"))
-        index = ["task", "init_state"]
-        own = part[part["own_mask"]].set_index(index)["success"].astype(float)
-        other = part[~part["own_mask"]].set_index(index)["success"].astype(float)
+        own = part[part["own_mask"]].set_index(LIBERO_EPISODE)["success"].astype(float)
+        other = part[~part["own_mask"]].set_index(LIBERO_EPISODE)["success"].astype(float)
         first, second = paired(own, other)
         if len(first):
             names = [part[part["own_mask"] == o]["condition"].iloc[0] for o in (True, False)]
@@ -146,7 +147,5 @@ def _libero_summary(records: pd.DataFrame, settings: StudySettings) -> tuple[pd.
             tasks = first.index.get_level_values("task")
             rows.append(cluster_row(first - second, tasks, settings.seed, **keys, condition=conditions,
                                     metric="success_difference"))
-            per_task = pd.DataFrame({"own": first, "other": second}).groupby(level="task").mean()
-            tests.append(test_row(wilcoxon_signed_rank(per_task["own"], per_task["other"]), **keys,
-                                  comparison=conditions, metric="success (per-task rates)"))
+            tests.append(per_task_test(own, other, **keys, comparison=conditions, metric="success (per-task rates)"))
     return frame(rows), frame(tests)

@@ -13,7 +13,13 @@ import pandas as pd
 
 from vla_lab.config import AttentionLike
 from vla_lab.model import VLAAdapter
-from vla_lab.stats import PairedTest, bootstrap_interval, ratio_of_means_interval, wilson_interval
+from vla_lab.stats import (
+    PairedTest,
+    bootstrap_interval,
+    ratio_of_means_interval,
+    wilcoxon_signed_rank,
+    wilson_interval,
+)
 from vla_lab.studies.engine import MODEL_COLUMNS, StudySettings, Unit
 from vla_lab.worlds import tabletop as world
 
@@ -92,6 +98,23 @@ def paired(first: pd.Series, second: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Two per-scene series (indexed by scene) restricted to the scenes both measured."""
     both = pd.concat([first.rename("first"), second.rename("second")], axis=1).dropna()
     return both["first"], both["second"]
+
+
+#: The record columns naming a LIBERO episode (a task's init states share one layout: tasks are the clusters).
+LIBERO_EPISODE = ["task", "init_state"]
+
+
+def by_condition(part: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One model's LIBERO records per condition (in order of appearance), indexed by episode (task, init state)."""
+    return {c: sub.set_index(LIBERO_EPISODE).sort_index() for c, sub in part.groupby("condition", sort=False)}
+
+
+def per_task_test(first: pd.Series, second: pd.Series, **keys: Any) -> dict[str, Any]:
+    """A tests row: Wilcoxon signed-rank of two per-episode LIBERO series (indexed by task, init state) paired by
+    episode and averaged per task (the episodes of a task are not independent; the tasks are the pairs)."""
+    a, b = paired(first.astype(float), second.astype(float))
+    per_task = pd.DataFrame({"a": a, "b": b}).groupby(level="task").mean()
+    return test_row(wilcoxon_signed_rank(per_task["a"], per_task["b"]), **keys)
 
 
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -39,10 +39,9 @@ from vla_lab.model import VLAAdapter
 from vla_lab.model.sequence import SequenceLayout
 from vla_lab.policy import Policy
 from vla_lab.registry import ModelSpec
-from vla_lab.stats import wilcoxon_signed_rank
 from vla_lab.studies.engine import Study, StudySettings, Unit, UnitEpisodes, register_study
 from vla_lab.studies.knockout import block_tensor, sequence_length
-from vla_lab.studies.rows import cluster_row, frame, model_keys, paired, test_row
+from vla_lab.studies.rows import by_condition, cluster_row, frame, model_keys, per_task_test
 from vla_lab.worlds import Observation
 from vla_lab.worlds.libero.instructions import same_category_objects
 from vla_lab.worlds.libero.world import LiberoWorld
@@ -146,8 +145,7 @@ class TargetKnockout(Study):
         rows, tests = [], []
         shown = records[records["split"] == settings.report_split]
         for keys, part in model_keys(shown):
-            by = {c: sub.set_index(["task", "init_state"]).sort_index()
-                  for c, sub in part.groupby("condition", sort=False)}
+            by = by_condition(part)
             for condition, sub in by.items():
                 tasks = sub.index.get_level_values("task")
                 label = {**keys, "condition": condition}
@@ -162,10 +160,8 @@ class TargetKnockout(Study):
                     continue
                 metrics = ["success"] + (["delta_action"] if first != "none" else [])
                 for metric in metrics:
-                    a, b = paired(by[first][metric].astype(float), by[second][metric].astype(float))
-                    per_task = pd.DataFrame({"a": a, "b": b}).groupby(level="task").mean()
                     name = "success (per-task rates)" if metric == "success" else "delta_action (per-task means)"
-                    tests.append(test_row(wilcoxon_signed_rank(per_task["a"], per_task["b"]), **keys,
-                                          comparison=f"{first} vs {second}", metric=name,
-                                          primary=(first, second) == COMPARISONS[0] and metric == "success"))
+                    tests.append(per_task_test(by[first][metric], by[second][metric], **keys,
+                                               comparison=f"{first} vs {second}", metric=name,
+                                               primary=(first, second) == COMPARISONS[0] and metric == "success"))
         return frame(rows), frame(tests)
