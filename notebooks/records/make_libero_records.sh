@@ -79,7 +79,7 @@ $TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial
     --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
     --out $REC/libero-target-knockout/libero_spatial --no-progress
 # 8. Instruction swap: each scene with its own instruction and with the one naming the other black bowl; which bowl
-#    left the table (400 episodes)
+#    left the table (init states 40-44 only, half the held-out set: 200 episodes, ~20 min with 2 processes)
 $TORCHRUN -m vla_lab study instruction-swap --world libero --suite libero_spatial \
-    --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
     --out $REC/libero-instruction-swap/libero_spatial --no-progress
