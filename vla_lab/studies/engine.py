@@ -265,11 +265,17 @@ class Study:
                                                                          init_states=settings.selection_states)]))
             splits.append(("report", [e.key for e in env.episodes(tasks=settings.tasks,
                                                                  init_states=settings.init_states)]))
+        for task in sorted({int(key[1]) for _, keys in splits for key in keys} if settings.world == "libero" else ()):
+            self.check_task(str(settings.suite), task)
         units: list[Unit] = []
         for split, keys in splits:
             for lo in range(0, len(keys), settings.batch_size):
                 units.append(Unit(len(units), split, tuple(keys[lo : lo + settings.batch_size])))
         return units
+
+    def check_task(self, suite: str, task: int) -> None:
+        """A one-line error when the study cannot run on a LIBERO task (called for every task before anything
+        runs); by default every task is fine."""
 
     def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:

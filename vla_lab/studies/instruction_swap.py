@@ -39,11 +39,8 @@ class InstructionSwap(Study):
     description = "the scene of one task with another's instruction naming another object: which one is picked"
     worlds = ("libero",)
 
-    def units(self, settings: StudySettings) -> list[Unit]:
-        units = super().units(settings)
-        for task in sorted({int(key[1]) for u in units for key in u.keys}):
-            first_partner(str(settings.suite), task)  # a task without a partner is refused before anything runs
-        return units
+    def check_task(self, suite: str, task: int) -> None:
+        first_partner(suite, task)  # a task without a partner is refused
 
     def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:

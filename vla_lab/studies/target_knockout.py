@@ -89,14 +89,11 @@ class TargetKnockout(Study):
     description = "the action queries lose the target's patches vs as many of the same-category object's (LIBERO)"
     worlds = ("libero",)
 
-    def units(self, settings: StudySettings) -> list[Unit]:
-        units = super().units(settings)
-        for task in sorted({int(key[1]) for u in units for key in u.keys}):
-            if not same_category_objects(str(settings.suite), task):  # refused before anything runs
-                raise InputError(f"regions: got task {task} of {settings.suite} without a same_category object, "
-                                 "expected one (the control of target-knockout is another object of the target's "
-                                 "category, e.g. libero_spatial's other black bowl)")
-        return units
+    def check_task(self, suite: str, task: int) -> None:
+        if not same_category_objects(suite, task):
+            raise InputError(f"regions: got task {task} of {suite} without a same_category object, expected one "
+                             "(the control of target-knockout is another object of the target's category, e.g. "
+                             "libero_spatial's other black bowl)")
 
     def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:
