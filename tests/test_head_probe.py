@@ -186,3 +186,91 @@ def test_object_attention_ratio_from_capture(tiny_config):
     assert set(out["view"]) == {"full", "wrist"}
     finite = out["ratio"].dropna()
     assert (finite > 0).all()
+
+
+@pytest.mark.parametrize("version", ["pro", "v1"])
+def test_head_block_closes_single_task_states(tiny_config, version):
+    """``head_block`` closes the head's task attention to single positions: nothing closed is the model itself,
+    every task position closed is the task group removed from every block, a position the head does not read
+    changes nothing; the eager and SDPA kernels agree."""
+    model = _model(tiny_config, version)
+    inputs = make_inputs(model.config, [5, 3])
+    with torch.no_grad():
+        out = model(**inputs)
+        plan = model.plan(inputs["attention_mask"].sum(dim=1).tolist(), inputs["input_ids"].shape[1])
+        closed = torch.zeros(2, plan.length, dtype=torch.bool)
+        torch.testing.assert_close(model(**inputs, head_block=closed).normalized_actions, out.normalized_actions,
+                                   rtol=0, atol=0)
+        everything = closed.clone()
+        everything[:, plan.task.slice] = True
+        drop = {b: ["task"] for b in range(model.action_head.num_blocks)}
+        removed = model.action_head(out.task_states, out.query_states, out.proprio_features, drop=drop, how="remove")
+        torch.testing.assert_close(model(**inputs, head_block=everything).normalized_actions, removed,
+                                   rtol=0, atol=1e-6)
+        elsewhere = closed.clone()
+        elsewhere[:, plan.task.stop :] = True  # the prompt, queries and STOP: not task states
+        torch.testing.assert_close(model(**inputs, head_block=elsewhere).normalized_actions, out.normalized_actions,
+                                   rtol=0, atol=0)
+        one = closed.clone()
+        one[0, plan.task.start + 2] = True
+        single = model(**inputs, head_block=one).normalized_actions
+        assert not torch.allclose(single[0], out.normalized_actions[0])
+        torch.testing.assert_close(single[1], out.normalized_actions[1], rtol=0, atol=0)  # sample 1 untouched
+    with pytest.raises(InputError, match=r"^head_block: got a torch.int64 tensor"):
+        model(**inputs, head_block=closed.long())
+
+
+def test_bridge_attention_closes_task_keys_alike_in_both_kernels():
+    from vla_lab.model.action_head import bridge_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 2, 3, 4, generator=gen)
+    keys = [torch.randn(2, 2, k, 4, generator=gen) for k in (3, 5, 6)]
+    values = [torch.randn(2, 2, k, 4, generator=gen) for k in (3, 5, 6)]
+    gate = torch.tensor(0.6)
+    closed = torch.zeros(2, 6, dtype=torch.bool)
+    closed[0, [1, 4]] = True
+    eager, weights = bridge_attention(q, keys, values, gate, closed_task=closed)
+    sdpa, _ = bridge_attention(q, keys, values, gate, closed_task=closed, kernel="sdpa")
+    torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-6)
+    assert weights is not None and (weights[0, ..., 8 + 1] == 0).all() and (weights[0, ..., 8 + 4] == 0).all()
+    assert (weights[1, ..., 8:] > 0).all()
+    with pytest.raises(InputError, match=r"^closed_task: got shape \(2, 5\), expected \(2, 6\)"):
+        bridge_attention(q, keys, values, gate, closed_task=closed[:, :5])
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_a_knockout_of_every_reader_makes_the_patches_irrelevant(tiny_config, attention, monkeypatch):
+    """target-knockout's ``all`` reach: with every LLM edge to some patches and the head's view of their states
+    closed, what those patches show cannot change the actions; the ``queries`` reach alone does not have that
+    property (the patches reach the queries through other positions and the head)."""
+    from vla_lab.studies.target_knockout import knockout_options
+
+    model = _model(tiny_config, "pro")
+    model.set_attention(attention)
+    inputs = make_inputs(model.config, [5, 3])
+    plan = model.plan(inputs["attention_mask"].sum(dim=1).tolist(), inputs["input_ids"].shape[1])
+    start = plan.layouts[0].vision[0].start
+    keys = [[start + 1, start + 4], [start + 2]]
+    embed = model.embed_images
+
+    def noisy(pixel_values):
+        out = embed(pixel_values).clone()
+        for b, positions in enumerate(keys):
+            for p in positions:
+                out[b, p - start] += 5.0 * torch.randn(out.shape[-1])
+        return out
+
+    with torch.no_grad():
+        actions = {}
+        for reach in ("queries", "head", "all"):
+            options = knockout_options(reach, plan.layouts, keys, plan.length)
+            assert set(options) == {"queries": {"block"}, "head": {"head_block"}, "all": {"block", "head_block"}}[reach]
+            clean = model(**inputs, **options).normalized_actions
+            monkeypatch.setattr(model, "embed_images", noisy)
+            actions[reach] = (clean, model(**inputs, **options).normalized_actions)
+            monkeypatch.setattr(model, "embed_images", embed)
+    torch.testing.assert_close(actions["all"][1], actions["all"][0], rtol=0, atol=1e-6)
+    for reach in ("queries", "head"):
+        assert not torch.allclose(actions[reach][1], actions[reach][0], atol=1e-4)
+    assert knockout_options("all", plan.layouts, [[], []], plan.length) == {}

@@ -129,7 +129,8 @@ def test_target_knockout_closes_as_many_patches_of_the_target_as_of_the_other_bo
                              init_states=[40, 41], batch_size=2, max_steps=9)
     result = run_study(settings, tmp_path / "run", progress=False)
     records = result.records.set_index(["condition", "init_state"])
-    assert list(dict.fromkeys(result.records["condition"])) == ["none", "target", "same_category"]
+    assert list(dict.fromkeys(result.records["condition"])) == [
+        "none", "target", "same_category", "target:head", "same_category:head", "target:all", "same_category:all"]
     assert result.records["error"].isna().all()
     assert (records.loc["none", "delta_action"] == 0).all() and (records.loc["none", "blocked_patches"] == 0).all()
     # Equal numbers of patches at every query: the two knockouts' means agree where the episodes ran alike.
@@ -137,10 +138,27 @@ def test_target_knockout_closes_as_many_patches_of_the_target_as_of_the_other_bo
     assert (target["blocked_patches"] > 0).all() and (target["delta_action"] > 0).all()
     assert (alike["blocked_patches"] > 0).all()  # equal counts per query: test_blocked_patches_are_as_many_...
     assert (alike["delta_action"] > 0).all()
+    for reach in ("head", "all"):  # each reach changes the first chunk in its own way
+        changed = records.loc[f"target:{reach}", "delta_action"]
+        assert (changed > 0).all() and not np.allclose(changed, target["delta_action"])
     assert (records.loc["target", "queries"] == np.ceil(records.loc["target", "steps"] / settings.execute)).all()
     tests = result.tests.set_index(["comparison", "metric"])
-    assert bool(tests.loc[("target vs same_category", "success (per-task rates)"), "primary"])
+    primary = tests[tests["primary"].astype(bool)]
+    assert sorted(primary.index) == [(f"{t} vs {a}", "success (per-task rates)") for t, a in (
+        ("target", "same_category"), ("target:all", "same_category:all"), ("target:head", "same_category:head"))]
+    assert primary["p_holm"].notna().all() and (primary["p_holm"] >= primary["p"]).all()
     assert not bool(tests.loc[("none vs target", "success (per-task rates)"), "primary"])
+    assert tests.loc[("none vs target", "success (per-task rates)"), "p_holm"] != tests.loc[
+        ("none vs target", "success (per-task rates)"), "p_holm"]  # NaN: secondary tests are not adjusted
+    chosen = StudySettings("target-knockout", models=[str(libero_two_step_run)], world="libero", tasks=[0],
+                           init_states=[40], batch_size=1, max_steps=9, conditions=["same_category:all", "target:all"])
+    assert chosen.conditions == ["none", "target:all", "same_category:all"]  # the baseline added, in study order
+    assert "conditions" in chosen.to_dict() and "conditions" not in settings.to_dict()
+    rerun = run_study(chosen, progress=False).records
+    again = result.records[result.records["condition"].isin(chosen.conditions)
+                           & (result.records["init_state"] == 40)].reset_index(drop=True)
+    # A condition's records do not depend on which others ran (the first chunk's delta rounds with the batch size).
+    pd.testing.assert_frame_equal(rerun, again, check_exact=False, rtol=1e-4)
     summary = result.summary.set_index(["metric", "condition"])
     assert summary.loc[("blocked_patches", "target"), "value"] == pytest.approx(target["blocked_patches"].mean())
     assert summary.loc[("success", "none"), "interval"] == "bootstrap over tasks (percentile, cluster)"

@@ -117,6 +117,26 @@ def test_every_study_is_registered_and_settings_are_checked() -> None:
         StudySettings("target-knockout")
 
 
+def test_conditions_choose_some_of_a_studys_conditions(tmp_path: Path) -> None:
+    chosen = StudySettings("knockout", conditions=["prefix-lm", "vision->queries"], scenes=2, batch_size=2,
+                           models=["tabletop-causal"], closed_loop_scenes=1)
+    assert chosen.conditions == ["none", "vision->queries", "prefix-lm"]  # the baseline first, the study's order
+    records = run_study(chosen, progress=False).records
+    assert list(dict.fromkeys(records["condition"])) == chosen.conditions
+    everything = run_study(StudySettings("knockout", scenes=2, batch_size=2, models=["tabletop-causal"],
+                                         closed_loop_scenes=1), progress=False).records
+    pd.testing.assert_frame_equal(records, everything[everything["condition"].isin(chosen.conditions)]
+                                  .reset_index(drop=True))
+    out = tmp_path / "run"
+    for value, expected in (("prefix-lm,nope", "expected a comma-separated list of none, vision->queries"),
+                            (",", "--conditions: got '', expected")):
+        status, _, stderr = run_cli(["study", "knockout", "--conditions", value, "--scenes", "2", "--out", out])
+        assert expected in assert_one_line_error(status, stderr, "study")
+    status, _, stderr = run_cli(["study", "mask-swap", "--conditions", "own", "--scenes", "2", "--out", out])
+    assert "--conditions: got 'own' for mask-swap, expected none" in assert_one_line_error(status, stderr, "study")
+    assert not out.exists()
+
+
 def test_shipped_models_and_random_init_baseline() -> None:
     specs = {s.name: s for s in registry.shipped_specs()}
     assert {"tabletop-causal", "tabletop-bidirectional"} <= set(specs)

@@ -74,10 +74,10 @@ $TORCHRUN -m vla_lab study mask-swap --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
     --out $REC/libero-mask-swap/libero_spatial --no-progress
 # 7. The causal test of target attention: at every query the action queries lose the target bowl's patches, or as
-#    many patches of the other black bowl (closed loop, 600 episodes)
+#    many patches of the other black bowl (closed loop, 600 episodes; the queries' direct edges only)
 $TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --batch-size 10 \
-    --out $REC/libero-target-knockout/libero_spatial --no-progress
+    --conditions target,same_category --out $REC/libero-target-knockout/libero_spatial --no-progress
 # 8. Instruction swap: each scene with its own instruction and with the one naming the other black bowl; which bowl
 #    left the table (init states 40-44 only, half the held-out set: 200 episodes, ~20 min with 2 processes)
 $TORCHRUN -m vla_lab study instruction-swap --world libero --suite libero_spatial \

@@ -44,6 +44,10 @@ def register(sub: options.Subparsers) -> None:
     p.add_argument("--no-closed-loop", dest="closed_loop", action="store_false",
                    help="open-loop measures only (where the study has both)")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=20, help="scenes per unit (default 20)")
+    p.add_argument("--conditions", help="comma-separated: only these of the study's conditions (its baseline, e.g. "
+                                        "none, always runs; default: every one). " + "; ".join(
+                                            f"{k}: {','.join(v.conditions)}" for k, v in sorted(STUDIES.items())
+                                            if v.conditions))
     options.add_max_steps(p, "steps per closed-loop episode (default: the world's; LIBERO: the suite's, as upstream)")
     options.add_seed(p, 0, "seed of random controls and bootstraps (default 0)")
     options.add_device(p, help="cpu or cuda (cuda:LOCAL_RANK under torchrun)")
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         closed_loop=args.closed_loop, batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed,
         device=args.device,
         num_threads=args.num_threads, prompt=args.prompt,
+        conditions=None if args.conditions is None else [c.strip() for c in args.conditions.split(",") if c.strip()],
     )
     if settings.world == "libero":
         options.check_libero_selection(str(settings.suite), settings.tasks, {

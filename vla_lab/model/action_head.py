@@ -98,6 +98,7 @@ def bridge_attention(
     drop: Collection[str] = (),
     how: str = "zero",
     kernel: str = "eager",
+    closed_task: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention of the chunk queries on the self, adapter and task keys: (output (B, H, T, d), weights).
 
@@ -106,15 +107,30 @@ def bridge_attention(
     weights as upstream does and returns them; ``drop`` takes key groups out (``how`` in
     :data:`DROP_MODES`; ``columns`` from :func:`key_group_columns` locates them). ``kernel="sdpa"``
     folds the gate into the task keys and calls SDPA: the same result, no weights (the fast path).
+    ``closed_task`` (B, K_task) bool closes single task keys (True: the logit is -inf, the softmax renormalises
+    over the rest), in either kernel.
     """
+    fixed = keys[0].shape[2] + keys[1].shape[2]
+    if closed_task is not None and closed_task.shape != (q.shape[0], keys[2].shape[2]):
+        raise InputError(f"closed_task: got shape {tuple(closed_task.shape)}, expected "
+                         f"{(q.shape[0], keys[2].shape[2])} (batch, task keys)")
     if kernel == "sdpa":
         if drop:
             raise InputError("drop: key groups can only be taken out with kernel='eager'")
         task_keys = keys[2] * gate.to(keys[2].dtype)
-        out = F.scaled_dot_product_attention(q, torch.cat([keys[0], keys[1], task_keys], 2), torch.cat(list(values), 2))
+        mask = None
+        if closed_task is not None:
+            open_ = torch.ones(q.shape[0], fixed, dtype=torch.bool, device=q.device)
+            mask = torch.cat([open_, ~closed_task.to(q.device)], dim=1)[:, None, None, :]
+        out = F.scaled_dot_product_attention(q, torch.cat([keys[0], keys[1], task_keys], 2), torch.cat(list(values), 2),
+                                             attn_mask=mask)
         return out, None
     scores = [q @ keys[0].transpose(-2, -1), q @ keys[1].transpose(-2, -1), (q @ keys[2].transpose(-2, -1)) * gate]
     logits = torch.cat(scores, dim=-1) / math.sqrt(q.shape[-1])
+    if closed_task is not None:
+        closed = torch.cat([torch.zeros(q.shape[0], fixed, dtype=torch.bool, device=q.device),
+                            closed_task.to(q.device)], dim=1)
+        logits = logits.masked_fill(closed[:, None, None, :], float("-inf"))
     if drop and how == "remove":
         logits = logits.clone()
         for group in drop:
@@ -189,15 +205,18 @@ class _BridgeBlock(nn.Module):
         num_proprio: int = 0,
         drop: Collection[str] = (),
         how: str = "zero",
+        closed_task: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, C) chunk; adapter (B, K_a, C) queries then ``num_proprio`` proprio tokens; task (B, K_t, C)."""
+        """x (B, T, C) chunk; adapter (B, K_a, C) queries then ``num_proprio`` proprio tokens; task (B, K_t, C);
+        ``closed_task`` (B, K_t) bool: task keys closed (:func:`bridge_attention`)."""
         gate = self.gate()
         pairs = [self.keys_values(s, states, x.dtype) for s, states in zip(INPUTS, (x, adapter, task))]
         columns = None
         if drop:
             columns = key_group_columns(x.shape[1], adapter.shape[1] - num_proprio, num_proprio, task.shape[1])
         out, weights = bridge_attention(
-            self.query(x), [k for k, _ in pairs], [v for _, v in pairs], gate, columns=columns, drop=drop, how=how
+            self.query(x), [k for k, _ in pairs], [v for _, v in pairs], gate, columns=columns, drop=drop, how=how,
+            closed_task=closed_task,
         )
         if recorder is not None and weights is not None:
             recorder(block, weights, gate)
@@ -263,6 +282,7 @@ class MLPResNet(nn.Module):
         recorder: BlockRecorder | None = None,
         drop: Mapping[int, Collection[str]] | None = None,
         how: str = "zero",
+        closed_task: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = self.embed(x)
         for b, block in enumerate(self.blocks):
@@ -270,7 +290,8 @@ class MLPResNet(nn.Module):
             if proprio is not None:
                 adapter = torch.cat([adapter, proprio], dim=1)
             x = block(x, adapter, task_states[:, b + 1], block=b, recorder=recorder,
-                      num_proprio=int(proprio is not None), drop=(drop or {}).get(b, ()), how=how)
+                      num_proprio=int(proprio is not None), drop=(drop or {}).get(b, ()), how=how,
+                      closed_task=closed_task)
         return self.readout(x)
 
 
@@ -310,6 +331,7 @@ class L1RegressionActionHead(nn.Module):
         task_states: torch.Tensor,
         query_states: torch.Tensor,
         proprio_features: torch.Tensor | None = None,
+        closed_task: torch.Tensor | None = None,
         *,
         drop: Mapping[int, Collection[str]] | None = None,
         how: str = "zero",
@@ -318,8 +340,9 @@ class L1RegressionActionHead(nn.Module):
         """task_states (B, L+1, K_t, C), query_states (B, L+1, Q, C), proprio (B, C) -> (B, chunk, dim).
 
         The first axis of the states is the hidden_index (block b reads b + 1). ``drop`` maps a block to
-        the key groups taken out of it (``how`` in :data:`DROP_MODES`); ``noise`` adds the training noise
-        to the latent (default: in training mode).
+        the key groups taken out of it (``how`` in :data:`DROP_MODES`); ``closed_task`` (B, K_t) bool closes
+        single task keys in every block (their logits -inf); ``noise`` adds the training noise to the latent
+        (default: in training mode).
         """
         if how not in DROP_MODES:
             raise InputError(f"how: got {how!r}, expected one of {DROP_MODES}")
@@ -327,4 +350,5 @@ class L1RegressionActionHead(nn.Module):
         if (self.training if noise is None else noise) and self.train_noise_std > 0:
             latent = latent + torch.randn_like(latent[0]) * self.train_noise_std
         proprio = proprio_features[:, None] if proprio_features is not None else None
-        return self.model(latent, query_states, task_states, proprio, recorder=self.recorder, drop=drop, how=how)
+        return self.model(latent, query_states, task_states, proprio, recorder=self.recorder, drop=drop, how=how,
+                          closed_task=closed_task)

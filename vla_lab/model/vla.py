@@ -247,11 +247,15 @@ class VLAAdapter(nn.Module):
         proprio: torch.Tensor | None = None,
         attention: AttentionLike | None = None,
         block: torch.Tensor | None = None,
+        head_block: torch.Tensor | None = None,
     ) -> VLAOutput:
         """Normalised proprio in, normalised actions out; see :class:`VLAOutput`.
 
         ``block`` (boolean, batch x positions x positions) closes single (query, key) position pairs on top
         of the mask ``attention`` describes, e.g. a random set of keys as the control of a segment knockout.
+        ``head_block`` (boolean, batch x positions) closes the head's task attention to the states of single
+        sequence positions, in every head block; positions the head does not read as task states are left as they
+        are (the plan's ``task`` span: with the released offset, tok0 and the first NP - 1 patches).
         Non-finite predicted actions are refused in one line (:func:`~vla_lab.model.inputs.check_actions`).
         """
         input_ids, attention_mask = self.check_ids(input_ids, attention_mask)
@@ -282,7 +286,13 @@ class VLAAdapter(nn.Module):
         )
         task, queries = stack_head_inputs([plan.head_positions(h) for h in hidden])
         queries, proprio_features = self.head_conditioning(queries, proprio)
-        actions = self._per_sample(self.action_head, task, queries, proprio_features)
+        closed_task = None
+        if head_block is not None:
+            if head_block.dtype != torch.bool or tuple(head_block.shape) != (input_ids.shape[0], plan.length):
+                raise InputError(f"head_block: got a {head_block.dtype} tensor of shape {tuple(head_block.shape)}, "
+                                 f"expected torch.bool of shape {(input_ids.shape[0], plan.length)} (batch, position)")
+            closed_task = head_block[:, plan.task.slice].to(task.device)
+        actions = self._per_sample(self.action_head, task, queries, proprio_features, closed_task)
         if recorder is not None:
             recorder.end(hidden[-1], task, queries, actions)
         check_actions(actions)

@@ -64,7 +64,8 @@ class StudySettings:
     ``seed`` seeds its random draws (random-key controls, bootstrap). ``num_threads`` torch CPU threads
     per process (0: torch's default): matrix products can round differently with another thread count,
     so the records of N processes equal those of one at the same count (torchrun's default is 1).
-    ``prompt`` overrides every model's prompt (None: each model's own).
+    ``prompt`` overrides every model's prompt (None: each model's own). ``conditions`` runs only these of the
+    study's conditions (:attr:`Study.conditions`; its baseline always, first; None: every one).
 
     ``world`` is ``tabletop`` (scenes as above) or ``libero``: the episodes of ``suite`` (default
     libero_spatial), ``tasks`` (default every task) and ``init_states`` (reported; default 40-49, held out from
@@ -91,10 +92,13 @@ class StudySettings:
     device: str = "cpu"
     num_threads: int = 1
     prompt: str | None = None
+    conditions: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.study not in STUDIES:
             raise InputError(f"study: got {self.study!r}, expected one of {sorted(STUDIES)}")
+        if self.conditions is not None:
+            self.conditions = STUDIES[self.study].check_conditions(self.conditions)
         if self.prompt is not None and self.prompt not in PROMPTS:
             raise InputError(f"--prompt: got {self.prompt!r}, expected one of {PROMPTS}")
         for name in ("scenes", "batch_size", "execute"):
@@ -163,6 +167,8 @@ class StudySettings:
         if self.world == "tabletop":
             for name in LIBERO_FIELDS:
                 data.pop(name)
+        if self.conditions is None:
+            data.pop("conditions")  # every condition: the file earlier versions wrote
         return data
 
 
@@ -244,6 +250,23 @@ class Study:
     uses_validation: bool = False
     #: The worlds the study is written for.
     worlds: tuple[str, ...] = ("tabletop",)
+    #: The conditions ``--conditions`` may choose from (empty: the study has none to choose), the baseline first.
+    conditions: tuple[str, ...] = ()
+
+    def check_conditions(self, names: list[str]) -> list[str]:
+        """``names`` as the study runs them: known, the baseline added, in :attr:`conditions` order."""
+        if not self.conditions:
+            raise InputError(f"--conditions: got {','.join(names)!r} for {self.name}, expected none (the study has "
+                             "no conditions to choose)")
+        unknown = [n for n in names if n not in self.conditions]
+        if unknown or not names:
+            raise InputError(f"--conditions: got {','.join(names)!r}, expected a comma-separated list of "
+                             f"{', '.join(self.conditions)}")
+        return [c for c in self.conditions if c in names or c == self.conditions[0]]
+
+    def run_conditions(self, settings: StudySettings) -> tuple[str, ...]:
+        """The conditions a run measures: ``settings.conditions`` or every one."""
+        return tuple(settings.conditions) if settings.conditions is not None else self.conditions
 
     def model_specs(self, specs: list[ModelSpec]) -> list[ModelSpec]:
         """The models measured (default: those given)."""

@@ -24,7 +24,7 @@ from vla_lab.model import VLAAdapter
 from vla_lab.registry import ModelSpec
 from vla_lab.studies.engine import Study, StudySettings, Unit, UnitEpisodes, register_study
 from vla_lab.studies.rollouts import rollout
-from vla_lab.studies.rows import by_condition, cluster_row, frame, model_keys, per_task_test
+from vla_lab.studies.rows import by_condition, condition_rows, frame, model_keys, per_task_test
 from vla_lab.worlds.libero.instructions import first_partner, goal_object
 from vla_lab.worlds.libero.world import LiberoWorld
 
@@ -73,11 +73,7 @@ class InstructionSwap(Study):
         shown = records[records["split"] == settings.report_split]
         for keys, part in model_keys(shown):
             by = by_condition(part)
-            for condition, sub in by.items():
-                tasks = sub.index.get_level_values("task")
-                for metric in RATES:
-                    rows.append(cluster_row(sub[metric].astype(float), tasks, settings.seed, "rate", **keys,
-                                            condition=condition, metric=metric))
+            rows += condition_rows(by, dict.fromkeys(RATES, "rate"), settings.seed, **keys)
             comparisons = [("swapped", "picked_instructed", "swapped", "picked_scene_target", True),
                            ("own", "picked_scene_target", "swapped", "picked_scene_target", False)]
             for first, a_metric, second, b_metric, primary in comparisons:

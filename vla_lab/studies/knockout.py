@@ -42,6 +42,7 @@ from vla_lab.policy import Policy
 from vla_lab.registry import ModelSpec
 from vla_lab.stats import mcnemar_exact, wilcoxon_signed_rank
 from vla_lab.studies.engine import (
+    STUDIES,
     Study,
     StudySettings,
     Unit,
@@ -129,6 +130,7 @@ class Knockout(Study):
     name = "knockout"
     description = "block vision/text -> queries, queries -> vision/text, prefix-lm, random-key controls"
     worlds = ("tabletop", "libero")
+    conditions = CONDITIONS
 
     def records(self, model: VLAAdapter, spec: ModelSpec, episodes: UnitEpisodes, settings: StudySettings,
                 unit: Unit) -> pd.DataFrame:
@@ -151,7 +153,7 @@ class Knockout(Study):
         rows: list[dict[str, Any]] = []
         closed: dict[str, dict[int, dict[str, Any]]] = {}
         looped = [b for b, keep in enumerate(closed_loop_mask(scenes, settings, unit)) if keep]
-        for condition in CONDITIONS:
+        for condition in self.run_conditions(settings):
             options, per_scene, changes = self._options(condition, base, allowed, baseline.layouts, chosen)
             where = _blocked_segments(condition, baseline.layouts, chosen)
             out = model(**inputs, **options(list(range(len(scenes))), sequence_length(model, inputs)))
@@ -253,7 +255,7 @@ def _libero_records(model: VLAAdapter, episodes: UnitEpisodes, settings: StudySe
               for path in CONTROLS}
     rows: list[dict[str, Any]] = []
     closed: dict[str, list[Any]] = {}
-    for condition in CONDITIONS:
+    for condition in STUDIES["knockout"].run_conditions(settings):
         options, per_episode, changes = Knockout._options(condition, model.attention, allowed, baseline.layouts,
                                                           chosen)
         where = _blocked_segments(condition, baseline.layouts, chosen)

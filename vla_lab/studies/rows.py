@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from vla_lab.config import AttentionLike
@@ -115,6 +116,38 @@ def per_task_test(first: pd.Series, second: pd.Series, **keys: Any) -> dict[str,
     a, b = paired(first.astype(float), second.astype(float))
     per_task = pd.DataFrame({"a": a, "b": b}).groupby(level="task").mean()
     return test_row(wilcoxon_signed_rank(per_task["a"], per_task["b"]), **keys)
+
+
+def condition_rows(by: Mapping[str, pd.DataFrame], metrics: Mapping[str, str], seed: int = 0,
+                   baseline_skips: Collection[str] = (), **keys: Any) -> list[dict[str, Any]]:
+    """Summary rows of one model's LIBERO conditions (:func:`by_condition`): per condition, in order, and per metric
+    (``metrics``: column -> statistic, ``rate`` for 0 / 1 values) the mean over episodes with a bootstrap over tasks;
+    ``baseline_skips`` are left out for the baseline ``none`` (e.g. its change against itself)."""
+    rows = []
+    for condition, sub in by.items():
+        tasks = sub.index.get_level_values("task")
+        for metric, statistic in metrics.items():
+            if condition == "none" and metric in baseline_skips:
+                continue
+            rows.append(cluster_row(sub[metric].astype(float), tasks, seed, statistic, **keys, condition=condition,
+                                    metric=metric))
+    return rows
+
+
+def holm_by_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (tests) with ``p_holm``: each model's rows as one family, Holm-adjusted (statsmodels); NaN p stay
+    out of the family and get NaN."""
+    from statsmodels.stats.multitest import multipletests
+
+    for name in dict.fromkeys(r["model"] for r in rows):
+        family = [r for r in rows if r["model"] == name and np.isfinite(r["p"])]
+        if family:
+            adjusted = multipletests([r["p"] for r in family], method="holm")[1]
+            for row, value in zip(family, adjusted):
+                row["p_holm"] = float(value)
+    for row in rows:
+        row.setdefault("p_holm", float("nan"))
+    return rows
 
 
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

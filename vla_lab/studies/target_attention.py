@@ -50,6 +50,7 @@ from vla_lab.studies.engine import (
 from vla_lab.studies.rollouts import rollout
 from vla_lab.studies.rows import (
     frame,
+    holm_by_model,
     model_keys,
     test_row,
 )
@@ -134,7 +135,7 @@ class TargetAttention(Study):
         summary = frame(rows)
         for column in [c for c in summary.columns if c.startswith("n_")]:
             summary[column] = summary[column].astype("Int64")  # absent on the selection rows
-        tested = frame(tests + _holm_by_model(outcome_tests))
+        tested = frame(tests + holm_by_model(outcome_tests))
         if "n_tasks" in tested.columns:
             tested["n_tasks"] = tested["n_tasks"].astype("Int64")  # only the regressions have it
         return summary, tested
@@ -274,19 +275,4 @@ def _outcome_tests(shown: pd.DataFrame, selected: ta.RatioReport, unit: tuple[st
                          "metric": metric, "name": "logistic regression", "statistic": fit.slope, "p": fit.p,
                          "n": fit.n, "note": f"{fit.events} events; {fit.note}", "ci95": list(fit.ci95),
                          "n_tasks": fit.n_clusters})
-    return rows
-
-
-def _holm_by_model(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``p_holm``: each model's family of outcome regressions, Holm-adjusted (statsmodels); NaN p stay out."""
-    from statsmodels.stats.multitest import multipletests
-
-    for name in dict.fromkeys(r["model"] for r in rows):
-        family = [r for r in rows if r["model"] == name and np.isfinite(r["p"])]
-        if family:
-            adjusted = multipletests([r["p"] for r in family], method="holm")[1]
-            for row, value in zip(family, adjusted):
-                row["p_holm"] = float(value)
-    for row in rows:
-        row.setdefault("p_holm", float("nan"))
     return rows
