@@ -146,6 +146,12 @@ def test_records_file_tolerates_a_cut_line_and_summary(tmp_path):
     assert summary["num_episodes"] == 4 and summary["success_rate"] == 0.5
     low, high = summary["success_ci95"]
     assert summary["by_task"]["0"]["successes"] == 1 and 0 < low < 0.5 < high
+    assert summary["num_tasks"] == 2 and set(summary["intervals"]) == {"success_ci95", "success_ci95_tasks"}
+    # Resampling the tasks: both tasks have rate 1/2, so every resample does too.
+    assert summary["success_ci95_tasks"] == [0.5, 0.5]
+    uneven = libero_eval.summarize([{**r, "success": r["task"] == 0} for r in records], SUITE)
+    assert uneven["success_ci95_tasks"] == [0.0, 1.0]  # two tasks, 0 % and 100 %: the resamples span both
+    assert libero_eval.summarize(records[:2], SUITE)["success_ci95_tasks"] is None  # one task: nothing to resample
 
 
 def test_world_and_shards(monkeypatch):
@@ -179,6 +185,7 @@ def test_eval_json_end_to_end(reference):
     assert set(result["by_task"]) == {"0", "1"}
     low, high = result["success_ci95"]
     assert 0 <= low <= result["success_rate"] <= high <= 1
+    assert result["intervals"]["success_ci95"] == "Wilson over episodes" and len(result["success_ci95_tasks"]) == 2
     on_disk = [json.loads(line) for line in (out / "episodes.jsonl").read_text().splitlines()]
     assert on_disk == episodes
     assert json.loads((out / "results.json").read_text())["episodes"] == episodes

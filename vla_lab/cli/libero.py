@@ -179,7 +179,8 @@ def _report(summary: dict[str, Any], suite: str, out: Path, ranks: parallel.Rank
     shown = {k: settings[k] for k in SHOWN_SETTINGS if k in settings} if settings else {}
     if as_json:
         result = {"suite": suite, **shown, "episodes": summary["episodes"], "success_rate": summary["success_rate"],
-                  "success_ci95": summary["success_ci95"], "by_task": summary["by_task"],
+                  "success_ci95": summary["success_ci95"], "success_ci95_tasks": summary.get("success_ci95_tasks"),
+                  "intervals": summary.get("intervals"), "by_task": summary["by_task"],
                   "num_episodes": summary["num_episodes"], "errors": summary["errors"], "out": str(out),
                   "world_size": ranks.size}
         print(files.dumps(result))
@@ -187,8 +188,10 @@ def _report(summary: dict[str, Any], suite: str, out: Path, ranks: parallel.Rank
         if shown:
             print(", ".join(f"{k} {v}" for k, v in shown.items()))
         low, high = summary["success_ci95"]
+        tasks = summary.get("success_ci95_tasks")
+        over_tasks = f"; [{tasks[0]:.1%}, {tasks[1]:.1%}] resampling tasks" if tasks else ""
         print(f"{suite}: success {summary['success_rate']:.1%} [{low:.1%}, {high:.1%}] over "
-              f"{summary['num_episodes']} episodes ({ranks.size} process(es))")
+              f"{summary['num_episodes']} episodes (Wilson{over_tasks}; {ranks.size} process(es))")
         for task, row in summary["by_task"].items():
             lo, hi = row["success_ci95"]
             print(f"  task {task:>2} {row['success_rate']:6.1%} [{lo:.1%}, {hi:.1%}] n={row['num_episodes']:<3} "

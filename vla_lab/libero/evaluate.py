@@ -28,7 +28,7 @@ import numpy as np
 from vla_lab import files, interrupts, parallel
 from vla_lab.errors import InputError, error_text
 from vla_lab.run_dir import RunDir
-from vla_lab.stats import wilson_interval
+from vla_lab.stats import ratio_of_means_interval, wilson_interval
 from vla_lab.worlds.base import Episode, Step
 from vla_lab.worlds.libero.env import task_info
 from vla_lab.worlds.libero.world import LiberoWorld
@@ -140,8 +140,15 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.close(fd)
 
 
+#: What each interval of :func:`summarize` resamples.
+INTERVALS = {"success_ci95": "Wilson over episodes",
+             "success_ci95_tasks": "bootstrap over tasks (percentile, cluster; seed 0): a task's init states share one "
+                                   "layout, so its episodes are not independent; null with fewer than two tasks"}
+
+
 def summarize(records: Sequence[dict[str, Any]], suite: str) -> dict[str, Any]:
-    """Success rate with its Wilson 95 % interval, overall and per task; ``episodes`` last."""
+    """Success rate with its Wilson 95 % interval, overall and per task, and overall the interval that resamples tasks
+    (:data:`INTERVALS`); ``episodes`` last."""
 
     def rate(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         wins = sum(bool(r["success"]) for r in rows)
@@ -153,7 +160,13 @@ def summarize(records: Sequence[dict[str, Any]], suite: str) -> dict[str, Any]:
     for task in sorted({int(r["task"]) for r in records}):
         rows = [r for r in records if int(r["task"]) == task]
         by_task[str(task)] = {"task_name": rows[0]["task_name"], "instruction": rows[0]["instruction"], **rate(rows)}
-    return {"suite": suite, **rate(records), "by_task": by_task, "episodes": list(records)}
+    clustered = None
+    if len(by_task) >= 2:
+        wins = np.array([t["successes"] for t in by_task.values()], dtype=float)
+        counts = np.array([t["num_episodes"] for t in by_task.values()], dtype=float)
+        clustered = [float(v) for v in ratio_of_means_interval(wins, counts, seed=0)]
+    return {"suite": suite, **rate(records), "success_ci95_tasks": clustered, "num_tasks": len(by_task),
+            "intervals": INTERVALS, "by_task": by_task, "episodes": list(records)}
 
 
 EVAL_KIND, EXPERT_KIND = "eval-libero", "libero-expert"
