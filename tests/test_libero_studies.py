@@ -265,16 +265,27 @@ def test_instruction_swap_on_libero_episodes(libero_two_step_run, tmp_path) -> N
                              init_states=[40], max_steps=9)
     result = run_study(settings, tmp_path / "run", progress=False)
     records = result.records.set_index("condition")
-    assert list(records.index) == ["own", "swapped"] and records["error"].isna().all()
+    patched = [f"patched@{h}" for h in range(1, 5)]  # libero-small has 4 LLM layers
+    assert list(records.index) == ["own", "swapped", *patched] and records["error"].isna().all()
     assert records.loc["own", "prompt_instruction"] == task_info("libero_spatial", 1)["instruction"]
     assert records.loc["swapped", "prompt_instruction"] == task_info("libero_spatial", 6)["instruction"]
-    assert list(records["instruction_from"]) == [1, 6] and (records["steps"] == 9).all()
-    assert list(records["instructed_object"]) == ["akita_black_bowl_1", "akita_black_bowl_2"]
-    assert list(records["picked"]) == ["none", "none"] and records["picked_neither"].all()  # two training steps
+    assert (records.loc[patched, "prompt_instruction"] == records.loc["own", "prompt_instruction"]).all()
+    assert list(records["instruction_from"]) == [1, 6, 6, 6, 6, 6] and (records["steps"] == 9).all()
+    assert records["hidden_index"].tolist()[2:] == [1, 2, 3, 4] and records["hidden_index"].isna().sum() == 2
+    assert list(records["instructed_object"]) == ["akita_black_bowl_1"] + ["akita_black_bowl_2"] * 5
+    assert (records["picked"] == "none").all() and records["picked_neither"].all()  # two training steps
+    shares = records.loc[patched, "first_chunk_share"]
+    assert shares.notna().all() and records.loc[["own", "swapped"], "first_chunk_share"].isna().all()
     summary = result.summary.set_index(["condition", "metric"])
     assert summary.loc[("swapped", "picked_instructed"), "value"] == 0.0
+    assert summary.loc[("patched@2", "first_chunk_share"), "value"] == pytest.approx(shares["patched@2"])
     assert summary.loc[("own", "success"), "interval"] == "bootstrap over tasks (percentile, cluster)"
-    assert result.tests["primary"].tolist() == [True, False]
+    assert result.tests["primary"].tolist() == [True, False, False, False, False, False]
+    depths = result.tests[result.tests["comparison"].str.startswith("patched@")]
+    assert len(depths) == 4 and "p_holm" in depths
+    chosen = StudySettings("instruction-swap", models=[str(libero_two_step_run)], world="libero", tasks=[1],
+                           init_states=[40], max_steps=9, conditions=["swapped"])
+    assert chosen.conditions == ["own", "swapped"]
     status, _, err = testkit.run_cli(["study", "instruction-swap", "--world", "libero", "--suite", "libero_10",
                                       "--tasks", "2", "--model", str(libero_two_step_run), "--out", tmp_path / "x"])
     assert "task: got 2 of libero_10, expected a task with an instruction-swap partner" in (

@@ -10,7 +10,10 @@ latest query (rows in the order of its observations).
 
 ``intervene`` changes every forward pass of the policy: called with the query's observations, their slots and
 the forward inputs, it returns extra keyword arguments of :meth:`VLAAdapter.forward
-<vla_lab.model.VLAAdapter.forward>` (``attention``, ``block``): a knockout in closed loop.
+<vla_lab.model.VLAAdapter.forward>` (``attention``, ``block``, ``head_block``): a knockout in closed loop.
+``forward`` replaces the forward pass itself (e.g. one run inside a capture that patches states): called with the
+forward keyword arguments (``intervene``'s included), the observations and their slots, it returns the
+:class:`~vla_lab.model.VLAOutput`.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import torch
 
 from vla_lab.config import VLAConfig
 from vla_lab.errors import InputError
-from vla_lab.model import VLAAdapter, forward_inputs
+from vla_lab.model import VLAAdapter, VLAOutput, forward_inputs
 from vla_lab.worlds import Observation, World
 from vla_lab.worlds.runner import OpenLoop, QueryHook
 
 #: (observations of a query, their slots, the forward inputs) -> extra forward keyword arguments.
 Intervene = Callable[[Sequence[Observation], Sequence[int], dict[str, torch.Tensor]], dict[str, Any]]
+#: (forward keyword arguments, observations of a query, their slots) -> the forward pass's output.
+Forward = Callable[[dict[str, Any], Sequence[Observation], Sequence[int]], VLAOutput]
 
 
 def check_world_config(config: VLAConfig, world: str) -> None:
@@ -44,15 +49,17 @@ def check_world_config(config: VLAConfig, world: str) -> None:
 
 class Policy(OpenLoop):
     """``model`` acting in ``world`` (see the module docstring); ``prompt`` overrides the model's prompt;
-    ``intervene`` changes its forward passes.
+    ``intervene`` adds arguments to its forward passes, ``forward`` replaces them (module docstring).
 
     The model's train / eval mode is the caller's (put it in eval mode to act).
     """
 
     def __init__(self, model: VLAAdapter, world: World, *, execute: int = 8, prompt: str | None = None,
-                 on_query: QueryHook | None = None, intervene: Intervene | None = None) -> None:
+                 on_query: QueryHook | None = None, intervene: Intervene | None = None,
+                 forward: Forward | None = None) -> None:
         check_world_config(model.config, world.name)
         self.model, self.world, self.prompt, self.intervene = model, world, prompt, intervene
+        self.forward = forward
         self.unnorm_key = world.statistics_for(model.config.norm_stats or {})
         self.last_normalized: np.ndarray | None = None
         super().__init__(self.predict, execute, world.process_chunk, on_query)
@@ -75,14 +82,16 @@ class Policy(OpenLoop):
         world's post-processing; ``slots`` (the chunk-function signature) go to ``intervene``."""
         images, instructions, proprio = self.inputs(observations)
         with torch.inference_mode():
-            if self.intervene is None:
+            if self.intervene is None and self.forward is None:
                 pred = self.model.predict_action(images, instructions, proprio, unnorm_key=self.unnorm_key,
                                                  center_crop=self.world.center_crop, prompt=self.prompt)
             else:
                 batch = self.model.prepare_inputs(images, instructions, proprio, unnorm_key=self.unnorm_key,
                                                   center_crop=self.world.center_crop, prompt=self.prompt)
                 inputs = forward_inputs(batch)
-                out = self.model(**inputs, **self.intervene(observations, slots, inputs))
+                if self.intervene is not None:
+                    inputs = {**inputs, **self.intervene(observations, slots, inputs)}
+                out = self.model(**inputs) if self.forward is None else self.forward(inputs, observations, slots)
                 pred = self.model.prediction(out.normalized_actions, batch, out.layouts, out.attention.label)
         self.last_normalized = np.asarray(pred.normalized_actions)
         actions = pred.actions if pred.actions is not None else pred.normalized_actions

@@ -82,4 +82,4 @@ $TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial
 #    left the table (init states 40-44 only, half the held-out set: 200 episodes, ~20 min with 2 processes)
 $TORCHRUN -m vla_lab study instruction-swap --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
-    --out $REC/libero-instruction-swap/libero_spatial --no-progress
+    --conditions own,swapped --out $REC/libero-instruction-swap/libero_spatial --no-progress

@@ -16,7 +16,7 @@ import numpy as np
 
 from vla_lab.errors import InputError
 from vla_lab.model import VLAAdapter
-from vla_lab.policy import Intervene, Policy
+from vla_lab.policy import Forward, Intervene, Policy
 from vla_lab.worlds import Episode, Observation, World
 from vla_lab.worlds.libero.phases import episode_phases, picked_object
 from vla_lab.worlds.libero.world import LiberoWorld, episode_objects
@@ -58,8 +58,9 @@ class Rollout:
 
 def rollout(model: VLAAdapter, world: World, episode: Episode, execute: int = 8,
             intervene: Intervene | None = None, watch: Mapping[str, Sequence[str]] | None = None,
-            regions: bool = True) -> Rollout:
-    """Run ``episode`` with ``model`` (and ``intervene`` on every query) and keep it query by query; an exception in
+            regions: bool = True, forward: Forward | None = None) -> Rollout:
+    """Run ``episode`` with ``model`` (and ``intervene`` / ``forward`` on every query, as
+    :class:`~vla_lab.policy.Policy` takes them) and keep it query by query; an exception in
     the episode ends it as a failure with its ``error`` (what ran until then is kept). ``watch``: role -> object
     names whose heights are kept (default: the target and the same-category objects, :data:`LIFTED_ROLES`);
     ``regions`` False: the observations come without region masks (saves a segmentation drawing per query)."""
@@ -67,7 +68,7 @@ def rollout(model: VLAAdapter, world: World, episode: Episode, execute: int = 8,
         raise InputError(f"world: got {world.name!r}, expected a LIBERO suite (rollouts read the simulator)")
     kept = Rollout(roles=tuple(watch) if watch is not None else LIFTED_ROLES)
     roles: dict[str, list[str]] = {} if watch is None else {role: list(names) for role, names in watch.items()}
-    policy = Policy(model, world, execute=execute, intervene=intervene)
+    policy = Policy(model, world, execute=execute, intervene=intervene, forward=forward)
     predict = policy.chunks
 
     def chunks(observations: Sequence[Observation], slots: Sequence[int]) -> np.ndarray:
