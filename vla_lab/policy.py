@@ -13,7 +13,8 @@ the forward inputs, it returns extra keyword arguments of :meth:`VLAAdapter.forw
 <vla_lab.model.VLAAdapter.forward>` (``attention``, ``block``, ``head_block``): a knockout in closed loop.
 ``forward`` replaces the forward pass itself (e.g. one run inside a capture that patches states): called with the
 forward keyword arguments (``intervene``'s included), the observations and their slots, it returns the
-:class:`~vla_lab.model.VLAOutput`.
+:class:`~vla_lab.model.VLAOutput`; any other forward pass it runs (a counterfactual to patch from) is its own, without
+``intervene``'s arguments.
 """
 
 from __future__ import annotations

@@ -83,3 +83,16 @@ $TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial
 $TORCHRUN -m vla_lab study instruction-swap --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
     --conditions own,swapped --out $REC/libero-instruction-swap/libero_spatial --no-progress
+# 9. Three perturbed copies of libero_spatial (LIBERO-PRO / LIBERO-Plus: the instruction paraphrased, the objects
+#    replaced by look-alikes, the plate's place swapped), init states 40-49, both models (600 episodes)
+for SUITE in libero_spatial_lan libero_spatial_object libero_spatial_swap; do
+  for MASK in causal bidirectional; do
+    $TORCHRUN -m vla_lab eval libero --model libero-spatial-$MASK --suite $SUITE --init-states 40:50 \
+        --out $REC/libero-eval-perturbed/$SUITE/libero-spatial-$MASK --no-progress
+  done
+done
+# 10. The causal test with every reader: every LLM position and the head lose the target bowl's patches, or as many
+#     of the other bowl's (init states 40-44 only, for time: 300 episodes)
+$TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
+    --conditions target:all,same_category:all --out $REC/libero-target-knockout-all/libero_spatial --no-progress

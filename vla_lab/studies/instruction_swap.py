@@ -130,7 +130,7 @@ class InstructionSwap(Study):
         conditions = self.run_conditions(settings)
         depths = range(1, model.config.num_llm_layers + 1) if "patched" in conditions else range(0)
         policy = Policy(model, env, execute=settings.execute)
-        first = episodes.first_observations()
+        first = episodes.first_observations() if depths else []
         rows: list[dict[str, Any]] = []
         for b, episode in enumerate(episodes.episodes):
             task = int(episode.key[1])

@@ -9,9 +9,11 @@ masks, drawn at each observation) are closed to one *reach*:
   queries read them, the head still reads the patches' states;
 * ``head`` (``target:head``, ``same_category:head``): the bridge head's task attention to those patches' states, in
   every block (the LLM unchanged);
-* ``all`` (``target:all``, ``same_category:all``): every LLM position's edges to those patches (each patch keeps its
-  own) and the head's: nothing reads the patches, so what the agentview shows of the object is gone from the forward
-  pass. The wrist view is untouched in every reach.
+* ``all`` (``target:all``, ``same_category:all``): every LLM position's edges to those patches (a closed patch's own
+  row included: it still reads tok0 and the rest, and nothing reads it) and the head's: the LLM and the head no longer
+  read those patch tokens. The object still reaches them through the other patches (the vision backbone's
+  self-attention mixes every patch into every other before the LLM), through any of its patches beyond the ``n``
+  closed, and through the wrist view, untouched in every reach.
 
 The object is ``target`` (the one the instruction names) or ``same_category``, the control of equal size: the other
 object of its category (the other black bowl); ``none`` is the model as it is. Both close the same number of patches
@@ -19,7 +21,8 @@ at a query, ``n`` = the smaller of the two objects' patch counts, each taking it
 (a patch showing the target is never taken for the control). A frame where either object shows no patch closes
 nothing (``unblocked_queries`` counts such queries). The masks are read from the simulator's state after the step,
 the frame from within its last sampling period (a pixel at an object's edge may differ). With the released head
-offset the head does not read the last patch's state (SPEC section 5): closing it to the head changes nothing.
+offset the head does not read the last patch of the last view (SPEC section 5); with two views (agentview first) it
+reads every agentview patch.
 
 Per model, condition and episode: ``delta_action`` (the first chunk's mean |normalised actions - none's|), closed-loop
 success, steps, queries, the mean patches closed per query. A task's init states share one layout: success and
