@@ -222,9 +222,13 @@ def test_every_libero_study_runs_on_a_released_checkpoint_directory(released_dir
     assert registry.load(spec, "cpu").config.prompt == "qwen-chat"
     libero_studies = sorted(name for name, study in STUDIES.items() if "libero" in study.worlds)
     assert libero_studies == ["instruction-swap", "knockout", "mask-swap", "target-attention", "target-knockout"]
+    # One condition beside the baseline where a study has many (each reaches the model the same way; the ones chosen
+    # use the released layout's head offset: head_block, patched prompt positions).
+    chosen = {"knockout": ["random-keys:vision->queries"], "target-knockout": ["target:all"],
+              "instruction-swap": ["patched"]}
     for name in libero_studies:
         settings = StudySettings(name, models=[str(released_dir)], world="libero", tasks=[0], init_states=[40],
-                                 selection_states=[0], max_steps=16)
+                                 selection_states=[0], max_steps=16, conditions=chosen.get(name))
         result = run_study(settings, tmp_path / name, progress=False)
         records = result.records
         assert set(records["resolution"]) == {256} and set(records["init_state"]) <= {0, 40}, name
