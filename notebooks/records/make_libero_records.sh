@@ -96,3 +96,8 @@ done
 $TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
     --conditions target:all,same_category:all --out $REC/libero-target-knockout-all/libero_spatial --no-progress
+# 11. The causal test through the head only: its task attention loses the patches (the LLM unchanged), init states
+#     40-44 only (300 episodes)
+$TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
+    --conditions target:head,same_category:head --out $REC/libero-target-knockout-head/libero_spatial --no-progress
