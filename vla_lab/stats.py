@@ -94,6 +94,17 @@ class PairedTest:
     note: str = ""
 
 
+def cluster_mean_interval(values: Any, clusters: Any, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of the mean of per-episode ``values`` whose episodes cluster (e.g. a LIBERO task's init
+    states): clusters are resampled, each as its sum over its count, so the ratio of means is the episodes' mean
+    (:func:`ratio_of_means_interval`; clusters in sorted order)."""
+    import pandas as pd
+
+    table = pd.DataFrame({"value": np.asarray(values, dtype=float), "cluster": list(clusters)})
+    sums = table.groupby("cluster", sort=True)["value"].agg(["sum", "count"])
+    return ratio_of_means_interval(sums["sum"], sums["count"], seed=seed)
+
+
 def mcnemar_exact(a: Any, b: Any) -> PairedTest:
     """Exact McNemar test (statsmodels) of paired binary outcomes, e.g. success of the same scenes
     under two conditions. ``statistic`` is the smaller discordant count."""

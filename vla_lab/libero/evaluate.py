@@ -28,7 +28,7 @@ import numpy as np
 from vla_lab import files, interrupts, parallel
 from vla_lab.errors import InputError, error_text
 from vla_lab.run_dir import RunDir
-from vla_lab.stats import ratio_of_means_interval, wilson_interval
+from vla_lab.stats import cluster_mean_interval, wilson_interval
 from vla_lab.worlds.base import Episode, Step
 from vla_lab.worlds.libero.env import task_info
 from vla_lab.worlds.libero.world import LiberoWorld
@@ -162,9 +162,8 @@ def summarize(records: Sequence[dict[str, Any]], suite: str) -> dict[str, Any]:
         by_task[str(task)] = {"task_name": rows[0]["task_name"], "instruction": rows[0]["instruction"], **rate(rows)}
     clustered = None
     if len(by_task) >= 2:
-        wins = np.array([t["successes"] for t in by_task.values()], dtype=float)
-        counts = np.array([t["num_episodes"] for t in by_task.values()], dtype=float)
-        clustered = [float(v) for v in ratio_of_means_interval(wins, counts, seed=0)]
+        clustered = [float(v) for v in cluster_mean_interval([bool(r["success"]) for r in records],
+                                                             [int(r["task"]) for r in records], seed=0)]
     return {"suite": suite, **rate(records), "success_ci95_tasks": clustered, "num_tasks": len(by_task),
             "intervals": INTERVALS, "by_task": by_task, "episodes": list(records)}
 

@@ -17,6 +17,7 @@ from vla_lab.model import VLAAdapter
 from vla_lab.stats import (
     PairedTest,
     bootstrap_interval,
+    cluster_mean_interval,
     ratio_of_means_interval,
     wilcoxon_signed_rank,
     wilson_interval,
@@ -70,10 +71,9 @@ def cluster_row(values: Any, clusters: Any, seed: int = 0, statistic: str = "mea
     (a LIBERO task's init states share one layout): n, the number of clusters, value and a percentile bootstrap
     ci95 that resamples clusters (each one's sum over its count: the ratio of means is the episodes' mean)."""
     table = pd.DataFrame({"value": pd.Series(values, dtype="float64").to_numpy(), "cluster": list(clusters)}).dropna()
-    sums = table.groupby("cluster", sort=True)["value"].agg(["sum", "count"])
-    low, high = (ratio_of_means_interval(sums["sum"], sums["count"], seed=seed) if len(table)
+    low, high = (cluster_mean_interval(table["value"], table["cluster"], seed=seed) if len(table)
                  else (math.nan, math.nan))
-    return {**keys, "statistic": statistic, "n": len(table), f"n_{noun}": len(sums),
+    return {**keys, "statistic": statistic, "n": len(table), f"n_{noun}": table["cluster"].nunique(),
             "value": float(table["value"].mean()) if len(table) else math.nan, "ci95": [low, high],
             "interval": f"bootstrap over {noun} (percentile, cluster)"}
 
