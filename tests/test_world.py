@@ -427,6 +427,20 @@ def test_dataset_statistics_layout() -> None:
     assert stats == world.dataset_statistics(200, seed=0)
 
 
+@pytest.mark.slow
+def test_the_committed_statistics_are_the_computed_ones() -> None:
+    """``vla_lab/tabletop/statistics.json`` (read by every tabletop configuration) is what the world computes, and
+    the shipped models were trained with it."""
+    import json
+
+    from vla_lab.tabletop import models
+
+    assert models.world_statistics() == json.loads(json.dumps(models.computed_statistics()))
+    for name in ("causal", "bidirectional"):
+        stored = json.loads((models.shipped_path(name) / "vla_lab_config.json").read_text())["norm_stats"]
+        assert stored == models.world_statistics(), name
+
+
 def test_splits_are_disjoint() -> None:
     ranges = list(world.SPLITS.values())
     for i, a in enumerate(ranges):
