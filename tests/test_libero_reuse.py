@@ -116,3 +116,36 @@ def test_a_reset_without_rebuilding_is_the_rebuilt_reset_whatever_ran_before():
                 ours.step(action, observe=False)
                 reference.step(action)
             _assert_same_simulator(ours, reference)
+
+
+def test_a_kept_simulator_gives_the_next_world_the_observations_of_a_new_one():
+    """A world's released simulator is kept (``keep_simulators``) and handed to the next world of the process that
+    needs the same one: its reset replays the saved rebuild, whatever the last world did with it, and observes
+    what the simulator's first (rebuilt) reset observed (a replay is a rebuild in every bit of the simulator:
+    the test above)."""
+    from vla_lab.worlds.libero import LiberoWorld, keep_simulators
+    from vla_lab.worlds.libero import env as libero_env
+
+    before = keep_simulators(1)
+    try:
+        with LiberoWorld("libero_spatial", resolution=64) as world:
+            episode = world.episode(0, 3)
+            first = world.reset(episode)
+            kept = world.env
+            for action in _actions(7, 5):
+                world.step(action)
+        assert kept is not None and kept.env is not None and list(libero_env._KEPT.values())[-1] is kept
+        with LiberoWorld("libero_spatial", resolution=64) as world:
+            again = world.reset(episode)
+            assert world.env is kept
+            assert all(np.array_equal(a, b) for a, b in zip(again.images, first.images, strict=True))
+            assert np.array_equal(again.proprio, first.proprio)
+            assert sorted(again.regions[0]) == sorted(first.regions[0])
+            assert all(np.array_equal(again.regions[0][k], v) for k, v in first.regions[0].items())
+        assert kept.env is not None and list(libero_env._KEPT.values()) == [kept]  # kept again
+        with pytest.raises(InputError, match=r"^count: got -1, expected a non-negative integer"):
+            keep_simulators(-1)
+        keep_simulators(0)
+        assert kept.env is None and not libero_env._KEPT  # freed
+    finally:
+        keep_simulators(before)

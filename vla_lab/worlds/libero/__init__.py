@@ -13,6 +13,7 @@ processing, object regions, the scripted expert and the LIBERO word tokenizer (o
 
 from vla_lab.worlds.libero.env import (
     LiberoEnv,
+    keep_simulators,
     num_tasks,
     object_segmentation,
     require_libero,
@@ -48,6 +49,7 @@ __all__ = [
     "LiberoWorld",
     "episode_regions",
     "jpeg_round_trip",
+    "keep_simulators",
     "num_tasks",
     "object_segmentation",
     "prepare_observation",

@@ -23,10 +23,12 @@ rebuilds at every reset and draws both cameras at every step, as upstream's loop
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import io
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -264,6 +266,68 @@ class LiberoEnv:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+#: Released simulators kept for the next world that needs the same one (:func:`keep_simulators`), oldest first.
+_KEPT: OrderedDict[tuple[str, int, int, int, bool, bool], LiberoEnv] = OrderedDict()
+_KEEP = [1]
+
+
+def _key(env: LiberoEnv) -> tuple[str, int, int, int, bool, bool]:
+    return env.suite, env.task_id, env.resolution, env.seed, env.render_cameras, env.reuse
+
+
+def keep_simulators(count: int) -> int:
+    """Keep up to ``count`` (default 1) simulators that worlds release, for the next world of this process that
+    builds the same one (suite, task, resolution, seed, cameras, reuse): building one and its first reset cost ~9 s,
+    while a kept one's reset replays its saved rebuild, giving the same observations bit for bit
+    (:mod:`~vla_lab.worlds.libero.reuse`). Each kept one holds ~1 GB (its scene, renderer and saved rebuild).
+    0 frees the kept ones and keeps none. Returns the previous count."""
+    if not isinstance(count, int) or count < 0:
+        raise InputError(f"count: got {count!r}, expected a non-negative integer")
+    previous, _KEEP[0] = _KEEP[0], count
+    while len(_KEPT) > count:
+        _KEPT.popitem(last=False)[1].close()
+    return previous
+
+
+def open_simulator(suite: str, task_id: int, resolution: int = 256, seed: int = 0, render: bool = True,
+                   reuse: bool = True) -> LiberoEnv:
+    """A kept simulator of this task and settings (:func:`keep_simulators`) or a new one: give it back with
+    :func:`release_simulator`. Only simulators that replay their resets are kept (``reuse=True``)."""
+    key = (suite, int(task_id), int(resolution), int(seed), bool(render), bool(reuse))
+    kept = _KEPT.pop(key, None)
+    return kept if kept is not None else LiberoEnv(suite, task_id, resolution=resolution, seed=seed, render=render,
+                                                   reuse=reuse)
+
+
+def release_simulator(env: LiberoEnv) -> None:
+    """Keep ``env`` for :func:`open_simulator` (the newest of at most :func:`keep_simulators`), else close it. A
+    simulator that never finished a reset is closed: only a saved rebuild can be replayed."""
+    if env.env is None:
+        return
+    if not (env.reuse and env._saved_reset.saved and _KEEP[0]):
+        env.close()
+        return
+    previous = _KEPT.pop(_key(env), None)
+    if previous is not None:
+        previous.close()
+    if not _KEEP_CLOSED_AT_EXIT:
+        # Registered after robosuite's ``eglTerminate`` (at its first renderer), so it runs before it: a renderer
+        # freed once EGL is gone fails, on stderr, at every exit.
+        atexit.register(_close_kept)
+        _KEEP_CLOSED_AT_EXIT.append(True)
+    _KEPT[_key(env)] = env
+    while len(_KEPT) > _KEEP[0]:
+        _KEPT.popitem(last=False)[1].close()
+
+
+_KEEP_CLOSED_AT_EXIT: list[bool] = []
+
+
+def _close_kept() -> None:
+    while _KEPT:
+        _KEPT.popitem(last=False)[1].close()
 
 
 def _nearest(image: np.ndarray, size: int) -> np.ndarray:

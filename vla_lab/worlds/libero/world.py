@@ -30,6 +30,8 @@ from vla_lab.worlds.libero.env import (
     goal_objects,
     num_tasks,
     object_segmentation,
+    open_simulator,
+    release_simulator,
     task_info,
 )
 from vla_lab.worlds.libero.observation import prepare_observation, process_action
@@ -148,8 +150,8 @@ class LiberoWorld:
             raise InputError(f"episode: got an episode of {episode.world!r}, expected one of {self.name!r}")
         if self.env is None or self.env.task_id != episode.spec:
             self.close()
-            self.env = LiberoEnv(self.name, episode.spec, resolution=self.resolution, seed=self.seed,
-                                 render=self.render, reuse=self.reuse)
+            self.env = open_simulator(self.name, episode.spec, resolution=self.resolution, seed=self.seed,
+                                      render=self.render, reuse=self.reuse)
         return self.env
 
     def _observation(self, instruction: str) -> Observation:
@@ -220,9 +222,10 @@ class LiberoWorld:
                        "other_instruction", episode.spec)
 
     def close(self) -> None:
+        """Release the simulator (kept for the next world of this process that needs it: ``keep_simulators``)."""
         env, self.env, self.raw = self.env, None, None
         if env is not None:
-            env.close()
+            release_simulator(env)
 
     def __enter__(self) -> LiberoWorld:
         return self
