@@ -126,7 +126,8 @@ def test_a_kept_simulator_gives_the_next_world_the_observations_of_a_new_one():
     from vla_lab.worlds.libero import LiberoWorld, keep_simulators
     from vla_lab.worlds.libero import env as libero_env
 
-    before = keep_simulators(1)
+    before = keep_simulators(0)  # frees what earlier tests of this process kept
+    keep_simulators(1)
     try:
         with LiberoWorld("libero_spatial", resolution=64) as world:
             episode = world.episode(0, 3)
@@ -143,9 +144,60 @@ def test_a_kept_simulator_gives_the_next_world_the_observations_of_a_new_one():
             assert sorted(again.regions[0]) == sorted(first.regions[0])
             assert all(np.array_equal(again.regions[0][k], v) for k, v in first.regions[0].items())
         assert kept.env is not None and list(libero_env._KEPT.values()) == [kept]  # kept again
-        with pytest.raises(InputError, match=r"^count: got -1, expected a non-negative integer"):
-            keep_simulators(-1)
-        keep_simulators(0)
-        assert kept.env is None and not libero_env._KEPT  # freed
+        for bad in (-1, True):
+            with pytest.raises(InputError, match=rf"^count: got {bad}, expected a non-negative integer"):
+                keep_simulators(bad)
+        # A call that raised (a Ctrl-C inside a step) leaves the simulator unkept: closed when its world releases it.
+        with LiberoWorld("libero_spatial", resolution=64) as world:
+            world.reset(episode)
+            assert world.env is kept and not kept.interrupted
+
+            def interrupted_step(action):
+                raise KeyboardInterrupt
+
+            kept.env.step = interrupted_step
+            with pytest.raises(KeyboardInterrupt):
+                world.step(np.zeros(7))
+            assert kept.interrupted
+        assert kept.env is None and not libero_env._KEPT
+    finally:
+        keep_simulators(before)
+
+
+class _Simulator:
+    """What ``release_simulator`` reads of a LiberoEnv."""
+
+    def __init__(self, interrupted: bool = False, saved: bool = True) -> None:
+        self.suite, self.task_id, self.resolution, self.seed, self.render_cameras = "libero_spatial", 0, 64, 0, True
+        self.reuse, self.interrupted, self.env = True, interrupted, object()
+        self._saved_reset = type("Saved", (), {"saved": saved})()
+
+    def close(self) -> None:
+        self.env = None
+
+
+def test_only_a_simulator_that_finished_its_calls_and_a_rebuild_is_kept():
+    from vla_lab.worlds.libero import LiberoWorld, keep_simulators
+    from vla_lab.worlds.libero import env as libero_env
+
+    before = keep_simulators(0)  # frees what earlier tests of this process kept
+    keep_simulators(1)
+    try:
+        for simulator in (_Simulator(interrupted=True), _Simulator(saved=False)):
+            libero_env.release_simulator(simulator)
+            assert simulator.env is None and not libero_env._KEPT
+        simulator = _Simulator()
+        libero_env.release_simulator(simulator)
+        libero_env.release_simulator(simulator)  # twice: still kept, not closed
+        assert simulator.env is not None and list(libero_env._KEPT.values()) == [simulator]
+        newer = _Simulator()
+        libero_env.release_simulator(newer)  # the same key: the older one is closed
+        assert simulator.env is None and list(libero_env._KEPT.values()) == [newer]
+        assert libero_env.open_simulator("libero_spatial", 0, 64) is newer and not libero_env._KEPT
+        world = LiberoWorld("libero_spatial", resolution=64)  # builds nothing until an episode is reset
+        world.env = newer
+        with pytest.raises(RuntimeError), world:  # left on an exception: closed, not kept
+            raise RuntimeError
+        assert newer.env is None and world.env is None and not libero_env._KEPT
     finally:
         keep_simulators(before)

@@ -150,6 +150,15 @@ class LiberoEnv:
         self._num_property_samplers = len(self.env.env.object_property_initializers)
         self._saved_reset = SavedReset(self.env)
         self._cameras: DeferredCameras | None = None
+        #: True while a call that changes or draws the simulator runs, and after one that raised (e.g. a Ctrl-C
+        #: between robosuite's segmentation render and its flags' reset): such a simulator is never kept.
+        self.interrupted = False
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        self.interrupted = True
+        yield
+        self.interrupted = False  # not on an exception: the simulator may be half-way through a change
 
     @property
     def num_init_states(self) -> int:
@@ -183,20 +192,23 @@ class LiberoEnv:
         """Init state ``init_state`` of the suite, then :data:`NUM_STEPS_WAIT` settle steps; the observation."""
         if not 0 <= init_state < self.num_init_states:
             raise InputError(f"init_state: got {init_state}, expected 0..{self.num_init_states - 1}")
-        with _quiet():
+        with self._working(), _quiet():
             make_current(self.env.sim)
             if self.reuse and self._saved_reset.saved:
                 self._saved_reset.replay()
             else:
-                del self.env.env.object_property_initializers[self._num_property_samplers:]
-                self.env.seed(self.seed)
-                self._saved_reset.rebuild()
+                # LIBERO's reset retries after any exception (a bare ``finally: continue``), a Ctrl-C included,
+                # with one more copy of the property samplers: the SIGINT waits for the rebuild to end.
+                with interrupts.deferred():
+                    del self.env.env.object_property_initializers[self._num_property_samplers:]
+                    self.env.seed(self.seed)
+                    self._saved_reset.rebuild()
                 if self.reuse and self.render_cameras:
                     self._cameras = DeferredCameras(self.env.env, CAMERAS, self.resolution)
             obs = self.env.set_init_state(self.init_states[init_state])
             for _ in range(NUM_STEPS_WAIT):
                 obs, _, _, _ = self.env.step(list(DUMMY_ACTION))
-        return self._observed(obs)
+            return self._observed(obs)
 
     def _drawn(self, observe: bool | Sequence[str]) -> list[str]:
         """The image keys ``observe`` asks to draw (True: every camera, False: none), checked."""
@@ -224,7 +236,7 @@ class LiberoEnv:
 
     def set_sim_state(self, state: np.ndarray) -> dict[str, Any]:
         """Put the simulator in ``state`` (from :meth:`sim_state` of this task after a reset); the observation."""
-        with _quiet():
+        with self._working(), _quiet():
             make_current(self.env.sim)
             return self._observed(self.env.regenerate_obs_from_state(np.asarray(state, dtype=np.float64)))
 
@@ -232,9 +244,10 @@ class LiberoEnv:
         """Both cameras at ``resolution`` for the current state, as the observation's image keys hold them
         (upside down: MuJoCo's convention, which the policy's 180-degree rotation undoes)."""
         sim = self.env.sim
-        make_current(sim)
-        return {f"{camera}{IMAGE_SUFFIX}": sim.render(camera_name=camera, width=self.resolution, height=self.resolution)
-                for camera in CAMERAS}
+        with self._working():
+            make_current(sim)
+            return {f"{camera}{IMAGE_SUFFIX}": sim.render(camera_name=camera, width=self.resolution,
+                                                          height=self.resolution) for camera in CAMERAS}
 
     def step(self, action: Any, observe: bool | Sequence[str] = True,
              ) -> tuple[dict[str, Any], float, bool, dict[str, Any]]:
@@ -246,9 +259,10 @@ class LiberoEnv:
             raise InputError(f"action: got shape {values.shape} (finite: {bool(np.isfinite(values).all())}), "
                              "expected 7 finite numbers")
         drawn = self._drawn(observe)  # checked before the step
-        make_current(self.env.sim)
-        obs, reward, done, info = self.env.step(values.tolist())
-        return self._observed(obs, drawn), float(reward), bool(done), info
+        with self._working():
+            make_current(self.env.sim)
+            obs, reward, done, info = self.env.step(values.tolist())
+            return self._observed(obs, drawn), float(reward), bool(done), info
 
     def close(self) -> None:
         """Free the simulator and its renderer. MuJoCo frees a renderer's GL objects in the current GL context, so
@@ -283,7 +297,7 @@ def keep_simulators(count: int) -> int:
     while a kept one's reset replays its saved rebuild, giving the same observations bit for bit
     (:mod:`~vla_lab.worlds.libero.reuse`). Each kept one holds ~1 GB (its scene, renderer and saved rebuild).
     0 frees the kept ones and keeps none. Returns the previous count."""
-    if not isinstance(count, int) or count < 0:
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise InputError(f"count: got {count!r}, expected a non-negative integer")
     previous, _KEEP[0] = _KEEP[0], count
     while len(_KEPT) > count:
@@ -297,20 +311,22 @@ def open_simulator(suite: str, task_id: int, resolution: int = 256, seed: int = 
     :func:`release_simulator`. Only simulators that replay their resets are kept (``reuse=True``)."""
     key = (suite, int(task_id), int(resolution), int(seed), bool(render), bool(reuse))
     kept = _KEPT.pop(key, None)
-    return kept if kept is not None else LiberoEnv(suite, task_id, resolution=resolution, seed=seed, render=render,
-                                                   reuse=reuse)
+    if kept is not None and kept.env is not None:
+        return kept
+    return LiberoEnv(suite, task_id, resolution=resolution, seed=seed, render=render, reuse=reuse)
 
 
 def release_simulator(env: LiberoEnv) -> None:
-    """Keep ``env`` for :func:`open_simulator` (the newest of at most :func:`keep_simulators`), else close it. A
-    simulator that never finished a reset is closed: only a saved rebuild can be replayed."""
+    """Keep ``env`` for :func:`open_simulator` (the newest of at most :func:`keep_simulators`), else close it.
+    Closed instead: a simulator without a finished rebuild (nothing to replay), and one whose last call raised
+    (``interrupted``: the replay restores the simulator and its model, not robosuite's renderer options)."""
     if env.env is None:
         return
-    if not (env.reuse and env._saved_reset.saved and _KEEP[0]):
+    if not (env.reuse and env._saved_reset.saved and not env.interrupted and _KEEP[0]):
         env.close()
         return
     previous = _KEPT.pop(_key(env), None)
-    if previous is not None:
+    if previous is not None and previous is not env:
         previous.close()
     if not _KEEP_CLOSED_AT_EXIT:
         # Registered after robosuite's ``eglTerminate`` (at its first renderer), so it runs before it: a renderer
@@ -359,8 +375,9 @@ def object_segmentation(env: LiberoEnv, size: int = 224) -> tuple[np.ndarray, li
     root_of = np.asarray(model.body_rootid)
     for body in range(model.nbody):
         body_label[body] = roots.get(int(root_of[body]), 0)
-    make_current(sim)
-    seg = sim.render(env.resolution, env.resolution, camera_name=CAMERA, segmentation=True)
+    with env._working():
+        make_current(sim)
+        seg = sim.render(env.resolution, env.resolution, camera_name=CAMERA, segmentation=True)
     kind, ids = seg[..., 0], seg[..., 1]
     geom = kind == 5  # mjOBJ_GEOM
     labels = np.zeros(kind.shape, dtype=np.int64)

@@ -104,6 +104,7 @@ class SavedReset:
         self.env = env
         self.random_state: Any = None
         self.arrays: list[tuple[np.ndarray, np.ndarray]] = []
+        self.complete = False
 
     def rebuild(self) -> None:
         """robosuite's reset (a rebuild), saving the model and random state its placement starts from."""
@@ -115,15 +116,18 @@ class SavedReset:
             self.arrays = [(view, view.copy()) for view in model_arrays(inner.sim.model._model).values()]
             rebuilt_reset()
 
+        self.complete = False
         inner._reset_internal = save_then_reset
         try:
             self.env.reset()
         finally:
             del inner._reset_internal
+        self.complete = self.random_state is not None
 
     @property
     def saved(self) -> bool:
-        return self.random_state is not None
+        """A rebuild ran to its end and was saved."""
+        return self.complete
 
     def replay(self) -> None:
         """The saved reset without a rebuild: the same simulator data, model and random state afterwards."""

@@ -149,7 +149,9 @@ class LiberoWorld:
         if episode.world != self.name or not isinstance(episode.spec, int):
             raise InputError(f"episode: got an episode of {episode.world!r}, expected one of {self.name!r}")
         if self.env is None or self.env.task_id != episode.spec:
-            self.close()
+            old, self.env, self.raw = self.env, None, None
+            if old is not None:  # another task's: closed, not kept (a run goes through its tasks once)
+                old.close()
             self.env = open_simulator(self.name, episode.spec, resolution=self.resolution, seed=self.seed,
                                       render=self.render, reuse=self.reuse)
         return self.env
@@ -230,5 +232,8 @@ class LiberoWorld:
     def __enter__(self) -> LiberoWorld:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None and self.env is not None:  # left on an exception: nothing to keep
+            env, self.env, self.raw = self.env, None, None
+            env.close()
         self.close()
