@@ -60,9 +60,12 @@ def test_frames_read_are_the_frames_drawn_at_every_step():
             for name in IMAGES:
                 assert np.array_equal(mine[name], theirs[name]), name
             if init_state == 5:  # another simulator built, then closed while ours drew last (its context current)
+                scene = ours.env.sim.model.get_xml()  # MuJoCo's XML of the last model compiled: ours, still
+                assert ours.model_xml == scene  # read at the rebuild (MuJoCo keeps only the last compiled one)
                 other = LiberoEnv("libero_spatial", 1, resolution=64)
                 ours.camera_images()
                 other.close()
+                assert ours.model_xml == scene
             for t, action in enumerate(_actions(init_state, 16)):
                 observe = True if t % 8 == 7 else [IMAGES[0]] if t == 3 else False  # a video's frame: agentview
                 mine, theirs = ours.step(action, observe=observe)[0], reference.step(action, observe=observe)[0]

@@ -120,7 +120,7 @@ def write_part(path: Path, demo: dict[str, Any], env: LiberoEnv, init_state: int
                                      compression_opts=4 if image else None,
                                      chunks=(1, *values.shape[1:]) if image else None)
             group.attrs["num_samples"] = int(demo["steps"])
-            group.attrs["model_file"] = env.env.sim.model.get_xml()
+            group.attrs["model_file"] = env.model_xml
             group.attrs["init_state"] = demo["arrays"]["states"][0]
             group.attrs["init_state_index"] = int(init_state)
             group.attrs["target_object"] = demo["target_object"]

@@ -165,6 +165,13 @@ class LiberoEnv:
         return len(self.init_states)
 
     @property
+    def model_xml(self) -> str:
+        """The scene's compiled MuJoCo XML (LIBERO's ``model_file``), as its latest rebuild compiled it."""
+        if not self._saved_reset.saved:
+            raise InputError("model_xml: got a simulator without a reset, expected reset(init_state) first")
+        return self._saved_reset.model_xml
+
+    @property
     def target_objects(self) -> list[str]:
         """The objects the task's goal is about (LIBERO's ``obj_of_interest``)."""
         return list(self.env.obj_of_interest)

@@ -105,6 +105,7 @@ class SavedReset:
         self.random_state: Any = None
         self.arrays: list[tuple[np.ndarray, np.ndarray]] = []
         self.complete = False
+        self.model_xml = ""
 
     def rebuild(self) -> None:
         """robosuite's reset (a rebuild), saving the model and random state its placement starts from."""
@@ -122,6 +123,8 @@ class SavedReset:
             self.env.reset()
         finally:
             del inner._reset_internal
+        # MuJoCo keeps the XML of the process's last compiled model only: read now, while it is this scene's.
+        self.model_xml = inner.sim.model.get_xml()
         self.complete = self.random_state is not None
 
     @property
