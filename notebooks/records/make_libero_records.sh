@@ -101,3 +101,8 @@ $TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial
 $TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
     --conditions target:head,same_category:head --out $REC/libero-target-knockout-head/libero_spatial --no-progress
+# 12. Knockout of the action queries' view of the image patches, against the random-key control of equal size
+#     (closed loop at every query; init states 40-44 only, for time: 300 episodes, ~30 min with 2 processes)
+$TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
+    --conditions "vision->queries,random-keys:vision->queries" --out $REC/libero-knockout/libero_spatial --no-progress
