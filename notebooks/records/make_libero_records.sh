@@ -106,3 +106,7 @@ $TORCHRUN -m vla_lab study target-knockout --world libero --suite libero_spatial
 $TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
     --conditions "vision->queries,random-keys:vision->queries" --out $REC/libero-knockout/libero_spatial --no-progress
+# 13. The same for the prompt: the queries lose their edges to the prompt, against as many random keys (300 episodes)
+$TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
+    --conditions "text->queries,random-keys:text->queries" --out $REC/libero-knockout-text/libero_spatial --no-progress
