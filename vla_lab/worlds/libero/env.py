@@ -294,8 +294,15 @@ _KEPT: OrderedDict[tuple[str, int, int, int, bool, bool], LiberoEnv] = OrderedDi
 _KEEP = [1]
 
 
-def _key(env: LiberoEnv) -> tuple[str, int, int, int, bool, bool]:
-    return env.suite, env.task_id, env.resolution, env.seed, env.render_cameras, env.reuse
+def _key(suite: str, task_id: int, resolution: int, seed: int, render: bool,
+         reuse: bool) -> tuple[str, int, int, int, bool, bool]:
+    return suite, int(task_id), int(resolution), int(seed), bool(render), bool(reuse)
+
+
+def _evict(limit: int) -> None:
+    """Close the oldest kept simulators until at most ``limit`` are kept."""
+    while len(_KEPT) > limit:
+        _KEPT.popitem(last=False)[1].close()
 
 
 def keep_simulators(count: int) -> int:
@@ -307,8 +314,7 @@ def keep_simulators(count: int) -> int:
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise InputError(f"count: got {count!r}, expected a non-negative integer")
     previous, _KEEP[0] = _KEEP[0], count
-    while len(_KEPT) > count:
-        _KEPT.popitem(last=False)[1].close()
+    _evict(count)
     return previous
 
 
@@ -316,8 +322,7 @@ def open_simulator(suite: str, task_id: int, resolution: int = 256, seed: int = 
                    reuse: bool = True) -> LiberoEnv:
     """A kept simulator of this task and settings (:func:`keep_simulators`) or a new one: give it back with
     :func:`release_simulator`. Only simulators that replay their resets are kept (``reuse=True``)."""
-    key = (suite, int(task_id), int(resolution), int(seed), bool(render), bool(reuse))
-    kept = _KEPT.pop(key, None)
+    kept = _KEPT.pop(_key(suite, task_id, resolution, seed, render, reuse), None)
     if kept is not None and kept.env is not None:
         return kept
     return LiberoEnv(suite, task_id, resolution=resolution, seed=seed, render=render, reuse=reuse)
@@ -332,25 +337,20 @@ def release_simulator(env: LiberoEnv) -> None:
     if not (env.reuse and env._saved_reset.saved and not env.interrupted and _KEEP[0]):
         env.close()
         return
-    previous = _KEPT.pop(_key(env), None)
+    key = _key(env.suite, env.task_id, env.resolution, env.seed, env.render_cameras, env.reuse)
+    previous = _KEPT.pop(key, None)
     if previous is not None and previous is not env:
         previous.close()
     if not _KEEP_CLOSED_AT_EXIT:
         # Registered after robosuite's ``eglTerminate`` (at its first renderer), so it runs before it: a renderer
         # freed once EGL is gone fails, on stderr, at every exit.
-        atexit.register(_close_kept)
+        atexit.register(_evict, 0)
         _KEEP_CLOSED_AT_EXIT.append(True)
-    _KEPT[_key(env)] = env
-    while len(_KEPT) > _KEEP[0]:
-        _KEPT.popitem(last=False)[1].close()
+    _KEPT[key] = env
+    _evict(_KEEP[0])
 
 
 _KEEP_CLOSED_AT_EXIT: list[bool] = []
-
-
-def _close_kept() -> None:
-    while _KEPT:
-        _KEPT.popitem(last=False)[1].close()
 
 
 def _nearest(image: np.ndarray, size: int) -> np.ndarray:

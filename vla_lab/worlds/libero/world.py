@@ -149,9 +149,7 @@ class LiberoWorld:
         if episode.world != self.name or not isinstance(episode.spec, int):
             raise InputError(f"episode: got an episode of {episode.world!r}, expected one of {self.name!r}")
         if self.env is None or self.env.task_id != episode.spec:
-            old, self.env, self.raw = self.env, None, None
-            if old is not None:  # another task's: closed, not kept (a run goes through its tasks once)
-                old.close()
+            self.close(keep=False)  # another task's: not kept (a run goes through its tasks once)
             self.env = open_simulator(self.name, episode.spec, resolution=self.resolution, seed=self.seed,
                                       render=self.render, reuse=self.reuse)
         return self.env
@@ -223,17 +221,17 @@ class LiberoWorld:
         return Episode(self.name, episode.key, task_info(self.name, task)["instruction"], columns,
                        "other_instruction", episode.spec)
 
-    def close(self) -> None:
-        """Release the simulator (kept for the next world of this process that needs it: ``keep_simulators``)."""
+    def close(self, keep: bool = True) -> None:
+        """Release the simulator: kept for the next world of this process that needs it (``keep_simulators``),
+        or closed (``keep=False``)."""
         env, self.env, self.raw = self.env, None, None
-        if env is not None:
+        if env is not None and keep:
             release_simulator(env)
+        elif env is not None:
+            env.close()
 
     def __enter__(self) -> LiberoWorld:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is not None and self.env is not None:  # left on an exception: nothing to keep
-            env, self.env, self.raw = self.env, None, None
-            env.close()
-        self.close()
+        self.close(keep=exc_type is None)  # left on an exception: nothing to keep
