@@ -1,6 +1,7 @@
-"""The LIBERO savings that must not change a bit (``vla_lab.worlds.libero.reuse``): frames drawn only when read,
-and resets that replay the first rebuild instead of recompiling the scene. The reference is ``reuse=False``:
-a rebuild at every reset and both cameras drawn at every step, as upstream's loop runs LIBERO."""
+"""The LIBERO savings that must not change a bit: frames drawn only when read, resets that replay the first rebuild
+instead of recompiling the scene (``vla_lab.worlds.libero.reuse``), and a scene copied from the last one compiled
+(``vla_lab.worlds.libero.compiled``). The reference is ``reuse=False``: a rebuild at every reset and both cameras
+drawn at every step, as upstream's loop runs LIBERO (and, where a test says so, every scene compiled from its XML)."""
 
 from __future__ import annotations
 
@@ -87,16 +88,33 @@ def test_frames_read_are_the_frames_drawn_at_every_step():
             assert np.array_equal(mine[name], theirs[name]), name
 
 
-def test_a_reset_without_rebuilding_is_the_rebuilt_reset_whatever_ran_before():
+def test_a_reset_without_rebuilding_is_the_rebuilt_reset_whatever_ran_before(monkeypatch):
     """libero_goal task 7 ("turn on the stove"): a cabinet whose drawers LIBERO's property samplers open at every
     reset, and a stove whose burner is drawn when its knob is on. Between the compared resets our simulator ran
-    random actions and had its stove turned on."""
+    random actions and had its stove turned on. Our simulator's scene is a copy of the one its construction
+    compiled (``compiled.keep_compiled``); the reference compiles its scene from the XML at every reset."""
+    import mujoco
+
+    from vla_lab.worlds.libero import compiled
     from vla_lab.worlds.libero.env import DUMMY_ACTION, LiberoEnv
 
-    with LiberoEnv("libero_goal", 7, resolution=64) as ours, \
-            LiberoEnv("libero_goal", 7, resolution=64, reuse=False) as reference:
-        inner = ours.env.env
+    compiles = []
+    compile_xml = mujoco.MjModel.from_xml_string
+    monkeypatch.setattr(mujoco.MjModel, "from_xml_string", lambda xml: compiles.append(1) or compile_xml(xml))
+    previous = compiled.keep_compiled(True)
+    try:
+        ours = LiberoEnv("libero_goal", 7, resolution=64)
         ours.reset(0)
+        assert len(compiles) <= 1  # the construction's compile (none if the last scene compiled here was this one)
+        assert compiled.keep_compiled(False) and compiled._STATE["model"] is None  # freed
+        with pytest.raises(InputError, match=r"^keep: got 1, expected True or False"):
+            compiled.keep_compiled(1)  # type: ignore[arg-type]
+        del compiles[:]
+        reference = LiberoEnv("libero_goal", 7, resolution=64, reuse=False)
+    finally:
+        compiled.keep_compiled(previous)
+    with ours, reference:
+        inner = ours.env.env
         for init_state in (3, 41):
             for action in _actions(init_state, 15):
                 ours.step(action, observe=False)
@@ -109,7 +127,12 @@ def test_a_reset_without_rebuilding_is_the_rebuilt_reset_whatever_ran_before():
             ours.step(DUMMY_ACTION, observe=False)
             mine = ours.reset(init_state)
             mine_random = np.random.get_state()
-            theirs = reference.reset(init_state)
+            previous = compiled.keep_compiled(False)
+            try:
+                theirs = reference.reset(init_state)
+            finally:
+                compiled.keep_compiled(previous)
+            assert ours.model_xml == reference.model_xml
             assert ours._saved_reset.saved
             _assert_same_simulator(ours, reference)
             for name in IMAGES:
@@ -119,6 +142,7 @@ def test_a_reset_without_rebuilding_is_the_rebuilt_reset_whatever_ran_before():
                 ours.step(action, observe=False)
                 reference.step(action)
             _assert_same_simulator(ours, reference)
+        assert len(compiles) == 3  # the reference's construction and its two resets compiled the scene
 
 
 def test_a_kept_simulator_gives_the_next_world_the_observations_of_a_new_one():

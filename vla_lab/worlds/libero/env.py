@@ -15,10 +15,12 @@ before, which is what makes sharded, resumed and replayed runs equal to a single
 trial 0 exactly. ``render=False`` builds the same scene without cameras (physics only, ~10x faster steps);
 :meth:`LiberoEnv.camera_images` draws both cameras for any saved simulator state afterwards.
 
-Two savings that change no bit of what is observed (:mod:`vla_lab.worlds.libero.reuse`): the cameras are drawn
-only for observations that are read (``step(action, observe=False)`` skips them), and a reset after the first
-replays the first one's rebuild on the existing simulator instead of recompiling the scene. ``reuse=False``
-rebuilds at every reset and draws both cameras at every step, as upstream's loop does.
+Three savings that change no bit of what is observed: the cameras are drawn only for observations that are read
+(``step(action, observe=False)`` skips them), a reset after the first replays the first one's rebuild on the
+existing simulator instead of recompiling the scene (both :mod:`vla_lab.worlds.libero.reuse`), and a scene whose
+XML was the last one compiled in the process is copied instead of compiled again
+(:mod:`vla_lab.worlds.libero.compiled`). ``reuse=False`` rebuilds at every reset and draws both cameras at every
+step, as upstream's loop does.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np
 
 from vla_lab import interrupts
 from vla_lab.errors import InputError, MissingDependencyError
+from vla_lab.worlds.libero.compiled import compiling_once
 from vla_lab.worlds.libero.reuse import IMAGE_SUFFIX, DeferredCameras, SavedReset, make_current
 from vla_lab.worlds.libero.suites import INSTRUCTION_FROM_BDDL, check_suite, max_steps, perturbation
 
@@ -143,7 +146,7 @@ class LiberoEnv:
         bddl, self.init_states = task_files(suite, task_id)
         self.bddl_file: str = bddl
         self.render_cameras, self.reuse = bool(render), bool(reuse)
-        with _quiet():
+        with _quiet(), compiling_once():
             self.env = libero.OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=resolution,
                                                  camera_widths=resolution, use_camera_obs=self.render_cameras)
             self.env.seed(self.seed)
@@ -206,7 +209,7 @@ class LiberoEnv:
             else:
                 # LIBERO's reset retries after any exception (a bare ``finally: continue``), a Ctrl-C included,
                 # with one more copy of the property samplers: the SIGINT waits for the rebuild to end.
-                with interrupts.deferred():
+                with interrupts.deferred(), compiling_once():
                     del self.env.env.object_property_initializers[self._num_property_samplers:]
                     self.env.seed(self.seed)
                     self._saved_reset.rebuild()

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from vla_lab.worlds.libero.compiled import scene_xml
+
 #: robosuite's camera observables: ``<camera>_image``.
 IMAGE_SUFFIX = "_image"
 
@@ -123,8 +125,8 @@ class SavedReset:
             self.env.reset()
         finally:
             del inner._reset_internal
-        # MuJoCo keeps the XML of the process's last compiled model only: read now, while it is this scene's.
-        self.model_xml = inner.sim.model.get_xml()
+        # MuJoCo writes the XML it parsed last (another scene's if one was compiled since): read now.
+        self.model_xml = scene_xml(inner.sim)
         self.complete = self.random_state is not None
 
     @property
