@@ -110,3 +110,7 @@ $TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
 $TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
     --conditions "text->queries,random-keys:text->queries" --out $REC/libero-knockout-text/libero_spatial --no-progress
+# 14. The same weights under the prefix-LM mask (images and prompt see each other fully; 200 episodes, ~20 min)
+$TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
+    --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
+    --conditions prefix-lm --out $REC/libero-knockout-prefix-lm/libero_spatial --no-progress
