@@ -15,10 +15,11 @@ CONTROL_LINE = re.compile(r"^\* control for `(?P<path>[^`]+)`: .* Wilcoxon p = (
                           r"McNemar p = (?P<mcnemar>\S+) on success")
 
 
-def _markdown_outputs(notebook: str) -> list[str]:
+def _markdown_outputs(notebook: str, cell_id: str | None = None) -> list[str]:
+    """The Markdown a committed notebook displayed (of one cell, by its id), in order."""
     cells = json.loads((ROOT / "notebooks" / notebook).read_text(encoding="utf-8"))["cells"]
-    return ["".join(output["data"]["text/markdown"]) for cell in cells for output in cell.get("outputs", [])
-            if "text/markdown" in output.get("data", {})]
+    return ["".join(output["data"]["text/markdown"]) for cell in cells if cell_id in (None, cell.get("id"))
+            for output in cell.get("outputs", []) if "text/markdown" in output.get("data", {})]
 
 
 def test_notebook_02_quotes_each_control_comparison_from_its_own_test():
@@ -39,3 +40,36 @@ def test_notebook_02_quotes_each_control_comparison_from_its_own_test():
         pair = tests[tests["comparison"] == f"{path} vs random-keys:{path}"].set_index("metric")["p"]
         assert float(wilcoxon) == pytest.approx(float(f"{pair['delta_action']:.2g}")), (model, path)
         assert float(mcnemar) == pytest.approx(float(f"{pair['success']:.2g}")), (model, path)
+
+
+# notebook 05's knockout runs, in the order the cell shows them: (records, conditions, the random-key control or None)
+LIBERO_KNOCKOUTS = [("libero-knockout", ["vision->queries"], "random-keys:vision->queries"),
+                    ("libero-knockout-text", ["text->queries"], "random-keys:text->queries"),
+                    ("libero-knockout-prefix-lm", ["prefix-lm"], None),
+                    ("libero-knockout-reverse", ["queries->vision", "queries->text"], None)]
+RATE = re.compile(r"(\d+)% \[(\d+)%, (\d+)%\]")
+
+
+def test_notebook_05_quotes_each_knockout_rate_and_primary_test_from_its_records():
+    """Each model's success rates (with their intervals, in the order none, conditions, control) and each primary
+    p-value in the 'Measured.' lines of the LIBERO knockouts equal the run's summary and tests, looked up by key."""
+    measured = [text for text in _markdown_outputs("05_libero.ipynb", "libero-knockout-code")
+                if text.startswith("**Measured.**")]
+    assert len(measured) == len(LIBERO_KNOCKOUTS)
+    for text, (directory, conditions, control) in zip(measured, LIBERO_KNOCKOUTS, strict=True):
+        run = load_result(ROOT / "notebooks" / "records" / directory / "libero_spatial")
+        success = run.summary[run.summary["metric"] == "success"].set_index(["model", "condition"])
+        primary = run.tests[run.tests["metric"] == "success (per-task rates)"].set_index(["model", "comparison"])["p"]
+        lines = [line for line in text.splitlines() if line.startswith("- **")]
+        assert sorted(re.match(r"- \*\*([\w-]+)\*\*", line)[1] for line in lines) == sorted(set(run.records["model"]))
+        for line in lines:
+            model = re.match(r"- \*\*([\w-]+)\*\*", line)[1]
+            shown = ["none", *conditions, *([control] if control else [])]
+            rates = RATE.findall(line)[:len(shown)]
+            expected = [tuple(f"{v * 100:.0f}" for v in (row["value"], *row["ci95"]))
+                        for row in (success.loc[(model, c)] for c in shown)]
+            assert [tuple(r) for r in rates] == expected, (directory, model)
+            quoted = [float(p) for p in re.findall(r"p = (\S+) \(Holm", line)]
+            comparisons = [f"{conditions[0]} vs {control}"] if control else [f"none vs {c}" for c in conditions]
+            expected_p = [pytest.approx(float(f"{primary[(model, c)]:.2g}")) for c in comparisons]
+            assert quoted == expected_p, (directory, model)

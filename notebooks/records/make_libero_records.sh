@@ -114,3 +114,8 @@ $TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
 $TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
     --model libero-spatial-causal --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
     --conditions prefix-lm --out $REC/libero-knockout-prefix-lm/libero_spatial --no-progress
+# 15. The reverse paths (the patches / the prompt lose their edges to the queries): only the bidirectional mask has
+#     them, so the bidirectional-trained model alone (150 episodes, ~12 min)
+$TORCHRUN -m vla_lab study knockout --world libero --suite libero_spatial \
+    --model libero-spatial-bidirectional --init-states 40:45 --batch-size 5 \
+    --conditions "queries->vision,queries->text" --out $REC/libero-knockout-reverse/libero_spatial --no-progress
