@@ -42,21 +42,31 @@ def test_notebook_02_quotes_each_control_comparison_from_its_own_test():
         assert float(mcnemar) == pytest.approx(float(f"{pair['success']:.2g}")), (model, path)
 
 
-# notebook 05's knockout runs, in the order the cell shows them: (records, conditions, the random-key control or None)
-LIBERO_KNOCKOUTS = [("libero-knockout", ["vision->queries"], "random-keys:vision->queries"),
-                    ("libero-knockout-text", ["text->queries"], "random-keys:text->queries"),
-                    ("libero-knockout-prefix-lm", ["prefix-lm"], None),
-                    ("libero-knockout-reverse", ["queries->vision", "queries->text"], None)]
 RATE = re.compile(r"(\d+)% \[(\d+)%, (\d+)%\]")
+# Notebook 05's 'Measured.' blocks of LIBERO runs, in the order a cell shows them: (cell id, records, the conditions
+# whose success each model line quotes after none's, in order, the primary comparisons whose p each line quotes)
+LIBERO_MEASURED = {
+    "libero-knockout-code": [
+        ("libero-knockout", ["vision->queries", "random-keys:vision->queries"],
+         ["vision->queries vs random-keys:vision->queries"]),
+        ("libero-knockout-text", ["text->queries", "random-keys:text->queries"],
+         ["text->queries vs random-keys:text->queries"]),
+        ("libero-knockout-prefix-lm", ["prefix-lm"], ["none vs prefix-lm"]),
+        ("libero-knockout-reverse", ["queries->vision", "queries->text"],
+         ["none vs queries->vision", "none vs queries->text"])],
+    "e28a9896": [("libero-target-knockout", ["target", "same_category"], ["target vs same_category"])],
+    "fcfc91fa": [(f"libero-target-knockout-{reach}", [f"target:{reach}", f"same_category:{reach}"],
+                  [f"target:{reach} vs same_category:{reach}"]) for reach in ("all", "head")],
+}
 
 
-def test_notebook_05_quotes_each_knockout_rate_and_primary_test_from_its_records():
-    """Each model's success rates (with their intervals, in the order none, conditions, control) and each primary
-    p-value in the 'Measured.' lines of the LIBERO knockouts equal the run's summary and tests, looked up by key."""
-    measured = [text for text in _markdown_outputs("05_libero.ipynb", "libero-knockout-code")
-                if text.startswith("**Measured.**")]
-    assert len(measured) == len(LIBERO_KNOCKOUTS)
-    for text, (directory, conditions, control) in zip(measured, LIBERO_KNOCKOUTS, strict=True):
+@pytest.mark.parametrize("cell_id", sorted(LIBERO_MEASURED))
+def test_notebook_05_quotes_each_rate_and_primary_test_from_its_records(cell_id):
+    """Each model's success rates (with their intervals, in the order none, then the conditions) and each primary
+    p-value in a 'Measured.' block of notebook 05 equal its run's summary and tests, looked up by key."""
+    measured = [text for text in _markdown_outputs("05_libero.ipynb", cell_id) if text.startswith("**Measured.**")]
+    assert len(measured) == len(LIBERO_MEASURED[cell_id])
+    for text, (directory, conditions, comparisons) in zip(measured, LIBERO_MEASURED[cell_id], strict=True):
         run = load_result(ROOT / "notebooks" / "records" / directory / "libero_spatial")
         success = run.summary[run.summary["metric"] == "success"].set_index(["model", "condition"])
         primary = run.tests[run.tests["metric"] == "success (per-task rates)"].set_index(["model", "comparison"])["p"]
@@ -64,12 +74,9 @@ def test_notebook_05_quotes_each_knockout_rate_and_primary_test_from_its_records
         assert sorted(re.match(r"- \*\*([\w-]+)\*\*", line)[1] for line in lines) == sorted(set(run.records["model"]))
         for line in lines:
             model = re.match(r"- \*\*([\w-]+)\*\*", line)[1]
-            shown = ["none", *conditions, *([control] if control else [])]
-            rates = RATE.findall(line)[:len(shown)]
             expected = [tuple(f"{v * 100:.0f}" for v in (row["value"], *row["ci95"]))
-                        for row in (success.loc[(model, c)] for c in shown)]
-            assert [tuple(r) for r in rates] == expected, (directory, model)
+                        for row in (success.loc[(model, c)] for c in ["none", *conditions])]
+            assert [tuple(r) for r in RATE.findall(line)[:len(expected)]] == expected, (directory, model)
             quoted = [float(p) for p in re.findall(r"p = (\S+) \(Holm", line)]
-            comparisons = [f"{conditions[0]} vs {control}"] if control else [f"none vs {c}" for c in conditions]
             expected_p = [pytest.approx(float(f"{primary[(model, c)]:.2g}")) for c in comparisons]
             assert quoted == expected_p, (directory, model)
