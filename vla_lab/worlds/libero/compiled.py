@@ -28,7 +28,7 @@ from vla_lab.errors import InputError
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("vla_lab_compiling_once", default=False)
 _LOCK = threading.Lock()
 #: ``xml``/``model``: the kept scene; ``last``: the XML of the last model robosuite compiled in the process.
-_STATE: dict[str, Any] = {"keep": True, "xml": None, "model": None, "last": None, "original": None}
+_STATE: dict[str, Any] = {"keep": True, "xml": None, "model": None, "last": None}
 #: Attribute of a robosuite ``MjSim`` built through :func:`_from_xml_string`: the XML of its scene.
 _SOURCE_XML = "_vla_lab_scene_xml"
 
@@ -66,8 +66,7 @@ def _install() -> None:
     from robosuite.utils import binding_utils
 
     with _LOCK:
-        if _STATE["original"] is None:
-            _STATE["original"] = binding_utils.MjSim.__dict__["from_xml_string"]
+        if getattr(binding_utils.MjSim.__dict__["from_xml_string"], "__func__", None) is not _from_xml_string:
             binding_utils.MjSim.from_xml_string = classmethod(_from_xml_string)
 
 
